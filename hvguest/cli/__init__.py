@@ -1,0 +1,1 @@
+"""hvguest.cli"""
