@@ -1,0 +1,714 @@
+"""KVP ("Data Exchange") messages: the daemon-side ``hv_kvp_msg`` (7432 bytes,
+protocol.md §2.2/§2.3) and the host wire forms the kernel converts from and to.
+
+Daemon side: every string is NUL-terminated UTF-8; the kernel zero-fills every byte it
+does not set. Offsets (from the start of the message):
+
+* header: operation u8 @0, pool u8 @1; in replies the u32 status overlays @0-3
+* GET/SET: value_type @4, key_size @8, value_size @12, key[512] @16, value[2048] @528
+* ENUMERATE: index @4, value_type @8, key_size @12, value_size @16, key @20, value @532
+* DELETE: key_size @4, key[512] @8
+* IP info: adapter_id[256] @4, addr_family @260, dhcp_enabled @261, ip_addr[2048] @262,
+  sub_net[2048] @2310, gate_way[1024] @4358, dns_addr[2048] @5382
+* register: version[512] @4
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Self
+
+from hvguest.errors import WireError
+from hvguest.wire._codec import (
+    check_length,
+    check_min_length,
+    cut_nul,
+    get_uint,
+    pack_status,
+    pack_uint,
+    put,
+    terminated,
+    utf8_bytes,
+    utf8_field,
+    utf8_text,
+    utf16_bytes,
+    utf16_text,
+)
+
+KVP_MSG_SIZE = 7432
+HV_KVP_EXCHANGE_MAX_KEY_SIZE = 512
+HV_KVP_EXCHANGE_MAX_VALUE_SIZE = 2048
+KVP_OP_REGISTER = 4
+KVP_OP_REGISTER1 = 100
+KVP_POOL_COUNT = 5
+HV_DRV_VERSION = "3.1"
+
+MAX_ADAPTER_ID_SIZE = 128
+MAX_IP_ADDR_SIZE = 1024
+MAX_GATEWAY_SIZE = 512
+
+ADDR_FAMILY_NONE = 0
+ADDR_FAMILY_IPV4 = 1
+ADDR_FAMILY_IPV6 = 2
+
+# Daemon-side offsets.
+OP_OFFSET = 0
+POOL_OFFSET = 1
+STATUS_OFFSET = 0
+GET_VALUE_TYPE_OFFSET = 4
+GET_KEY_SIZE_OFFSET = 8
+GET_VALUE_SIZE_OFFSET = 12
+GET_KEY_OFFSET = 16
+GET_VALUE_OFFSET = 528
+ENUM_INDEX_OFFSET = 4
+ENUM_VALUE_TYPE_OFFSET = 8
+ENUM_KEY_SIZE_OFFSET = 12
+ENUM_VALUE_SIZE_OFFSET = 16
+ENUM_KEY_OFFSET = 20
+ENUM_VALUE_OFFSET = 532
+DELETE_KEY_SIZE_OFFSET = 4
+DELETE_KEY_OFFSET = 8
+REGISTER_VERSION_OFFSET = 4
+REGISTER_VERSION_SIZE = 512
+
+# Where the kernel reads a GET reply's value: the ENUMERATE value slot (see kvp_get_reply).
+GET_REPLY_VALUE_OFFSET = ENUM_VALUE_OFFSET
+
+
+class KvpOp(IntEnum):
+    GET = 0
+    SET = 1
+    DELETE = 2
+    ENUMERATE = 3
+    GET_IP_INFO = 4
+    SET_IP_INFO = 5
+
+
+class KvpPool(IntEnum):
+    EXTERNAL = 0
+    GUEST = 1
+    AUTO = 2
+    AUTO_EXTERNAL = 3
+    AUTO_INTERNAL = 4
+
+
+class RegType(IntEnum):
+    REG_SZ = 1
+    REG_U32 = 4
+    REG_U64 = 8
+
+
+@dataclass(frozen=True)
+class IpField:
+    """One string of ``hv_kvp_ipaddr_value``: names, offsets and sizes on both sides."""
+
+    name: str
+    daemon_offset: int  # in hv_kvp_msg (daemon side)
+    size: int  # bytes of the field (daemon: UTF-8 bytes; host: 2 * code units)
+    kernel_limit: int  # the kernel's conversion limit (bytes to the daemon, units to the host)
+
+    @property
+    def host_offset(self) -> int:
+        """Offset in the host's ``hv_kvp_ip_msg`` (2-byte shift, see protocol.md §2.2)."""
+        return self.daemon_offset - 2
+
+
+IP_ADAPTER_ID = IpField("adapter_id", 4, 256, MAX_ADAPTER_ID_SIZE)
+IP_ADDR = IpField("ip_addr", 262, 2048, MAX_IP_ADDR_SIZE)
+IP_SUB_NET = IpField("sub_net", 2310, 2048, MAX_IP_ADDR_SIZE)
+IP_GATE_WAY = IpField("gate_way", 4358, 1024, MAX_GATEWAY_SIZE)
+IP_DNS_ADDR = IpField("dns_addr", 5382, 2048, MAX_IP_ADDR_SIZE)
+IP_ADDR_FAMILY_OFFSET = 260
+IP_DHCP_ENABLED_OFFSET = 261
+IP_STRING_FIELDS = (IP_ADAPTER_ID, IP_ADDR, IP_SUB_NET, IP_GATE_WAY, IP_DNS_ADDR)
+KVP_IP_MSG_SIZE = 7428
+
+
+def _message(op: int, pool: int) -> bytearray:
+    """A zero-filled daemon-side message with the header set."""
+    buf = bytearray(KVP_MSG_SIZE)
+    buf[OP_OFFSET] = pack_uint(op, 1, "operation")[0]
+    buf[POOL_OFFSET] = pack_uint(pool, 1, "pool")[0]
+    return buf
+
+
+def _key_bytes(key: str) -> bytes:
+    return utf8_bytes(key, "key", HV_KVP_EXCHANGE_MAX_KEY_SIZE - 1)
+
+
+@dataclass(frozen=True)
+class KvpGet:
+    pool: int
+    key: str
+
+    def encode(self) -> bytes:
+        raw = _key_bytes(self.key)
+        buf = _message(KvpOp.GET, self.pool)
+        put(buf, GET_KEY_SIZE_OFFSET, pack_uint(len(raw) + 1, 4, "key_size"))
+        put(buf, GET_KEY_OFFSET, raw)
+        return bytes(buf)
+
+
+@dataclass(frozen=True)
+class KvpSet:
+    pool: int
+    key: str
+    value: str
+
+    def encode(self) -> bytes:
+        raw_key = _key_bytes(self.key)
+        raw_value = utf8_bytes(self.value, "value", HV_KVP_EXCHANGE_MAX_VALUE_SIZE - 1)
+        buf = _message(KvpOp.SET, self.pool)
+        put(buf, GET_KEY_SIZE_OFFSET, pack_uint(len(raw_key) + 1, 4, "key_size"))
+        put(buf, GET_VALUE_SIZE_OFFSET, pack_uint(len(raw_value) + 1, 4, "value_size"))
+        put(buf, GET_KEY_OFFSET, raw_key)
+        put(buf, GET_VALUE_OFFSET, raw_value)
+        return bytes(buf)
+
+
+@dataclass(frozen=True)
+class KvpDelete:
+    pool: int
+    key: str
+
+    def encode(self) -> bytes:
+        raw = _key_bytes(self.key)
+        buf = _message(KvpOp.DELETE, self.pool)
+        put(buf, DELETE_KEY_SIZE_OFFSET, pack_uint(len(raw) + 1, 4, "key_size"))
+        put(buf, DELETE_KEY_OFFSET, raw)
+        return bytes(buf)
+
+
+@dataclass(frozen=True)
+class KvpEnumerate:
+    pool: int
+    index: int
+
+    def encode(self) -> bytes:
+        buf = _message(KvpOp.ENUMERATE, self.pool)
+        put(buf, ENUM_INDEX_OFFSET, pack_uint(self.index, 4, "index"))
+        return bytes(buf)
+
+
+@dataclass(frozen=True)
+class KvpGetIpInfo:
+    pool: int
+    adapter_id: str
+    addr_family: int = ADDR_FAMILY_NONE
+
+    def encode(self) -> bytes:
+        buf = _message(KvpOp.GET_IP_INFO, self.pool)
+        put(
+            buf,
+            IP_ADAPTER_ID.daemon_offset,
+            utf8_field(self.adapter_id, "adapter_id", IP_ADAPTER_ID.size),
+        )
+        buf[IP_ADDR_FAMILY_OFFSET] = pack_uint(self.addr_family, 1, "addr_family")[0]
+        return bytes(buf)
+
+
+@dataclass(frozen=True)
+class KvpIpInfo:
+    """The IP configuration of one adapter (GET_IP_INFO reply, SET_IP_INFO request).
+
+    Lists are ``;``-separated text, as in the C daemon.
+    """
+
+    adapter_id: str
+    addr_family: int = ADDR_FAMILY_NONE
+    dhcp_enabled: bool = False
+    ip_addr: str = ""
+    sub_net: str = ""
+    gate_way: str = ""
+    dns_addr: str = ""
+
+    def write_into(self, buf: bytearray) -> None:
+        """Store every field at its daemon-side offset (fields zero-filled after the NUL)."""
+        for spec in IP_STRING_FIELDS:
+            put(buf, spec.daemon_offset, utf8_field(getattr(self, spec.name), spec.name, spec.size))
+        buf[IP_ADDR_FAMILY_OFFSET] = pack_uint(self.addr_family, 1, "addr_family")[0]
+        buf[IP_DHCP_ENABLED_OFFSET] = 1 if self.dhcp_enabled else 0
+
+    @classmethod
+    def read_from(cls, buf: bytes, *, strict: bool) -> Self:
+        """Read the fields from a daemon-side message.
+
+        ``strict`` requires a NUL inside each field (requests from the kernel always
+        have one); otherwise a field without NUL is taken whole.
+        """
+        texts: dict[str, str] = {}
+        for spec in IP_STRING_FIELDS:
+            raw = bytes(buf[spec.daemon_offset : spec.daemon_offset + spec.size])
+            raw = terminated(raw, spec.name) if strict else cut_nul(raw)
+            texts[spec.name] = utf8_text(raw, spec.name)
+        return cls(
+            adapter_id=texts["adapter_id"],
+            addr_family=buf[IP_ADDR_FAMILY_OFFSET],
+            dhcp_enabled=buf[IP_DHCP_ENABLED_OFFSET] != 0,
+            ip_addr=texts["ip_addr"],
+            sub_net=texts["sub_net"],
+            gate_way=texts["gate_way"],
+            dns_addr=texts["dns_addr"],
+        )
+
+
+@dataclass(frozen=True)
+class KvpSetIpInfo:
+    pool: int
+    adapter_id: str
+    addr_family: int
+    dhcp_enabled: bool
+    ip_addr: str
+    sub_net: str
+    gate_way: str
+    dns_addr: str
+
+    @property
+    def info(self) -> KvpIpInfo:
+        return KvpIpInfo(
+            self.adapter_id,
+            self.addr_family,
+            self.dhcp_enabled,
+            self.ip_addr,
+            self.sub_net,
+            self.gate_way,
+            self.dns_addr,
+        )
+
+    def encode(self) -> bytes:
+        buf = _message(KvpOp.SET_IP_INFO, self.pool)
+        self.info.write_into(buf)
+        return bytes(buf)
+
+
+@dataclass(frozen=True)
+class KvpRegister:
+    """The kernel's registration echo: byte 0 = 100, version string (e.g. "3.1") @4."""
+
+    version: str = HV_DRV_VERSION
+
+    def encode(self) -> bytes:
+        buf = bytearray(KVP_MSG_SIZE)
+        buf[OP_OFFSET] = KVP_OP_REGISTER1
+        put(
+            buf, REGISTER_VERSION_OFFSET, utf8_field(self.version, "version", REGISTER_VERSION_SIZE)
+        )
+        return bytes(buf)
+
+
+KvpRequest = KvpGet | KvpSet | KvpDelete | KvpEnumerate | KvpGetIpInfo | KvpSetIpInfo | KvpRegister
+
+
+# Registration message the daemon writes: byte 0 = REGISTER1, everything else zero.
+KVP_REGISTER_MSG = bytes([KVP_OP_REGISTER1]) + bytes(KVP_MSG_SIZE - 1)
+
+
+# ---------------------------------------------------------------------------
+# Decoding requests (kernel -> daemon)
+
+
+def _sized_key(buf: bytes, size_offset: int, key_offset: int) -> str:
+    """A key limited by its ``key_size`` (which counts the NUL)."""
+    key_size = get_uint(buf, size_offset, 4)
+    if key_size == 0 or key_size > HV_KVP_EXCHANGE_MAX_KEY_SIZE:
+        raise WireError(
+            f"KVP key_size is {key_size}, must be 1..{HV_KVP_EXCHANGE_MAX_KEY_SIZE}",
+            field="key_size",
+            limit=HV_KVP_EXCHANGE_MAX_KEY_SIZE,
+        )
+    raw = terminated(bytes(buf[key_offset : key_offset + key_size]), "key")
+    return utf8_text(raw, "key")
+
+
+def _set_value(buf: bytes) -> str:
+    value_size = get_uint(buf, GET_VALUE_SIZE_OFFSET, 4)
+    if value_size > HV_KVP_EXCHANGE_MAX_VALUE_SIZE:
+        raise WireError(
+            f"KVP value_size is {value_size}, limit {HV_KVP_EXCHANGE_MAX_VALUE_SIZE}",
+            field="value_size",
+            limit=HV_KVP_EXCHANGE_MAX_VALUE_SIZE,
+        )
+    if value_size == 0:  # the kernel forwards an unknown value_type as an empty value
+        return ""
+    raw = terminated(bytes(buf[GET_VALUE_OFFSET : GET_VALUE_OFFSET + value_size]), "value")
+    return utf8_text(raw, "value")
+
+
+def decode_kvp_request(buf: bytes) -> KvpRequest:
+    """Decode one 7432-byte message read from /dev/vmbus/hv_kvp."""
+    check_length(buf, KVP_MSG_SIZE, "KVP message")
+    op = buf[OP_OFFSET]
+    if op == KVP_OP_REGISTER1:
+        raw = terminated(
+            bytes(buf[REGISTER_VERSION_OFFSET : REGISTER_VERSION_OFFSET + REGISTER_VERSION_SIZE]),
+            "version",
+        )
+        return KvpRegister(utf8_text(raw, "version"))
+    if op not in KvpOp._value2member_map_:
+        raise WireError(
+            f"KVP operation is {op}, limit {max(KvpOp)}", field="operation", limit=int(max(KvpOp))
+        )
+    pool_number = buf[POOL_OFFSET]
+    if pool_number >= KVP_POOL_COUNT:
+        raise WireError(
+            f"KVP pool is {pool_number}, limit {KVP_POOL_COUNT - 1}",
+            field="pool",
+            limit=KVP_POOL_COUNT - 1,
+        )
+    pool = KvpPool(pool_number)
+    if op == KvpOp.GET:
+        # value_size is not filled by the kernel for GET but must still be sane.
+        value_size = get_uint(buf, GET_VALUE_SIZE_OFFSET, 4)
+        if value_size > HV_KVP_EXCHANGE_MAX_VALUE_SIZE:
+            raise WireError(
+                f"KVP value_size is {value_size}, limit {HV_KVP_EXCHANGE_MAX_VALUE_SIZE}",
+                field="value_size",
+                limit=HV_KVP_EXCHANGE_MAX_VALUE_SIZE,
+            )
+        return KvpGet(pool, _sized_key(buf, GET_KEY_SIZE_OFFSET, GET_KEY_OFFSET))
+    if op == KvpOp.SET:
+        key = _sized_key(buf, GET_KEY_SIZE_OFFSET, GET_KEY_OFFSET)
+        return KvpSet(pool, key, _set_value(buf))
+    if op == KvpOp.DELETE:
+        return KvpDelete(pool, _sized_key(buf, DELETE_KEY_SIZE_OFFSET, DELETE_KEY_OFFSET))
+    if op == KvpOp.ENUMERATE:
+        index = get_uint(buf, ENUM_INDEX_OFFSET, 4)
+        if index >= 1 << 31:
+            raise WireError(
+                f"KVP enumerate index is {index}, limit {(1 << 31) - 1}",
+                field="index",
+                limit=(1 << 31) - 1,
+            )
+        return KvpEnumerate(pool, index)
+    if op == KvpOp.GET_IP_INFO:
+        raw = terminated(
+            bytes(
+                buf[IP_ADAPTER_ID.daemon_offset : IP_ADAPTER_ID.daemon_offset + IP_ADAPTER_ID.size]
+            ),
+            "adapter_id",
+        )
+        return KvpGetIpInfo(pool, utf8_text(raw, "adapter_id"), buf[IP_ADDR_FAMILY_OFFSET])
+    info = KvpIpInfo.read_from(buf, strict=True)
+    return KvpSetIpInfo(
+        pool,
+        info.adapter_id,
+        info.addr_family,
+        info.dhcp_enabled,
+        info.ip_addr,
+        info.sub_net,
+        info.gate_way,
+        info.dns_addr,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Replies (daemon -> kernel)
+
+
+def kvp_reply(request: bytes, status: int) -> bytes:
+    """The request echoed (padded or cut to 7432 bytes) with the u32 status @0."""
+    buf = bytearray(bytes(request[:KVP_MSG_SIZE]).ljust(KVP_MSG_SIZE, b"\0"))
+    put(buf, STATUS_OFFSET, pack_status(status))
+    return bytes(buf)
+
+
+def _put_fields(buf: bytearray, key: str | None, value: str) -> None:
+    if key is not None:
+        put(buf, ENUM_KEY_OFFSET, utf8_field(key, "key", HV_KVP_EXCHANGE_MAX_KEY_SIZE))
+    put(buf, ENUM_VALUE_OFFSET, utf8_field(value, "value", HV_KVP_EXCHANGE_MAX_VALUE_SIZE))
+
+
+def kvp_enumerate_reply(request: bytes, key: str, value: str) -> bytes:
+    """Status 0 with the item's key @20 and value @532 (whole fields zero-filled).
+
+    WireError if the key exceeds 511 or the value 2047 UTF-8 bytes.
+    """
+    buf = bytearray(kvp_reply(request, 0))
+    _put_fields(buf, key, value)
+    return bytes(buf)
+
+
+def kvp_get_reply(request: bytes, value: str) -> bytes:
+    """Status 0 with the value where the kernel reads it: offset 532.
+
+    The kernel converts a GET reply's value from the ENUMERATE value slot (@532), not
+    from the GET view's ``value`` (@528). The C daemon copies the value to @528 (and only
+    ``value_size`` = 0 bytes of it), so with the C daemon the host always receives an
+    empty string; writing @532 delivers the real value. The key @16..527 is untouched.
+    """
+    buf = bytearray(kvp_reply(request, 0))
+    _put_fields(buf, None, value)
+    return bytes(buf)
+
+
+def kvp_ip_info_reply(request: bytes, info: KvpIpInfo) -> bytes:
+    """Status 0 with every IP field (GET_IP_INFO answer) at its daemon-side offset."""
+    buf = bytearray(kvp_reply(request, 0))
+    info.write_into(buf)
+    return bytes(buf)
+
+
+@dataclass(frozen=True)
+class KvpReply:
+    """A daemon reply as the kernel reads it (for the simulator).
+
+    ``key``/``value``/``ip_info`` are filled only for status 0 and the operations whose
+    reply the kernel converts: ENUMERATE (key, value), GET (value), GET_IP_INFO (ip_info).
+    """
+
+    status: int
+    key: str | None = None
+    value: str | None = None
+    ip_info: KvpIpInfo | None = None
+
+
+def _reply_text(buf: bytes, offset: int, size: int, field: str) -> str:
+    return utf8_text(cut_nul(bytes(buf[offset : offset + size])), field)
+
+
+def decode_kvp_reply(op: int, buf: bytes) -> KvpReply:
+    """Decode a daemon reply to a request of operation ``op``.
+
+    Lenient like the kernel: at least 7432 bytes, strings cut at the first NUL (or taken
+    whole), but invalid UTF-8 is a WireError (the kernel answers the host HV_E_FAIL).
+    """
+    check_min_length(buf, KVP_MSG_SIZE, "KVP reply")
+    status = get_uint(buf, STATUS_OFFSET, 4)
+    if status != 0:
+        return KvpReply(status)
+    if op == KvpOp.ENUMERATE:
+        return KvpReply(
+            status,
+            key=_reply_text(buf, ENUM_KEY_OFFSET, HV_KVP_EXCHANGE_MAX_KEY_SIZE, "key"),
+            value=_reply_text(buf, ENUM_VALUE_OFFSET, HV_KVP_EXCHANGE_MAX_VALUE_SIZE, "value"),
+        )
+    if op == KvpOp.GET:
+        return KvpReply(
+            status,
+            value=_reply_text(buf, GET_REPLY_VALUE_OFFSET, HV_KVP_EXCHANGE_MAX_VALUE_SIZE, "value"),
+        )
+    if op == KvpOp.GET_IP_INFO:
+        return KvpReply(status, ip_info=KvpIpInfo.read_from(buf, strict=False))
+    return KvpReply(status)
+
+
+def decode_kvp_register(buf: bytes) -> KvpRegister:
+    """The kernel's registration echo; WireError unless it is one (op 100)."""
+    request = decode_kvp_request(buf)
+    if not isinstance(request, KvpRegister):
+        raise WireError(
+            f"KVP registration reply has operation {buf[0]}, expected {KVP_OP_REGISTER1}",
+            field="operation",
+            limit=KVP_OP_REGISTER1,
+        )
+    return request
+
+
+# ---------------------------------------------------------------------------
+# Host wire forms (the body after the 28-byte IC header; the daemon never sees these)
+#
+# GET/SET/DELETE/ENUMERATE use the hv_kvp_msg layout with UTF-16LE strings whose sizes
+# count bytes including the 2-byte NUL; GET_IP_INFO/SET_IP_INFO use hv_kvp_ip_msg (7428
+# bytes, operation @0, pool @1, hv_kvp_ipaddr_value @2).
+
+HOST_KEY_UNITS = HV_KVP_EXCHANGE_MAX_KEY_SIZE // 2
+HOST_VALUE_UNITS = HV_KVP_EXCHANGE_MAX_VALUE_SIZE // 2
+
+
+def _host_value_bytes(value: str | int, value_type: int) -> bytes:
+    """The host's value field content for ``value_type`` (without zero fill)."""
+    if value_type in (RegType.REG_U32, RegType.REG_U64):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise WireError(
+                f"value must be an int for value_type {value_type}, got {value!r}",
+                field="value",
+                limit=value_type,
+            )
+        return pack_uint(value, int(value_type), "value")
+    if not isinstance(value, str):
+        raise WireError(
+            f"value must be str for value_type {value_type}, got {value!r}", field="value"
+        )
+    return utf16_bytes(value, "value", HOST_VALUE_UNITS - 1) + b"\0\0"
+
+
+def _host_value(raw: bytes, value_type: int) -> str | int:
+    if value_type == RegType.REG_U32:
+        return get_uint(raw, 0, 4)
+    if value_type == RegType.REG_U64:
+        return get_uint(raw, 0, 8)
+    return utf16_text(raw, "value", require_nul=False)
+
+
+# Bytes each host operation needs (the end of its last field).
+_HOST_EXTENT = {
+    KvpOp.GET: GET_VALUE_OFFSET + HV_KVP_EXCHANGE_MAX_VALUE_SIZE,
+    KvpOp.SET: GET_VALUE_OFFSET + HV_KVP_EXCHANGE_MAX_VALUE_SIZE,
+    KvpOp.DELETE: DELETE_KEY_OFFSET + HV_KVP_EXCHANGE_MAX_KEY_SIZE,
+    KvpOp.ENUMERATE: ENUM_VALUE_OFFSET + HV_KVP_EXCHANGE_MAX_VALUE_SIZE,
+}
+
+
+@dataclass(frozen=True)
+class HostKvpMessage:
+    """GET/SET/DELETE/ENUMERATE as the host sends them (and as the kernel answers them).
+
+    ``value`` is an int for REG_U32/REG_U64, else a str. Sizes are derived on encoding:
+    ``key_size`` = 2 * (units + 1) (0 for an ENUMERATE request, whose key is empty), and
+    ``value_size`` = 2 * (units + 1) for a REG_SZ value or any non-empty string, 4/8 for
+    integers, else 0. ``index`` is used by ENUMERATE only.
+    """
+
+    operation: int
+    pool: int
+    key: str = ""
+    value: str | int = ""
+    value_type: int = 0
+    index: int = 0
+
+    def encode(self) -> bytes:
+        op = self.operation
+        if op not in _HOST_EXTENT:
+            raise WireError(
+                f"host KVP operation is {op}, this form carries 0..3",
+                field="operation",
+                limit=int(KvpOp.ENUMERATE),
+            )
+        buf = _message(op, self.pool)
+        key = utf16_bytes(self.key, "key", HOST_KEY_UNITS - 1)
+        value = _host_value_bytes(self.value, self.value_type)
+        if isinstance(self.value, int):
+            value_size = len(value)
+        elif self.value_type == RegType.REG_SZ or self.value:
+            value_size = len(value)
+        else:
+            value_size = 0
+        if op == KvpOp.DELETE:
+            put(buf, DELETE_KEY_SIZE_OFFSET, pack_uint(len(key) + 2, 4, "key_size"))
+            put(buf, DELETE_KEY_OFFSET, key)
+            return bytes(buf)
+        if op == KvpOp.ENUMERATE:
+            key_size = len(key) + 2 if (self.key or self.value_type) else 0
+            put(buf, ENUM_INDEX_OFFSET, pack_uint(self.index, 4, "index"))
+            put(buf, ENUM_VALUE_TYPE_OFFSET, pack_uint(self.value_type, 4, "value_type"))
+            put(buf, ENUM_KEY_SIZE_OFFSET, pack_uint(key_size, 4, "key_size"))
+            put(buf, ENUM_VALUE_SIZE_OFFSET, pack_uint(value_size, 4, "value_size"))
+            put(buf, ENUM_KEY_OFFSET, key)
+            put(buf, ENUM_VALUE_OFFSET, value)
+            return bytes(buf)
+        put(buf, GET_VALUE_TYPE_OFFSET, pack_uint(self.value_type, 4, "value_type"))
+        put(buf, GET_KEY_SIZE_OFFSET, pack_uint(len(key) + 2, 4, "key_size"))
+        put(buf, GET_VALUE_SIZE_OFFSET, pack_uint(value_size, 4, "value_size"))
+        put(buf, GET_KEY_OFFSET, key)
+        put(buf, GET_VALUE_OFFSET, value)
+        return bytes(buf)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        """Decode a host KVP body; strings are cut at their first 0 unit (or taken whole)."""
+        check_min_length(data, 2, "host KVP message")
+        op, pool = data[OP_OFFSET], data[POOL_OFFSET]
+        extent = _HOST_EXTENT.get(KvpOp(op)) if op in KvpOp._value2member_map_ else None
+        if extent is None:
+            raise WireError(
+                f"host KVP operation is {op}, this form carries 0..3",
+                field="operation",
+                limit=int(KvpOp.ENUMERATE),
+            )
+        check_min_length(data, extent, f"host KVP {KvpOp(op).name} message")
+
+        def text(offset: int, size: int, field: str) -> str:
+            return utf16_text(bytes(data[offset : offset + size]), field, require_nul=False)
+
+        if op == KvpOp.DELETE:
+            return cls(op, pool, key=text(DELETE_KEY_OFFSET, HV_KVP_EXCHANGE_MAX_KEY_SIZE, "key"))
+        if op == KvpOp.ENUMERATE:
+            vtype = get_uint(data, ENUM_VALUE_TYPE_OFFSET, 4)
+            value_raw = bytes(
+                data[ENUM_VALUE_OFFSET : ENUM_VALUE_OFFSET + HV_KVP_EXCHANGE_MAX_VALUE_SIZE]
+            )
+            return cls(
+                op,
+                pool,
+                key=text(ENUM_KEY_OFFSET, HV_KVP_EXCHANGE_MAX_KEY_SIZE, "key"),
+                value=_host_value(value_raw, vtype),
+                value_type=vtype,
+                index=get_uint(data, ENUM_INDEX_OFFSET, 4),
+            )
+        vtype = get_uint(data, GET_VALUE_TYPE_OFFSET, 4)
+        value_raw = bytes(
+            data[GET_VALUE_OFFSET : GET_VALUE_OFFSET + HV_KVP_EXCHANGE_MAX_VALUE_SIZE]
+        )
+        return cls(
+            op,
+            pool,
+            key=text(GET_KEY_OFFSET, HV_KVP_EXCHANGE_MAX_KEY_SIZE, "key"),
+            value=_host_value(value_raw, vtype),
+            value_type=vtype,
+        )
+
+
+@dataclass(frozen=True)
+class HostKvpIpMessage:
+    """GET_IP_INFO/SET_IP_INFO as ``hv_kvp_ip_msg`` (7428 bytes, UTF-16LE strings).
+
+    A string may fill its whole field without a 0 unit (the kernel writes GET_IP_INFO
+    answers that way), so encoding allows up to the field's full unit count.
+    """
+
+    operation: int
+    pool: int
+    adapter_id: str = ""
+    addr_family: int = ADDR_FAMILY_NONE
+    dhcp_enabled: bool = False
+    ip_addr: str = ""
+    sub_net: str = ""
+    gate_way: str = ""
+    dns_addr: str = ""
+
+    def encode(self) -> bytes:
+        if self.operation not in (KvpOp.GET_IP_INFO, KvpOp.SET_IP_INFO):
+            raise WireError(
+                f"host KVP IP operation is {self.operation}, expected 4 or 5",
+                field="operation",
+                limit=int(KvpOp.SET_IP_INFO),
+            )
+        buf = bytearray(KVP_IP_MSG_SIZE)
+        buf[OP_OFFSET] = pack_uint(self.operation, 1, "operation")[0]
+        buf[POOL_OFFSET] = pack_uint(self.pool, 1, "pool")[0]
+        for spec in IP_STRING_FIELDS:
+            put(
+                buf,
+                spec.host_offset,
+                utf16_bytes(getattr(self, spec.name), spec.name, spec.size // 2),
+            )
+        buf[IP_ADDR_FAMILY_OFFSET - 2] = pack_uint(self.addr_family, 1, "addr_family")[0]
+        buf[IP_DHCP_ENABLED_OFFSET - 2] = 1 if self.dhcp_enabled else 0
+        return bytes(buf)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        check_min_length(data, KVP_IP_MSG_SIZE, "host KVP IP message")
+        op = data[OP_OFFSET]
+        if op not in (KvpOp.GET_IP_INFO, KvpOp.SET_IP_INFO):
+            raise WireError(
+                f"host KVP IP operation is {op}, expected 4 or 5",
+                field="operation",
+                limit=int(KvpOp.SET_IP_INFO),
+            )
+        texts = {
+            spec.name: utf16_text(
+                bytes(data[spec.host_offset : spec.host_offset + spec.size]),
+                spec.name,
+                require_nul=False,
+            )
+            for spec in IP_STRING_FIELDS
+        }
+        return cls(
+            operation=op,
+            pool=data[POOL_OFFSET],
+            addr_family=data[IP_ADDR_FAMILY_OFFSET - 2],
+            dhcp_enabled=data[IP_DHCP_ENABLED_OFFSET - 2] != 0,
+            **texts,
+        )
