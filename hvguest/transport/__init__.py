@@ -1,1 +1,5 @@
-"""hvguest.transport"""
+"""Device transports: /dev/vmbus character devices and the UIO ring (fcopy >= 6.10)."""
+
+from hvguest.transport.base import Transport
+
+__all__ = ["Transport"]

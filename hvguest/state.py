@@ -1,0 +1,179 @@
+"""What each daemon publishes for ``hvguestctl status``: <run>/<service>.json.
+
+The file is replaced atomically (temporary file + rename) so a reader never
+sees half a document. While held (VSS: filesystems frozen) nothing is written;
+``release()`` writes the accumulated state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from hvguest.paths import Paths
+
+log = logging.getLogger(__name__)
+
+HISTORY = 10
+_SUFFIX = ".json"
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("hvguest")
+    except Exception:
+        return "unknown"
+
+
+class StatePublisher:
+    """Keeps one daemon's state document and writes it on ``publish()``."""
+
+    def __init__(
+        self,
+        service: str,
+        paths: Paths,
+        *,
+        history: int = HISTORY,
+        now: Callable[[], str] = utc_now,
+    ) -> None:
+        self.service = service
+        self.paths = paths
+        self.now = now
+        self._held = False
+        self._dirty = False
+        self._recent: deque[dict[str, str]] = deque(maxlen=history)
+        self.doc: dict[str, Any] = {
+            "service": service,
+            "pid": os.getpid(),
+            "started": now(),
+            "updated": now(),
+            "version": _package_version(),
+            "device": None,
+            "state": "starting",
+            "last_op": None,
+            "recent": [],
+            "last_error": None,
+            "details": {},
+        }
+
+    @property
+    def path(self) -> str:
+        return state_file(self.paths, self.service)
+
+    # -- changes -----------------------------------------------------------
+
+    def update(self, **fields: Any) -> None:
+        """Set top-level fields (state=, device=, ...); ``details=`` merges into
+        the service-specific details."""
+        details = fields.pop("details", None)
+        self.doc.update(fields)
+        if details:
+            self.doc["details"].update(details)
+        self._dirty = True
+
+    def record_op(self, op: str, result: str, detail: str = "") -> None:
+        entry = {"op": op, "result": result, "detail": detail, "time": self.now()}
+        self.doc["last_op"] = entry
+        self._recent.append(entry)
+        self.doc["recent"] = list(self._recent)
+        self._dirty = True
+
+    def record_error(self, message: str, remedy: str = "") -> None:
+        self.doc["last_error"] = {"message": message, "remedy": remedy, "time": self.now()}
+        self._dirty = True
+
+    def clear_error(self) -> None:
+        if self.doc["last_error"] is not None:
+            self.doc["last_error"] = None
+            self._dirty = True
+
+    # -- writing -----------------------------------------------------------
+
+    def hold(self) -> None:
+        self._held = True
+
+    def release(self) -> None:
+        self._held = False
+        self.publish()
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    def publish(self) -> bool:
+        """Write the document; False when held or the write failed (logged)."""
+        if self._held:
+            self._dirty = True
+            return False
+        self.doc["updated"] = self.now()
+        try:
+            _atomic_write_json(self.paths.run, self.path, self.doc)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.path, exc)
+            return False
+        self._dirty = False
+        return True
+
+    def remove(self) -> None:
+        """Delete the state file (orderly exit of a daemon that is not needed)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def _atomic_write_json(directory: str, path: str, doc: dict[str, Any]) -> None:
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def state_file(paths: Paths, service: str) -> str:
+    return os.path.join(paths.run, service + _SUFFIX)
+
+
+def read_state(paths: Paths, service: str) -> dict[str, Any] | None:
+    """The published document, or None when absent or unreadable."""
+    try:
+        with open(state_file(paths, service), encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def read_all_states(paths: Paths) -> dict[str, dict[str, Any]]:
+    """Every published document under <run>, keyed by service name."""
+    try:
+        names = sorted(os.listdir(paths.run))
+    except OSError:
+        return {}
+    result: dict[str, dict[str, Any]] = {}
+    for name in names:
+        if name.startswith(".") or not name.endswith(_SUFFIX):
+            continue
+        service = name[: -len(_SUFFIX)]
+        doc = read_state(paths, service)
+        if doc is not None:
+            result[service] = doc
+    return result

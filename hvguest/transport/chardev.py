@@ -1,0 +1,326 @@
+"""The /dev/vmbus/hv_* character devices (KVP, VSS, legacy fcopy).
+
+Kernel semantics (hv_utils_transport): one opener at a time (EBUSY otherwise),
+every write is one whole message, every read returns one whole queued message,
+O_NONBLOCK is ignored, and poll() reports POLLIN only while a message is queued.
+We therefore always poll() before read(): a blocked read() cannot be woken and,
+on FUSE-served devices, would also block a concurrent write on the same fd.
+
+The path may instead name a unix SOCK_SEQPACKET socket (rootless simulator);
+record boundaries give the same one-message-per-read/write semantics.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import socket
+import stat
+import struct
+import time
+from collections.abc import Callable
+
+from hvguest.errors import TransportError
+from hvguest.paths import Paths
+
+log = logging.getLogger(__name__)
+
+REGISTER_TIMEOUT = 10.0
+
+KVP_MSG_SIZE = 7432
+KVP_OP_REGISTER1 = 100
+KVP_VERSION_OFFSET = 4
+KVP_VERSION_SIZE = 512
+
+VSS_MSG_SIZE = 12
+VSS_OP_REGISTER1 = 129
+VSS_ECHO_SIZE = 4
+
+FCOPY_CURRENT_VERSION = 1
+FCOPY_ECHO_SIZE = 4
+# Largest legacy fcopy message (hv_do_fcopy).
+FCOPY_READ_SIZE = 6196
+
+_ERR_EVENTS = select.POLLERR | select.POLLHUP | select.POLLNVAL
+
+
+class CharDevTransport:
+    """One registered connection to a /dev/vmbus/hv_* device (or simulator socket)."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        register: bytes,
+        read_size: int,
+        check_echo: Callable[[bytes], str],
+        name: str,
+        holder: str | None = None,
+        register_timeout: float = REGISTER_TIMEOUT,
+    ) -> None:
+        self.path = path
+        self.name = name
+        self.register = register
+        self.read_size = read_size
+        self.check_echo = check_echo
+        self.holder = holder or f"hv_{name}_daemon"
+        self.register_timeout = register_timeout
+        self.version: str | None = None
+        self.is_socket = False
+        self._fd: int | None = None
+        self._sock: socket.socket | None = None
+
+    # -- lifecycle -------------------------------------------------------
+
+    def open(self) -> CharDevTransport:
+        """Open the device, register and check the echo. Returns self."""
+        if self._fd is not None:
+            raise TransportError(f"{self.path}: already open")
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise TransportError(self._absent_message()) from None
+        except OSError as exc:
+            raise TransportError(f"{self.path}: cannot stat: {exc.strerror}") from exc
+        if stat.S_ISSOCK(st.st_mode):
+            self._connect()
+        else:
+            self._open_device()
+        try:
+            self._register()
+        except BaseException:
+            self.close()
+            raise
+        log.debug("%s registered, version %s", self.path, self.version)
+        return self
+
+    def reopen(self) -> None:
+        """Close, open and register again (after a read/write error)."""
+        self.close()
+        self.open()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        elif self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+        self._fd = None
+        self._sock = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._fd is not None
+
+    def fileno(self) -> int:
+        if self._fd is None:
+            raise TransportError(f"{self.path}: not open")
+        return self._fd
+
+    def __enter__(self) -> CharDevTransport:
+        if self._fd is None:
+            self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- messages --------------------------------------------------------
+
+    def read_packet(self, timeout: float | None = 0.0) -> bytes:
+        """Return one whole message, or b"" when none is ready within ``timeout``
+        seconds (0: do not wait — the caller polled already; None: wait)."""
+        fd = self.fileno()
+        events = self._poll(fd, timeout)
+        if not events:
+            return b""
+        if not events & select.POLLIN and events & _ERR_EVENTS:
+            raise TransportError(f"{self.path}: device is going away (poll {events:#x})")
+        try:
+            data = os.read(fd, self.read_size)
+        except (InterruptedError, BlockingIOError):
+            return b""
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise TransportError(
+                    f"{self.path}: queued message is larger than the {self.read_size}-byte"
+                    " read buffer"
+                ) from exc
+            raise TransportError(f"{self.path}: read failed: {exc.strerror}") from exc
+        if not data and self.is_socket:
+            raise TransportError(f"{self.path}: peer closed the connection")
+        return data
+
+    def write_packet(self, data: bytes) -> None:
+        fd = self.fileno()
+        try:
+            n = os.write(fd, data)
+        except OSError as exc:
+            raise TransportError(
+                f"{self.path}: write of {len(data)} bytes failed: {exc.strerror}"
+            ) from exc
+        if n != len(data):
+            raise TransportError(f"{self.path}: short write, {n} of {len(data)} bytes")
+
+    # -- internals -------------------------------------------------------
+
+    def _absent_message(self) -> str:
+        return (
+            f"{self.path}: device absent: the host does not offer the service"
+            " or hv_utils is not loaded"
+        )
+
+    def _open_device(self) -> None:
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno == errno.EBUSY:
+                raise TransportError(
+                    f"{self.path}: device busy: held by another process,"
+                    f" e.g. the distribution's {self.holder}"
+                ) from exc
+            if exc.errno in (errno.ENOENT, errno.ENODEV, errno.ENXIO):
+                raise TransportError(self._absent_message()) from exc
+            raise TransportError(f"{self.path}: cannot open: {exc.strerror}") from exc
+        self.is_socket = False
+
+    def _connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(self.path)
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EBUSY:
+                raise TransportError(
+                    f"{self.path}: device busy: held by another process,"
+                    f" e.g. the distribution's {self.holder}"
+                ) from exc
+            raise TransportError(f"{self.path}: cannot connect: {exc.strerror}") from exc
+        self._sock = sock
+        self._fd = sock.fileno()
+        self.is_socket = True
+
+    def _poll(self, fd: int, timeout: float | None) -> int:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        ms = None if timeout is None else max(0, int(timeout * 1000))
+        try:
+            ready = poller.poll(ms)
+        except InterruptedError:  # pragma: no cover - retried by Python (PEP 475)
+            return 0
+        return ready[0][1] if ready else 0
+
+    def _register(self) -> None:
+        self.write_packet(self.register)
+        deadline = time.monotonic() + self.register_timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TransportError(
+                    f"{self.path}: no registration reply within {self.register_timeout:g} s"
+                )
+            echo = self.read_packet(timeout=remaining)
+            if echo:
+                break
+        try:
+            self.version = self.check_echo(echo)
+        except TransportError:
+            raise
+        except Exception as exc:
+            raise TransportError(f"{self.path}: bad registration reply: {exc}") from exc
+
+
+# -- handshakes (protocol.md §2.1, §3.1, §4.2) -------------------------------
+
+
+def check_kvp_echo(echo: bytes) -> str:
+    if len(echo) != KVP_MSG_SIZE:
+        raise TransportError(
+            f"KVP registration reply is {len(echo)} bytes, expected {KVP_MSG_SIZE}"
+        )
+    if echo[0] != KVP_OP_REGISTER1:
+        raise TransportError(
+            f"KVP registration reply has operation {echo[0]}, expected {KVP_OP_REGISTER1}"
+        )
+    raw = echo[KVP_VERSION_OFFSET : KVP_VERSION_OFFSET + KVP_VERSION_SIZE]
+    return raw.split(b"\0", 1)[0].decode("ascii", "replace")
+
+
+def check_vss_echo(echo: bytes) -> str:
+    if len(echo) != VSS_ECHO_SIZE:
+        raise TransportError(
+            f"VSS registration reply is {len(echo)} bytes, expected {VSS_ECHO_SIZE}"
+        )
+    (version,) = struct.unpack("<I", echo)
+    if version != VSS_OP_REGISTER1:
+        raise TransportError(f"VSS registration reply is {version}, expected {VSS_OP_REGISTER1}")
+    return str(version)
+
+
+def check_fcopy_echo(echo: bytes) -> str:
+    if len(echo) != FCOPY_ECHO_SIZE:
+        raise TransportError(
+            f"fcopy registration reply is {len(echo)} bytes, expected {FCOPY_ECHO_SIZE}"
+        )
+    (version,) = struct.unpack("<I", echo)
+    if version != FCOPY_CURRENT_VERSION:
+        raise TransportError(
+            f"fcopy registration reply is {version}, expected {FCOPY_CURRENT_VERSION}"
+        )
+    return str(version)
+
+
+def kvp_transport(paths: Paths) -> CharDevTransport:
+    register = bytes([KVP_OP_REGISTER1]) + bytes(KVP_MSG_SIZE - 1)
+    return CharDevTransport(
+        paths.vmbus_device("hv_kvp"),
+        register=register,
+        read_size=KVP_MSG_SIZE,
+        check_echo=check_kvp_echo,
+        name="kvp",
+        holder="hv_kvp_daemon",
+    )
+
+
+def vss_transport(paths: Paths) -> CharDevTransport:
+    register = bytes([VSS_OP_REGISTER1]) + bytes(VSS_MSG_SIZE - 1)
+    return CharDevTransport(
+        paths.vmbus_device("hv_vss"),
+        register=register,
+        # Host FREEZE messages reach the daemon as 12-byte hv_vss_msg; the C
+        # daemon reads the 4-byte echo with a 12-byte buffer too.
+        read_size=VSS_MSG_SIZE,
+        check_echo=check_vss_echo,
+        name="vss",
+        holder="hv_vss_daemon",
+    )
+
+
+def fcopy_transport(paths: Paths) -> CharDevTransport:
+    return CharDevTransport(
+        paths.vmbus_device("hv_fcopy"),
+        register=struct.pack("<i", FCOPY_CURRENT_VERSION),
+        read_size=FCOPY_READ_SIZE,
+        check_echo=check_fcopy_echo,
+        name="fcopy",
+        holder="hv_fcopy_daemon",
+    )
+
+
+def open_kvp(paths: Paths) -> CharDevTransport:
+    """Open and register /dev/vmbus/hv_kvp; ``.version`` is e.g. "3.1"."""
+    return kvp_transport(paths).open()
+
+
+def open_vss(paths: Paths) -> CharDevTransport:
+    """Open and register /dev/vmbus/hv_vss; ``.version`` is "129"."""
+    return vss_transport(paths).open()
+
+
+def open_fcopy(paths: Paths) -> CharDevTransport:
+    """Open and register /dev/vmbus/hv_fcopy (kernels <= 6.9); ``.version`` is "1"."""
+    return fcopy_transport(paths).open()
