@@ -1,0 +1,213 @@
+"""The kernel's KVP conversions (``drivers/hv/hv_kvp.c``), for a simulator playing the
+kernel between a host and the daemon.
+
+* ``kvp_host_to_daemon``: host body (after the IC header) -> 7432-byte daemon message
+  (``kvp_send_key`` / ``process_ib_ipinfo``).
+* ``kvp_daemon_to_host``: daemon reply -> status and the host body modified in place
+  (``kvp_respond_to_host`` / ``process_ob_ipinfo``).
+
+The string converters reproduce the kernel's ``utf16s_to_utf8s`` / ``utf8s_to_utf16s``
+(``fs/nls/nls_base.c``): UTF-16 input stops at a 0 unit or after ``inlen`` units (the KVP
+driver passes byte counts as unit counts), unpaired surrogates are skipped, output stops
+at the first character that no longer fits (current kernels; older ones skipped it and
+went on), and invalid UTF-8 is an error (the host then gets HV_E_FAIL).
+"""
+
+from __future__ import annotations
+
+from hvguest.errors import WireError
+from hvguest.wire._codec import cut_nul, get_uint, pack_uint, put
+from hvguest.wire.kvp import (
+    DELETE_KEY_OFFSET,
+    DELETE_KEY_SIZE_OFFSET,
+    ENUM_INDEX_OFFSET,
+    ENUM_KEY_OFFSET,
+    ENUM_KEY_SIZE_OFFSET,
+    ENUM_VALUE_OFFSET,
+    ENUM_VALUE_SIZE_OFFSET,
+    ENUM_VALUE_TYPE_OFFSET,
+    GET_KEY_OFFSET,
+    GET_KEY_SIZE_OFFSET,
+    GET_REPLY_VALUE_OFFSET,
+    GET_VALUE_OFFSET,
+    GET_VALUE_SIZE_OFFSET,
+    GET_VALUE_TYPE_OFFSET,
+    HV_KVP_EXCHANGE_MAX_KEY_SIZE,
+    HV_KVP_EXCHANGE_MAX_VALUE_SIZE,
+    IP_ADAPTER_ID,
+    IP_ADDR_FAMILY_OFFSET,
+    IP_DHCP_ENABLED_OFFSET,
+    IP_STRING_FIELDS,
+    KVP_MSG_SIZE,
+    OP_OFFSET,
+    POOL_OFFSET,
+    KvpOp,
+    RegType,
+)
+from hvguest.wire.status import HvStatus
+
+# What the kernel lets the host see: 254 / 1022 code units per enumerated key / value.
+ENUM_KEY_MAX_UNITS = HV_KVP_EXCHANGE_MAX_KEY_SIZE // 2 - 2
+ENUM_VALUE_MAX_UNITS = HV_KVP_EXCHANGE_MAX_VALUE_SIZE // 2 - 2
+
+_SURROGATE_MASK = 0xF800
+_SURROGATE_PAIR = 0xD800
+_SURROGATE_LOW = 0x0400
+
+
+def kernel_utf16_to_utf8(data: bytes, inlen: int, maxout: int) -> bytes:
+    """``utf16s_to_utf8s(data, inlen units, LE, out, maxout bytes)``: never fails."""
+    units = [get_uint(data, i, 2) for i in range(0, len(data) - 1, 2)][: max(inlen, 0)]
+    out = bytearray()
+    pos = 0
+    while pos < len(units) and len(out) < maxout:
+        unit = units[pos]
+        if unit == 0:
+            break
+        pos += 1
+        code = unit
+        if unit & _SURROGATE_MASK == _SURROGATE_PAIR:
+            if unit & _SURROGATE_LOW:
+                continue  # a low surrogate without its high half is skipped
+            if pos >= len(units):
+                break
+            low = units[pos]
+            if low & _SURROGATE_MASK != _SURROGATE_PAIR or not low & _SURROGATE_LOW:
+                continue  # a high surrogate without its low half is skipped
+            code = 0x10000 + ((unit & 0x3FF) << 10) + (low & 0x3FF)
+            pos += 1
+        encoded = chr(code).encode("utf-8")
+        if len(encoded) > maxout - len(out):
+            break
+        out += encoded
+    return bytes(out)
+
+
+def kernel_utf8_to_utf16(data: bytes, maxout: int) -> bytes:
+    """``utf8s_to_utf16s(s, strlen(s), LE, out, maxout units)`` as UTF-16LE bytes.
+
+    WireError (field "utf8") where the kernel returns -EINVAL: an invalid UTF-8 sequence
+    met before the output is full.
+    """
+    raw = cut_nul(data)
+    invalid_at: int | None = None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        text = raw[: exc.start].decode("utf-8")
+        invalid_at = exc.start
+    out = bytearray()
+    units = 0
+    for char in text:
+        need = 2 if ord(char) >= 0x10000 else 1
+        if units >= maxout or units + need > maxout:
+            return bytes(out)
+        out += char.encode("utf-16-le")
+        units += need
+    if invalid_at is not None and units < maxout:
+        raise WireError(
+            f"string is not valid UTF-8 at byte {invalid_at}", field="utf8", limit="UTF-8"
+        )
+    return bytes(out)
+
+
+def _utf16_into(host: bytearray, offset: int, size: int, text: bytes) -> None:
+    """Store converted units like the kernel: no terminator written, field bounds kept."""
+    put(host, offset, text[:size])
+
+
+def kvp_host_to_daemon(host_body: bytes) -> bytes:
+    """The 7432-byte message the kernel queues to the daemon for a host KVP body."""
+    host = bytes(host_body[:KVP_MSG_SIZE]).ljust(KVP_MSG_SIZE, b"\0")
+    op, pool = host[OP_OFFSET], host[POOL_OFFSET]
+    msg = bytearray(KVP_MSG_SIZE)
+    msg[OP_OFFSET], msg[POOL_OFFSET] = op, pool
+
+    def key_from(size_offset: int, key_offset: int, out_size: int, out_key: int) -> None:
+        inlen = get_uint(host, size_offset, 4)
+        key = kernel_utf16_to_utf8(host[key_offset:], inlen, HV_KVP_EXCHANGE_MAX_KEY_SIZE - 1)
+        put(msg, out_key, key)
+        put(msg, out_size, pack_uint(len(key) + 1, 4, "key_size"))
+
+    if op in (KvpOp.GET_IP_INFO, KvpOp.SET_IP_INFO):
+        # Host layout is hv_kvp_ip_msg: every field sits 2 bytes lower.
+        fields = IP_STRING_FIELDS if op == KvpOp.SET_IP_INFO else (IP_ADAPTER_ID,)
+        for spec in fields:
+            text = kernel_utf16_to_utf8(
+                host[spec.host_offset :], spec.kernel_limit, spec.kernel_limit
+            )
+            put(msg, spec.daemon_offset, text[: spec.size])
+        if op == KvpOp.SET_IP_INFO:
+            msg[IP_DHCP_ENABLED_OFFSET] = host[IP_DHCP_ENABLED_OFFSET - 2]
+        msg[IP_ADDR_FAMILY_OFFSET] = host[IP_ADDR_FAMILY_OFFSET - 2]
+    elif op == KvpOp.SET:
+        vtype = get_uint(host, GET_VALUE_TYPE_OFFSET, 4)
+        value: bytes | None = None
+        if vtype == RegType.REG_SZ:
+            inlen = get_uint(host, GET_VALUE_SIZE_OFFSET, 4)
+            value = kernel_utf16_to_utf8(
+                host[GET_VALUE_OFFSET:], inlen, HV_KVP_EXCHANGE_MAX_VALUE_SIZE - 1
+            )
+        elif vtype == RegType.REG_U32:
+            value = str(get_uint(host, GET_VALUE_OFFSET, 4)).encode()
+        elif vtype == RegType.REG_U64:
+            value = str(get_uint(host, GET_VALUE_OFFSET, 8)).encode()
+        if value is not None:  # unknown types leave value and value_size zero
+            put(msg, GET_VALUE_OFFSET, value)
+            put(msg, GET_VALUE_SIZE_OFFSET, pack_uint(len(value) + 1, 4, "value_size"))
+        key_from(GET_KEY_SIZE_OFFSET, GET_KEY_OFFSET, GET_KEY_SIZE_OFFSET, GET_KEY_OFFSET)
+    elif op == KvpOp.GET:
+        key_from(GET_KEY_SIZE_OFFSET, GET_KEY_OFFSET, GET_KEY_SIZE_OFFSET, GET_KEY_OFFSET)
+    elif op == KvpOp.DELETE:
+        key_from(
+            DELETE_KEY_SIZE_OFFSET, DELETE_KEY_OFFSET, DELETE_KEY_SIZE_OFFSET, DELETE_KEY_OFFSET
+        )
+    elif op == KvpOp.ENUMERATE:
+        put(msg, ENUM_INDEX_OFFSET, host[ENUM_INDEX_OFFSET : ENUM_INDEX_OFFSET + 4])
+    return bytes(msg)
+
+
+def kvp_daemon_to_host(op: int, host_body: bytes, reply: bytes) -> tuple[int, bytes]:
+    """Status for the IC header and the host body after the kernel copied the reply in.
+
+    ``op`` is the operation of the host request (the kernel remembers it; a reply's
+    first four bytes are the status). Reply strings are read with ``strlen`` like the
+    kernel does, so a field without NUL runs on into the next one. The body keeps its
+    length: bytes the kernel would write beyond it are never sent.
+    """
+    reply = bytes(reply[:KVP_MSG_SIZE]).ljust(KVP_MSG_SIZE, b"\0")
+    status = get_uint(reply, 0, 4)
+    host = bytearray(bytes(host_body).ljust(KVP_MSG_SIZE, b"\0"))
+    length = len(host_body)
+    if status != 0 or op in (KvpOp.SET_IP_INFO, KvpOp.SET, KvpOp.DELETE):
+        return status, bytes(host[:length])
+    try:
+        if op == KvpOp.GET_IP_INFO:
+            for spec in IP_STRING_FIELDS:
+                units = kernel_utf8_to_utf16(reply[spec.daemon_offset :], spec.kernel_limit)
+                _utf16_into(host, spec.host_offset, spec.size, units)
+            host[IP_DHCP_ENABLED_OFFSET - 2] = reply[IP_DHCP_ENABLED_OFFSET]
+            host[IP_ADDR_FAMILY_OFFSET - 2] = reply[IP_ADDR_FAMILY_OFFSET]
+            return status, bytes(host[:length])
+        if op == KvpOp.GET:
+            value_type_at, value_size_at, value_at = (
+                GET_VALUE_TYPE_OFFSET,
+                GET_VALUE_SIZE_OFFSET,
+                GET_VALUE_OFFSET,
+            )
+        else:  # ENUMERATE, and any other operation the kernel passed through
+            value_type_at, value_size_at, value_at = (
+                ENUM_VALUE_TYPE_OFFSET,
+                ENUM_VALUE_SIZE_OFFSET,
+                ENUM_VALUE_OFFSET,
+            )
+            key = kernel_utf8_to_utf16(reply[ENUM_KEY_OFFSET:], ENUM_KEY_MAX_UNITS)
+            _utf16_into(host, ENUM_KEY_OFFSET, HV_KVP_EXCHANGE_MAX_KEY_SIZE, key)
+            put(host, ENUM_KEY_SIZE_OFFSET, pack_uint(len(key) + 2, 4, "key_size"))
+        value = kernel_utf8_to_utf16(reply[GET_REPLY_VALUE_OFFSET:], ENUM_VALUE_MAX_UNITS)
+        _utf16_into(host, value_at, HV_KVP_EXCHANGE_MAX_VALUE_SIZE, value)
+        put(host, value_size_at, pack_uint(len(value) + 2, 4, "value_size"))
+        put(host, value_type_at, pack_uint(RegType.REG_SZ, 4, "value_type"))
+    except WireError:
+        status = HvStatus.HV_E_FAIL
+    return status, bytes(host[:length])
