@@ -1,0 +1,57 @@
+"""Config section "heartbeat" (hvguest-heartbeatd and the status commands)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hvguest.config import config_section, setting
+
+
+def _unit_names(value: list[str]) -> str | None:
+    for name in value:
+        if not name or "/" in name or any(c.isspace() for c in name):
+            return f"not a systemd unit name: {name!r}"
+    return None
+
+
+@config_section("heartbeat", help="Heartbeat, application health, shutdown hooks and time sync")
+@dataclass(frozen=True)
+class HeartbeatSettings:
+    poll_interval: float = setting(
+        10.0, help="seconds between checks of the channels, health and clock", min=1, max=3600
+    )
+    stall_threshold: int = setting(
+        3,
+        help="polls without heartbeat interrupts before warning 'no contact with the host'",
+        min=1,
+        max=1000,
+    )
+    log_period: float = setting(
+        600.0, help="a repeating failure is logged at most once per this many seconds",
+        min=1, max=86400,
+    )
+    health_units: list[str] = setting(
+        [],
+        help=(
+            "systemd units whose failure makes the guest 'critical' for the host;\n"
+            "empty: any failed unit on the system makes it 'degraded'"
+        ),
+        validate=_unit_names,
+    )
+    publish_health: bool = setting(
+        True, help="publish hvguest.health and hvguest.health.reason in KVP pool 1"
+    )
+    timesync_warn_offset_ms: float = setting(
+        100.0, help="warn when the guest clock differs from the host's by more (ms)",
+        min=0.001, max=86_400_000,
+    )
+    shutdown_hook_timeout: float = setting(
+        30.0, help="seconds each pre-shutdown hook may run", min=1, max=3600
+    )
+    shutdown_total_timeout: float = setting(
+        90.0, help="seconds all pre-shutdown hooks together may run", min=1, max=7200
+    )
+    chrony_restart_timeout: float = setting(
+        20.0, help="seconds 'hvguestctl timesync setup' waits for chrony to restart",
+        min=1, max=600,
+    )
