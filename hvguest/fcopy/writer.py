@@ -1,0 +1,282 @@
+"""The file behind one transfer: a temporary file renamed into place on COMPLETE.
+
+Data goes to an unnamed ``O_TMPFILE`` in the target directory when the filesystem
+supports it, else to a hidden ``.hvguest-fcopy.*`` file there (removed on cancel and,
+after a crash, on the next start via ``sweep_stale()``). Only COMPLETE gives the file
+its final name, after ``fsync``: a cancelled or broken transfer leaves nothing at the
+final name. Without OVER_WRITE the final step is ``linkat``, which fails if a file
+appeared meanwhile, so an existing file is never replaced by accident.
+
+Every OS error is turned into the status the host expects: ENOSPC/EDQUOT/EFBIG ->
+HV_ERROR_DISK_FULL, an existing target without OVER_WRITE -> HV_ERROR_ALREADY_EXISTS,
+anything else -> HV_E_FAIL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import secrets
+import stat
+from dataclasses import dataclass
+
+from hvguest.fcopy.policy import PathPolicy, Target, TransferRefused
+from hvguest.wire.status import HvStatus
+
+log = logging.getLogger(__name__)
+
+TEMP_PREFIX = ".hvguest-fcopy."
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# Filesystems without O_TMPFILE answer one of these.
+_NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT)
+
+
+def _status_for(exc: OSError) -> HvStatus:
+    return HvStatus.HV_ERROR_DISK_FULL if exc.errno in _FULL else HvStatus.HV_E_FAIL
+
+
+@dataclass(frozen=True)
+class Committed:
+    path: str
+    size: int
+    sha256: str
+
+
+class FileWriter:
+    """One transfer's file at a time; ``open`` / ``write`` / ``commit`` / ``discard``.
+
+    Failures raise ``TransferRefused`` carrying the status; after a failed ``write`` or
+    ``commit`` the temporary file is already gone.
+    """
+
+    def __init__(
+        self,
+        policy: PathPolicy,
+        *,
+        file_mode: int = 0o644,
+        uid: int = -1,
+        gid: int = -1,
+        use_tmpfile: bool = True,
+    ) -> None:
+        self.policy = policy
+        self.file_mode = file_mode
+        self.uid = uid
+        self.gid = gid
+        self.use_tmpfile = use_tmpfile
+        self.target: Target | None = None
+        self._fd = -1
+        self._temp_name: str | None = None  # None: O_TMPFILE (no name at all)
+        self._overwrite = False
+        self._hash = hashlib.sha256()
+        self._size = 0
+
+    @property
+    def active(self) -> bool:
+        return self._fd >= 0
+
+    @property
+    def temp_path(self) -> str | None:
+        if self.target is None or self._temp_name is None:
+            return None
+        return os.path.join(self.target.directory, self._temp_name)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def open(self, path_name: str, file_name: str, *, overwrite: bool, create_path: bool) -> Target:
+        if self.active:
+            self.discard("a new transfer starts")
+        target = self.policy.resolve(path_name, file_name, create=create_path)
+        try:
+            self._check_existing(target, overwrite)
+            self._create(target)
+        except BaseException:
+            target.close()
+            raise
+        self.target = target
+        self._overwrite = overwrite
+        self._hash = hashlib.sha256()
+        self._size = 0
+        log.debug("receiving %s (temporary %s)", target.path, self._temp_name or "O_TMPFILE")
+        return target
+
+    def write(self, offset: int, data: bytes) -> None:
+        fd = self._fd
+        if fd < 0:
+            raise TransferRefused("no file is open for writing")
+        view = memoryview(data)
+        done = 0
+        try:
+            while done < len(view):
+                n = os.pwrite(fd, view[done:], offset + done)
+                if n == 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                done += n
+        except OSError as exc:
+            path = self.target.path if self.target else "?"
+            self.discard(f"write failed: {exc.strerror}")
+            raise TransferRefused(
+                f"writing {len(data)} bytes at offset {offset} of {path} failed: {exc.strerror}",
+                _status_for(exc),
+            ) from exc
+        self._hash.update(data)
+        self._size = max(self._size, offset + len(data))
+
+    def commit(self) -> Committed:
+        target = self.target
+        if target is None or self._fd < 0:
+            raise TransferRefused("no file is open to complete")
+        try:
+            os.fchmod(self._fd, self.file_mode)
+            if self.uid >= 0 or self.gid >= 0:
+                os.fchown(self._fd, self.uid, self.gid)
+            os.fsync(self._fd)
+            self._link_into_place(target)
+        except TransferRefused:
+            self.discard("completing failed")
+            raise
+        except OSError as exc:
+            self.discard(f"completing failed: {exc.strerror}")
+            raise TransferRefused(
+                f"cannot complete {target.path}: {exc.strerror}", _status_for(exc)
+            ) from exc
+        with contextlib.suppress(OSError):
+            os.fsync(target.dir_fd)
+        done = Committed(target.path, self._size, self._hash.hexdigest())
+        self._close()
+        return done
+
+    def discard(self, reason: str) -> None:
+        """Drop the temporary file; a no-op when nothing is open."""
+        if self.target is not None and self._temp_name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._temp_name, dir_fd=self.target.dir_fd)
+        if self.target is not None:
+            log.debug("discarded %s: %s", self.target.path, reason)
+        self._close()
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    # -- internals -------------------------------------------------------------
+
+    def _close(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd = -1
+        self._temp_name = None
+        if self.target is not None:
+            self.target.close()
+            self.target = None
+
+    def _check_existing(self, target: Target, overwrite: bool) -> None:
+        try:
+            st = os.stat(target.name, dir_fd=target.dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise TransferRefused(f"cannot check {target.path}: {exc.strerror}") from exc
+        if stat.S_ISDIR(st.st_mode):
+            raise TransferRefused(f"{target.path} exists and is a directory")
+        if not overwrite:
+            raise TransferRefused(
+                f"{target.path} exists and the host did not set OVER_WRITE",
+                HvStatus.HV_ERROR_ALREADY_EXISTS,
+            )
+
+    def _create(self, target: Target) -> None:
+        mode = self.file_mode & 0o777
+        if self.use_tmpfile:
+            try:
+                self._fd = os.open(
+                    ".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, mode, dir_fd=target.dir_fd
+                )
+                self._temp_name = None
+                return
+            except OSError as exc:
+                if exc.errno in _FULL:
+                    raise TransferRefused(
+                        f"cannot create a file in {target.directory}: {exc.strerror}",
+                        HvStatus.HV_ERROR_DISK_FULL,
+                    ) from exc
+                if exc.errno not in _NO_TMPFILE:
+                    raise TransferRefused(
+                        f"cannot create a file in {target.directory}: {exc.strerror}"
+                    ) from exc
+                log.debug("%s: no O_TMPFILE (%s); using a hidden name", target.directory, exc)
+        for _attempt in range(5):
+            name = f"{TEMP_PREFIX}{secrets.token_hex(6)}"
+            try:
+                self._fd = os.open(
+                    name,
+                    os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    mode,
+                    dir_fd=target.dir_fd,
+                )
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise TransferRefused(
+                    f"cannot create a file in {target.directory}: {exc.strerror}", _status_for(exc)
+                ) from exc
+            self._temp_name = name
+            return
+        raise TransferRefused(f"cannot find a free temporary name in {target.directory}")
+
+    def _link_into_place(self, target: Target) -> None:
+        name, dir_fd = target.name, target.dir_fd
+        if self._temp_name is None:
+            # O_TMPFILE: give the open file a name. linkat never replaces a name, so for
+            # OVER_WRITE link under a hidden name first and rename that over the target.
+            proc_path = f"/proc/self/fd/{self._fd}"
+            final = name
+            if self._overwrite:
+                final = f"{TEMP_PREFIX}{secrets.token_hex(6)}"
+            try:
+                os.link(proc_path, final, dst_dir_fd=dir_fd, follow_symlinks=True)
+            except FileExistsError as exc:
+                raise TransferRefused(
+                    f"{target.path} appeared during the transfer and OVER_WRITE is not set",
+                    HvStatus.HV_ERROR_ALREADY_EXISTS,
+                ) from exc
+            if self._overwrite:
+                self._temp_name = final  # discard() removes it if the rename fails
+                os.rename(final, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                self._temp_name = None
+            return
+        temp = self._temp_name
+        if self._overwrite:
+            os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        else:
+            try:
+                os.link(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            except FileExistsError as exc:
+                raise TransferRefused(
+                    f"{target.path} appeared during the transfer and OVER_WRITE is not set",
+                    HvStatus.HV_ERROR_ALREADY_EXISTS,
+                ) from exc
+            os.unlink(temp, dir_fd=dir_fd)
+        self._temp_name = None
+
+
+def sweep_stale(directories: list[str]) -> list[str]:
+    """Remove hidden temporary files left by a daemon that died mid-transfer."""
+    removed = []
+    for directory in directories:
+        with contextlib.suppress(OSError):
+            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                for entry in os.listdir(dir_fd):
+                    if entry.startswith(TEMP_PREFIX):
+                        with contextlib.suppress(OSError):
+                            os.unlink(entry, dir_fd=dir_fd)
+                            removed.append(os.path.join(directory, entry))
+            finally:
+                os.close(dir_fd)
+    for path in removed:
+        log.info("removed %s, left by an interrupted transfer", path)
+    return removed
