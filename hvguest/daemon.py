@@ -223,7 +223,9 @@ class Runtime:
             heapq.heappop(self._timers)
             if timer.interval is not None:
                 # Fixed rate, but never a burst of catch-up calls after a stall.
-                timer.when = max(timer.when + timer.interval, now)
+                timer.when += timer.interval
+                if timer.when <= now:
+                    timer.when = now + timer.interval
                 timer.seq = next(self._seq)
                 heapq.heappush(self._timers, timer)
             self._invoke(timer.callback, "timer")

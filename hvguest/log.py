@@ -54,7 +54,8 @@ class MemoryLogBuffer(logging.Handler):
         with self._mutex:
             self._held = True
 
-    def release(self) -> None:
+    # Not named release(): logging.Handler.release() is the handler's lock.
+    def flush_held(self) -> None:
         """Stop holding and emit everything held so far."""
         with self._mutex:
             self._held = False
@@ -88,8 +89,11 @@ class MemoryLogBuffer(logging.Handler):
     def setFormatter(self, fmt: logging.Formatter | None) -> None:  # noqa: N802
         self.target.setFormatter(fmt)
 
+    def flush(self) -> None:
+        self.target.flush()
+
     def close(self) -> None:
-        self.release()
+        self.flush_held()
         self.target.close()
         super().close()
 
@@ -140,7 +144,7 @@ def setup_logging(
     root = logging.getLogger()
     if _buffer is not None:
         root.removeHandler(_buffer)
-        _buffer.release()
+        _buffer.flush_held()
     _buffer = MemoryLogBuffer(inner)
     root.addHandler(_buffer)
     set_level(logging.DEBUG if debug else (level if level is not None else logging.INFO))
@@ -164,7 +168,7 @@ def hold() -> None:
 def flush() -> None:
     """Stop holding and emit the held records."""
     if _buffer is not None:
-        _buffer.release()
+        _buffer.flush_held()
 
 
 release = flush

@@ -1,0 +1,121 @@
+"""Daemon command line and start-up."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from hvguest import log as hvlog
+from hvguest.daemons.common import daemon_arg_parser, daemon_ident, paths_from_args, start_daemon
+from hvguest.paths import Paths
+
+
+@pytest.fixture(autouse=True)
+def restore_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    monkeypatch.delenv("INVOCATION_ID", raising=False)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for h in list(root.handlers):
+        if h not in handlers:
+            root.removeHandler(h)
+    root.setLevel(level)
+    hvlog._buffer = None
+
+
+def test_parser_defaults_and_paths() -> None:
+    p = daemon_arg_parser("hvguest-kvpd", "KVP daemon")
+    args = p.parse_args([])
+    assert args.config is None and args.debug is False and args.log_target == "auto"
+    assert paths_from_args(args) == Paths()
+    args = p.parse_args(
+        [
+            "--dev-root",
+            "/t/dev",
+            "--sys-root",
+            "/t/sys",
+            "--proc-root",
+            "/t/proc",
+            "--pool-dir",
+            "/t/pool",
+            "--etc-dir",
+            "/t/etc",
+            "--run-dir",
+            "/t/run",
+            "--debug",
+            "--log-target",
+            "stderr",
+        ]
+    )
+    paths = paths_from_args(args)
+    assert (paths.dev, paths.sys, paths.proc, paths.pool_dir, paths.etc, paths.run) == (
+        "/t/dev",
+        "/t/sys",
+        "/t/proc",
+        "/t/pool",
+        "/t/etc",
+        "/t/run",
+    )
+    assert paths.config_file == "/t/etc/hvguest.yaml"
+
+
+def test_ident() -> None:
+    assert daemon_ident("kvp") == "hvguest-kvpd"
+    assert daemon_ident("hvguest-vssd") == "hvguest-vssd"
+
+
+def test_start_with_missing_default_config(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    args = daemon_arg_parser("hvguest-kvpd", "").parse_args(["--etc-dir", str(tmp_path)])
+    paths, config = start_daemon("kvp", args)
+    assert paths.etc == str(tmp_path)
+    assert config.log.level == "info"
+
+
+def test_bad_config_prints_one_line_and_exits_1(
+    tmp_path: os.PathLike[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = os.path.join(str(tmp_path), "hvguest.yaml")
+    with open(path, "w") as f:
+        f.write("log:\n  level: verbose\n")
+    args = daemon_arg_parser("hvguest-kvpd", "").parse_args(
+        ["--config", path, "--log-target", "stderr"]
+    )
+    with pytest.raises(SystemExit) as exc:
+        start_daemon("kvp", args)
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"hvguest-kvpd: {path}:2: log.level: expected one of debug, info, warning, error,"
+        " got 'verbose'\n"
+    )
+
+
+def test_explicit_missing_config_is_an_error(
+    tmp_path: os.PathLike[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = os.path.join(str(tmp_path), "nope.yaml")
+    args = daemon_arg_parser("hvguest-vssd", "").parse_args(["--config", path])
+    with pytest.raises(SystemExit):
+        start_daemon("hvguest-vssd", args)
+    assert capsys.readouterr().err == f"hvguest-vssd: {path}: no such file\n"
+
+
+def test_config_level_applies_unless_debug(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    with open(os.path.join(str(tmp_path), "hvguest.yaml"), "w") as f:
+        f.write("log:\n  level: warning\n")
+    parser = daemon_arg_parser("hvguest-kvpd", "")
+    start_daemon("kvp", parser.parse_args(["--etc-dir", str(tmp_path)]))
+    assert logging.getLogger().level == logging.WARNING
+    start_daemon("kvp", parser.parse_args(["--etc-dir", str(tmp_path), "--debug"]))
+    assert logging.getLogger().level == logging.DEBUG

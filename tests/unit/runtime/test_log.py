@@ -1,0 +1,133 @@
+"""setup_logging targets, holding records in memory, Throttle."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from hvguest import log as hvlog
+from hvguest.log import MemoryLogBuffer, Throttle, setup_logging
+
+
+@pytest.fixture(autouse=True)
+def restore_root() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for h in list(root.handlers):
+        if h not in handlers:
+            root.removeHandler(h)
+    root.setLevel(level)
+    hvlog._buffer = None
+
+
+class ListHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_throttle_once_per_period_with_suppressed_count() -> None:
+    now = [0.0]
+    t = Throttle(60, clock=lambda: now[0])
+    assert t.should_log("hb") == (True, 0)
+    assert t.should_log("hb") == (False, 0)
+    assert t.should_log("hb") == (False, 0)
+    assert t.should_log("other") == (True, 0)
+    now[0] = 59.9
+    assert t.should_log("hb") == (False, 0)
+    now[0] = 60.0
+    assert t.should_log("hb") == (True, 3)
+    assert t.should_log("hb") == (False, 0)
+    assert t.reset("hb") == 1
+    assert t.should_log("hb") == (True, 0)
+
+
+def test_memory_buffer_holds_and_flushes_in_order() -> None:
+    target = ListHandler()
+    buf = MemoryLogBuffer(target, limit=3)
+    logger = logging.getLogger("hvguest.test.hold")
+    logger.propagate = False
+    logger.addHandler(buf)
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("before")
+        buf.hold()
+        for i in range(5):
+            logger.info("frozen %d", i)
+        assert [r.getMessage() for r in target.records] == ["before"]
+        buf.flush_held()
+        msgs = [r.getMessage() for r in target.records]
+        assert msgs == [
+            "before",
+            "2 log records dropped while logging was held",
+            "frozen 2",
+            "frozen 3",
+            "frozen 4",
+        ]
+        logger.info("after")
+        assert target.records[-1].getMessage() == "after"
+    finally:
+        logger.removeHandler(buf)
+
+
+def test_setup_logging_stderr_and_module_hold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    monkeypatch.delenv("INVOCATION_ID", raising=False)
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    buf = setup_logging("hvguest-testd")
+    assert isinstance(buf.target, logging.StreamHandler)
+    logger = logging.getLogger("hvguest.test.setup")
+    logger.debug("hidden")
+    logger.info("shown %s", "here")
+    hvlog.hold()
+    logger.warning("held")
+    assert "held" not in stream.getvalue()
+    hvlog.flush()
+    text = stream.getvalue()
+    assert "hvguest-testd[" in text and "shown here" in text and "held" in text
+    assert "hidden" not in text
+
+
+def test_setup_logging_debug(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    setup_logging("x", debug=True, target="stderr", level="error")
+    assert logging.getLogger().level == logging.DEBUG
+    setup_logging("x", target="stderr", level="warning")
+    assert logging.getLogger().level == logging.WARNING
+
+
+def test_journal_chosen_under_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INVOCATION_ID", "0123")
+    made: list[str] = []
+
+    def fake_journal(ident: str) -> logging.Handler:
+        made.append(ident)
+        return ListHandler()
+
+    monkeypatch.setattr(hvlog, "_journal_handler", fake_journal)
+    buf = setup_logging("hvguest-kvpd")
+    assert made == ["hvguest-kvpd"]
+    logging.getLogger("hvguest.test").info("pool", extra={"HVGUEST_POOL": 1})
+    rec = buf.target.records[-1]  # type: ignore[attr-defined]
+    assert rec.HVGUEST_POOL == 1
+
+
+def test_real_journal_handler_carries_identifier() -> None:
+    handler = hvlog._journal_handler("hvguest-kvpd")
+    assert type(handler).__name__ == "JournalHandler"
+    assert handler._extra["SYSLOG_IDENTIFIER"] == "hvguest-kvpd"  # type: ignore[attr-defined]
+
+
+def test_bad_target() -> None:
+    with pytest.raises(ValueError, match="log target"):
+        setup_logging("x", target="syslog")
