@@ -1,0 +1,737 @@
+"""Run a command (the daemon under test) with simulated devices at their real paths.
+
+The command runs in private mount, UTS, IPC and network namespaces on an overlay root
+(lower: the machine's ``/``; upper: a tmpfs), so every write it makes, even onto
+``/etc/passwd``, stays in memory. It gets a fresh ``/proc`` and ``/sys``, a tmpfs
+``/dev`` with the usual nodes and a ``/dev/log`` socket the parent reads, a tmpfs
+``/run``, the FUSE device servers mounted at e.g. ``/dev/vmbus``, optional loop
+filesystems, fake sysfs entries and a fixed test network.
+
+The namespaces are built by a short-lived helper (``python -m hvguest.sim.sandbox``) that
+execs the command once the parent has confirmed; its pid is the command's pid. The FUSE
+servers stay in the parent: ``start()``, ``wait()``, ``exec()`` and ``stop()`` call their
+``process()`` while they wait, and otherwise the caller's select loop must.
+
+The parent keeps the sandbox's namespaces open, so ``exec()`` (e.g. ``fsfreeze -u``)
+works even after the command exited; ``stop()`` thaws every loop filesystem, ends the
+command and anything else left in the sandbox, drops the namespaces and detaches the
+loop devices.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from hvguest.errors import HvGuestError
+from hvguest.sim import netns
+
+if TYPE_CHECKING:
+    from hvguest.sim.fuse import FuseDeviceServer
+
+log = logging.getLogger(__name__)
+
+SYSLOG_PATH = "/dev/log"
+_FSTYPE = "fuse.hvguest-sim"
+_SETUP_FAILED = 111
+
+
+class SandboxError(HvGuestError):
+    """The sandbox could not be set up, or was asked something unsafe."""
+
+
+@dataclass
+class LoopFs:
+    """A filesystem image attached to a loop device and mounted inside the sandbox only."""
+
+    image: str
+    fstype: str
+    mountpoint: str
+
+
+@dataclass(frozen=True)
+class SysLink:
+    """A symbolic link in the fake sysfs tree (``fake_sys`` value)."""
+
+    target: str
+
+
+@dataclass(frozen=True)
+class SysDir:
+    """An empty directory in the fake sysfs tree (``fake_sys`` value)."""
+
+
+@dataclass
+class SandboxSpec:
+    command: list[str]
+    # (server, path): a path naming one of the server's files ("/dev/uio0") binds that
+    # file there; any other path ("/dev/vmbus") mounts the whole server as a directory.
+    fuse_mounts: list[tuple[FuseDeviceServer, str]] = field(default_factory=list)
+    # Paths relative to /sys, e.g. "bus/vmbus/devices/<id>/class_id": file contents,
+    # SysLink or SysDir. Their top directories (bus, class...) become tmpfs with the real
+    # entries bind-mounted back.
+    fake_sys: dict[str, str | bytes | SysLink | SysDir] = field(default_factory=dict)
+    loop_filesystems: list[LoopFs] = field(default_factory=list)
+    # A tmpfs over /sys/dev/block, so the reference VSS daemon does not skip loop devices.
+    hide_loop_markers: bool = True
+    network: bool = False
+    env: dict[str, str] | None = None
+    cwd: str = "/"
+    stdout: str | None = None
+    stderr: str | None = None
+
+
+class Sandbox:
+    """One command in its own namespaces; a context manager that stops it on exit."""
+
+    def __init__(self, spec: SandboxSpec) -> None:
+        self.spec = spec
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._base = ""
+        self._spec_path = ""
+        self._syslog_sock: socket.socket | None = None
+        self._syslog_lines: list[str] = []
+        self._ns_fds: dict[str, int] = {}  # namespace type -> fd held by the parent
+        self._peer_ns: int | None = None
+        self._loops: list[str] = []
+        self._stragglers: list[subprocess.Popen[bytes]] = []
+        self._returncode: int | None = None
+        self._cleaned = False
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise SandboxError("sandbox not started")
+        return self._proc.pid
+
+    @property
+    def root(self) -> str:
+        """The sandbox's root seen from outside (valid while the command runs)."""
+        return f"/proc/{self.pid}/root"
+
+    @property
+    def loop_devices(self) -> list[str]:
+        return list(self._loops)
+
+    def start(self, timeout: float = 30) -> None:
+        if self._proc is not None:
+            raise SandboxError("sandbox already started")
+        if os.geteuid() != 0:
+            raise SandboxError("the sandbox needs root (namespaces and mounts)")
+        self._validate()
+        try:
+            self._launch(timeout)
+        except BaseException:
+            self._kill_and_cleanup()
+            raise
+
+    def _validate(self) -> None:
+        if not self.spec.command:
+            raise SandboxError("empty command")
+        for _server, path in self.spec.fuse_mounts:
+            if not os.path.isabs(path):
+                raise SandboxError(f"FUSE mount path {path!r} is not absolute")
+        for rel in self.spec.fake_sys:
+            parts = rel.strip("/").split("/")
+            if not rel or rel.startswith("/") or ".." in parts or len(parts) < 2:
+                raise SandboxError(f"fake_sys path {rel!r}: need a relative path below a "
+                                   "top directory of /sys")
+        for loop in self.spec.loop_filesystems:
+            if not os.path.isfile(loop.image) or not os.path.isabs(loop.mountpoint):
+                raise SandboxError(f"loop filesystem {loop}: image must exist and "
+                                   "the mount point be absolute")
+
+    def _launch(self, timeout: float) -> None:
+        self._base = tempfile.mkdtemp(prefix="hvguest-sandbox-")
+        self._spec_path = self._base + ".json"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self._syslog_sock = sock
+        status_r, status_w = os.pipe()
+        go_r, go_w = os.pipe()
+        fuse: list[dict[str, Any]] = []
+        for server, path in self.spec.fuse_mounts:
+            name = os.path.basename(path)
+            fuse.append({
+                "fd": server.fileno(), "options": server.mount_options(), "path": path,
+                "file": name if name in server.names else None,
+            })
+        fake: list[list[str]] = []
+        for rel, value in sorted(self.spec.fake_sys.items()):
+            if isinstance(value, SysLink):
+                fake.append([rel, "link", value.target])
+            elif isinstance(value, SysDir):
+                fake.append([rel, "dir", ""])
+            else:
+                data = value.encode() if isinstance(value, str) else bytes(value)
+                fake.append([rel, "file", base64.b64encode(data).decode()])
+        child_spec = {
+            "command": self.spec.command,
+            "env": self.spec.env if self.spec.env is not None else dict(os.environ),
+            "cwd": self.spec.cwd, "base": self._base, "fuse": fuse, "fake_sys": fake,
+            "loops": [vars(lp) for lp in self.spec.loop_filesystems],
+            "hide_loop_markers": self.spec.hide_loop_markers, "network": self.spec.network,
+            "syslog_fd": sock.fileno(), "status_fd": status_w, "go_fd": go_r,
+            "ppid": os.getpid(),
+        }
+        with open(self._spec_path, "w") as f:
+            json.dump(child_spec, f)
+        out = open(self.spec.stdout, "ab") if self.spec.stdout else None  # noqa: SIM115
+        err = open(self.spec.stderr, "ab") if self.spec.stderr else None  # noqa: SIM115
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "hvguest.sim.sandbox", self._spec_path],
+                pass_fds=[status_w, go_r, sock.fileno()] + [m["fd"] for m in fuse],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
+            )
+        finally:
+            for fh in (out, err):
+                if fh is not None:
+                    fh.close()
+            os.close(status_w)
+            os.close(go_r)
+        try:
+            self._handshake(status_r, go_w, timeout)
+        finally:
+            os.close(status_r)
+            os.close(go_w)
+
+    def _handshake(self, status_r: int, go_w: int, timeout: float) -> None:
+        assert self._proc is not None
+        buf = b""
+        deadline = time.monotonic() + timeout
+        released = False
+        while True:
+            if time.monotonic() > deadline:
+                raise SandboxError(f"sandbox setup did not finish within {timeout} s")
+            if self._pump([status_r], 0.05):
+                chunk = os.read(status_r, 65536)
+                if not chunk:  # exec closed the pipe, or the helper died
+                    break
+                buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                word, _, rest = line.decode().partition(" ")
+                if word == "loop":
+                    self._loops.append(rest)
+                elif word == "peer-netns":
+                    self._peer_ns = os.open(f"/proc/{self._proc.pid}/fd/{rest}", os.O_RDONLY)
+                elif word == "error":
+                    raise SandboxError(f"sandbox setup failed: {rest}")
+                elif word == "ready":
+                    for ns in ("mnt", "uts", "ipc", "net"):
+                        self._ns_fds[ns] = os.open(f"/proc/{self._proc.pid}/ns/{ns}",
+                                                   os.O_RDONLY)
+                    os.write(go_w, b"g")
+                    released = True
+        if not released:
+            rc = self._proc.wait(timeout=5)
+            raise SandboxError(f"sandbox helper exited ({rc}) before it was ready")
+        log.debug("sandbox %d running %s", self._proc.pid, self.spec.command)
+
+    # -- driving the FUSE servers -----------------------------------------------------
+
+    def _servers(self) -> list[FuseDeviceServer]:
+        seen: dict[int, FuseDeviceServer] = {}
+        for server, _path in self.spec.fuse_mounts:
+            seen.setdefault(id(server), server)
+        return list(seen.values())
+
+    def _pump(self, fds: Sequence[int], timeout: float) -> list[int]:
+        """Wait up to ``timeout`` for ``fds``, serving FUSE requests meanwhile; return the
+        ready ones among ``fds``."""
+        servers = {}
+        for s in self._servers():
+            try:
+                servers[s.fileno()] = s
+            except OSError:
+                continue
+        try:
+            ready, _, _ = select.select(list(fds) + list(servers), [], [], timeout)
+        except (OSError, ValueError):
+            # A server was closed under us: serve nothing, just wait.
+            ready, _, _ = select.select(list(fds), [], [], timeout)
+        for fd in ready:
+            if fd in servers:
+                servers[fd].process()
+        return [fd for fd in ready if fd in fds]
+
+    def serve(self, seconds: float) -> None:
+        """Serve the FUSE servers for ``seconds`` (for callers without their own loop)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self._pump([], min(left, 0.1))
+
+    # -- the command ------------------------------------------------------------------
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            assert self._proc is not None
+            os.kill(self._proc.pid, sig)
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait for the command to exit, serving FUSE meanwhile; None on timeout."""
+        if self._proc is None:
+            return None
+        deadline = time.monotonic() + timeout
+        while self._proc.poll() is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self._pump([], min(left, 0.02))
+        self._returncode = self._proc.returncode
+        return self._returncode
+
+    def stop(self, timeout: float = 10) -> int | None:
+        """Thaw, SIGTERM, then SIGKILL after ``timeout``; clean up. The exit status."""
+        if self._proc is None:
+            return None
+        if self.alive():
+            self._thaw_all()
+            self.signal(signal.SIGTERM)
+            if self.wait(timeout) is None:
+                self.signal(signal.SIGKILL)
+                self.wait(5)
+        self._cleanup()
+        return self._proc.returncode
+
+    def __enter__(self) -> Sandbox:
+        if self._proc is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- inside the sandbox -----------------------------------------------------------
+
+    def _nsenter(self, cmd: Sequence[str]) -> tuple[list[str], list[int]]:
+        if not self._ns_fds:
+            raise SandboxError("sandbox not running")
+        args = ["nsenter"]
+        for ns, opt in (("mnt", "--mount"), ("uts", "--uts"), ("ipc", "--ipc"),
+                        ("net", "--net")):
+            args.append(f"{opt}=/proc/self/fd/{self._ns_fds[ns]}")
+        return args + ["--", *cmd], list(self._ns_fds.values())
+
+    def exec(self, cmd: list[str], timeout: float = 30, input: bytes | None = None,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+        """Run ``cmd`` in the sandbox's namespaces and root, serving FUSE meanwhile.
+
+        Raises ``subprocess.TimeoutExpired`` after ``timeout``; the process is killed (one
+        stuck in a frozen filesystem is reaped by ``stop()`` after the thaw).
+        """
+        args, fds = self._nsenter(cmd)
+        if env is None:
+            env = self.spec.env if self.spec.env is not None else dict(os.environ)
+        proc = subprocess.Popen(args, pass_fds=fds, env=env, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        assert proc.stdin and proc.stdout and proc.stderr
+        pending = memoryview(input or b"")
+        out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+        out: dict[int, list[bytes]] = {out_fd: [], err_fd: []}
+        open_fds = set(out)
+        stdin_fd: int | None = proc.stdin.fileno()
+        os.set_blocking(proc.stdin.fileno(), False)
+        if not pending:
+            proc.stdin.close()
+            stdin_fd = None
+        deadline = time.monotonic() + timeout
+        while open_fds or proc.poll() is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                proc.kill()
+                try:
+                    proc.wait(2)
+                except subprocess.TimeoutExpired:
+                    self._stragglers.append(proc)
+                proc.stdout.close()
+                proc.stderr.close()
+                raise subprocess.TimeoutExpired(cmd, timeout, b"".join(out[out_fd]),
+                                                b"".join(out[err_fd]))
+            if stdin_fd is not None:
+                _, writable, _ = select.select([], [stdin_fd], [], 0)
+                if writable:
+                    try:
+                        pending = pending[os.write(stdin_fd, pending):]
+                    except BrokenPipeError:
+                        pending = memoryview(b"")
+                    if not pending:
+                        proc.stdin.close()
+                        stdin_fd = None
+            for fd in self._pump(list(open_fds), min(left, 0.02)):
+                chunk = os.read(fd, 65536)
+                if chunk:
+                    out[fd].append(chunk)
+                else:
+                    open_fds.discard(fd)
+        proc.stdout.close()
+        proc.stderr.close()
+        return subprocess.CompletedProcess(cmd, proc.returncode, b"".join(out[out_fd]),
+                                           b"".join(out[err_fd]))
+
+    def read_file(self, path: str) -> bytes:
+        """A file's content inside the sandbox (works after the command exited, too)."""
+        if self.alive():
+            with open(self.root + path, "rb") as f:
+                return f.read()
+        done = self.exec(["cat", "--", path], timeout=10)
+        if done.returncode != 0:
+            raise FileNotFoundError(path)
+        return done.stdout
+
+    def syslog(self) -> list[str]:
+        """Every message received on the sandbox's /dev/log so far."""
+        sock = self._syslog_sock
+        while sock is not None:
+            try:
+                data = sock.recv(65536)
+            except (BlockingIOError, OSError):
+                break
+            self._syslog_lines.append(data.decode("utf-8", "replace").rstrip("\n\0"))
+        return list(self._syslog_lines)
+
+    # -- cleanup ----------------------------------------------------------------------
+
+    def _thaw_all(self) -> None:
+        for loop in self.spec.loop_filesystems:
+            if not self._ns_fds:
+                return
+            try:
+                # FITHAW on a filesystem that is not frozen fails with EINVAL: fine.
+                self.exec(["fsfreeze", "--unfreeze", loop.mountpoint], timeout=10)
+            except (subprocess.TimeoutExpired, OSError) as e:
+                log.warning("thawing %s: %s", loop.mountpoint, e)
+
+    def _sandbox_pids(self) -> list[int]:
+        fd = self._ns_fds.get("mnt")
+        if fd is None:
+            return []
+        ino = os.fstat(fd).st_ino
+        pids = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            try:
+                if os.stat(f"/proc/{entry}/ns/mnt").st_ino == ino:
+                    pids.append(int(entry))
+            except OSError:
+                continue
+        return pids
+
+    def _kill_and_cleanup(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                log.error("sandbox helper %d does not die", self._proc.pid)
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._cleaned:
+            return
+        self._cleaned = True
+        self._thaw_all()
+        # Anything left in the sandbox (the command's children, timed-out exec helpers).
+        for _ in range(50):
+            pids = self._sandbox_pids()
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self._pump([], 0.1)
+        for proc in self._stragglers:
+            try:
+                proc.wait(2)
+            except subprocess.TimeoutExpired:
+                log.error("process %d in the sandbox does not die", proc.pid)
+        if self._proc is not None:
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                log.error("sandbox command %d does not die", self._proc.pid)
+        self.syslog()
+        for fd in list(self._ns_fds.values()) + ([self._peer_ns] if self._peer_ns else []):
+            os.close(fd)
+        self._ns_fds.clear()
+        self._peer_ns = None
+        if self._syslog_sock is not None:
+            self._syslog_sock.close()
+            self._syslog_sock = None
+        self._detach_loops()
+        for path in (self._spec_path,):
+            if path and os.path.exists(path):
+                os.unlink(path)
+        if self._base and os.path.isdir(self._base):
+            try:
+                os.rmdir(self._base)
+            except OSError as e:
+                log.warning("removing %s: %s", self._base, e)
+
+    def _detach_loops(self) -> None:
+        # The namespace's mounts go away with its last process; a loop device still busy
+        # for a moment gets autoclear from LOOP_CLR_FD and detaches on its last close.
+        for dev in self._loops:
+            subprocess.run(["losetup", "-d", dev], capture_output=True, timeout=10)
+        deadline = time.monotonic() + 10
+        while self._loops and time.monotonic() < deadline:
+            listed = subprocess.run(["losetup", "-a"], capture_output=True, text=True,
+                                    timeout=10).stdout
+            if not any(line.startswith(dev + ":") for dev in self._loops
+                       for line in listed.splitlines()):
+                break
+            time.sleep(0.05)
+        else:
+            if self._loops:
+                log.error("loop devices %s still attached", self._loops)
+
+
+
+# -- the helper (runs as ``python -m hvguest.sim.sandbox SPEC``) -------------------------
+
+_DEV_NODES = {  # name -> (major, minor); all 0666 like devtmpfs
+    "null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9),
+    "tty": (5, 0),
+}
+
+
+def _makedirs(path: str) -> None:
+    os.makedirs(path, mode=0o755, exist_ok=True)
+
+
+def _build_dev(root: str) -> None:
+    dev = root + "/dev"
+    netns.mount("tmpfs", dev, "tmpfs", netns.MS_NOSUID, "mode=755,size=16m")
+    for name, (major, minor) in _DEV_NODES.items():
+        os.mknod(f"{dev}/{name}", 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+        os.chmod(f"{dev}/{name}", 0o666)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, f"{dev}/{name}")
+    for sub in ("shm", "pts", "mqueue"):
+        _makedirs(f"{dev}/{sub}")
+    netns.mount("tmpfs", f"{dev}/shm", "tmpfs", netns.MS_NOSUID | netns.MS_NODEV, "mode=1777")
+
+
+def _bind_back(real: str, target: str) -> None:
+    """Recreate ``real``'s entry at ``target`` (an empty tmpfs slot) as a bind or link."""
+    if os.path.islink(real):
+        os.symlink(os.readlink(real), target)
+    elif os.path.isdir(real):
+        os.mkdir(target)
+        netns.mount(real, target, None, netns.MS_BIND | netns.MS_REC)
+    else:
+        with open(target, "w"):
+            pass
+        netns.mount(real, target, None, netns.MS_BIND)
+
+
+def _graft(real: str, target: str, tree: dict[str, Any]) -> None:
+    """Put a tmpfs at ``target`` (showing ``real``) holding ``real``'s entries bound back,
+    with ``tree``'s fake entries added; descends where a fake entry's directory exists."""
+    netns.mount("tmpfs", target, "tmpfs", netns.MS_NOSUID | netns.MS_NODEV, "mode=755")
+    try:
+        names = os.listdir(real)
+    except OSError:
+        names = []
+    for name in names:
+        if name not in tree:
+            _bind_back(f"{real}/{name}", f"{target}/{name}")
+    for name, sub in tree.items():
+        path, real_path = f"{target}/{name}", f"{real}/{name}"
+        if isinstance(sub, dict):
+            if name in names and os.path.isdir(real_path) and not os.path.islink(real_path):
+                os.mkdir(path)
+                _graft(real_path, path, sub)
+            else:
+                _plant(path, sub)
+        elif name in names:
+            raise SandboxError(f"fake sysfs entry {real_path} exists on this machine")
+        else:
+            _plant(path, sub)
+
+
+def _plant(path: str, node: Any) -> None:
+    if isinstance(node, dict):
+        _makedirs(path)
+        for name, sub in node.items():
+            _plant(f"{path}/{name}", sub)
+        return
+    kind, value = node
+    if kind == "link":
+        os.symlink(value, path)
+    elif kind == "dir":
+        _makedirs(path)
+    else:
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(value))
+
+
+def _fake_sys(root: str, entries: list[list[str]]) -> None:
+    tree: dict[str, Any] = {}
+    for rel, kind, value in entries:
+        parts = rel.strip("/").split("/")
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SandboxError(f"fake_sys {rel!r} lies below a file")
+        node[parts[-1]] = {} if kind == "dir" else (kind, value)
+    for top, sub in tree.items():
+        if not isinstance(sub, dict):
+            raise SandboxError(f"fake_sys entry /sys/{top} must be below a directory")
+        if not os.path.isdir(f"/sys/{top}"):
+            raise SandboxError(f"/sys/{top} does not exist on this machine")
+        _graft(f"/sys/{top}", f"{root}/sys/{top}", sub)
+
+
+def _mount_fuse(root: str, base: str, index: int, m: dict[str, Any]) -> None:
+    if m["file"] is None:
+        target = root + m["path"]
+        _makedirs(target)
+        netns.mount("hvguest-sim", target, _FSTYPE, netns.MS_NOSUID, m["options"])
+    else:
+        # Mount the whole server out of sight and bind the one file to its place.
+        staging = f"{base}/fuse{index}"
+        _makedirs(staging)
+        netns.mount("hvguest-sim", staging, _FSTYPE, netns.MS_NOSUID, m["options"])
+        target = root + m["path"]
+        _makedirs(os.path.dirname(target))
+        with open(target, "w"):
+            pass
+        netns.mount(f"{staging}/{m['file']}", target, None, netns.MS_BIND)
+
+
+def _check_mounts(loops: list[str]) -> None:
+    """The reference VSS daemon freezes every /dev/* mount: only test loops may be rw."""
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            source, mnt, _fstype, opts = line.split()[:4]
+            if source.startswith("/dev/") and "rw" in opts.split(",") and source not in loops:
+                raise SandboxError(f"refusing to run: {source} is mounted rw at {mnt} "
+                                   "inside the sandbox")
+
+
+def _setup(spec: dict[str, Any], report: Any) -> int | None:
+    netns.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != spec["ppid"]:
+        raise SandboxError("parent exited")
+    peer_ns = None
+    if spec["network"]:
+        peer_ns = netns.build_network()
+        report(f"peer-netns {peer_ns}")
+    netns.unshare(netns.CLONE_NEWNS | netns.CLONE_NEWUTS | netns.CLONE_NEWIPC)
+    socket.sethostname(netns.HOSTNAME)
+    netns.mount(None, "/", None, netns.MS_REC | netns.MS_PRIVATE)
+    base = spec["base"]
+    netns.mount("tmpfs", base, "tmpfs", 0, "mode=700")
+    for sub in ("upper", "work", "root"):
+        os.mkdir(f"{base}/{sub}")
+    root = f"{base}/root"
+    netns.mount("overlay", root, "overlay", 0,
+                f"lowerdir=/,upperdir={base}/upper,workdir={base}/work")
+    netns.mount("proc", root + "/proc", "proc", netns.MS_NOSUID | netns.MS_NODEV
+                | netns.MS_NOEXEC)
+    netns.mount("sysfs", root + "/sys", "sysfs", netns.MS_NOSUID | netns.MS_NODEV
+                | netns.MS_NOEXEC)
+    _build_dev(root)
+    netns.mount("tmpfs", root + "/run", "tmpfs", netns.MS_NOSUID | netns.MS_NODEV, "mode=755")
+    _makedirs(root + "/run/lock")
+    os.chmod(root + "/run/lock", 0o1777)
+    if spec["fake_sys"]:
+        _fake_sys(root, spec["fake_sys"])
+    loops = spec["loops"]
+    if loops and spec["hide_loop_markers"] and os.path.isdir(root + "/sys/dev/block"):
+        netns.mount("tmpfs", root + "/sys/dev/block", "tmpfs", netns.MS_NOSUID
+                    | netns.MS_NODEV, "mode=755")
+    loop_devs: list[tuple[str, int]] = []
+    for lp in loops:
+        done = subprocess.run(["losetup", "--find", "--show", lp["image"]], timeout=20,
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise SandboxError(f"losetup {lp['image']}: {done.stderr.strip()}")
+        dev = done.stdout.strip()
+        report(f"loop {dev}")
+        loop_devs.append((dev, os.stat(dev).st_rdev))
+    for index, m in enumerate(spec["fuse"]):
+        _mount_fuse(root, base, index, m)
+        os.close(m["fd"])
+    os.chdir(root)
+    netns.pivot_root(".", ".")
+    netns.umount2(".", netns.MNT_DETACH)
+    os.chdir("/")
+    for (dev, rdev), lp in zip(loop_devs, loops, strict=True):
+        os.mknod(dev, 0o660 | stat.S_IFBLK, rdev)
+        _makedirs(lp["mountpoint"])
+        netns.mount(dev, lp["mountpoint"], lp["fstype"])
+    log_sock = socket.socket(fileno=spec["syslog_fd"])
+    log_sock.bind(SYSLOG_PATH)
+    os.chmod(SYSLOG_PATH, 0o666)
+    log_sock.detach()
+    os.close(spec["syslog_fd"])
+    with open("/etc/hostname", "w") as f:
+        f.write(netns.HOSTNAME + "\n")
+    if spec["network"]:
+        if os.path.islink("/etc/resolv.conf"):
+            os.unlink("/etc/resolv.conf")
+        with open("/etc/resolv.conf", "w") as f:
+            f.write(f"nameserver {netns.NAMESERVER}\n")
+    if loops:
+        _check_mounts([dev for dev, _ in loop_devs])
+    os.chdir(spec["cwd"])
+    return peer_ns
+
+
+def _child_main(argv: list[str]) -> None:
+    with open(argv[0]) as f:
+        spec = json.load(f)
+    status, go = spec["status_fd"], spec["go_fd"]
+    for fd in (status, go, spec["syslog_fd"]):
+        os.set_inheritable(fd, False)
+
+    def report(line: str) -> None:
+        os.write(status, line.encode() + b"\n")
+
+    try:
+        peer_ns = _setup(spec, report)
+    except BaseException as e:  # the parent reads the reason from the status pipe
+        report(f"error {type(e).__name__}: {e}".replace("\n", " "))
+        os._exit(_SETUP_FAILED)
+    report("ready")
+    if os.read(go, 1) != b"g":
+        os._exit(_SETUP_FAILED)
+    if peer_ns is not None:
+        os.close(peer_ns)  # the parent holds it now
+    try:
+        os.execvpe(spec["command"][0], spec["command"], spec["env"])
+    except OSError as e:
+        report(f"error exec {spec['command'][0]}: {e}")
+        os._exit(127)
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1:])
