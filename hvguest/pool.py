@@ -1,0 +1,605 @@
+"""KVP pool files: ``<pool_dir>/.kvp_pool_0`` .. ``.kvp_pool_4`` (protocol.md §2.4).
+
+Same on-disk format as hv_kvp_daemon: a plain concatenation of 2560-byte records
+(``key[512]`` + ``value[2048]``, NUL-terminated UTF-8), insertion order, first match
+wins. Other writers share these files: the C daemon (``fcntl`` whole-file write lock),
+cloud-init and azure-init (``flock``). We take **both** locks, ``flock`` first, each with
+a bounded wait, so we exclude every one of them.
+
+Writes never rewrite the whole file:
+
+* an update is one ``pwrite`` of the whole record at its place;
+* an append is one ``pwrite`` of one whole record at the end;
+* a delete moves the later records up one by one (one whole-record ``pwrite`` each, in
+  order) and then truncates, as hv_kvp_daemon's shift does, without touching the
+  records before the deleted one.
+
+A crash in the middle of a delete can leave the last moved record twice, never a record
+mixed from two others. A trailing partial record (torn append) is ignored when reading
+and cut off under the lock before the next write.
+
+Caching: each file is parsed once and re-read only when its (inode, size, mtime) changed.
+Timestamps have a coarse granularity, so two writes in one clock tick could leave the
+same mtime; a signature is therefore trusted only if the mtime was older than
+``RACY_NS`` when we read it, or if we wrote the file ourselves and stamped it with an
+mtime just below the kernel's (any later write by anyone gets a newer one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from hvguest.errors import HvGuestError, LocalUsageError, WireError
+from hvguest.paths import Paths
+from hvguest.wire.pool import (
+    POOL_COUNT,
+    POOL_KEY_SIZE,
+    POOL_RECORD_SIZE,
+    POOL_VALUE_SIZE,
+    PoolRecord,
+)
+
+log = logging.getLogger(__name__)
+
+# Limits for items the host must be able to read back: the kernel cuts enumerated keys
+# at 254 and values at 1022 UTF-16 code units, and the host's Data field holds 1024.
+HOST_SAFE_KEY_BYTES = 254
+HOST_SAFE_VALUE_BYTES = 1022
+# What a record can hold at all (field size minus the NUL).
+MAX_KEY_BYTES = POOL_KEY_SIZE - 1
+MAX_VALUE_BYTES = POOL_VALUE_SIZE - 1
+
+LOCK_TIMEOUT = 5.0
+RACY_NS = 50_000_000  # far above any filesystem timestamp tick (jiffies)
+OWN_PREFIX = "hvguest."
+_BAD_RECORD_LOG_PERIOD = 300.0
+
+
+class PoolBusyError(HvGuestError):
+    """A pool file stayed locked by another writer for longer than the bounded wait."""
+
+
+class PoolRecordError(HvGuestError):
+    """A record another writer left on disk cannot be decoded (e.g. invalid UTF-8)."""
+
+
+@dataclass(frozen=True)
+class _Signature:
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> _Signature:
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def check_item(key: str, value: str, *, pool: int, unsafe: bool = False) -> tuple[bytes, bytes]:
+    """UTF-8 bytes of ``key`` and ``value``; LocalUsageError naming size and limit.
+
+    Host-safe limits by default (254/1022 bytes); ``unsafe`` allows what a record can
+    hold (511/2047), which the host will see truncated.
+    """
+    key_limit = MAX_KEY_BYTES if unsafe else HOST_SAFE_KEY_BYTES
+    value_limit = MAX_VALUE_BYTES if unsafe else HOST_SAFE_VALUE_BYTES
+    out = []
+    for what, text, limit in (("key", key, key_limit), ("value", value, value_limit)):
+        if not isinstance(text, str):
+            raise LocalUsageError(
+                f"KVP {what} must be text, got {type(text).__name__} (pool {pool})"
+            )
+        if "\0" in text:
+            raise LocalUsageError(f"KVP {what} contains a NUL character (pool {pool})")
+        try:
+            raw = text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise LocalUsageError(
+                f"KVP {what} is not valid UTF-8: lone surrogate at character {exc.start}"
+                f" (pool {pool})"
+            ) from exc
+        if len(raw) > limit:
+            hard = MAX_KEY_BYTES if what == "key" else MAX_VALUE_BYTES
+            hint = ""
+            if not unsafe and len(raw) <= hard:
+                hint = "; the host would see it cut (allow with unsafe sizes)"
+            raise LocalUsageError(
+                f"KVP {what} is {len(raw)} bytes, limit {limit} (pool {pool}){hint}"
+            )
+        out.append(raw)
+    if not out[0]:
+        raise LocalUsageError(f"KVP key is empty (pool {pool})")
+    return out[0], out[1]
+
+
+def _sleep_backoff(delay: float) -> float:
+    time.sleep(delay)
+    return min(delay * 2, 0.02)
+
+
+class PoolFile:
+    """One pool file: cached records, both locks, record-granular writes.
+
+    Thread-safe. Use ``open_pool()`` so that one process holds one descriptor per file:
+    POSIX record locks belong to the process and are dropped when *any* descriptor of
+    the file is closed.
+    """
+
+    def __init__(self, path: str, pool: int, *, lock_timeout: float = LOCK_TIMEOUT) -> None:
+        self.path = path
+        self.pool = pool
+        self.lock_timeout = lock_timeout
+        self._mutex = threading.RLock()
+        self._fd: int | None = None
+        self._writable = False
+        self._sig: _Signature | None = None
+        self._trusted = False
+        self._records: list[PoolRecord] = []
+        self._index: dict[bytes, int] = {}
+        self._items: list[tuple[str, str]] | None = None
+        self._bad_logged: dict[bytes, float] = {}
+        self.reloads = 0
+
+    # -- descriptor --------------------------------------------------------
+
+    def _open(self) -> int:
+        directory = os.path.dirname(self.path) or "."
+        if not os.path.isdir(directory):
+            try:
+                os.makedirs(directory, mode=0o755, exist_ok=True)
+                os.chmod(directory, 0o755)
+            except OSError as exc:
+                raise LocalUsageError(
+                    f"cannot create pool directory {directory}: {exc.strerror}"
+                ) from exc
+        flags = os.O_RDWR | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+            os.fchmod(fd, 0o644)  # independent of the umask, like hv_kvp_daemon's files
+        except FileExistsError:
+            try:
+                fd = os.open(self.path, flags)
+            except PermissionError:
+                fd = -1
+        except PermissionError:
+            fd = -1
+        if fd >= 0:
+            self._writable = True
+            return fd
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise LocalUsageError(f"cannot open KVP pool file {self.path}: {exc.strerror}") from exc
+        self._writable = False
+        return fd
+
+    def _current_fd(self) -> int:
+        """Our descriptor, reopened if the path now names another inode."""
+        if self._fd is not None:
+            try:
+                if os.stat(self.path).st_ino == os.fstat(self._fd).st_ino:
+                    return self._fd
+            except FileNotFoundError:
+                pass
+            self._close_fd()
+        self._fd = self._open()
+        return self._fd
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd = None
+        self._sig = None
+        self._trusted = False
+
+    def close(self) -> None:
+        with self._mutex:
+            self._close_fd()
+
+    @property
+    def writable(self) -> bool:
+        with self._mutex:
+            self._current_fd()
+            return self._writable
+
+    # -- locking -----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[int]:
+        """Hold flock and the fcntl whole-file lock (exclusive when writable)."""
+        with self._mutex:
+            fd = self._current_fd()
+            deadline = time.monotonic() + self.lock_timeout
+            exclusive = self._writable
+            self._acquire(fd, exclusive, deadline, posix=False)
+            try:
+                self._acquire(fd, exclusive, deadline, posix=True)
+            except BaseException:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                raise
+            try:
+                yield fd
+            finally:
+                with contextlib.suppress(OSError):
+                    fcntl.lockf(fd, fcntl.LOCK_UN)
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _acquire(self, fd: int, exclusive: bool, deadline: float, *, posix: bool) -> None:
+        mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+        delay = 0.0002
+        while True:
+            try:
+                if posix:
+                    fcntl.lockf(fd, mode)
+                else:
+                    fcntl.flock(fd, mode)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EINTR):
+                    raise LocalUsageError(
+                        f"cannot lock KVP pool file {self.path}: {exc.strerror}"
+                    ) from exc
+            if time.monotonic() >= deadline:
+                kind = (
+                    "fcntl record lock (hv_kvp_daemon)"
+                    if posix
+                    else "flock (cloud-init, azure-init)"
+                )
+                raise PoolBusyError(
+                    f"KVP pool file {self.path} is locked by another writer's {kind};"
+                    f" gave up after {self.lock_timeout:g} s (pool {self.pool})"
+                )
+            delay = _sleep_backoff(delay)
+
+    # -- cache ---------------------------------------------------------------
+
+    def _fresh(self) -> bool:
+        """True when the cache still describes the file (lock-free check)."""
+        if self._sig is None or not self._trusted or self._fd is None:
+            return False
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        return _Signature.of(st) == self._sig
+
+    def _refresh(self, fd: int) -> None:
+        """Under the lock: re-read the file unless the cache is current."""
+        st = os.fstat(fd)
+        sig = _Signature.of(st)
+        if sig == self._sig and self._trusted:
+            return
+        data = _read_all(fd, st.st_size)
+        count, rest = divmod(len(data), POOL_RECORD_SIZE)
+        if rest and self._writable:
+            log.warning(
+                "%s: cutting a partial trailing record of %d bytes (torn write)",
+                self.path,
+                rest,
+                extra={"HVGUEST_POOL": self.pool},
+            )
+            os.ftruncate(fd, count * POOL_RECORD_SIZE)
+            st = os.fstat(fd)
+            sig = _Signature.of(st)
+        mv = memoryview(data)
+        records = []
+        for i in range(count):
+            base = i * POOL_RECORD_SIZE
+            key = bytes(mv[base : base + POOL_KEY_SIZE])
+            value = bytes(mv[base + POOL_KEY_SIZE : base + POOL_RECORD_SIZE])
+            records.append(PoolRecord(_cut(key), _cut(value)))
+        self._set_records(records)
+        self._sig = sig
+        self._trusted = time.time_ns() - st.st_mtime_ns > RACY_NS
+        self.reloads += 1
+
+    def _set_records(self, records: list[PoolRecord]) -> None:
+        self._records = records
+        self._index = {}
+        for i, record in enumerate(records):
+            self._index.setdefault(record.key, i)
+        self._items = None
+
+    def _stamp(self, fd: int) -> None:
+        """After our own write: set an mtime no later write can reproduce."""
+        st = os.fstat(fd)
+        mtime = st.st_mtime_ns - 1 - random.randrange(1 << 20)
+        try:
+            os.utime(fd, ns=(st.st_atime_ns, mtime))
+        except OSError:
+            self._sig = _Signature.of(st)
+            self._trusted = time.time_ns() - st.st_mtime_ns > RACY_NS
+            return
+        self._sig = _Signature(st.st_ino, st.st_size, mtime)
+        self._trusted = True
+
+    def _snapshot(self) -> None:
+        """Make the cache current: lock-free when unchanged, else under the locks."""
+        if self._fresh():
+            return
+        with self.locked() as fd:
+            self._refresh(fd)
+
+    # -- reading -------------------------------------------------------------
+
+    def records(self) -> list[PoolRecord]:
+        """Every whole record, raw (key/value bytes cut at the first NUL)."""
+        with self._mutex:
+            self._snapshot()
+            return list(self._records)
+
+    def record_count(self) -> int:
+        with self._mutex:
+            self._snapshot()
+            return len(self._records)
+
+    def get(self, key: str) -> str | None:
+        """The value of the first record with ``key``; None if there is none.
+
+        PoolRecordError if that record's value is not valid UTF-8.
+        """
+        raw = key.encode("utf-8", "surrogatepass")
+        with self._mutex:
+            self._snapshot()
+            i = self._index.get(raw)
+            if i is None:
+                return None
+            record = self._records[i]
+        try:
+            return record.value_text()
+        except WireError as exc:
+            raise PoolRecordError(
+                f"KVP value of {key!r} in {self.path}: {exc} (pool {self.pool})"
+            ) from exc
+
+    def items(self) -> list[tuple[str, str]]:
+        """(key, value) of every decodable record, in file order.
+
+        Records with invalid UTF-8, an unterminated field or an empty key are skipped
+        (logged once per period): one bad record must not hide all the others.
+        """
+        with self._mutex:
+            self._snapshot()
+            if self._items is None:
+                self._items = self._decode_items()
+            return list(self._items)
+
+    def item(self, index: int) -> tuple[str, str] | None:
+        """The ``index``-th item of ``items()``; None past the end."""
+        with self._mutex:
+            self._snapshot()
+            if self._items is None:
+                self._items = self._decode_items()
+            if 0 <= index < len(self._items):
+                return self._items[index]
+            return None
+
+    def _decode_items(self) -> list[tuple[str, str]]:
+        items = []
+        now = time.monotonic()
+        for position, record in enumerate(self._records):
+            reason = None
+            if not record.key:
+                reason = "an empty key"
+            elif len(record.key) >= POOL_KEY_SIZE or len(record.value) >= POOL_VALUE_SIZE:
+                reason = "a field without NUL terminator"
+            else:
+                try:
+                    items.append((record.key.decode("utf-8"), record.value.decode("utf-8")))
+                    continue
+                except UnicodeDecodeError:
+                    reason = "invalid UTF-8"
+            last = self._bad_logged.get(record.key)
+            if last is None or now - last > _BAD_RECORD_LOG_PERIOD:
+                self._bad_logged[record.key] = now
+                log.warning(
+                    "%s: skipping record %d (key %r): %s",
+                    self.path,
+                    position,
+                    record.key[:64],
+                    reason,
+                    extra={"HVGUEST_POOL": self.pool},
+                )
+        return items
+
+    # -- writing -------------------------------------------------------------
+
+    def _writable_fd(self, fd: int) -> None:
+        if not self._writable:
+            raise LocalUsageError(
+                f"KVP pool file {self.path} is not writable by this user (pool {self.pool})"
+            )
+
+    def set(self, key: str, value: str, *, unsafe: bool = False) -> None:
+        """Insert or update ``key`` (first match is updated in place)."""
+        raw_key, raw_value = check_item(key, value, pool=self.pool, unsafe=unsafe)
+        record = PoolRecord(raw_key, raw_value)
+        data = record.encode()
+        with self._mutex, self.locked() as fd:
+            self._writable_fd(fd)
+            self._refresh(fd)
+            i = self._index.get(raw_key)
+            if i is not None:
+                if self._records[i] == record:
+                    return
+                _pwrite_all(fd, data, i * POOL_RECORD_SIZE)
+                self._records[i] = record
+            else:
+                _pwrite_all(fd, data, len(self._records) * POOL_RECORD_SIZE)
+                self._index[raw_key] = len(self._records)
+                self._records.append(record)
+            self._items = None
+            self._stamp(fd)
+
+    def delete(self, key: str) -> bool:
+        """Remove the first record with ``key``; False if there is none."""
+        raw_key = key.encode("utf-8", "surrogatepass")
+        with self._mutex, self.locked() as fd:
+            self._writable_fd(fd)
+            self._refresh(fd)
+            i = self._index.get(raw_key)
+            if i is None:
+                return False
+            count = len(self._records)
+            if i + 1 < count:
+                tail = _read_all(fd, (count - i - 1) * POOL_RECORD_SIZE, (i + 1) * POOL_RECORD_SIZE)
+                for j in range(count - i - 1):
+                    chunk = tail[j * POOL_RECORD_SIZE : (j + 1) * POOL_RECORD_SIZE]
+                    _pwrite_all(fd, chunk, (i + j) * POOL_RECORD_SIZE)
+            os.ftruncate(fd, (count - 1) * POOL_RECORD_SIZE)
+            del self._records[i]
+            self._set_records(self._records)
+            self._stamp(fd)
+            return True
+
+    def missing(self, wanted: dict[str, str]) -> dict[str, str]:
+        """The items of ``wanted`` that are absent or hold another value."""
+        with self._mutex:
+            self._snapshot()
+            out = {}
+            for key, value in wanted.items():
+                i = self._index.get(key.encode("utf-8"))
+                if i is None or self._records[i].value != value.encode("utf-8"):
+                    out[key] = value
+            return out
+
+
+def _cut(raw: bytes) -> bytes:
+    end = raw.find(b"\0")
+    return raw if end < 0 else raw[:end]
+
+
+def _read_all(fd: int, size: int, offset: int = 0) -> bytes:
+    chunks = []
+    done = 0
+    while done < size:
+        chunk = os.pread(fd, size - done, offset + done)
+        if not chunk:
+            break  # shrank under us (an unlocking writer truncated it)
+        chunks.append(chunk)
+        done += len(chunk)
+    return b"".join(chunks)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    try:
+        written = os.pwrite(fd, data, offset)
+    except OSError as exc:
+        raise LocalUsageError(
+            f"cannot write KVP pool record at offset {offset}: {exc.strerror}"
+        ) from exc
+    if written != len(data):  # pragma: no cover - regular files write fully unless killed
+        raise LocalUsageError(
+            f"short write of KVP pool record at offset {offset}: {written} of {len(data)}"
+        )
+
+
+# -- process-wide registry ----------------------------------------------------
+
+_REGISTRY: dict[str, PoolFile] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def open_pool(paths: Paths, pool: int, *, lock_timeout: float = LOCK_TIMEOUT) -> PoolFile:
+    """The process's PoolFile for pool ``pool`` (0-4) under ``paths.pool_dir``."""
+    if not isinstance(pool, int) or not 0 <= pool < POOL_COUNT:
+        raise LocalUsageError(f"KVP pool is {pool!r}, must be 0..{POOL_COUNT - 1}")
+    path = os.path.abspath(paths.pool_file(pool))
+    with _REGISTRY_LOCK:
+        pf = _REGISTRY.get(path)
+        if pf is None:
+            pf = _REGISTRY[path] = PoolFile(path, pool, lock_timeout=lock_timeout)
+        return pf
+
+
+def close_all() -> None:
+    """Close every descriptor opened through ``open_pool`` (tests, daemon exit)."""
+    with _REGISTRY_LOCK:
+        for pf in _REGISTRY.values():
+            pf.close()
+        _REGISTRY.clear()
+
+
+class PoolStore:
+    """The five pools of one pool directory."""
+
+    def __init__(self, paths: Paths, *, lock_timeout: float = LOCK_TIMEOUT) -> None:
+        self.paths = paths
+        self.lock_timeout = lock_timeout
+
+    def pool(self, pool: int) -> PoolFile:
+        return open_pool(self.paths, pool, lock_timeout=self.lock_timeout)
+
+    def open_all(self) -> list[PoolFile]:
+        """Open (creating if needed, mode 0644) all five files, as hv_kvp_daemon does."""
+        pools = [self.pool(n) for n in range(POOL_COUNT)]
+        for pf in pools:
+            pf.writable  # noqa: B018 - opens (and creates) the file
+        return pools
+
+    def get(self, pool: int, key: str) -> str | None:
+        return self.pool(pool).get(key)
+
+    def set(self, pool: int, key: str, value: str, *, unsafe: bool = False) -> None:
+        self.pool(pool).set(key, value, unsafe=unsafe)
+
+    def delete(self, pool: int, key: str) -> bool:
+        return self.pool(pool).delete(key)
+
+    def items(self, pool: int) -> list[tuple[str, str]]:
+        return self.pool(pool).items()
+
+    def item(self, pool: int, index: int) -> tuple[str, str] | None:
+        return self.pool(pool).item(index)
+
+
+class OwnKeys:
+    """Keys this machine's hvguest publishes (prefix ``hvguest.``), kept alive.
+
+    cloud-init truncates pool 1 once per boot and other tools may rewrite it; ``check()``
+    (call it periodically; it is a single stat() when nothing changed) puts back what is
+    missing. It never touches keys without our prefix.
+    """
+
+    def __init__(self, pool_file: PoolFile, *, prefix: str = OWN_PREFIX) -> None:
+        self.pool_file = pool_file
+        self.prefix = prefix
+        self.wanted: dict[str, str] = {}
+        self.republished = 0
+
+    def publish(self, key: str, value: str) -> None:
+        if not key.startswith(self.prefix):
+            raise LocalUsageError(
+                f"KVP key {key!r} lacks the {self.prefix!r} prefix (pool {self.pool_file.pool})"
+            )
+        self.wanted[key] = value
+        self.pool_file.set(key, value)
+
+    def withdraw(self, key: str) -> None:
+        self.wanted.pop(key, None)
+        self.pool_file.delete(key)
+
+    def check(self) -> int:
+        """Re-set missing or changed keys; returns how many were written."""
+        missing = self.pool_file.missing(self.wanted)
+        for key, value in missing.items():
+            self.pool_file.set(key, value)
+        if missing:
+            self.republished += len(missing)
+            log.info(
+                "republished %d hvguest key(s) in %s",
+                len(missing),
+                self.pool_file.path,
+                extra={"HVGUEST_POOL": self.pool_file.pool},
+            )
+        return len(missing)
