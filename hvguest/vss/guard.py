@@ -1,0 +1,281 @@
+"""The thaw guard: a small process that thaws if hvguest-vssd dies while frozen.
+
+The kernel does not thaw filesystems whose freezer died, and writers on them hang
+in uninterruptible sleep. So before the first FIFREEZE the daemon hands the guard
+an open directory fd of every filesystem it is about to freeze (SCM_RIGHTS over a
+SOCK_SEQPACKET socketpair) and reports each step: "freezing i" before the ioctl,
+"frozen i" or "not_frozen i" after it, "thawed i" after FITHAW, "disarm" at the
+end. The guard thaws, in reverse order, every filesystem reported "freezing" or
+"frozen" and not yet "thawed" when:
+
+* the socket closes without a "disarm" (the daemon died, even by SIGKILL), or
+* the deadline passes (auto-thaw bound plus a grace period: the daemon's own
+  timer normally acts first; this covers a daemon stuck in a system call).
+
+It never touches a filesystem reported "not_frozen" (e.g. frozen by another
+tool: EBUSY), so it never thaws someone else's freeze. Holding fds rather than
+paths means a later mount on the same path cannot be thawed by mistake.
+
+The guard imports everything at start and writes nothing to disk while armed
+(stderr only, which is the journal's socket under systemd).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from hvguest.vss.freeze import FITHAW
+
+log = logging.getLogger(__name__)
+
+GRACE = 2.0  # seconds after the auto-thaw bound before the guard acts
+STOP_GRACE = 3.0  # after SIGTERM, time for the daemon to thaw and disarm first
+MAX_FDS = 253  # SCM_MAX_FD
+
+
+# -- daemon side ---------------------------------------------------------------
+
+
+class GuardClient:
+    """The daemon's end: spawns the guard and reports each step to it.
+
+    Implements ``FreezeObserver``. A guard that died is restarted at the next
+    ``arm()``; a send that fails is logged (after thaw) but never blocks a freeze.
+    """
+
+    def __init__(self, bound: float, *, python: str = sys.executable) -> None:
+        self.bound = bound
+        self.python = python
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.problems: list[str] = []
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> None:
+        if self._proc is not None and self._proc.poll() is None and self._sock is not None:
+            return
+        self.close()
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+        try:
+            self._proc = subprocess.Popen(
+                [self.python, "-B", "-m", "hvguest.vss.guard", "--fd", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                env=env,
+                # Its own session: a Ctrl-C meant for the daemon must not kill it.
+                start_new_session=True,
+            )
+        finally:
+            theirs.close()
+        self._sock = mine
+        log.debug("thaw guard started, pid %d", self._proc.pid)
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def close(self) -> None:
+        """Orderly end (nothing frozen): closing the socket makes the guard exit."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+    def _send(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
+        if self._sock is None:
+            return
+        data = json.dumps(msg).encode()
+        try:
+            if fds:
+                socket.send_fds(self._sock, [data], fds)
+            else:
+                self._sock.send(data)
+        except OSError as exc:
+            self.problems.append(f"thaw guard unreachable: {exc.strerror or exc}")
+
+    def arm(self, fds: list[int], labels: list[str]) -> None:
+        self.problems = []
+        if not self.alive():
+            try:
+                self.start()
+            except OSError as exc:
+                self.problems.append(f"cannot start the thaw guard: {exc.strerror or exc}")
+                return
+        if len(fds) > MAX_FDS:
+            self.problems.append(f"thaw guard covers only the first {MAX_FDS} filesystems")
+            fds, labels = fds[:MAX_FDS], labels[:MAX_FDS]
+        self._send({"op": "arm", "bound": self.bound + GRACE, "labels": labels}, fds)
+
+    def freezing(self, index: int) -> None:
+        self._send({"op": "freezing", "i": index})
+
+    def frozen(self, index: int) -> None:
+        self._send({"op": "frozen", "i": index})
+
+    def not_frozen(self, index: int) -> None:
+        self._send({"op": "not_frozen", "i": index})
+
+    def thawed(self, index: int) -> None:
+        self._send({"op": "thawed", "i": index})
+
+    def disarm(self) -> None:
+        self._send({"op": "disarm"})
+
+
+# -- guard side ------------------------------------------------------------------
+
+
+class Guard:
+    def __init__(
+        self, sock: socket.socket, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.sock = sock
+        self.clock = clock
+        self.fds: list[int] = []
+        self.labels: list[str] = []
+        self.states: list[str] = []
+        self.deadline: float | None = None
+        self.stopping_at: float | None = None
+
+    def armed_and_frozen(self) -> list[int]:
+        return [i for i, s in enumerate(self.states) if s in ("freezing", "frozen")]
+
+    def handle(self, msg: dict[str, Any], fds: list[int]) -> None:
+        op = msg.get("op")
+        if op == "arm":
+            self.release()
+            self.fds = fds
+            self.labels = [str(x) for x in msg.get("labels", [])][: len(fds)]
+            self.labels += [f"fd {fd}" for fd in fds[len(self.labels) :]]
+            self.states = ["armed"] * len(fds)
+            self.deadline = self.clock() + float(msg.get("bound", 60.0))
+            return
+        for fd in fds:  # fds only come with "arm"
+            os.close(fd)
+        if op == "disarm":
+            self.release()
+            return
+        index = msg.get("i")
+        if (
+            isinstance(index, int)
+            and 0 <= index < len(self.states)
+            and op in ("freezing", "frozen", "not_frozen", "thawed")
+        ):
+            self.states[index] = op
+
+    def thaw_all(self, why: str) -> None:
+        for i in reversed(self.armed_and_frozen()):
+            try:
+                fcntl.ioctl(self.fds[i], FITHAW, 0)
+                log.warning("thaw guard: thawed %s (%s)", self.labels[i], why)
+            except OSError as exc:
+                if exc.errno == errno.EINVAL:
+                    log.info("thaw guard: %s was not frozen any more", self.labels[i])
+                else:
+                    log.error(
+                        "thaw guard: cannot thaw %s: %s; run 'fsfreeze -u %s'",
+                        self.labels[i],
+                        os.strerror(exc.errno or 0),
+                        self.labels[i],
+                    )
+            self.states[i] = "thawed"
+        self.release()
+
+    def release(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds, self.labels, self.states = [], [], []
+        self.deadline = None
+
+    def timeout(self) -> float | None:
+        ends = [t for t in (self.deadline, self.stopping_at) if t is not None]
+        if not ends:
+            return None
+        return max(0.0, min(ends) - self.clock())
+
+    def run(self, wake_fd: int) -> int:
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLIN)
+        poller.register(wake_fd, select.POLLIN)
+        while True:
+            timeout = self.timeout()
+            events = poller.poll(None if timeout is None else int(timeout * 1000) + 1)
+            now = self.clock()
+            for fd, _mask in events:
+                if fd == wake_fd:
+                    with contextlib.suppress(OSError):
+                        os.read(wake_fd, 64)
+                    if not self.states:
+                        return 0
+                    if self.stopping_at is None:
+                        self.stopping_at = now + STOP_GRACE
+                    continue
+                try:
+                    data, fds, _flags, _addr = socket.recv_fds(self.sock, 65536, MAX_FDS)
+                except OSError:
+                    data, fds = b"", []
+                if not data:
+                    if self.armed_and_frozen():
+                        self.thaw_all("hvguest-vssd went away while filesystems were frozen")
+                    self.release()
+                    return 0
+                try:
+                    msg = json.loads(data)
+                except ValueError:
+                    for extra in fds:
+                        os.close(extra)
+                    continue
+                self.handle(msg, fds)
+            if self.deadline is not None and now >= self.deadline:
+                self.thaw_all("no thaw within the auto-thaw bound")
+            if self.stopping_at is not None and now >= self.stopping_at:
+                self.thaw_all("stopped while filesystems were frozen")
+                return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hvguest-vss-guard", description=__doc__)
+    parser.add_argument("--fd", type=int, required=True, help="the socket shared with the daemon")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="hvguest-vss-guard[%(process)d] %(levelname)s %(message)s",
+    )
+    # Being chosen by the OOM killer would defeat the point.
+    with contextlib.suppress(OSError):
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("-1000")
+    rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda s, f: os.write(wfd, b"x"))
+    sock = socket.socket(fileno=args.fd)
+    return Guard(sock).run(rfd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Config section "vss" (hvguest-vssd, ``hvguestctl vss``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hvguest.config import config_section, setting
+
+
+def _globs(value: list[str]) -> str | None:
+    for pattern in value:
+        if not pattern:
+            return "an empty pattern matches nothing; remove it"
+    return None
+
+
+@config_section("vss", help="Volume snapshots: filesystem freeze and thaw for host backups")
+@dataclass(frozen=True)
+class VssSettings:
+    exclude: list[str] = setting(
+        [],
+        help=(
+            "globs on mount point or filesystem type never frozen,\n"
+            "e.g. ['/srv/scratch', '/mnt/*', 'btrfs']"
+        ),
+        validate=_globs,
+    )
+    include: list[str] = setting(
+        [],
+        help=(
+            "if not empty, only mounts matching one of these globs (mount point or\n"
+            "filesystem type) are frozen: an allow-list"
+        ),
+        validate=_globs,
+    )
+    foreign_freeze: str = setting(
+        "fail",
+        help=(
+            "a filesystem already frozen by another tool (fsfreeze, another agent):\n"
+            "'fail' the backup, or 'skip' it; hvguest never thaws it either way"
+        ),
+        choices=("fail", "skip"),
+    )
+    auto_thaw: float = setting(
+        60.0,
+        help="seconds after which filesystems are thawed even if the host never sends THAW",
+        min=1,
+        max=900,
+    )
+    hook_timeout: float = setting(
+        5.0,
+        help="seconds each hook may run; on timeout its process group is killed",
+        min=0.1,
+        max=600,
+    )
+    hooks: bool = setting(
+        True, help="run the hooks in /etc/hvguest/vss.d and /usr/lib/hvguest/vss.d"
+    )
+    failure_hook_argument: str = setting(
+        "freezefail",
+        help=(
+            "argument given, in reverse order, to hooks that ran 'freeze' when the\n"
+            "freeze fails: 'freezefail' (open-vm-tools) or 'thaw' (qemu-ga fsfreeze-hook)"
+        ),
+        choices=("freezefail", "thaw"),
+    )
+    guard: bool = setting(
+        True,
+        help=(
+            "run a separate guard process that thaws if the daemon dies while\n"
+            "filesystems are frozen"
+        ),
+    )
+    hot_backup_flag_in_status: bool = setting(
+        False,
+        help=(
+            "answer HOT_BACKUP with status 0x00000002 (a success code) so that the kernel\n"
+            "forwards VSS_HBU_NO_AUTO_RECOVERY to the host (it does so only when byte 0\n"
+            "of the reply is 2); off: status 0, the host sees the flags it sent"
+        ),
+    )
