@@ -131,10 +131,7 @@ class FuseDeviceServer:
                     return
                 if not req:
                     return
-                try:
-                    self._dispatch(req)
-                except Exception:  # a broken request must not kill the loop
-                    log.exception("FUSE request failed")
+                self._dispatch(req)
 
     def wake(self, name: str) -> None:
         """Retry parked reads of ``name`` and notify the kernel's pollers of that file."""
@@ -225,7 +222,15 @@ class FuseDeviceServer:
                 log.debug("FUSE opcode %d not supported", opcode)
                 self._error(unique, errno.ENOSYS)
             return
-        handler(self, unique, nodeid, body)
+        try:
+            handler(self, unique, nodeid, body)
+        except Exception:
+            # A broken request must neither kill the loop nor leave the caller waiting
+            # forever (a sent request cannot even be killed): answer EIO. If a reply
+            # already went out, the kernel drops this one.
+            log.exception("FUSE opcode %d failed", opcode)
+            if opcode not in (fp.INTERRUPT,):
+                self._error(unique, errno.EIO)
 
     # -- handlers ---------------------------------------------------------------------
 
@@ -347,7 +352,8 @@ class FuseDeviceServer:
         bfd = os.open(node.backing_path, os.O_RDWR | os.O_CLOEXEC)
         try:
             arg = bytearray(fp.BACKING_MAP.pack(bfd, 0, 0))
-            backing_id = fcntl.ioctl(self._fd, fp.DEV_IOC_BACKING_OPEN, arg, False)
+            # With a mutable buffer ioctl() returns the syscall's result: the backing id.
+            backing_id = fcntl.ioctl(self._fd, fp.DEV_IOC_BACKING_OPEN, arg, True)
         except OSError:
             os.close(bfd)
             raise

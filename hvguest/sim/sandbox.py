@@ -591,7 +591,12 @@ def _plant(path: str, node: Any) -> None:
             f.write(base64.b64decode(value))
 
 
-def _fake_sys(root: str, entries: list[list[str]]) -> None:
+def _fake_sys(root: str, base: str, entries: list[list[str]]) -> None:
+    # Real entries are bound back from a second mount of the sandbox's own sysfs (not the
+    # machine's /sys): network-namespaced parts like /sys/class/net must show eth0.
+    real_sys = f"{base}/sys"
+    os.mkdir(real_sys)
+    netns.mount("sysfs", real_sys, "sysfs", netns.MS_NOSUID | netns.MS_NODEV | netns.MS_NOEXEC)
     tree: dict[str, Any] = {}
     for rel, kind, value in entries:
         parts = rel.strip("/").split("/")
@@ -604,9 +609,9 @@ def _fake_sys(root: str, entries: list[list[str]]) -> None:
     for top, sub in tree.items():
         if not isinstance(sub, dict):
             raise SandboxError(f"fake_sys entry /sys/{top} must be below a directory")
-        if not os.path.isdir(f"/sys/{top}"):
+        if not os.path.isdir(f"{real_sys}/{top}"):
             raise SandboxError(f"/sys/{top} does not exist on this machine")
-        _graft(f"/sys/{top}", f"{root}/sys/{top}", sub)
+        _graft(f"{real_sys}/{top}", f"{root}/sys/{top}", sub)
 
 
 def _mount_fuse(root: str, base: str, index: int, m: dict[str, Any]) -> None:
@@ -626,9 +631,9 @@ def _mount_fuse(root: str, base: str, index: int, m: dict[str, Any]) -> None:
         netns.mount(f"{staging}/{m['file']}", target, None, netns.MS_BIND)
 
 
-def _check_mounts(loops: list[str]) -> None:
+def _check_mounts(loops: list[str], mounts: str = "/proc/self/mounts") -> None:
     """The reference VSS daemon freezes every /dev/* mount: only test loops may be rw."""
-    with open("/proc/self/mounts") as f:
+    with open(mounts) as f:
         for line in f:
             source, mnt, _fstype, opts = line.split()[:4]
             if source.startswith("/dev/") and "rw" in opts.split(",") and source not in loops:
@@ -663,7 +668,7 @@ def _setup(spec: dict[str, Any], report: Any) -> int | None:
     _makedirs(root + "/run/lock")
     os.chmod(root + "/run/lock", 0o1777)
     if spec["fake_sys"]:
-        _fake_sys(root, spec["fake_sys"])
+        _fake_sys(root, base, spec["fake_sys"])
     loops = spec["loops"]
     if loops and spec["hide_loop_markers"] and os.path.isdir(root + "/sys/dev/block"):
         netns.mount("tmpfs", root + "/sys/dev/block", "tmpfs", netns.MS_NOSUID
