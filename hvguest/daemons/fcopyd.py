@@ -1,0 +1,478 @@
+"""hvguest-fcopyd: receive files the host sends with Copy-VMFile.
+
+One daemon for both kernel generations: the /dev/vmbus/hv_fcopy character device
+(kernels <= 6.9, the kernel speaks VMBus and hands us decoded messages with UTF-8
+names) or the raw VMBus ring through uio_hv_generic (kernels >= 6.10, we answer the
+IC version negotiation ourselves and names are UTF-16LE). Both feed the same
+FcopyService: the protocol role decides, the writer touches files, the state
+publisher shows transfers to ``hvguestctl fcopy``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from hvguest.config import Config
+from hvguest.daemon import Runtime
+from hvguest.daemons.common import daemon_arg_parser, start_daemon
+from hvguest.errors import HvGuestError, TransportError, WireError
+from hvguest.fcopy.policy import PathPolicy, TransferRefused
+from hvguest.fcopy.settings import FcopySettings
+from hvguest.fcopy.writer import TEMP_PREFIX, Committed, FileWriter
+from hvguest.paths import Paths
+from hvguest.roles.fcopy import (
+    Action,
+    CommitTarget,
+    DiscardTarget,
+    FcopyRole,
+    FcopyState,
+    OpenTarget,
+    Step,
+    Transfer,
+    WriteData,
+)
+from hvguest.state import StatePublisher, read_state, utc_now
+from hvguest.wire.fcopy import decode_fcopy_request, fcopy_reply
+from hvguest.wire.icmsg import (
+    FCOPY_FW_VERSIONS,
+    FCOPY_SRV_VERSIONS,
+    ICMSG_HDR_SIZE,
+    IcHeader,
+    IcMsgType,
+    ic_response,
+    negotiate_response,
+)
+from hvguest.wire.status import HvStatus, status_name
+
+log = logging.getLogger(__name__)
+
+SERVICE = "fcopy"
+FCOPY_CLASS_ID = "34d14be3-dee4-41c8-9ae7-6b174977c192"
+NOT_OFFERED = (
+    "Guest Service Interface not offered: enable it on the host with "
+    "Enable-VMIntegrationService -Name 'Guest Service Interface'"
+)
+PROGRESS_PERIOD = 1.0
+REOPEN_DELAY = 2.0
+
+
+# -- the service shared by both transports -------------------------------------------
+
+
+class FcopyService:
+    """Role + writer + published state for one channel."""
+
+    def __init__(
+        self,
+        settings: FcopySettings,
+        publisher: StatePublisher | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.policy = PathPolicy(
+            settings.allowed_roots,
+            dir_mode=settings.dir_mode_bits,
+            uid=settings.uid,
+            gid=settings.gid,
+        )
+        self.writer = FileWriter(
+            self.policy, file_mode=settings.file_mode_bits, uid=settings.uid, gid=settings.gid
+        )
+        self.role = FcopyRole(settings.max_file_size)
+        self.publisher = publisher
+        self.clock = clock
+        self.recent: deque[dict[str, Any]] = deque(maxlen=settings.history)
+        self._committed: Committed | None = None
+        self._progress_dirty = False
+        self.counts = {"ok": 0, "failed": 0}
+
+    # -- one message -----------------------------------------------------------
+
+    def handle(self, body: bytes, *, utf16: bool) -> int:
+        """One fcopy message (starting at the fcopy header) -> reply status."""
+        now = self.clock()
+        try:
+            request = decode_fcopy_request(body, utf16=utf16)
+        except WireError as exc:
+            log.warning("fcopy: malformed message (%d bytes): %s", len(body), exc)
+            step = self.role.bad_request(exc, now)
+        else:
+            step = self.role.handle(request, now)
+        status = self._run(step, now)
+        if self.role.finished:
+            self._record_finished()
+        elif self.role.state is FcopyState.RECEIVING:
+            self._progress_dirty = True
+        return status
+
+    def _run(self, step: Step, now: float) -> int:
+        status: int = HvStatus.HV_S_OK
+        detail = ""
+        for action in step.actions:
+            try:
+                self._act(action)
+            except TransferRefused as exc:
+                status, detail = exc.status, str(exc)
+                log.debug("fcopy: %s (%s)", exc, status_name(status))
+                break
+            except OSError as exc:  # not foreseen by the writer: still answer
+                status, detail = HvStatus.HV_E_FAIL, f"unexpected error: {exc}"
+                log.error("fcopy: %s", detail)
+                self.writer.discard(detail)
+                break
+        if step.reply is not None:
+            return step.reply
+        return self.role.finish(status, self.clock(), detail)
+
+    def _act(self, action: Action) -> None:
+        if isinstance(action, WriteData):
+            self.writer.write(action.offset, action.data)
+        elif isinstance(action, OpenTarget):
+            self.writer.open(
+                action.path_name,
+                action.file_name,
+                overwrite=action.overwrite,
+                create_path=action.create_path,
+            )
+            self._committed = None
+            self._publish_progress(force=True)
+        elif isinstance(action, CommitTarget):
+            self._committed = self.writer.commit()
+        elif isinstance(action, DiscardTarget):
+            self.writer.discard(action.reason)
+
+    def abort(self, reason: str) -> None:
+        """The channel is gone (stop, device reopened): drop any open transfer."""
+        for action in self.role.abort(reason, self.clock()):
+            self._act(action)
+        self.writer.discard(reason)
+        if self.role.finished:
+            self._record_finished()
+
+    # -- records ---------------------------------------------------------------
+
+    def _record_finished(self) -> None:
+        for transfer in self.role.finished:
+            self._record(transfer)
+        self.role.finished.clear()
+        self._publish_progress(force=True)
+
+    def _record(self, transfer: Transfer) -> None:
+        ok = transfer.result == "ok"
+        committed = self._committed if ok else None
+        record = {
+            "name": transfer.target,
+            "size": transfer.bytes_done,
+            "file_size": transfer.file_size,
+            "sha256": committed.sha256 if committed else None,
+            "result": transfer.result,
+            "detail": transfer.detail,
+            "duration": round(transfer.duration(self.clock()), 3),
+            "finished": utc_now(),
+        }
+        self.counts["ok" if ok else "failed"] += 1
+        self.recent.append(record)
+        fields = {
+            "HVGUEST_FCOPY_TARGET": transfer.target,
+            "HVGUEST_FCOPY_SIZE": transfer.bytes_done,
+            "HVGUEST_FCOPY_RESULT": transfer.result,
+        }
+        if ok:
+            fields["HVGUEST_FCOPY_SHA256"] = record["sha256"]
+            log.info(
+                "received %s: %d bytes, sha256 %s, %.2f s",
+                transfer.target,
+                transfer.bytes_done,
+                record["sha256"],
+                record["duration"],
+                extra=fields,
+            )
+        else:
+            log.warning(
+                "transfer of %s %s after %d bytes: %s",
+                transfer.target,
+                transfer.result,
+                transfer.bytes_done,
+                transfer.detail or "-",
+                extra=fields,
+            )
+        if self.publisher is not None:
+            self.publisher.record_op(
+                "copy", transfer.result, f"{transfer.target}: {transfer.detail}"
+            )
+            if not ok:
+                self.publisher.record_error(
+                    f"{transfer.target}: {transfer.result}: {transfer.detail}"
+                )
+            else:
+                self.publisher.clear_error()
+
+    def progress(self) -> dict[str, Any] | None:
+        transfer = self.role.transfer
+        if self.role.state is not FcopyState.RECEIVING or transfer is None:
+            return None
+        return {
+            "name": transfer.target,
+            "bytes_done": transfer.bytes_done,
+            "file_size": transfer.file_size,
+            "seconds": round(transfer.duration(self.clock()), 1),
+            "temp": self.writer.temp_path,
+        }
+
+    def _publish_progress(self, force: bool = False) -> None:
+        if self.publisher is None or not (force or self._progress_dirty):
+            return
+        self._progress_dirty = False
+        self.publisher.update(
+            state="receiving" if self.role.state is FcopyState.RECEIVING else "ready",
+            details={
+                "in_progress": self.progress(),
+                "recent_transfers": list(self.recent),
+                "transfers_ok": self.counts["ok"],
+                "transfers_failed": self.counts["failed"],
+            },
+        )
+        self.publisher.publish()
+
+    def tick(self) -> None:
+        """Periodic: publish the bytes done of a running transfer."""
+        self._publish_progress()
+
+
+# -- UIO / IC framing --------------------------------------------------------------
+
+
+def ic_reply(service: FcopyService, payload: bytes) -> bytes | None:
+    """The response to one IC packet from the ring, or None when it cannot be
+    answered (too short to carry an IC header)."""
+    if len(payload) < ICMSG_HDR_SIZE:
+        log.warning("fcopy: %d-byte packet has no IC header; skipped", len(payload))
+        return None
+    header = IcHeader.decode(payload)
+    if header.msgtype == IcMsgType.NEGOTIATE:
+        reply, fw, srv = negotiate_response(payload, FCOPY_FW_VERSIONS, FCOPY_SRV_VERSIONS)
+        if fw is None or srv is None:
+            log.warning("fcopy: version negotiation failed (host offered no 3.0 / 1.1)")
+        else:
+            log.info("fcopy: negotiated framework %s, service %s", fw, srv)
+        return reply
+    if header.msgtype == IcMsgType.FCOPY:
+        status = service.handle(payload[ICMSG_HDR_SIZE:], utf16=True)
+        return ic_response(payload, status)
+    log.warning("fcopy: IC message type %d is not file copy; answered HV_E_FAIL", header.msgtype)
+    return ic_response(payload, HvStatus.HV_E_FAIL)
+
+
+# -- transport detection -------------------------------------------------------------
+
+
+def find_fcopy_vmbus_device(paths: Paths) -> str | None:
+    """The sysfs directory of the fcopy VMBus device, or None."""
+    try:
+        names = sorted(os.listdir(paths.vmbus_devices))
+    except OSError:
+        return None
+    for name in names:
+        try:
+            with open(os.path.join(paths.vmbus_devices, name, "class_id"), encoding="ascii") as f:
+                class_id = f.read().strip().strip("{}").lower()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if class_id == FCOPY_CLASS_ID:
+            return os.path.join(paths.vmbus_devices, name)
+    return None
+
+
+def detect_transport(paths: Paths) -> str | None:
+    """ "legacy" (char device), "uio" (raw VMBus device) or None."""
+    if os.path.exists(paths.vmbus_device("hv_fcopy")):
+        return "legacy"
+    if find_fcopy_vmbus_device(paths) is not None:
+        return "uio"
+    return None
+
+
+# -- the daemon ----------------------------------------------------------------------
+
+
+class FcopyDaemon:
+    def __init__(self, paths: Paths, config: Config, runtime: Runtime, kind: str) -> None:
+        self.paths = paths
+        self.runtime = runtime
+        self.kind = kind
+        self.settings: FcopySettings = config.get(FcopySettings)
+        self.publisher = StatePublisher(SERVICE, paths)
+        self.service = FcopyService(self.settings, self.publisher)
+        self.transport: Any = None
+
+    # -- start-up --------------------------------------------------------------
+
+    def prepare(self) -> None:
+        self._sweep_previous()
+        if self.settings.create_roots:
+            for root in self.settings.allowed_roots:
+                if not os.path.isdir(root):
+                    try:
+                        os.makedirs(root, mode=self.settings.dir_mode_bits, exist_ok=True)
+                        log.info("created allowed root %s", root)
+                    except OSError as exc:
+                        log.warning("cannot create allowed root %s: %s", root, exc.strerror)
+
+    def _sweep_previous(self) -> None:
+        """A previous instance that died mid-transfer may have left a hidden
+        temporary file (O_TMPFILE leaves nothing): its path is in the old state."""
+        previous = read_state(self.paths, SERVICE)
+        details = (previous or {}).get("details") or {}
+        in_progress = details.get("in_progress") or {}
+        temp = in_progress.get("temp") if isinstance(in_progress, dict) else None
+        if not isinstance(temp, str) or not os.path.basename(temp).startswith(TEMP_PREFIX):
+            return
+        directory, name = os.path.split(temp)
+        try:
+            target = self.service.policy.open_directory(directory, create=False)
+        except TransferRefused:
+            return
+        try:
+            os.unlink(name, dir_fd=target.dir_fd)
+            log.info(
+                "removed %s, left by an interrupted transfer of %s", temp, in_progress.get("name")
+            )
+        except OSError:
+            pass
+        finally:
+            target.close()
+
+    def open_transport(self) -> None:
+        if self.kind == "legacy":
+            from hvguest.transport.chardev import open_fcopy
+
+            self.transport = open_fcopy(self.paths)
+            device = self.paths.vmbus_device("hv_fcopy")
+            self.runtime.add_reader(self.transport, self.on_legacy_readable)
+        else:
+            from hvguest.transport.uio import UioTransport
+
+            self.transport = UioTransport(self.paths)
+            device = getattr(self.transport, "device", None) or "uio"
+            self.runtime.add_reader(self.transport, self.on_uio_readable)
+            self.on_uio_readable()  # anything queued before we opened
+        self.publisher.update(device=str(device), state="ready", details={"transport": self.kind})
+
+    # -- legacy char device ------------------------------------------------------
+
+    def on_legacy_readable(self) -> None:
+        transport = self.transport
+        try:
+            message = transport.read_packet()
+            if not message:
+                return
+            status = self.service.handle(message, utf16=False)
+            transport.write_packet(fcopy_reply(status))
+        except TransportError as exc:
+            self._lost(exc)
+
+    # -- UIO ring ----------------------------------------------------------------
+
+    def on_uio_readable(self) -> None:
+        transport = self.transport
+        try:
+            # Drain everything, re-enable interrupts, and drain again if packets
+            # arrived meanwhile (they raised no interrupt while masked).
+            while True:
+                for trans_id, payload in transport.read_packets():
+                    reply = ic_reply(self.service, payload)
+                    if reply is not None:
+                        transport.write_packet(reply, trans_id)
+                if not transport.rearm():
+                    break
+        except TransportError as exc:
+            self._lost(exc)
+
+    # -- failures ----------------------------------------------------------------
+
+    def _lost(self, exc: TransportError) -> None:
+        log.error("fcopy channel failed: %s", exc)
+        self.service.abort(f"channel failed: {exc}")
+        self.publisher.record_error(str(exc))
+        self.runtime.remove_reader(self.transport)
+        with contextlib.suppress(Exception):
+            self.transport.close()
+        self._reopen()
+
+    def _reopen(self) -> None:
+        try:
+            self.open_transport()
+        except HvGuestError as exc:
+            log.warning("cannot reopen the fcopy channel: %s; retrying in %g s", exc, REOPEN_DELAY)
+            self.publisher.update(state="waiting for device")
+            self.publisher.publish()
+            self.runtime.call_later(REOPEN_DELAY, self._reopen)
+            return
+        log.info("fcopy channel reopened")
+        self.publisher.publish()
+
+    def stop(self) -> None:
+        self.service.abort("daemon stopping")
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                self.transport.close()
+        self.publisher.update(state="stopped", details={"in_progress": None})
+        self.publisher.publish()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = daemon_arg_parser(
+        "hvguest-fcopyd", "Receive files sent by the Hyper-V host (Copy-VMFile)."
+    )
+    parser.add_argument(
+        "--transport",
+        choices=("auto", "legacy", "uio"),
+        default="auto",
+        help="/dev/vmbus/hv_fcopy (kernels <= 6.9), the UIO ring (>= 6.10) or detect (default)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    paths, config = start_daemon(SERVICE, args)
+    kind = detect_transport(paths) if args.transport == "auto" else args.transport
+    if kind is None:
+        log.error("%s", NOT_OFFERED)
+        print(f"hvguest-fcopyd: {NOT_OFFERED}", file=sys.stderr, flush=True)
+        return 1
+    runtime = Runtime("hvguest-fcopyd")
+    daemon = FcopyDaemon(paths, config, runtime, kind)
+    daemon.prepare()
+    try:
+        daemon.open_transport()
+    except HvGuestError as exc:
+        log.error("%s", exc)
+        print(f"hvguest-fcopyd: {exc}", file=sys.stderr, flush=True)
+        daemon.publisher.record_error(str(exc))
+        daemon.publisher.update(state="failed")
+        daemon.publisher.publish()
+        runtime.close()
+        return 1
+    runtime.on_stop(daemon.stop)
+    runtime.call_every(PROGRESS_PERIOD, daemon.service.tick)
+    daemon.publisher.publish()
+    roots = ", ".join(daemon.settings.allowed_roots) or "none"
+    runtime.ready(f"receiving files over the {kind} transport into {roots}")
+    try:
+        return runtime.run()
+    finally:
+        runtime.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The fcopy state machine: requests in, actions and statuses out (no I/O)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hvguest.errors import WireError
+from hvguest.roles.fcopy import (
+    CommitTarget,
+    DiscardTarget,
+    FcopyRole,
+    FcopyState,
+    OpenTarget,
+    WriteData,
+)
+from hvguest.wire.fcopy import (
+    CREATE_PATH,
+    OVER_WRITE,
+    FcopyCancel,
+    FcopyComplete,
+    FcopyStart,
+    FcopyWrite,
+)
+from hvguest.wire.status import HvStatus
+
+OK = HvStatus.HV_S_OK
+FAIL = HvStatus.HV_E_FAIL
+
+
+def started(size: int = 10, limit: int = 1 << 30) -> FcopyRole:
+    role = FcopyRole(limit)
+    step = role.handle(FcopyStart("f", "/tmp", OVER_WRITE | CREATE_PATH, size), 0.0)
+    assert step.reply is None
+    assert step.actions == (OpenTarget("/tmp", "f", True, True, size),)
+    assert role.finish(OK, 0.0) == OK
+    assert role.state is FcopyState.RECEIVING
+    return role
+
+
+def test_full_transfer():
+    role = started(10)
+    step = role.handle(FcopyWrite(0, b"12345"), 1.0)
+    assert step.actions == (WriteData(0, b"12345"),) and step.reply is None
+    role.finish(OK, 1.0)
+    role.handle(FcopyWrite(5, b"67890"), 1.5)
+    role.finish(OK, 1.5)
+    step = role.handle(FcopyComplete(), 2.0)
+    assert step.actions == (CommitTarget(),)
+    assert role.finish(OK, 2.0) == OK
+    assert role.state is FcopyState.IDLE
+    [t] = role.finished
+    assert (t.result, t.bytes_done, t.duration(9.0)) == ("ok", 10, 2.0)
+
+
+@pytest.mark.parametrize("request_", [FcopyWrite(0, b"x"), FcopyComplete()])
+def test_write_or_complete_before_start(request_):
+    role = FcopyRole(100)
+    step = role.handle(request_, 0.0)
+    assert step == type(step)((), FAIL)
+    assert role.state is FcopyState.IDLE
+
+
+def test_cancel_without_transfer_is_ok():
+    role = FcopyRole(100)
+    assert role.handle(FcopyCancel(), 0.0).reply == OK
+
+
+def test_cancel_mid_transfer_discards():
+    role = started()
+    role.handle(FcopyWrite(0, b"abc"), 0.0)
+    role.finish(OK, 0.0)
+    step = role.handle(FcopyCancel(), 1.0)
+    assert step.reply == OK and isinstance(step.actions[0], DiscardTarget)
+    assert role.state is FcopyState.IDLE
+    assert role.finished[-1].result == "cancelled"
+
+
+def test_start_twice_supersedes():
+    role = started()
+    step = role.handle(FcopyStart("g", "/tmp", 0, 5), 1.0)
+    assert isinstance(step.actions[0], DiscardTarget)
+    assert step.actions[1] == OpenTarget("/tmp", "g", False, False, 5)
+    assert step.reply is None
+    role.finish(OK, 1.0)
+    assert role.finished[-1].result == "superseded"
+    assert role.transfer is not None and role.transfer.file_name == "g"
+
+
+@pytest.mark.parametrize("offset, kind", [(4, "gap"), (0, "overlap")])
+def test_gap_and_overlap_refused(offset, kind):
+    role = started(10)
+    role.handle(FcopyWrite(0, b"ab"), 0.0)
+    role.finish(OK, 0.0)
+    step = role.handle(FcopyWrite(offset, b"cd"), 0.0)
+    assert step.reply == FAIL and isinstance(step.actions[0], DiscardTarget)
+    assert kind in step.actions[0].reason
+    assert role.state is FcopyState.FAILED
+    # The transfer stays refused until CANCEL or a new START.
+    assert role.handle(FcopyWrite(2, b"cd"), 0.0).reply == FAIL
+    assert role.handle(FcopyComplete(), 0.0).reply == FAIL
+    assert role.state is FcopyState.IDLE
+
+
+def test_write_beyond_file_size_refused():
+    role = started(4)
+    step = role.handle(FcopyWrite(0, b"12345"), 0.0)
+    assert step.reply == FAIL
+    assert "file_size 4" in step.actions[0].reason
+
+
+def test_start_beyond_max_size_refused():
+    role = FcopyRole(100)
+    step = role.handle(FcopyStart("f", "/tmp", 0, 101), 0.0)
+    assert step.reply == FAIL and step.actions == ()
+    assert role.state is FcopyState.IDLE
+    assert role.finished[-1].result == "refused"
+
+
+def test_complete_short_of_file_size_refused():
+    role = started(10)
+    role.handle(FcopyWrite(0, b"abc"), 0.0)
+    role.finish(OK, 0.0)
+    step = role.handle(FcopyComplete(), 0.0)
+    assert step.reply == FAIL and isinstance(step.actions[0], DiscardTarget)
+    assert role.finished[-1].result == "incomplete"
+    assert role.state is FcopyState.IDLE
+
+
+def test_failed_open_returns_writer_status():
+    role = FcopyRole(100)
+    role.handle(FcopyStart("f", "/tmp", 0, 1), 0.0)
+    assert role.finish(HvStatus.HV_ERROR_ALREADY_EXISTS, 0.0) == HvStatus.HV_ERROR_ALREADY_EXISTS
+    assert role.state is FcopyState.IDLE
+    assert role.finished[-1].result == "HV_ERROR_ALREADY_EXISTS"
+
+
+def test_failed_write_poisons_transfer():
+    role = started(10)
+    role.handle(FcopyWrite(0, b"abc"), 0.0)
+    assert role.finish(HvStatus.HV_ERROR_DISK_FULL, 0.0) == HvStatus.HV_ERROR_DISK_FULL
+    assert role.state is FcopyState.FAILED
+    assert role.handle(FcopyWrite(3, b"d"), 0.0).reply == FAIL
+
+
+def test_malformed_message_mid_transfer_abandons():
+    role = started()
+    step = role.bad_request(WireError("size too big", field="size"), 0.0)
+    assert step.reply == FAIL and isinstance(step.actions[0], DiscardTarget)
+    assert role.state is FcopyState.FAILED
+    assert FcopyRole(1).bad_request(WireError("x"), 0.0).actions == ()
+
+
+def test_abort_discards_open_transfer():
+    role = started()
+    assert isinstance(role.abort("stop", 0.0)[0], DiscardTarget)
+    assert role.finished[-1].result == "aborted"
+    assert role.abort("again", 0.0) == ()
+
+
+def test_finish_without_pending_is_a_bug():
+    with pytest.raises(RuntimeError):
+        FcopyRole(1).finish(OK, 0.0)
+    role = FcopyRole(10)
+    role.handle(FcopyStart("f", "/tmp", 0, 1), 0.0)
+    with pytest.raises(RuntimeError):
+        role.handle(FcopyCancel(), 0.0)

@@ -1,0 +1,273 @@
+"""FcopyService end to end on a tmp dir: raw messages in, statuses and files out.
+
+Both encodings are covered: UTF-8 names (legacy device, the kernel converted them)
+and UTF-16LE names inside IC packets (UIO ring).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import struct
+
+import pytest
+
+from hvguest.daemons.fcopyd import FcopyService, ic_reply
+from hvguest.fcopy.settings import FcopySettings
+from hvguest.paths import Paths
+from hvguest.state import StatePublisher, read_state
+from hvguest.wire.fcopy import (
+    CREATE_PATH,
+    DATA_FRAGMENT,
+    OVER_WRITE,
+    FcopyCancel,
+    FcopyComplete,
+    FcopyStart,
+    FcopyWrite,
+)
+from hvguest.wire.icmsg import (
+    FCOPY_FW_VERSIONS,
+    FCOPY_SRV_VERSIONS,
+    ICMSG_REQUEST_FLAGS,
+    IcHeader,
+    IcMsgType,
+    IcVersion,
+    build_negotiate_request,
+    parse_negotiate_response,
+)
+from hvguest.wire.status import HvStatus
+
+OK = HvStatus.HV_S_OK
+FAIL = HvStatus.HV_E_FAIL
+
+
+@pytest.fixture
+def root(tmp_path):
+    r = tmp_path / "incoming"
+    r.mkdir()
+    return r
+
+
+@pytest.fixture
+def service(root, tmp_path):
+    settings = FcopySettings(allowed_roots=[str(root)], max_file_size=1 << 24)
+    publisher = StatePublisher("fcopy", Paths(run=str(tmp_path / "run")))
+    return FcopyService(settings, publisher)
+
+
+def send_file(
+    service, directory, name, data, *, flags=OVER_WRITE, utf16=False, fragment=DATA_FRAGMENT
+):
+    statuses = [
+        service.handle(FcopyStart(name, directory, flags, len(data)).encode(utf16), utf16=utf16)
+    ]
+    if statuses[0] != OK:
+        return statuses
+    for off in range(0, len(data), fragment):
+        statuses.append(
+            service.handle(FcopyWrite(off, data[off : off + fragment]).encode(), utf16=utf16)
+        )
+    statuses.append(service.handle(FcopyComplete().encode(), utf16=utf16))
+    return statuses
+
+
+def tree(root):
+    return sorted(
+        os.path.relpath(os.path.join(d, n), root) for d, ds, fs in os.walk(root) for n in ds + fs
+    )
+
+
+@pytest.mark.parametrize("utf16", [False, True], ids=["utf8-legacy", "utf16-uio"])
+@pytest.mark.parametrize("name", ["Привет.txt", "数据文件.bin", "party 🎉🐍.dat", "plain.txt"])
+def test_unicode_names_arrive_intact(service, root, name, utf16):
+    data = os.urandom(3 * DATA_FRAGMENT + 17)
+    statuses = send_file(
+        service, f"{root}/Ünïcode 目录 🗂", name, data, flags=CREATE_PATH, utf16=utf16
+    )
+    assert set(statuses) == {OK}
+    assert (root / "Ünïcode 目录 🗂" / name).read_bytes() == data
+    st = os.stat(root / "Ünïcode 目录 🗂" / name)
+    assert stat.S_IMODE(st.st_mode) == 0o644
+    [record] = service.recent
+    assert record["sha256"] == hashlib.sha256(data).hexdigest()
+    assert record["result"] == "ok" and record["size"] == len(data)
+
+
+def test_path_traversal_refused(service, root, tmp_path):
+    for directory, name in [
+        ("../../etc", "passwd"),
+        ("/tmp/../etc", "x"),
+        (f"{root}/../..", "passwd"),
+        (str(root), "../../etc/passwd"),
+        ("/etc", "passwd"),
+    ]:
+        status = service.handle(
+            FcopyStart(name, directory, OVER_WRITE | CREATE_PATH, 4).encode(), utf16=False
+        )
+        assert status == FAIL, (directory, name)
+        # Nothing is open: the WRITE that follows is refused as well.
+        assert service.handle(FcopyWrite(0, b"root").encode(), utf16=False) == FAIL
+    assert tree(root) == []
+    assert sorted(os.listdir(tmp_path)) == ["incoming", "run"]
+
+
+def test_symlinked_directory_refused(service, root, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, root / "link")
+    assert send_file(service, f"{root}/link", "x", b"data")[0] == FAIL
+    assert os.listdir(outside) == []
+
+
+def test_write_and_complete_before_start(service, root):
+    assert service.handle(FcopyWrite(0, b"x").encode(), utf16=False) == FAIL
+    assert service.handle(FcopyComplete().encode(), utf16=False) == FAIL
+    assert service.handle(FcopyCancel().encode(), utf16=False) == OK
+    assert tree(root) == []
+
+
+def test_start_twice_leaves_only_the_second(service, root):
+    assert service.handle(FcopyStart("one", str(root), 0, 5).encode(), utf16=False) == OK
+    assert service.handle(FcopyWrite(0, b"first").encode(), utf16=False) == OK
+    assert send_file(service, str(root), "two", b"second", flags=0) == [OK, OK, OK]
+    assert tree(root) == ["two"]
+    assert [r["result"] for r in service.recent] == ["superseded", "ok"]
+
+
+def test_size_field_larger_than_payload(service, root):
+    assert service.handle(FcopyStart("f", str(root), 0, 100).encode(), utf16=False) == OK
+    msg = bytearray(FcopyWrite(0, b"x" * 10).encode())
+    struct.pack_into("<I", msg, 48, 10000)  # size beyond DATA_FRAGMENT
+    assert service.handle(bytes(msg), utf16=False) == FAIL
+    msg2 = bytearray(FcopyWrite(0, b"x" * 10).encode()[:60])  # claims 10, carries 8
+    assert service.handle(bytes(msg2), utf16=False) == FAIL
+    assert tree(root) == []
+    # The daemon still serves the next copy.
+    assert set(send_file(service, str(root), "g", b"fine")) == {OK}
+
+
+def test_offset_gap_refused_and_nothing_left(service, root):
+    assert service.handle(FcopyStart("f", str(root), 0, 20).encode(), utf16=False) == OK
+    assert service.handle(FcopyWrite(0, b"0123456789").encode(), utf16=False) == OK
+    assert service.handle(FcopyWrite(15, b"56789").encode(), utf16=False) == FAIL
+    assert service.handle(FcopyComplete().encode(), utf16=False) == FAIL
+    assert tree(root) == []
+
+
+def test_cancel_mid_transfer(service, root):
+    assert service.handle(FcopyStart("f", str(root), 0, 20).encode(), utf16=False) == OK
+    assert service.handle(FcopyWrite(0, b"0123456789").encode(), utf16=False) == OK
+    assert service.handle(FcopyCancel().encode(), utf16=False) == OK
+    assert tree(root) == []
+    assert service.recent[-1]["result"] == "cancelled"
+
+
+def test_already_exists_and_overwrite(service, root):
+    (root / "f").write_bytes(b"old")
+    assert send_file(service, str(root), "f", b"new", flags=0) == [HvStatus.HV_ERROR_ALREADY_EXISTS]
+    assert (root / "f").read_bytes() == b"old"
+    assert set(send_file(service, str(root), "f", b"new", flags=OVER_WRITE)) == {OK}
+    assert (root / "f").read_bytes() == b"new"
+
+
+def test_unknown_operation_and_garbage(service, root):
+    assert service.handle(struct.pack("<I", 9) + bytes(32), utf16=False) == FAIL
+    assert service.handle(b"\x00", utf16=False) == FAIL
+    bad_utf8 = bytearray(FcopyStart("f", str(root), 0, 1).encode())
+    bad_utf8[36] = 0xFF
+    assert service.handle(bytes(bad_utf8), utf16=False) == FAIL
+    assert set(send_file(service, str(root), "ok", b"1")) == {OK}
+
+
+def test_empty_file(service, root):
+    assert send_file(service, str(root), "empty", b"") == [OK, OK]
+    assert (root / "empty").read_bytes() == b""
+
+
+def test_max_file_size(service, root):
+    assert send_file(service, str(root), "big", b"", flags=0) == [OK, OK]
+    status = service.handle(FcopyStart("huge", str(root), 0, (1 << 24) + 1).encode(), utf16=False)
+    assert status == FAIL
+    assert tree(root) == ["big"]
+
+
+def test_abort_on_channel_loss(service, root):
+    assert service.handle(FcopyStart("f", str(root), 0, 20).encode(), utf16=False) == OK
+    assert service.handle(FcopyWrite(0, b"0123456789").encode(), utf16=False) == OK
+    service.abort("device reopened")
+    assert tree(root) == []
+    assert service.recent[-1]["result"] == "aborted"
+
+
+def test_published_state(service, root, tmp_path):
+    paths = Paths(run=str(tmp_path / "run"))
+    service.handle(FcopyStart("f", str(root), 0, 20).encode(), utf16=False)
+    service.handle(FcopyWrite(0, b"0123456789").encode(), utf16=False)
+    service.tick()
+    doc = read_state(paths, "fcopy")
+    assert doc["state"] == "receiving"
+    assert doc["details"]["in_progress"]["bytes_done"] == 10
+    assert doc["details"]["in_progress"]["name"] == f"{root}/f"
+    service.handle(FcopyCancel().encode(), utf16=False)
+    doc = read_state(paths, "fcopy")
+    assert doc["details"]["in_progress"] is None
+    assert doc["details"]["recent_transfers"][-1]["result"] == "cancelled"
+
+
+# -- IC framing (UIO) ------------------------------------------------------------
+
+
+def ic_packet(body: bytes, msgtype: int = IcMsgType.FCOPY) -> bytes:
+    header = IcHeader(
+        0,
+        20 + len(body),
+        IcVersion(3, 0),
+        msgtype,
+        IcVersion(1, 1),
+        len(body),
+        0,
+        3,
+        ICMSG_REQUEST_FLAGS,
+    )
+    return header.encode() + body
+
+
+def test_ic_negotiate_exactly_like_the_kernel(service):
+    req = build_negotiate_request(
+        [IcVersion(1, 0), IcVersion(3, 0)], [IcVersion(1, 0), IcVersion(1, 1)]
+    )
+    reply = ic_reply(service, req)
+    assert len(reply) == len(req)
+    status, fw, srv = parse_negotiate_response(reply)
+    assert (status, fw, srv) == (OK, FCOPY_FW_VERSIONS[0], FCOPY_SRV_VERSIONS[0])
+    assert reply[25] == 5
+    bad = build_negotiate_request([IcVersion(1, 0)], [IcVersion(1, 1)])
+    status, fw, srv = parse_negotiate_response(ic_reply(service, bad))
+    assert status == FAIL and fw is None
+
+
+def test_ic_fcopy_round_trip(service, root):
+    data = b"over the ring"
+    for body in (
+        FcopyStart("ring 🎉.txt", str(root), 0, len(data)).encode(utf16=True),
+        FcopyWrite(0, data).encode(),
+        FcopyComplete().encode(),
+    ):
+        pkt = ic_packet(body) + bytes(4)  # senders pad to 8 bytes
+        reply = ic_reply(service, pkt)
+        assert len(reply) == len(pkt) and reply[25] == 5
+        assert IcHeader.decode(reply).status == OK
+    assert (root / "ring 🎉.txt").read_bytes() == data
+
+
+def test_ic_bad_packets_answered(service):
+    assert ic_reply(service, b"short") is None
+    reply = ic_reply(service, ic_packet(bytes(8), msgtype=IcMsgType.KVPEXCHANGE))
+    assert IcHeader.decode(reply).status == FAIL
+    reply = ic_reply(service, ic_packet(b"\x01"))  # fcopy body under 4 bytes
+    assert IcHeader.decode(reply).status == FAIL
+    # A lone surrogate in a UTF-16 name is refused, not mangled.
+    start = bytearray(FcopyStart("x", "/tmp", 0, 1).encode(utf16=True))
+    start[36:38] = b"\x00\xd8"
+    assert IcHeader.decode(ic_reply(service, ic_packet(bytes(start)))).status == FAIL
