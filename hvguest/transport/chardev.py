@@ -21,6 +21,7 @@ import stat
 import struct
 import time
 from collections.abc import Callable
+from typing import Self
 
 from hvguest.errors import TransportError
 from hvguest.paths import Paths
@@ -74,7 +75,7 @@ class CharDevTransport:
 
     # -- lifecycle -------------------------------------------------------
 
-    def open(self) -> CharDevTransport:
+    def open(self) -> Self:
         """Open the device, register and check the echo. Returns self."""
         if self._fd is not None:
             raise TransportError(f"{self.path}: already open")
@@ -121,7 +122,7 @@ class CharDevTransport:
             raise TransportError(f"{self.path}: not open")
         return self._fd
 
-    def __enter__(self) -> CharDevTransport:
+    def __enter__(self) -> Self:
         if self._fd is None:
             self.open()
         return self

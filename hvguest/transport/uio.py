@@ -1,0 +1,329 @@
+"""The fcopy channel through uio_hv_generic (kernels >= 6.10), protocol.md §5.
+
+The kernel no longer speaks fcopy; we bind the device to uio_hv_generic, map its
+two rings (TX guest->host first, RX host->guest second) and exchange raw VMBus
+packets. /dev/uioN semantics: read(4) returns the interrupt count (after the
+host's interrupt the kernel masks further RX interrupts), write(int32 1)
+unmasks them and signals the host, EIO means the host rescinded the device.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import mmap
+import os
+import select
+import struct
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Self
+
+from hvguest.errors import TransportError
+from hvguest.paths import Paths
+from hvguest.transport.ring import RingBuffer
+
+log = logging.getLogger(__name__)
+
+FCOPY_CLASS_ID = "34d14be3-dee4-41c8-9ae7-6b174977c192"
+UIO_DRIVER = "uio_hv_generic"
+BIND_TIMEOUT = 5.0
+_POLL_STEP = 0.05
+_INT32 = struct.Struct("<i")
+
+
+def normalize_guid(text: str) -> str:
+    return text.strip().strip("{}").lower()
+
+
+def _default_modprobe(module: str) -> None:
+    try:
+        proc = subprocess.run(
+            ["modprobe", module], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise TransportError(f"cannot load {module}: modprobe failed: {exc}") from exc
+    if proc.returncode != 0:
+        detail = proc.stderr.strip() or f"exit status {proc.returncode}"
+        raise TransportError(f"cannot load {module}: {detail}")
+
+
+class UioTransport:
+    """The VMBus device of ``class_id`` served through /dev/uioN."""
+
+    def __init__(
+        self,
+        paths: Paths,
+        class_id: str = FCOPY_CLASS_ID,
+        *,
+        modprobe: Callable[[str], None] = _default_modprobe,
+        bind_timeout: float = BIND_TIMEOUT,
+    ) -> None:
+        self.paths = paths
+        self.class_id = normalize_guid(class_id)
+        self.modprobe = modprobe
+        self.bind_timeout = bind_timeout
+        self.device_dir: str | None = None
+        self.uio_name: str | None = None
+        self.ring_size = 0  # per direction
+        self.tx: RingBuffer | None = None
+        self.rx: RingBuffer | None = None
+        self.interrupts = 0
+        self._fd: int | None = None
+        self._map: mmap.mmap | None = None
+
+    # -- discovery and binding -------------------------------------------------
+
+    @property
+    def driver_dir(self) -> str:
+        return os.path.join(self.paths.sys, "bus", "vmbus", "drivers", UIO_DRIVER)
+
+    def find_device(self) -> str:
+        """The sysfs directory of the device whose class_id matches."""
+        root = self.paths.vmbus_devices
+        try:
+            entries = sorted(os.listdir(root))
+        except OSError as exc:
+            raise TransportError(f"{root}: cannot list VMBus devices: {exc.strerror}") from exc
+        for entry in entries:
+            try:
+                with open(os.path.join(root, entry, "class_id"), encoding="ascii") as f:
+                    found = normalize_guid(f.read())
+            except (OSError, UnicodeDecodeError):
+                continue
+            if found == self.class_id:
+                return os.path.join(root, entry)
+        raise TransportError(
+            f"no VMBus device of class {self.class_id} under {root}: the host does not"
+            " offer the Guest Service Interface (enable it in the VM's integration services)"
+        )
+
+    def bound_driver(self, device_dir: str) -> str | None:
+        try:
+            return os.path.basename(os.readlink(os.path.join(device_dir, "driver")))
+        except OSError:
+            return None
+
+    def bind(self, device_dir: str) -> None:
+        """Attach uio_hv_generic to the device unless it already is."""
+        driver = self.bound_driver(device_dir)
+        if driver == UIO_DRIVER:
+            return
+        if driver is not None:
+            raise TransportError(
+                f"{device_dir} is bound to {driver}, not {UIO_DRIVER}: this kernel serves"
+                " fcopy itself (use /dev/vmbus/hv_fcopy)"
+            )
+        if not os.path.isdir(self.driver_dir):
+            self.modprobe(UIO_DRIVER)
+            if not os.path.isdir(self.driver_dir):
+                raise TransportError(f"{UIO_DRIVER} loaded but {self.driver_dir} is missing")
+        # uio_hv_generic has no id table: the class id must be added (which also
+        # attaches matching devices at once).
+        self._write_sysfs(os.path.join(self.driver_dir, "new_id"), self.class_id, ok=errno.EEXIST)
+        if self.bound_driver(device_dir) is None and self._uio_name(device_dir) is None:
+            # The id was already known but this device was offered later
+            # (e.g. re-offered after a rescind): bind it explicitly.
+            instance = os.path.basename(device_dir)
+            self._write_sysfs(os.path.join(self.driver_dir, "bind"), instance, ok=errno.EBUSY)
+
+    def _write_sysfs(self, path: str, text: str, *, ok: int) -> None:
+        try:
+            with open(path, "w", encoding="ascii") as f:
+                f.write(text)
+        except OSError as exc:
+            if exc.errno == ok:
+                return
+            raise TransportError(f"cannot write {text} to {path}: {exc.strerror}") from exc
+
+    def _uio_name(self, device_dir: str) -> str | None:
+        try:
+            names = sorted(
+                n for n in os.listdir(os.path.join(device_dir, "uio")) if n.startswith("uio")
+            )
+        except OSError:
+            return None
+        return names[0] if names else None
+
+    def wait_uio(self, device_dir: str) -> str:
+        """The uioN name, waiting (bounded) for sysfs to show it."""
+        deadline = time.monotonic() + self.bind_timeout
+        while True:
+            name = self._uio_name(device_dir)
+            if name is not None:
+                return name
+            if time.monotonic() >= deadline:
+                raise TransportError(
+                    f"{device_dir}: no uio device appeared within {self.bind_timeout:g} s"
+                    f" after binding {UIO_DRIVER}"
+                )
+            time.sleep(_POLL_STEP)
+
+    def read_ring_size(self, device_dir: str, uio: str) -> int:
+        """Per-direction ring size: half of map 0 (both rings), §5.1."""
+        map_size = os.path.join(device_dir, "uio", uio, "maps", "map0", "size")
+        try:
+            with open(map_size, encoding="ascii") as f:
+                total = int(f.read().strip(), 16)
+        except FileNotFoundError:
+            total = self._channel_ring_size(device_dir)
+        except (OSError, ValueError) as exc:
+            raise TransportError(f"{map_size}: unreadable ring size: {exc}") from exc
+        per_direction = total // 2
+        if total % 2 or per_direction <= 4096 or per_direction % 4096:
+            raise TransportError(
+                f"{device_dir}: ring map is {total:#x} bytes; expected two page-aligned rings"
+            )
+        return per_direction
+
+    def _channel_ring_size(self, device_dir: str) -> int:
+        channels = os.path.join(device_dir, "channels")
+        try:
+            for relid in sorted(os.listdir(channels)):
+                ring = os.path.join(channels, relid, "ring")
+                if os.path.exists(ring):
+                    return os.stat(ring).st_size
+        except OSError:
+            pass
+        raise TransportError(f"{device_dir}: neither uio map0 size nor a channel ring file")
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def open(self) -> Self:
+        device_dir = self.find_device()
+        self.bind(device_dir)
+        uio = self.wait_uio(device_dir)
+        size = self.read_ring_size(device_dir, uio)
+        node = os.path.join(self.paths.dev, uio)
+        fd = self._open_node(node)
+        try:
+            mapping = self._map_rings(fd, 2 * size)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.device_dir, self.uio_name, self.ring_size = device_dir, uio, size
+        self._fd, self._map = fd, mapping
+        view = memoryview(mapping)
+        self.tx = RingBuffer(view[:size], size, name=f"{uio} TX")
+        self.rx = RingBuffer(view[size:], size, name=f"{uio} RX")
+        view.release()
+        # The first open masks RX interrupts; unmask without signalling, as the
+        # C daemon does. Packets already queued are picked up by read_packets().
+        self.rx.interrupt_mask = 0
+        log.info("%s: %s, rings 2 x %#x bytes", device_dir, node, size)
+        return self
+
+    def _open_node(self, node: str) -> int:
+        try:
+            return os.open(node, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            raise TransportError(f"{node}: device node absent (is udev running?)") from exc
+        except OSError as exc:
+            raise TransportError(f"{node}: cannot open: {exc.strerror}") from exc
+
+    def _map_rings(self, fd: int, length: int) -> mmap.mmap:
+        try:
+            return mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except (OSError, ValueError) as exc:
+            raise TransportError(f"cannot map {length:#x} bytes of rings: {exc}") from exc
+
+    def close(self) -> None:
+        for ring in (self.tx, self.rx):
+            if ring is not None:
+                ring.release()
+        self.tx = self.rx = None
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+
+    def reopen(self) -> None:
+        self.close()
+        self.open()
+
+    def fileno(self) -> int:
+        if self._fd is None:
+            raise TransportError("UIO transport is not open")
+        return self._fd
+
+    def __enter__(self) -> Self:
+        if self._fd is None:
+            self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- packets ----------------------------------------------------------------
+
+    def _rings(self) -> tuple[RingBuffer, RingBuffer]:
+        if self.tx is None or self.rx is None:
+            raise TransportError("UIO transport is not open")
+        return self.tx, self.rx
+
+    def _consume_interrupt(self) -> None:
+        fd = self.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        ready = poller.poll(0)
+        if not ready:
+            return
+        events = ready[0][1]
+        if not events & select.POLLIN and events & (select.POLLERR | select.POLLHUP):
+            raise TransportError(f"/dev/{self.uio_name}: device rescinded by the host")
+        try:
+            data = os.read(fd, 4)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                raise TransportError(f"/dev/{self.uio_name}: device rescinded by the host") from exc
+            raise TransportError(f"/dev/{self.uio_name}: read failed: {exc.strerror}") from exc
+        if len(data) == 4:
+            self.interrupts = _INT32.unpack(data)[0] & 0xFFFFFFFF
+
+    def read_packets(self) -> list[tuple[int, bytes]]:
+        """Consume the pending interrupt (if any) and drain every packet in the
+        RX ring as (trans_id, payload). A malformed ring raises RingError (a
+        TransportError): the channel state is unknown, so reopen."""
+        _, rx = self._rings()
+        self._consume_interrupt()
+        packets: list[tuple[int, bytes]] = []
+        while True:
+            got = rx.read_packet()
+            if got is None:
+                return packets
+            desc, payload = got
+            packets.append((desc.trans_id, payload))
+
+    def write_packet(self, payload: bytes, trans_id: int) -> None:
+        """Queue one in-band packet to the host; signal it when the ring was
+        empty and the host is not already draining (interrupt_mask 0)."""
+        tx, _ = self._rings()
+        was_empty = tx.write_packet(payload, trans_id)
+        if was_empty and tx.interrupt_mask == 0:
+            self._signal(1)
+
+    def rearm(self) -> bool:
+        """Unmask RX interrupts and signal the host; True when packets arrived
+        while interrupts were masked (call read_packets() again: they raise no
+        interrupt of their own)."""
+        _, rx = self._rings()
+        self._signal(1)
+        return rx.available > 0
+
+    def _signal(self, value: int) -> None:
+        try:
+            n = os.write(self.fileno(), _INT32.pack(value))
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                raise TransportError(f"/dev/{self.uio_name}: device rescinded by the host") from exc
+            raise TransportError(f"/dev/{self.uio_name}: write failed: {exc.strerror}") from exc
+        if n != 4:
+            raise TransportError(f"/dev/{self.uio_name}: short write of the interrupt control")

@@ -1,0 +1,303 @@
+"""UioTransport on a fake sysfs tree: discovery, binding, ring size, packets.
+
+The ring memory is a regular file (mapped by both the transport and the fake
+host); the /dev/uioN control fd is one end of a SOCK_SEQPACKET socketpair so
+that read(4)/write(int32) and poll behave like the UIO device.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from hvguest.errors import TransportError
+from hvguest.paths import Paths
+from hvguest.transport.ring import RingBuffer, RingError
+from hvguest.transport.uio import FCOPY_CLASS_ID, UioTransport
+
+INSTANCE = "eb765408-105f-49b6-b4aa-c123b64d17d4"
+RING = 0x5000
+
+
+@dataclass
+class FakeSys:
+    root: str
+    paths: Paths
+    device: str
+    ring_file: str
+    modprobed: list[str] = field(default_factory=list)
+    host_end: socket.socket | None = None
+
+    @property
+    def driver_dir(self) -> str:
+        return os.path.join(self.paths.sys, "bus", "vmbus", "drivers", "uio_hv_generic")
+
+    def add_device(self, instance: str, class_id: str) -> str:
+        d = os.path.join(self.paths.vmbus_devices, instance)
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "class_id"), "w") as f:
+            f.write("{" + class_id + "}\n")
+        return d
+
+    def attach(self, map_size: str | None = f"0x{2 * RING:016x}") -> None:
+        """What binding does in the kernel: driver link + uio0 + map0/size."""
+        os.makedirs(self.driver_dir, exist_ok=True)
+        link = os.path.join(self.device, "driver")
+        if not os.path.islink(link):
+            os.symlink(self.driver_dir, link)
+        maps = os.path.join(self.device, "uio", "uio0", "maps", "map0")
+        os.makedirs(maps, exist_ok=True)
+        if map_size is not None:
+            with open(os.path.join(maps, "size"), "w") as f:
+                f.write(map_size + "\n")
+
+
+@pytest.fixture
+def fake(tmp_path: os.PathLike[str]) -> Iterator[FakeSys]:
+    root = str(tmp_path)
+    paths = Paths(sys=os.path.join(root, "sys"), dev=os.path.join(root, "dev"))
+    os.makedirs(paths.dev)
+    fs = FakeSys(root, paths, "", os.path.join(paths.dev, "uio0"))
+    fs.add_device("242ff919-07db-4180-9c2e-b86cb68c8c55", "57164f39-9115-4e78-ab55-382f3bd5422d")
+    fs.device = fs.add_device(INSTANCE, FCOPY_CLASS_ID.upper())
+    with open(fs.ring_file, "wb") as f:
+        f.truncate(2 * RING)
+    yield fs
+    if fs.host_end is not None:
+        fs.host_end.close()
+
+
+class FakeUio(UioTransport):
+    """Control fd = socketpair end; ring memory = the regular file."""
+
+    def __init__(self, fs: FakeSys, **kw: object) -> None:
+        super().__init__(fs.paths, modprobe=self._modprobe, **kw)  # type: ignore[arg-type]
+        self.fs = fs
+        self.opened: list[str] = []
+
+    def _modprobe(self, module: str) -> None:
+        self.fs.modprobed.append(module)
+        os.makedirs(self.fs.driver_dir, exist_ok=True)
+
+    def _open_node(self, node: str) -> int:
+        self.opened.append(node)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.fs.host_end = theirs
+        return ours.detach()
+
+    def _map_rings(self, fd: int, length: int) -> mmap.mmap:
+        with open(self.fs.ring_file, "r+b") as f:
+            return mmap.mmap(f.fileno(), length)
+
+
+class Host:
+    """The host's view: writes RX (second half), reads TX (first half)."""
+
+    def __init__(self, fs: FakeSys) -> None:
+        self.file = open(fs.ring_file, "r+b")
+        self.map = mmap.mmap(self.file.fileno(), 2 * RING)
+        view = memoryview(self.map)
+        self.tx = RingBuffer(view[:RING], RING, name="host view of TX")
+        self.rx = RingBuffer(view[RING:], RING, name="host view of RX")
+        view.release()
+        assert fs.host_end is not None
+        self.ctl = fs.host_end
+        self.count = 0
+
+    def send(self, payload: bytes, trans_id: int, *, interrupt: bool = True) -> None:
+        self.rx.write_packet(payload, trans_id)
+        if interrupt:
+            self.rx.interrupt_mask = 1  # the kernel masks on interrupt
+            self.count += 1
+            self.ctl.send(struct.pack("<I", self.count))
+
+    def close(self) -> None:
+        self.tx.release()
+        self.rx.release()
+        self.map.close()
+        self.file.close()
+
+
+def test_discovery_by_class_id_and_ring_size(fake: FakeSys) -> None:
+    fake.attach()
+    t = FakeUio(fake).open()
+    try:
+        assert t.device_dir == fake.device
+        assert t.uio_name == "uio0"
+        assert t.ring_size == RING
+        assert t.opened == [os.path.join(fake.paths.dev, "uio0")]
+        assert fake.modprobed == []
+        assert t.rx is not None and t.rx.interrupt_mask == 0
+    finally:
+        t.close()
+
+
+def test_not_offered(fake: FakeSys) -> None:
+    t = FakeUio(fake, class_id="00000000-0000-0000-0000-000000000000")
+    with pytest.raises(TransportError, match="does not offer the Guest Service Interface"):
+        t.open()
+
+
+def test_binding_loads_module_writes_new_id_and_binds(fake: FakeSys) -> None:
+    t = FakeUio(fake)
+    t.bind(fake.device)
+    assert fake.modprobed == ["uio_hv_generic"]
+    with open(os.path.join(fake.driver_dir, "new_id")) as f:
+        assert f.read() == FCOPY_CLASS_ID
+    # new_id attached nothing (fake kernel): the instance is bound explicitly.
+    with open(os.path.join(fake.driver_dir, "bind")) as f:
+        assert f.read() == INSTANCE
+
+
+def test_open_waits_for_uio_after_binding(fake: FakeSys) -> None:
+    t = FakeUio(fake)
+    timer = threading.Timer(0.15, fake.attach)
+    timer.start()
+    try:
+        t.open()
+        assert t.ring_size == RING
+    finally:
+        timer.join()
+        t.close()
+
+
+def test_no_uio_within_timeout(fake: FakeSys) -> None:
+    t = FakeUio(fake, bind_timeout=0.1)
+    with pytest.raises(TransportError, match="no uio device appeared within 0.1 s"):
+        t.open()
+
+
+def test_new_id_eexist_is_fine(fake: FakeSys, monkeypatch: pytest.MonkeyPatch) -> None:
+    os.makedirs(fake.driver_dir)
+    real_open = open
+
+    def fake_open(path: str, mode: str = "r", **kw: object):  # type: ignore[no-untyped-def]
+        if path.endswith("new_id"):
+            raise OSError(errno.EEXIST, "File exists", path)
+        return real_open(path, mode, **kw)  # type: ignore[call-overload]
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    FakeUio(fake).bind(fake.device)
+    assert fake.modprobed == []
+
+
+def test_modprobe_failure_is_a_clear_error(fake: FakeSys) -> None:
+    def fail(module: str) -> None:
+        raise TransportError(f"cannot load {module}: Module uio_hv_generic not found")
+
+    t = UioTransport(fake.paths, modprobe=fail)
+    with pytest.raises(TransportError, match="cannot load uio_hv_generic"):
+        t.open()
+
+
+def test_bound_to_another_driver(fake: FakeSys) -> None:
+    other = os.path.join(fake.paths.sys, "bus", "vmbus", "drivers", "hv_utils")
+    os.makedirs(other)
+    os.symlink(other, os.path.join(fake.device, "driver"))
+    with pytest.raises(TransportError, match="bound to hv_utils"):
+        FakeUio(fake).open()
+
+
+@pytest.mark.parametrize("size", ["0x0000000000001000", "zz", "0x0000000000009001"])
+def test_bad_ring_sizes(fake: FakeSys, size: str) -> None:
+    fake.attach(map_size=size)
+    with pytest.raises(TransportError):
+        FakeUio(fake).open()
+
+
+def test_ring_size_falls_back_to_channel_ring_file(fake: FakeSys) -> None:
+    fake.attach(map_size=None)
+    ch = os.path.join(fake.device, "channels", "14")
+    os.makedirs(ch)
+    with open(os.path.join(ch, "ring"), "wb") as f:
+        f.truncate(0xA000)
+    t = FakeUio(fake)
+    assert t.read_ring_size(fake.device, "uio0") == 0x5000
+
+
+def test_exchange_drain_reply_rearm(fake: FakeSys) -> None:
+    fake.attach()
+    t = FakeUio(fake).open()
+    host = Host(fake)
+    try:
+        host.send(b"negotiate" + bytes(7), 11, interrupt=False)
+        host.send(b"second packet!!!", 12)
+        got = t.read_packets()
+        assert got == [(11, b"negotiate" + bytes(7)), (12, b"second packet!!!")]
+        assert t.interrupts == 1
+        # Host is idle (TX interrupt_mask 0) and TX was empty: the reply signals.
+        t.write_packet(b"reply", 11)
+        assert fake.host_end is not None
+        assert fake.host_end.recv(16) == struct.pack("<i", 1)
+        desc_payload = host.tx.read_packet()
+        assert desc_payload is not None
+        assert desc_payload[0].trans_id == 11 and desc_payload[1] == b"reply\0\0\0"
+        # While the host drains (mask 1) no extra signal.
+        host.tx.interrupt_mask = 1
+        t.write_packet(b"quiet", 12)
+        fake.host_end.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            fake.host_end.recv(16)
+        fake.host_end.setblocking(True)
+        # A packet that arrives while RX is masked raises no interrupt: rearm
+        # unmasks, signals and reports it.
+        host.send(b"late" + bytes(4), 13, interrupt=False)
+        assert t.rearm() is True
+        assert fake.host_end.recv(16) == struct.pack("<i", 1)
+        assert t.read_packets() == [(13, b"late" + bytes(4))]
+        assert t.rearm() is False
+    finally:
+        host.close()
+        t.close()
+
+
+def test_rescind_is_a_transport_error(fake: FakeSys, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake.attach()
+    t = FakeUio(fake).open()
+    try:
+        assert fake.host_end is not None
+        fake.host_end.send(struct.pack("<I", 1))
+
+        def eio(fd: int, n: int) -> bytes:
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr("hvguest.transport.uio.os.read", eio)
+        with pytest.raises(TransportError, match="rescinded"):
+            t.read_packets()
+        monkeypatch.undo()
+        fake.host_end.close()
+        fake.host_end = None
+        with pytest.raises(TransportError):
+            t.rearm()
+    finally:
+        t.close()
+
+
+def test_malformed_rx_ring_raises_ring_error(fake: FakeSys) -> None:
+    fake.attach()
+    t = FakeUio(fake).open()
+    host = Host(fake)
+    try:
+        host.rx.write_index = 8  # fewer bytes than a packet
+        with pytest.raises(RingError):
+            t.read_packets()
+    finally:
+        host.close()
+        t.close()
+
+
+def test_not_open() -> None:
+    t = UioTransport(Paths())
+    with pytest.raises(TransportError):
+        t.fileno()
+    with pytest.raises(TransportError):
+        t.read_packets()
+    t.close()
