@@ -64,6 +64,7 @@ class Runtime:
         self.name = name
         self.clock = clock
         self._readers: dict[int, Callback] = {}
+        self._owners: dict[int, int | _HasFileno] = {}
         self._timers: list[Timer] = []
         self._seq = itertools.count()
         self._stop_callbacks: list[Callback] = []
@@ -80,11 +81,20 @@ class Runtime:
     def add_reader(self, fd: int | _HasFileno, callback: Callback) -> None:
         """Call ``callback()`` whenever ``fd`` is readable (or reports an error:
         the callback's read then raises and it decides what to do)."""
-        self._readers[_fd_of(fd)] = callback
+        number = _fd_of(fd)
+        self._readers[number] = callback
+        self._owners[number] = fd
 
     def remove_reader(self, fd: int | _HasFileno) -> None:
-        with contextlib.suppress(ValueError, OSError):
-            self._readers.pop(_fd_of(fd), None)
+        """Stop watching ``fd``; an object already closed (fileno() raises) is
+        found by identity."""
+        try:
+            number: int | None = _fd_of(fd)
+        except Exception:
+            number = next((n for n, o in self._owners.items() if o is fd), None)
+        if number is not None:
+            self._readers.pop(number, None)
+            self._owners.pop(number, None)
 
     def call_later(self, delay: float, callback: Callback) -> Timer:
         timer = Timer(self.clock() + max(0.0, delay), next(self._seq), callback)
@@ -197,6 +207,7 @@ class Runtime:
             if mask & select.POLLNVAL:
                 log.error("%s: fd %d is not open; reader removed", self.name, fd)
                 self._readers.pop(fd, None)
+                self._owners.pop(fd, None)
                 continue
             self._invoke(callback, f"reader for fd {fd}")
         self._run_pending()

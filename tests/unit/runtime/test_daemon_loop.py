@@ -220,3 +220,26 @@ def test_closed_fd_reader_is_dropped(rt: Runtime, caplog: pytest.LogCaptureFixtu
     with caplog.at_level(logging.ERROR):
         assert rt.run() == 0
     assert "reader removed" in caplog.text
+
+
+def test_remove_reader_of_a_closed_transport(rt: Runtime) -> None:
+    class Closable:
+        def __init__(self) -> None:
+            self.sock: socket.socket | None = socket.socket()
+
+        def fileno(self) -> int:
+            if self.sock is None:
+                raise OSError("closed")
+            return self.sock.fileno()
+
+        def close(self) -> None:
+            assert self.sock is not None
+            self.sock.close()
+            self.sock = None
+
+    t = Closable()
+    rt.add_reader(t, lambda: None)
+    t.close()
+    rt.remove_reader(t)
+    rt.remove_reader(t)
+    assert rt._readers == {}
