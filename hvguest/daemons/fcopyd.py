@@ -40,6 +40,7 @@ from hvguest.roles.fcopy import (
     WriteData,
 )
 from hvguest.state import StatePublisher, read_state, utc_now
+from hvguest.transport.ring import RingError
 from hvguest.wire.fcopy import decode_fcopy_request, fcopy_reply
 from hvguest.wire.icmsg import (
     FCOPY_FW_VERSIONS,
@@ -361,8 +362,8 @@ class FcopyDaemon:
         else:
             from hvguest.transport.uio import UioTransport
 
-            self.transport = UioTransport(self.paths)
-            device = getattr(self.transport, "device", None) or "uio"
+            self.transport = UioTransport(self.paths).open()
+            device = f"/dev/{self.transport.uio_name} ({self.transport.device_dir})"
             self.runtime.add_reader(self.transport, self.on_uio_readable)
             self.on_uio_readable()  # anything queued before we opened
         self.publisher.update(device=str(device), state="ready", details={"transport": self.kind})
@@ -388,7 +389,13 @@ class FcopyDaemon:
             # Drain everything, re-enable interrupts, and drain again if packets
             # arrived meanwhile (they raised no interrupt while masked).
             while True:
-                for trans_id, payload in transport.read_packets():
+                try:
+                    packets = transport.read_packets()
+                except RingError as exc:
+                    if not self._skip_bad_packets(exc):
+                        raise
+                    packets = []
+                for trans_id, payload in packets:
                     reply = ic_reply(self.service, payload)
                     if reply is not None:
                         transport.write_packet(reply, trans_id)
@@ -396,6 +403,27 @@ class FcopyDaemon:
                     break
         except TransportError as exc:
             self._lost(exc)
+
+    def _skip_bad_packets(self, exc: RingError) -> bool:
+        """A packet whose framing cannot be trusted hides where the next one
+        starts: drop what the host queued (it times out that request and retries)
+        and keep serving. False when the ring indices themselves are corrupt; the
+        channel is then reopened, which resets the rings."""
+        rx = getattr(self.transport, "rx", None)
+        if rx is None or exc.field in ("write_index", "read_index") and "beyond" in str(exc):
+            return False
+        try:
+            w = rx.write_index
+            if w >= rx.dsize:
+                return False
+            dropped = rx.available
+            rx.read_index = w
+        except TransportError:
+            return False
+        log.error("fcopy: bad packet in the ring (%s); skipped %d queued bytes", exc, dropped)
+        self.service.abort(f"bad packet: {exc}")
+        self.publisher.record_error(f"bad packet from the host skipped: {exc}")
+        return True
 
     # -- failures ----------------------------------------------------------------
 
