@@ -1,0 +1,208 @@
+"""Sandbox: isolation of the command under test from the machine, and clean teardown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hvguest.sim.sandbox import (
+    LoopFs,
+    Sandbox,
+    SandboxError,
+    SandboxSpec,
+    SysDir,
+    SysLink,
+    _check_mounts,
+)
+
+root_only = [pytest.mark.root]
+
+
+def losetup_list() -> str:
+    return subprocess.run(["losetup", "-a"], capture_output=True, text=True, timeout=10).stdout
+
+
+def host_mounts() -> str:
+    return Path("/proc/mounts").read_text()
+
+
+@pytest.fixture(scope="module")
+def ext4_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (namespaces, mounts, loop devices)")
+    image = tmp_path_factory.mktemp("img") / "ext4.img"
+    with open(image, "wb") as f:
+        f.truncate(64 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, timeout=60)
+    return image
+
+
+@pytest.fixture
+def sleeper() -> Iterator[Sandbox]:
+    sb = Sandbox(SandboxSpec(command=["sleep", "60"]))
+    sb.start()
+    yield sb
+    sb.stop()
+
+
+@pytest.mark.root
+def test_writes_stay_inside(sleeper: Sandbox) -> None:
+    before = Path("/etc/passwd").read_bytes()
+    done = sleeper.exec(["sh", "-c", "echo intruder:x:0:0::/:/bin/sh >> /etc/passwd; "
+                         "mkdir -p /var/lib/hyperv; echo pool > /var/lib/hyperv/.kvp_pool_1; "
+                         "cat /etc/../etc/passwd | tail -1"])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(b"intruder:")
+    assert Path("/etc/passwd").read_bytes() == before
+    assert Path(sleeper.root, "var/lib/hyperv/.kvp_pool_1").read_text() == "pool\n"
+    assert sleeper.read_file("/var/lib/hyperv/.kvp_pool_1") == b"pool\n"
+    assert not Path("/var/lib/hyperv/.kvp_pool_1").exists() or \
+        Path("/var/lib/hyperv/.kvp_pool_1").read_text() != "pool\n"
+
+
+@pytest.mark.root
+def test_fresh_dev_run_hostname_and_syslog(sleeper: Sandbox) -> None:
+    done = sleeper.exec(["sh", "-c", "ls /dev; hostname; stat -c %F /dev/null; "
+                         "findmnt -n -o FSTYPE /run; logger -t probe hello there"])
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.decode().split()
+    for node in ("null", "zero", "urandom", "tty", "log", "shm"):
+        assert node in lines
+    assert "hvguest-sim" in lines
+    assert "tmpfs" in lines[-1]
+    deadline = time.monotonic() + 5
+    while not any("hello there" in m for m in sleeper.syslog()):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert any("probe" in m and "hello there" in m for m in sleeper.syslog())
+
+
+@pytest.mark.root
+def test_exec_input_timeout_and_failures(sleeper: Sandbox) -> None:
+    done = sleeper.exec(["cat"], input=b"x" * 200_000)
+    assert done.stdout == b"x" * 200_000
+    assert sleeper.exec(["sh", "-c", "exit 3"]).returncode == 3
+    t = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        sleeper.exec(["sleep", "30"], timeout=0.3)
+    assert time.monotonic() - t < 5
+
+
+@pytest.mark.root
+def test_command_that_cannot_start_is_reported() -> None:
+    sb = Sandbox(SandboxSpec(command=["/nonexistent/daemon"]))
+    with pytest.raises(SandboxError, match="nonexistent"):
+        sb.start()
+    sb.stop()
+
+
+@pytest.mark.root
+def test_network_is_fixed_and_private() -> None:
+    host_links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+    with Sandbox(SandboxSpec(command=["sleep", "60"], network=True)) as sb:
+        addr = sb.exec(["ip", "-br", "addr", "show", "eth0"]).stdout.decode()
+        assert "192.0.2.10/24" in addr and "2001:db8::10/64" in addr
+        assert "tentative" not in sb.exec(["ip", "addr"]).stdout.decode()
+        assert sb.read_file("/sys/class/net/eth0/address") == b"00:15:5d:00:00:01\n"
+        routes = sb.exec(["ip", "route"]).stdout.decode()
+        assert "default via 192.0.2.1 dev eth0" in routes
+        assert "default via 2001:db8::1" in sb.exec(["ip", "-6", "route"]).stdout.decode()
+        assert sb.read_file("/etc/resolv.conf") == b"nameserver 192.0.2.53\n"
+        links = sb.exec(["ip", "-br", "link"]).stdout.decode().split("\n")
+        assert sorted(ln.split()[0] for ln in links if ln) == ["eth0@if2", "lo"]
+    assert subprocess.run(["ip", "-br", "link"], capture_output=True,
+                          text=True).stdout == host_links
+
+
+@pytest.mark.root
+def test_fake_sysfs_entries_next_to_real_ones() -> None:
+    fake = {
+        "bus/vmbus/devices/dev0/class_id": "{34d14be3-dee4-41c8-9ae7-6b174977c192}\n",
+        "bus/vmbus/devices/dev0/channels/14/ring": b"\0" * 16,
+        "bus/vmbus/drivers/uio_hv_generic/new_id": "",
+        "bus/vmbus/devices/dev0/uio/uio0": SysDir(),
+        "class/uio/uio0": SysLink("../../bus/vmbus/devices/dev0/uio/uio0"),
+    }
+    with Sandbox(SandboxSpec(command=["sleep", "60"], fake_sys=fake, network=True)) as sb:
+        assert sb.read_file("/sys/bus/vmbus/devices/dev0/class_id").startswith(b"{34d14be3")
+        assert os.path.getsize(f"{sb.root}/sys/bus/vmbus/devices/dev0/channels/14/ring") == 16
+        assert os.path.isdir(f"{sb.root}/sys/class/uio/uio0")
+        done = sb.exec(["sh", "-c", "echo 1 2 > /sys/bus/vmbus/drivers/uio_hv_generic/new_id"])
+        assert done.returncode == 0, done.stderr
+        assert sb.read_file("/sys/bus/vmbus/drivers/uio_hv_generic/new_id") == b"1 2\n"
+        # real entries are still there, from the sandbox's own network namespace
+        assert os.path.isdir(f"{sb.root}/sys/bus/cpu/devices")
+        assert sorted(os.listdir(f"{sb.root}/sys/class/net")) == ["eth0", "lo"]
+    assert not os.path.exists("/sys/bus/vmbus/devices/dev0")
+
+
+@pytest.mark.root
+def test_loop_fs_inside_only_and_frozen_fs_cleaned_up(ext4_image: Path) -> None:
+    spec = SandboxSpec(command=["sleep", "60"],
+                       loop_filesystems=[LoopFs(str(ext4_image), "ext4", "/mnt/hvtest")])
+    sb = Sandbox(spec)
+    sb.start()
+    try:
+        (dev,) = sb.loop_devices
+        assert str(ext4_image) in losetup_list()
+        mounts = sb.exec(["cat", "/proc/mounts"]).stdout.decode()
+        assert f"{dev} /mnt/hvtest ext4 rw" in mounts
+        assert sb.exec(["sh", "-c", "echo data > /mnt/hvtest/file"]).returncode == 0
+        assert sb.read_file("/mnt/hvtest/file") == b"data\n"
+        assert "/mnt/hvtest" not in host_mounts()
+        assert not os.path.exists("/mnt/hvtest/file")
+        # the reference VSS daemon must see the loop device as a plain disk
+        assert sb.exec(["ls", "/sys/dev/block"]).stdout == b""
+        assert sb.exec(["fsfreeze", "--freeze", "/mnt/hvtest"]).returncode == 0
+        with pytest.raises(subprocess.TimeoutExpired):
+            sb.exec(["sh", "-c", "echo more > /mnt/hvtest/file2; sync"], timeout=0.5)
+    finally:
+        sb.stop()  # thaws, ends the blocked writer, unmounts, detaches
+    assert str(ext4_image) not in losetup_list()
+    assert "hvtest" not in host_mounts()
+
+
+def test_refuses_rw_dev_mounts_other_than_test_loops(tmp_path: Path) -> None:
+    mounts = tmp_path / "mounts"
+    mounts.write_text("overlay / overlay rw 0 0\n/dev/loop3 /mnt/a ext4 rw,relatime 0 0\n"
+                      "/dev/vdb /data ext4 ro 0 0\n")
+    _check_mounts(["/dev/loop3"], str(mounts))
+    mounts.write_text(mounts.read_text() + "/dev/vda /real ext4 rw,relatime 0 0\n")
+    with pytest.raises(SandboxError, match="/dev/vda"):
+        _check_mounts(["/dev/loop3"], str(mounts))
+
+
+@pytest.mark.root
+def test_stop_leaves_nothing_behind(ext4_image: Path) -> None:
+    tmp_before = set(os.listdir("/tmp"))
+    mounts_before = host_mounts()
+    spec = SandboxSpec(command=["sh", "-c", "trap '' TERM; sleep 60 & sleep 60 & wait"],
+                       loop_filesystems=[LoopFs(str(ext4_image), "ext4", "/mnt/hvtest")],
+                       network=True)
+    sb = Sandbox(spec)
+    sb.start()
+    pid = sb.pid
+    mnt_ns = os.stat(f"/proc/{pid}/ns/mnt").st_ino
+    time.sleep(0.2)
+    t = time.monotonic()
+    rc = sb.stop(timeout=0.5)  # ignores SIGTERM: SIGKILL after 0.5 s
+    assert time.monotonic() - t < 10
+    assert rc == -signal.SIGKILL
+    left = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}/ns/mnt").st_ino == mnt_ns:
+                    left.append(entry)
+            except OSError:
+                pass
+    assert left == []
+    assert str(ext4_image) not in losetup_list()
+    assert host_mounts() == mounts_before
+    assert set(os.listdir("/tmp")) - tmp_before == set()
