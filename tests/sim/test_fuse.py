@@ -315,5 +315,5 @@ def test_process_before_mount_does_not_block(echo: tuple[EchoDevice, FuseDeviceS
     t = time.monotonic()
     server.process()
     assert time.monotonic() - t < 1
-    assert "fd=%d," % server.fileno() in server.mount_options()
+    assert f"fd={server.fileno()}," in server.mount_options()
     assert os.get_inheritable(server.fileno())

@@ -122,7 +122,7 @@ def test_network_is_fixed_and_private() -> None:
 
 @pytest.mark.root
 def test_fake_sysfs_entries_next_to_real_ones() -> None:
-    fake = {
+    fake: dict[str, str | bytes | SysLink | SysDir] = {
         "bus/vmbus/devices/dev0/class_id": "{34d14be3-dee4-41c8-9ae7-6b174977c192}\n",
         "bus/vmbus/devices/dev0/channels/14/ring": b"\0" * 16,
         "bus/vmbus/drivers/uio_hv_generic/new_id": "",
