@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+from typing import Any
 
 from hvguest.paths import Paths
 
@@ -26,6 +27,9 @@ ROOT_OPTIONS = {
 
 def add_root_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("roots (for tests and the simulator)")
+    # SUPPRESS: when absent here, hvguestctl's own --root-dir (before the command) stays.
+    group.add_argument("--root-dir", metavar="DIR", default=argparse.SUPPRESS,
+                       help="read every path below DIR")
     for dest, fld in ROOT_OPTIONS.items():
         default = getattr(Paths(), fld)
         group.add_argument(
@@ -37,7 +41,7 @@ def paths_from_cli(args: argparse.Namespace) -> Paths:
     """Paths under ``--root-dir`` (default /), each root overridable."""
     root = getattr(args, "root_dir", None) or "/"
     base = Paths()
-    values: dict[str, str] = {}
+    values: dict[str, Any] = {}
     for f in dataclasses.fields(Paths):
         value = getattr(base, f.name)
         if isinstance(value, str):

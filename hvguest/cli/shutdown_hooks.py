@@ -1,0 +1,70 @@
+"""hvguestctl shutdown-hooks {list,run}: pre-shutdown hooks in /etc/hvguest/shutdown.d.
+
+``run`` is what hvguest-shutdown-hooks.service calls (ExecStop) early in an
+orderly shutdown. Exit 0 when every usable hook succeeded (or there are none),
+2 when a hook failed, timed out or was skipped: the shutdown goes on either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from hvguest.heartbeat.roots import add_root_options, paths_from_cli
+from hvguest.heartbeat.shutdown import list_hooks, run_hooks, save_results
+from hvguest.state import utc_now
+
+ACTIONS = ("poweroff", "reboot", "halt", "kexec", "test")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "shutdown-hooks",
+        help="list or run the pre-shutdown hooks in /etc/hvguest/shutdown.d",
+        description="Hooks run in name order, each within its time budget; only files owned "
+        "by root, executable and not writable by group or others are run.",
+    )
+    hsub = p.add_subparsers(dest="hooks_command", metavar="ACTION")
+    lp = hsub.add_parser("list", help="show the hooks and whether each will run")
+    add_root_options(lp)
+    lp.set_defaults(func=run_list)
+    rp = hsub.add_parser("run", help="run the hooks now (called by the shutdown unit)")
+    rp.add_argument("--action", choices=ACTIONS, default="poweroff",
+                    help="passed to each hook as $1 and HVGUEST_SHUTDOWN_ACTION")
+    rp.add_argument("--config", metavar="PATH", help="configuration file (hook budgets)")
+    add_root_options(rp)
+    rp.set_defaults(func=run_run)
+    p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
+
+
+def run_list(args: argparse.Namespace) -> int:
+    paths = paths_from_cli(args)
+    hooks = list_hooks(paths)
+    if not hooks:
+        print("no pre-shutdown hooks")
+        return 0
+    for hook in hooks:
+        print(f"{hook.name:<30} {'runs' if hook.usable else 'SKIPPED: ' + hook.problem}")
+    return 0 if all(h.usable for h in hooks) else 2
+
+
+def run_run(args: argparse.Namespace) -> int:
+    from hvguest.cli.status import settings_for  # shares the config lookup
+
+    paths = paths_from_cli(args)
+    settings = settings_for(args, paths.etc)
+    results = run_hooks(
+        paths,
+        action=args.action,
+        hook_timeout=settings.shutdown_hook_timeout,
+        total_timeout=settings.shutdown_total_timeout,
+    )
+    try:
+        save_results(paths, args.action, results, utc_now())
+    except OSError as exc:
+        print(f"hvguestctl: cannot record the results in {paths.run}: {exc}", file=sys.stderr)
+    for r in results:
+        rc = f" (exit {r.returncode})" if r.returncode not in (None, 0) else ""
+        print(f"{r.hook:<30} {r.result}{rc} {r.seconds:.1f}s {r.detail}".rstrip())
+    return 0 if all(r.result == "ok" for r in results) else 2

@@ -1,0 +1,222 @@
+"""hvguestctl status [--json] [SERVICE]: the one screen to open when something fails.
+
+Exit codes: 0 healthy (or not a Hyper-V guest: nothing to do), 1 error,
+2 degraded. Also registers ``hvguestctl shutdown-hooks`` (hvguest.cli.shutdown_hooks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, TextIO
+
+from hvguest.cli import shutdown_hooks
+from hvguest.config import load_config
+from hvguest.errors import ConfigError
+from hvguest.heartbeat.report import SERVICES, collect
+from hvguest.heartbeat.roots import add_root_options, paths_from_cli
+from hvguest.heartbeat.settings import HeartbeatSettings
+
+SYMBOL = {"error": "x", "warning": "!", "info": "i"}
+MAX_SUMMARY_PROBLEMS = 5
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "status",
+        help="integration services: offered, bound, running, last operation, problems",
+        description="Show, for heartbeat, shutdown, timesync, kvp, vss and fcopy, whether the "
+        "host offers the service, the kernel driver is bound and the hvguest daemon runs, "
+        "with the last operation and each problem's remedy. Exit 0 ok, 1 error, 2 degraded.",
+    )
+    p.add_argument("service", nargs="?", choices=SERVICES, help="show one service in detail")
+    p.add_argument("--json", action="store_true", help="the documented JSON document")
+    p.add_argument("--config", metavar="PATH", help="configuration file (timesync warn offset)")
+    add_root_options(p)
+    p.set_defaults(func=run)
+    shutdown_hooks.register(sub)
+
+
+def settings_for(args: argparse.Namespace, etc: str) -> HeartbeatSettings:
+    path = getattr(args, "config", None) or os.path.join(etc, "hvguest.yaml")
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"hvguestctl: {exc} (using defaults)", file=sys.stderr)
+        return HeartbeatSettings()
+    settings: HeartbeatSettings = config.get(HeartbeatSettings)
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    paths = paths_from_cli(args)
+    settings = settings_for(args, paths.etc)
+    doc = collect(paths, warn_offset_ms=settings.timesync_warn_offset_ms)
+    if args.service:
+        entry = doc["services"][args.service]
+        if args.json:
+            _dump({**_header(doc), "services": {args.service: entry}})
+        else:
+            render_service(doc, args.service, sys.stdout)
+        return _service_exit(entry)
+    if args.json:
+        _dump(doc)
+    else:
+        render_summary(doc, sys.stdout)
+    return int(doc["exit_code"])
+
+
+def _header(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k not in ("services",)}
+
+
+def _service_exit(entry: dict[str, Any]) -> int:
+    return {"error": 1, "degraded": 2}.get(entry["health"], 0)
+
+
+def _dump(doc: dict[str, Any]) -> None:
+    json.dump(doc, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+# -- human output -------------------------------------------------------------------
+
+
+def _daemon_text(entry: dict[str, Any], own: bool) -> str:
+    d = entry.get("daemon")
+    if not own or d is None:
+        return "(kernel)"
+    if d["running"]:
+        return "running"
+    if d["source"] == "systemd":
+        return d["active_state"] or "stopped"
+    return "stopped" if d["stale_state"] else "not running"
+
+
+def _driver_text(entry: dict[str, Any]) -> str:
+    if not entry["offered"]:
+        return "-"
+    drv = entry["driver"] or "NONE"
+    dev = entry.get("device") or {}
+    return f"{drv}({dev['uio']})" if dev.get("uio") else drv
+
+
+def _when(text: object) -> str:
+    # "2026-01-02T03:04:05Z" -> "03:04:05"; keeps a line short.
+    s = str(text or "")
+    return s[11:19] if len(s) >= 19 and s[10] == "T" else s
+
+
+def _activity(service: str, entry: dict[str, Any]) -> str:
+    d = entry["details"]
+    if not entry["offered"]:
+        return "not offered by the host"
+    if service == "heartbeat":
+        health = d.get("health") or {}
+        contact = d.get("contact") or "?"
+        level = health.get("level", "?") if isinstance(health, dict) else "?"
+        return f"host contact: {contact}; app health: {level}"
+    if service == "shutdown":
+        hooks = d.get("hooks") or []
+        return f"{len(hooks)} pre-shutdown hook{'s' if len(hooks) != 1 else ''}"
+    if service == "timesync":
+        if d.get("offset_ms") is not None:
+            ref = "chrony uses it" if d.get("chrony_refclock") else "no refclock"
+            return f"offset {d['offset_ms']:+.1f} ms; {ref}"
+        return d.get("read_error") or "offset unknown"
+    if service == "vss" and d.get("frozen"):
+        return "FROZEN now"
+    if service == "fcopy" and d.get("in_progress"):
+        p = d["in_progress"]
+        size = p.get("file_size", p.get("size"))
+        return f"copying {os.path.basename(str(p.get('name')))} {p.get('bytes_done')}/{size}"
+    op = entry.get("last_op")
+    text = f"{op.get('op')} {op.get('result')} {_when(op.get('time'))}" if op else ""
+    pools = d.get("pools") if service == "kvp" else None
+    if isinstance(pools, dict) and pools:
+        keys = sum(int(v.get("records", 0)) for v in pools.values() if isinstance(v, dict))
+        text = f"{keys} keys; {text}" if text else f"{keys} keys"
+    return text or "no operation yet"
+
+
+def render_summary(doc: dict[str, Any], out: TextIO) -> None:
+    if not doc["hyperv"]:
+        out.write(f"{doc['summary']}\n")
+        return
+    ver = f"  {doc['overall'].upper()}  ({doc['vmbus_devices']} VMBus devices)"
+    out.write(f"hvguest status:{ver}\n")
+    out.write(f"{'SERVICE':<10} {'HOST':<8} {'DRIVER':<20} {'DAEMON':<12} ACTIVITY\n")
+    for service in SERVICES:
+        entry = doc["services"][service]
+        own = service in ("heartbeat", "kvp", "vss", "fcopy")
+        line = (f"{service:<10} {'offered' if entry['offered'] else 'off':<8} "
+                f"{_driver_text(entry):<20} {_daemon_text(entry, own):<12} "
+                f"{_activity(service, entry)}")
+        out.write(line[:120].rstrip() + "\n")
+    rank = {"error": 0, "warning": 1, "info": 2}
+    ordered = sorted(doc["problems"], key=lambda p: rank[p["severity"]])
+    if ordered:
+        out.write("\n")
+    for p in ordered[:MAX_SUMMARY_PROBLEMS]:
+        out.write(f"{SYMBOL[p['severity']]} {p['service']}: {p['message']}\n")
+        if p["remedy"]:
+            out.write(f"    -> {p['remedy']}\n")
+    if len(ordered) > MAX_SUMMARY_PROBLEMS:
+        out.write(f"... {len(ordered) - MAX_SUMMARY_PROBLEMS} more: hvguestctl status SERVICE\n")
+    if doc["unreadable"]:
+        out.write(f"could not read {len(doc['unreadable'])} item(s) (not root?): "
+                  "hvguestctl status --json lists them\n")
+
+
+def render_service(doc: dict[str, Any], service: str, out: TextIO) -> None:
+    entry = doc["services"][service]
+    w = out.write
+    w(f"{service} ({entry['host_name']}): {entry['health']}\n")
+    if not doc["hyperv"]:
+        w(f"  {doc['summary']}\n")
+        return
+    dev = entry.get("device")
+    if dev:
+        w(f"  device:   {dev['instance']} (VMBus id {dev['vmbus_id']})\n")
+        w(f"  driver:   {_driver_text(entry)}\n")
+    else:
+        w("  device:   not offered by the host\n")
+    d = entry.get("daemon")
+    if d:
+        run_text = "running" if d["running"] else "not running"
+        how = {"systemd": f"unit {d['unit']} {d['active_state']}/{d['sub_state']}",
+               "pid": f"pid {d['pid']}", "none": "no state published"}[d["source"]]
+        w(f"  daemon:   {d['name']} {run_text} ({how})")
+        w(f", state {d['state']}\n" if d.get("state") else "\n")
+    if entry.get("protocol_version"):
+        w(f"  protocol: {entry['protocol_version']}\n")
+    op = entry.get("last_op")
+    if op:
+        w(f"  last op:  {op.get('op')} {op.get('result')} at {op.get('time')}"
+          f"{': ' + op['detail'] if op.get('detail') else ''}\n")
+    recent = entry.get("recent") or []
+    if len(recent) > 1:
+        w("  recent:\n")
+        for r in recent[-5:]:
+            w(f"    {r.get('time')} {r.get('op')} {r.get('result')} {r.get('detail', '')}\n")
+    err = entry.get("last_error")
+    if err:
+        w(f"  last error: {err.get('message')} ({err.get('time')})\n")
+        if err.get("remedy"):
+            w(f"    -> {err['remedy']}\n")
+    details = entry.get("details") or {}
+    if details:
+        w("  details:\n")
+        for key, value in details.items():
+            text = json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else value
+            w(f"    {key}: {text}\n"[:400])
+    for p in entry["problems"]:
+        w(f"{SYMBOL[p['severity']]} {p['message']}\n")
+        if p["remedy"]:
+            w(f"    -> {p['remedy']}\n")
+    if doc["unreadable"]:
+        w("could not read:\n")
+        for item in doc["unreadable"]:
+            w(f"  {item}\n")
