@@ -397,7 +397,7 @@ def setup_chrony(
         )
     chrony = read_chrony_config(paths)
     if chrony.main is None:
-        raise LocalUsageError("chrony is not installed (apt-get install chrony, dnf install chrony)")
+        raise LocalUsageError("chrony is not installed (apt-get install chrony)")
     line = refclock_line(ptp, paths)
     existing = chrony.uses(ptp, paths)
     if existing:
