@@ -251,7 +251,7 @@ class PathPolicy:
                 try:
                     st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 except FileNotFoundError:
-                    return Verdict(path, True, f"allowed: inside {root}", root)
+                    return Verdict(path, True, f"inside {root}", root)
                 if stat.S_ISDIR(st.st_mode):
                     return Verdict(path, False, f"{path} is a directory", root, exists=True)
                 if not overwrite:
@@ -261,7 +261,7 @@ class PathPolicy:
                 return Verdict(
                     path,
                     True,
-                    f"allowed: inside {root}; replaces the existing file",
+                    f"inside {root}; replaces the existing file",
                     root,
                     exists=True,
                 )
@@ -278,7 +278,7 @@ class PathPolicy:
         return Verdict(
             path,
             True,
-            f"allowed: inside {root}; CREATE_PATH would create {', '.join(missing)}",
+            f"inside {root}; CREATE_PATH would create {', '.join(missing)}",
             root,
             tuple(missing),
         )
