@@ -1,5 +1,7 @@
 """KVP ("Data Exchange") messages: the daemon-side ``hv_kvp_msg`` (7432 bytes,
-protocol.md §2.2/§2.3) and the host wire forms the kernel converts from and to.
+protocol.md §2.2/§2.3). This module is the import point for every KVP wire name: it
+re-exports the layout constants (``kvp_layout``) and the host wire forms the kernel
+converts from and to (``kvp_host``).
 
 Daemon side: every string is NUL-terminated UTF-8; the kernel zero-fills every byte it
 does not set. Offsets (from the start of the message):
@@ -16,7 +18,6 @@ does not set. Offsets (from the start of the message):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Self
 
 from hvguest.errors import WireError
@@ -32,105 +33,131 @@ from hvguest.wire._codec import (
     utf8_bytes,
     utf8_field,
     utf8_text,
-    utf16_bytes,
-    utf16_text,
+)
+from hvguest.wire.kvp_host import (
+    HOST_KEY_UNITS,
+    HOST_VALUE_UNITS,
+    HostKvpIpMessage,
+    HostKvpMessage,
+)
+from hvguest.wire.kvp_layout import (
+    ADDR_FAMILY_IPV4,
+    ADDR_FAMILY_IPV6,
+    ADDR_FAMILY_NONE,
+    DELETE_KEY_OFFSET,
+    DELETE_KEY_SIZE_OFFSET,
+    ENUM_INDEX_OFFSET,
+    ENUM_KEY_OFFSET,
+    ENUM_KEY_SIZE_OFFSET,
+    ENUM_VALUE_OFFSET,
+    ENUM_VALUE_SIZE_OFFSET,
+    ENUM_VALUE_TYPE_OFFSET,
+    GET_KEY_OFFSET,
+    GET_KEY_SIZE_OFFSET,
+    GET_REPLY_VALUE_OFFSET,
+    GET_VALUE_OFFSET,
+    GET_VALUE_SIZE_OFFSET,
+    GET_VALUE_TYPE_OFFSET,
+    HV_DRV_VERSION,
+    HV_KVP_EXCHANGE_MAX_KEY_SIZE,
+    HV_KVP_EXCHANGE_MAX_VALUE_SIZE,
+    IP_ADAPTER_ID,
+    IP_ADDR,
+    IP_ADDR_FAMILY_OFFSET,
+    IP_DHCP_ENABLED_OFFSET,
+    IP_DNS_ADDR,
+    IP_GATE_WAY,
+    IP_STRING_FIELDS,
+    IP_SUB_NET,
+    KVP_IP_MSG_SIZE,
+    KVP_MSG_SIZE,
+    KVP_OP_REGISTER,
+    KVP_OP_REGISTER1,
+    KVP_POOL_COUNT,
+    MAX_ADAPTER_ID_SIZE,
+    MAX_GATEWAY_SIZE,
+    MAX_IP_ADDR_SIZE,
+    OP_OFFSET,
+    POOL_OFFSET,
+    REGISTER_VERSION_OFFSET,
+    REGISTER_VERSION_SIZE,
+    STATUS_OFFSET,
+    IpField,
+    KvpOp,
+    KvpPool,
+    RegType,
+    new_message,
 )
 
-KVP_MSG_SIZE = 7432
-HV_KVP_EXCHANGE_MAX_KEY_SIZE = 512
-HV_KVP_EXCHANGE_MAX_VALUE_SIZE = 2048
-KVP_OP_REGISTER = 4
-KVP_OP_REGISTER1 = 100
-KVP_POOL_COUNT = 5
-HV_DRV_VERSION = "3.1"
-
-MAX_ADAPTER_ID_SIZE = 128
-MAX_IP_ADDR_SIZE = 1024
-MAX_GATEWAY_SIZE = 512
-
-ADDR_FAMILY_NONE = 0
-ADDR_FAMILY_IPV4 = 1
-ADDR_FAMILY_IPV6 = 2
-
-# Daemon-side offsets.
-OP_OFFSET = 0
-POOL_OFFSET = 1
-STATUS_OFFSET = 0
-GET_VALUE_TYPE_OFFSET = 4
-GET_KEY_SIZE_OFFSET = 8
-GET_VALUE_SIZE_OFFSET = 12
-GET_KEY_OFFSET = 16
-GET_VALUE_OFFSET = 528
-ENUM_INDEX_OFFSET = 4
-ENUM_VALUE_TYPE_OFFSET = 8
-ENUM_KEY_SIZE_OFFSET = 12
-ENUM_VALUE_SIZE_OFFSET = 16
-ENUM_KEY_OFFSET = 20
-ENUM_VALUE_OFFSET = 532
-DELETE_KEY_SIZE_OFFSET = 4
-DELETE_KEY_OFFSET = 8
-REGISTER_VERSION_OFFSET = 4
-REGISTER_VERSION_SIZE = 512
-
-# Where the kernel reads a GET reply's value: the ENUMERATE value slot (see kvp_get_reply).
-GET_REPLY_VALUE_OFFSET = ENUM_VALUE_OFFSET
-
-
-class KvpOp(IntEnum):
-    GET = 0
-    SET = 1
-    DELETE = 2
-    ENUMERATE = 3
-    GET_IP_INFO = 4
-    SET_IP_INFO = 5
-
-
-class KvpPool(IntEnum):
-    EXTERNAL = 0
-    GUEST = 1
-    AUTO = 2
-    AUTO_EXTERNAL = 3
-    AUTO_INTERNAL = 4
-
-
-class RegType(IntEnum):
-    REG_SZ = 1
-    REG_U32 = 4
-    REG_U64 = 8
-
-
-@dataclass(frozen=True)
-class IpField:
-    """One string of ``hv_kvp_ipaddr_value``: names, offsets and sizes on both sides."""
-
-    name: str
-    daemon_offset: int  # in hv_kvp_msg (daemon side)
-    size: int  # bytes of the field (daemon: UTF-8 bytes; host: 2 * code units)
-    kernel_limit: int  # the kernel's conversion limit (bytes to the daemon, units to the host)
-
-    @property
-    def host_offset(self) -> int:
-        """Offset in the host's ``hv_kvp_ip_msg`` (2-byte shift, see protocol.md §2.2)."""
-        return self.daemon_offset - 2
-
-
-IP_ADAPTER_ID = IpField("adapter_id", 4, 256, MAX_ADAPTER_ID_SIZE)
-IP_ADDR = IpField("ip_addr", 262, 2048, MAX_IP_ADDR_SIZE)
-IP_SUB_NET = IpField("sub_net", 2310, 2048, MAX_IP_ADDR_SIZE)
-IP_GATE_WAY = IpField("gate_way", 4358, 1024, MAX_GATEWAY_SIZE)
-IP_DNS_ADDR = IpField("dns_addr", 5382, 2048, MAX_IP_ADDR_SIZE)
-IP_ADDR_FAMILY_OFFSET = 260
-IP_DHCP_ENABLED_OFFSET = 261
-IP_STRING_FIELDS = (IP_ADAPTER_ID, IP_ADDR, IP_SUB_NET, IP_GATE_WAY, IP_DNS_ADDR)
-KVP_IP_MSG_SIZE = 7428
-
-
-def _message(op: int, pool: int) -> bytearray:
-    """A zero-filled daemon-side message with the header set."""
-    buf = bytearray(KVP_MSG_SIZE)
-    buf[OP_OFFSET] = pack_uint(op, 1, "operation")[0]
-    buf[POOL_OFFSET] = pack_uint(pool, 1, "pool")[0]
-    return buf
+__all__ = [
+    "ADDR_FAMILY_IPV4",
+    "ADDR_FAMILY_IPV6",
+    "ADDR_FAMILY_NONE",
+    "DELETE_KEY_OFFSET",
+    "DELETE_KEY_SIZE_OFFSET",
+    "ENUM_INDEX_OFFSET",
+    "ENUM_KEY_OFFSET",
+    "ENUM_KEY_SIZE_OFFSET",
+    "ENUM_VALUE_OFFSET",
+    "ENUM_VALUE_SIZE_OFFSET",
+    "ENUM_VALUE_TYPE_OFFSET",
+    "GET_KEY_OFFSET",
+    "GET_KEY_SIZE_OFFSET",
+    "GET_REPLY_VALUE_OFFSET",
+    "GET_VALUE_OFFSET",
+    "GET_VALUE_SIZE_OFFSET",
+    "GET_VALUE_TYPE_OFFSET",
+    "HOST_KEY_UNITS",
+    "HOST_VALUE_UNITS",
+    "HV_DRV_VERSION",
+    "HV_KVP_EXCHANGE_MAX_KEY_SIZE",
+    "HV_KVP_EXCHANGE_MAX_VALUE_SIZE",
+    "HostKvpIpMessage",
+    "HostKvpMessage",
+    "IP_ADAPTER_ID",
+    "IP_ADDR",
+    "IP_ADDR_FAMILY_OFFSET",
+    "IP_DHCP_ENABLED_OFFSET",
+    "IP_DNS_ADDR",
+    "IP_GATE_WAY",
+    "IP_STRING_FIELDS",
+    "IP_SUB_NET",
+    "IpField",
+    "KVP_IP_MSG_SIZE",
+    "KVP_MSG_SIZE",
+    "KVP_OP_REGISTER",
+    "KVP_OP_REGISTER1",
+    "KVP_POOL_COUNT",
+    "KVP_REGISTER_MSG",
+    "KvpDelete",
+    "KvpEnumerate",
+    "KvpGet",
+    "KvpGetIpInfo",
+    "KvpIpInfo",
+    "KvpOp",
+    "KvpPool",
+    "KvpRegister",
+    "KvpReply",
+    "KvpRequest",
+    "KvpSet",
+    "KvpSetIpInfo",
+    "MAX_ADAPTER_ID_SIZE",
+    "MAX_GATEWAY_SIZE",
+    "MAX_IP_ADDR_SIZE",
+    "OP_OFFSET",
+    "POOL_OFFSET",
+    "REGISTER_VERSION_OFFSET",
+    "REGISTER_VERSION_SIZE",
+    "RegType",
+    "STATUS_OFFSET",
+    "decode_kvp_register",
+    "decode_kvp_reply",
+    "decode_kvp_request",
+    "kvp_enumerate_reply",
+    "kvp_get_reply",
+    "kvp_ip_info_reply",
+    "kvp_reply",
+]
 
 
 def _key_bytes(key: str) -> bytes:
@@ -144,7 +171,7 @@ class KvpGet:
 
     def encode(self) -> bytes:
         raw = _key_bytes(self.key)
-        buf = _message(KvpOp.GET, self.pool)
+        buf = new_message(KvpOp.GET, self.pool)
         put(buf, GET_KEY_SIZE_OFFSET, pack_uint(len(raw) + 1, 4, "key_size"))
         put(buf, GET_KEY_OFFSET, raw)
         return bytes(buf)
@@ -159,7 +186,7 @@ class KvpSet:
     def encode(self) -> bytes:
         raw_key = _key_bytes(self.key)
         raw_value = utf8_bytes(self.value, "value", HV_KVP_EXCHANGE_MAX_VALUE_SIZE - 1)
-        buf = _message(KvpOp.SET, self.pool)
+        buf = new_message(KvpOp.SET, self.pool)
         put(buf, GET_KEY_SIZE_OFFSET, pack_uint(len(raw_key) + 1, 4, "key_size"))
         put(buf, GET_VALUE_SIZE_OFFSET, pack_uint(len(raw_value) + 1, 4, "value_size"))
         put(buf, GET_KEY_OFFSET, raw_key)
@@ -174,7 +201,7 @@ class KvpDelete:
 
     def encode(self) -> bytes:
         raw = _key_bytes(self.key)
-        buf = _message(KvpOp.DELETE, self.pool)
+        buf = new_message(KvpOp.DELETE, self.pool)
         put(buf, DELETE_KEY_SIZE_OFFSET, pack_uint(len(raw) + 1, 4, "key_size"))
         put(buf, DELETE_KEY_OFFSET, raw)
         return bytes(buf)
@@ -186,7 +213,7 @@ class KvpEnumerate:
     index: int
 
     def encode(self) -> bytes:
-        buf = _message(KvpOp.ENUMERATE, self.pool)
+        buf = new_message(KvpOp.ENUMERATE, self.pool)
         put(buf, ENUM_INDEX_OFFSET, pack_uint(self.index, 4, "index"))
         return bytes(buf)
 
@@ -198,7 +225,7 @@ class KvpGetIpInfo:
     addr_family: int = ADDR_FAMILY_NONE
 
     def encode(self) -> bytes:
-        buf = _message(KvpOp.GET_IP_INFO, self.pool)
+        buf = new_message(KvpOp.GET_IP_INFO, self.pool)
         put(
             buf,
             IP_ADAPTER_ID.daemon_offset,
@@ -277,7 +304,7 @@ class KvpSetIpInfo:
         )
 
     def encode(self) -> bytes:
-        buf = _message(KvpOp.SET_IP_INFO, self.pool)
+        buf = new_message(KvpOp.SET_IP_INFO, self.pool)
         self.info.write_into(buf)
         return bytes(buf)
 
@@ -503,212 +530,3 @@ def decode_kvp_register(buf: bytes) -> KvpRegister:
             limit=KVP_OP_REGISTER1,
         )
     return request
-
-
-# ---------------------------------------------------------------------------
-# Host wire forms (the body after the 28-byte IC header; the daemon never sees these)
-#
-# GET/SET/DELETE/ENUMERATE use the hv_kvp_msg layout with UTF-16LE strings whose sizes
-# count bytes including the 2-byte NUL; GET_IP_INFO/SET_IP_INFO use hv_kvp_ip_msg (7428
-# bytes, operation @0, pool @1, hv_kvp_ipaddr_value @2).
-
-HOST_KEY_UNITS = HV_KVP_EXCHANGE_MAX_KEY_SIZE // 2
-HOST_VALUE_UNITS = HV_KVP_EXCHANGE_MAX_VALUE_SIZE // 2
-
-
-def _host_value_bytes(value: str | int, value_type: int) -> bytes:
-    """The host's value field content for ``value_type`` (without zero fill)."""
-    if value_type in (RegType.REG_U32, RegType.REG_U64):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise WireError(
-                f"value must be an int for value_type {value_type}, got {value!r}",
-                field="value",
-                limit=value_type,
-            )
-        return pack_uint(value, int(value_type), "value")
-    if not isinstance(value, str):
-        raise WireError(
-            f"value must be str for value_type {value_type}, got {value!r}", field="value"
-        )
-    return utf16_bytes(value, "value", HOST_VALUE_UNITS - 1) + b"\0\0"
-
-
-def _host_value(raw: bytes, value_type: int) -> str | int:
-    if value_type == RegType.REG_U32:
-        return get_uint(raw, 0, 4)
-    if value_type == RegType.REG_U64:
-        return get_uint(raw, 0, 8)
-    return utf16_text(raw, "value", require_nul=False)
-
-
-# Bytes each host operation needs (the end of its last field).
-_HOST_EXTENT = {
-    KvpOp.GET: GET_VALUE_OFFSET + HV_KVP_EXCHANGE_MAX_VALUE_SIZE,
-    KvpOp.SET: GET_VALUE_OFFSET + HV_KVP_EXCHANGE_MAX_VALUE_SIZE,
-    KvpOp.DELETE: DELETE_KEY_OFFSET + HV_KVP_EXCHANGE_MAX_KEY_SIZE,
-    KvpOp.ENUMERATE: ENUM_VALUE_OFFSET + HV_KVP_EXCHANGE_MAX_VALUE_SIZE,
-}
-
-
-@dataclass(frozen=True)
-class HostKvpMessage:
-    """GET/SET/DELETE/ENUMERATE as the host sends them (and as the kernel answers them).
-
-    ``value`` is an int for REG_U32/REG_U64, else a str. Sizes are derived on encoding:
-    ``key_size`` = 2 * (units + 1) (0 for an ENUMERATE request, whose key is empty), and
-    ``value_size`` = 2 * (units + 1) for a REG_SZ value or any non-empty string, 4/8 for
-    integers, else 0. ``index`` is used by ENUMERATE only.
-    """
-
-    operation: int
-    pool: int
-    key: str = ""
-    value: str | int = ""
-    value_type: int = 0
-    index: int = 0
-
-    def encode(self) -> bytes:
-        op = self.operation
-        if op not in _HOST_EXTENT:
-            raise WireError(
-                f"host KVP operation is {op}, this form carries 0..3",
-                field="operation",
-                limit=int(KvpOp.ENUMERATE),
-            )
-        buf = _message(op, self.pool)
-        key = utf16_bytes(self.key, "key", HOST_KEY_UNITS - 1)
-        value = _host_value_bytes(self.value, self.value_type)
-        if isinstance(self.value, int):
-            value_size = len(value)
-        elif self.value_type == RegType.REG_SZ or self.value:
-            value_size = len(value)
-        else:
-            value_size = 0
-        if op == KvpOp.DELETE:
-            put(buf, DELETE_KEY_SIZE_OFFSET, pack_uint(len(key) + 2, 4, "key_size"))
-            put(buf, DELETE_KEY_OFFSET, key)
-            return bytes(buf)
-        if op == KvpOp.ENUMERATE:
-            key_size = len(key) + 2 if (self.key or self.value_type) else 0
-            put(buf, ENUM_INDEX_OFFSET, pack_uint(self.index, 4, "index"))
-            put(buf, ENUM_VALUE_TYPE_OFFSET, pack_uint(self.value_type, 4, "value_type"))
-            put(buf, ENUM_KEY_SIZE_OFFSET, pack_uint(key_size, 4, "key_size"))
-            put(buf, ENUM_VALUE_SIZE_OFFSET, pack_uint(value_size, 4, "value_size"))
-            put(buf, ENUM_KEY_OFFSET, key)
-            put(buf, ENUM_VALUE_OFFSET, value)
-            return bytes(buf)
-        put(buf, GET_VALUE_TYPE_OFFSET, pack_uint(self.value_type, 4, "value_type"))
-        put(buf, GET_KEY_SIZE_OFFSET, pack_uint(len(key) + 2, 4, "key_size"))
-        put(buf, GET_VALUE_SIZE_OFFSET, pack_uint(value_size, 4, "value_size"))
-        put(buf, GET_KEY_OFFSET, key)
-        put(buf, GET_VALUE_OFFSET, value)
-        return bytes(buf)
-
-    @classmethod
-    def decode(cls, data: bytes) -> Self:
-        """Decode a host KVP body; strings are cut at their first 0 unit (or taken whole)."""
-        check_min_length(data, 2, "host KVP message")
-        op, pool = data[OP_OFFSET], data[POOL_OFFSET]
-        extent = _HOST_EXTENT.get(KvpOp(op)) if op in KvpOp._value2member_map_ else None
-        if extent is None:
-            raise WireError(
-                f"host KVP operation is {op}, this form carries 0..3",
-                field="operation",
-                limit=int(KvpOp.ENUMERATE),
-            )
-        check_min_length(data, extent, f"host KVP {KvpOp(op).name} message")
-
-        def text(offset: int, size: int, field: str) -> str:
-            return utf16_text(bytes(data[offset : offset + size]), field, require_nul=False)
-
-        if op == KvpOp.DELETE:
-            return cls(op, pool, key=text(DELETE_KEY_OFFSET, HV_KVP_EXCHANGE_MAX_KEY_SIZE, "key"))
-        if op == KvpOp.ENUMERATE:
-            vtype = get_uint(data, ENUM_VALUE_TYPE_OFFSET, 4)
-            value_raw = bytes(
-                data[ENUM_VALUE_OFFSET : ENUM_VALUE_OFFSET + HV_KVP_EXCHANGE_MAX_VALUE_SIZE]
-            )
-            return cls(
-                op,
-                pool,
-                key=text(ENUM_KEY_OFFSET, HV_KVP_EXCHANGE_MAX_KEY_SIZE, "key"),
-                value=_host_value(value_raw, vtype),
-                value_type=vtype,
-                index=get_uint(data, ENUM_INDEX_OFFSET, 4),
-            )
-        vtype = get_uint(data, GET_VALUE_TYPE_OFFSET, 4)
-        value_raw = bytes(
-            data[GET_VALUE_OFFSET : GET_VALUE_OFFSET + HV_KVP_EXCHANGE_MAX_VALUE_SIZE]
-        )
-        return cls(
-            op,
-            pool,
-            key=text(GET_KEY_OFFSET, HV_KVP_EXCHANGE_MAX_KEY_SIZE, "key"),
-            value=_host_value(value_raw, vtype),
-            value_type=vtype,
-        )
-
-
-@dataclass(frozen=True)
-class HostKvpIpMessage:
-    """GET_IP_INFO/SET_IP_INFO as ``hv_kvp_ip_msg`` (7428 bytes, UTF-16LE strings).
-
-    A string may fill its whole field without a 0 unit (the kernel writes GET_IP_INFO
-    answers that way), so encoding allows up to the field's full unit count.
-    """
-
-    operation: int
-    pool: int
-    adapter_id: str = ""
-    addr_family: int = ADDR_FAMILY_NONE
-    dhcp_enabled: bool = False
-    ip_addr: str = ""
-    sub_net: str = ""
-    gate_way: str = ""
-    dns_addr: str = ""
-
-    def encode(self) -> bytes:
-        if self.operation not in (KvpOp.GET_IP_INFO, KvpOp.SET_IP_INFO):
-            raise WireError(
-                f"host KVP IP operation is {self.operation}, expected 4 or 5",
-                field="operation",
-                limit=int(KvpOp.SET_IP_INFO),
-            )
-        buf = bytearray(KVP_IP_MSG_SIZE)
-        buf[OP_OFFSET] = pack_uint(self.operation, 1, "operation")[0]
-        buf[POOL_OFFSET] = pack_uint(self.pool, 1, "pool")[0]
-        for spec in IP_STRING_FIELDS:
-            put(
-                buf,
-                spec.host_offset,
-                utf16_bytes(getattr(self, spec.name), spec.name, spec.size // 2),
-            )
-        buf[IP_ADDR_FAMILY_OFFSET - 2] = pack_uint(self.addr_family, 1, "addr_family")[0]
-        buf[IP_DHCP_ENABLED_OFFSET - 2] = 1 if self.dhcp_enabled else 0
-        return bytes(buf)
-
-    @classmethod
-    def decode(cls, data: bytes) -> Self:
-        check_min_length(data, KVP_IP_MSG_SIZE, "host KVP IP message")
-        op = data[OP_OFFSET]
-        if op not in (KvpOp.GET_IP_INFO, KvpOp.SET_IP_INFO):
-            raise WireError(
-                f"host KVP IP operation is {op}, expected 4 or 5",
-                field="operation",
-                limit=int(KvpOp.SET_IP_INFO),
-            )
-        texts = {
-            spec.name: utf16_text(
-                bytes(data[spec.host_offset : spec.host_offset + spec.size]),
-                spec.name,
-                require_nul=False,
-            )
-            for spec in IP_STRING_FIELDS
-        }
-        return cls(
-            operation=op,
-            pool=data[POOL_OFFSET],
-            addr_family=data[IP_ADDR_FAMILY_OFFSET - 2],
-            dhcp_enabled=data[IP_DHCP_ENABLED_OFFSET - 2] != 0,
-            **texts,
-        )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from hvguest.errors import WireError
 from hvguest.wire._codec import cut_nul, get_uint, pack_uint, put
-from hvguest.wire.kvp import (
+from hvguest.wire.kvp_layout import (
     DELETE_KEY_OFFSET,
     DELETE_KEY_SIZE_OFFSET,
     ENUM_INDEX_OFFSET,
