@@ -1,0 +1,76 @@
+"""A full filesystem: a small loop-mounted ext4 as the allowed root.
+
+The copy that does not fit is answered HV_ERROR_DISK_FULL (the reference answers
+HV_E_FAIL), nothing appears at the final name, the space is given back at once,
+and the next copy that fits succeeds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from hvguest.daemons.fcopyd import FcopyService
+from hvguest.fcopy.settings import FcopySettings
+from hvguest.wire.fcopy import DATA_FRAGMENT, FcopyComplete, FcopyStart, FcopyWrite
+from hvguest.wire.status import HvStatus
+
+pytestmark = [pytest.mark.root, pytest.mark.system]
+
+IMAGE_MIB = 8
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    if not shutil.which("mkfs.ext4"):
+        pytest.skip("needs mkfs.ext4 (e2fsprogs)")
+    image = tmp_path / "fs.img"
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(IMAGE_MIB << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def free_bytes(path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+@pytest.mark.parametrize("tmpfile", [True, False], ids=["O_TMPFILE", "hidden-name"])
+def test_disk_full(small_fs, tmp_path, tmpfile):
+    settings = FcopySettings(allowed_roots=[str(small_fs)])
+    service = FcopyService(settings)
+    service.writer.use_tmpfile = tmpfile
+    before = free_bytes(small_fs)
+    size = 2 * before  # cannot fit
+    data = os.urandom(DATA_FRAGMENT)
+    assert service.handle(FcopyStart("big.bin", str(small_fs), 0, size).encode(), utf16=False) == 0
+    status = HvStatus.HV_S_OK
+    offset = 0
+    while offset < size:
+        status = service.handle(FcopyWrite(offset, data).encode(), utf16=False)
+        if status != HvStatus.HV_S_OK:
+            break
+        offset += len(data)
+    assert status == HvStatus.HV_ERROR_DISK_FULL
+    assert 0 < offset < size
+    # The host gives up; whatever it sends next is refused without writing.
+    assert service.handle(FcopyWrite(offset, data).encode(), utf16=False) == HvStatus.HV_E_FAIL
+    assert service.handle(FcopyComplete().encode(), utf16=False) == HvStatus.HV_E_FAIL
+    assert sorted(os.listdir(small_fs)) == ["lost+found"]
+    assert free_bytes(small_fs) >= before - (64 << 10)
+    assert service.recent[-1]["result"] == "HV_ERROR_DISK_FULL"
+    # The daemon keeps serving: a copy that fits succeeds.
+    assert service.handle(FcopyStart("small", str(small_fs), 0, 5).encode(), utf16=False) == 0
+    assert service.handle(FcopyWrite(0, b"fits!").encode(), utf16=False) == 0
+    assert service.handle(FcopyComplete().encode(), utf16=False) == 0
+    assert (small_fs / "small").read_bytes() == b"fits!"
