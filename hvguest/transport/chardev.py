@@ -41,8 +41,10 @@ VSS_ECHO_SIZE = 4
 
 FCOPY_CURRENT_VERSION = 1
 FCOPY_ECHO_SIZE = 4
-# Largest legacy fcopy message (hv_do_fcopy).
-FCOPY_READ_SIZE = 6196
+# hv_do_fcopy is 6196 bytes, but COMPLETE/CANCEL carry the host's whole IC
+# payload; the kernel's receive buffer (8192) bounds every message, so a read of
+# that size never fails with EINVAL (which would leave the message queued).
+FCOPY_READ_SIZE = 8192
 
 _ERR_EVENTS = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
@@ -216,6 +218,19 @@ class CharDevTransport:
         return ready[0][1] if ready else 0
 
     def _register(self) -> None:
+        try:
+            self._handshake()
+        except TransportError as exc:
+            if not self.is_socket:
+                raise
+            # The simulator refuses a second opener (EBUSY) by closing the
+            # connection: there is no errno to carry over a socket.
+            raise TransportError(
+                f"{exc}; the simulator ends the connection when the device is busy"
+                f" (held by another process, e.g. the distribution's {self.holder}) or gone"
+            ) from exc
+
+    def _handshake(self) -> None:
         self.write_packet(self.register)
         deadline = time.monotonic() + self.register_timeout
         while True:

@@ -363,7 +363,7 @@ def test_custom_transport_socket_busy(tmp_path: os.PathLike[str]) -> None:
         path, register=b"\x01", read_size=16, check_echo=lambda e: "x", name="test"
     )
     try:
-        with pytest.raises(TransportError):
+        with pytest.raises(TransportError, match="ends the connection when the device is busy"):
             t.open()
         assert not t.is_open
     finally:
