@@ -47,7 +47,8 @@ class SystemctlProbe:
     def _run(self, args: list[str]) -> str:
         rc, out = self.runner(["systemctl", *args], self.timeout)
         if rc != 0:
-            raise HealthUnavailable(f"systemctl {args[0]} failed ({rc}): {out[:200]}")
+            first = out.strip().splitlines()[0] if out.strip() else "no output"
+            raise HealthUnavailable(f"systemctl {args[0]} failed ({rc}): {first[:200]}")
         return out
 
     def failed_units(self) -> list[str]:

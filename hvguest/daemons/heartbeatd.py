@@ -1,0 +1,271 @@
+"""hvguest-heartbeatd: watches the kernel-answered services and reports health.
+
+Heartbeat, shutdown and time sync are answered by hv_utils in the kernel. This
+daemon observes them (channel present, driver bound, heartbeat counters
+advancing, host clock offset), publishes the guest's application health to
+the host as KVP items in pool 1, and publishes its state as service
+"heartbeat" for ``hvguestctl status``. Repeating failures are logged once per
+``log_period``, not once per poll.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from hvguest.daemon import Runtime
+from hvguest.daemons.common import daemon_arg_parser, start_daemon
+from hvguest.errors import HvGuestError
+from hvguest.heartbeat import timesync
+from hvguest.heartbeat.health import (
+    Health,
+    HealthPublisher,
+    HealthUnavailable,
+    StoreFactory,
+    SystemctlProbe,
+    UnitProbe,
+    evaluate,
+    pool_store,
+)
+from hvguest.heartbeat.inventory import Inventory, scan
+from hvguest.heartbeat.liveness import CONTACT, NO_CONTACT, Liveness
+from hvguest.heartbeat.settings import HeartbeatSettings
+from hvguest.heartbeat.shutdown import list_hooks
+from hvguest.log import Throttle
+from hvguest.paths import Paths
+from hvguest.state import StatePublisher, utc_now
+
+log = logging.getLogger(__name__)
+
+SERVICE = "heartbeat"
+
+
+class HeartbeatDaemon:
+    """One poll every ``poll_interval``: channels, liveness, clock, health."""
+
+    def __init__(
+        self,
+        paths: Paths,
+        settings: HeartbeatSettings,
+        *,
+        probe: UnitProbe | None = None,
+        store: StoreFactory | None = None,
+        clock_opener: timesync.ClockOpener = timesync.PhcClockSource,
+        publisher: StatePublisher | None = None,
+        monotonic: Callable[[], float] | None = None,
+        now: Callable[[], str] = utc_now,
+    ) -> None:
+        self.paths = paths
+        self.settings = settings
+        self.probe = probe or SystemctlProbe()
+        self.health_out = HealthPublisher(store or pool_store(paths))
+        self.clock_opener = clock_opener
+        self.publisher = publisher or StatePublisher(SERVICE, paths, now=now)
+        self.now = now
+        throttle_args: tuple[Any, ...] = (monotonic,) if monotonic is not None else ()
+        self.throttle = Throttle(settings.log_period, *throttle_args)
+        self.liveness = Liveness(settings.stall_threshold)
+        self.health: Health | None = None
+        self.failing: set[str] = set()
+        self.polls = 0
+
+    # -- failures, logged once per period ------------------------------------------
+
+    def fail(self, key: str, message: str, remedy: str = "") -> None:
+        show, suppressed = self.throttle.should_log(key)
+        if show:
+            more = f" ({suppressed} repeats not logged)" if suppressed else ""
+            log.warning("%s%s", message, more)
+        if key not in self.failing:
+            self.failing.add(key)
+            self.publisher.record_error(message, remedy)
+
+    def recover(self, key: str, message: str) -> None:
+        if key in self.failing:
+            self.failing.discard(key)
+            self.throttle.reset(key)
+            log.info("%s", message)
+            if not self.failing:
+                self.publisher.clear_error()
+
+    # -- one round --------------------------------------------------------------------
+
+    def poll(self) -> None:
+        self.polls += 1
+        inv = scan(self.paths)
+        details: dict[str, Any] = {
+            "heartbeat": self._heartbeat(inv),
+            "shutdown": self._shutdown(inv),
+            "timesync": self._timesync(inv),
+            "health": self._health(),
+            "polls": self.polls,
+        }
+        state = "running"
+        if details["heartbeat"].get("contact") == NO_CONTACT:
+            state = "no contact"
+        device = inv.service_device("heartbeat")
+        self.publisher.update(state=state, device=device.path if device else None,
+                              details=details)
+        self.publisher.publish()
+
+    def _channel(self, inv: Inventory, service: str) -> dict[str, Any]:
+        dev = inv.service_device(service)
+        if dev is None:
+            return {"offered": False, "driver": None}
+        return {"offered": True, "driver": dev.driver, "instance": dev.instance,
+                "channel_state": dev.state}
+
+    def _heartbeat(self, inv: Inventory) -> dict[str, Any]:
+        out = self._channel(inv, "heartbeat")
+        dev = inv.service_device("heartbeat")
+        primary = dev.primary if dev is not None else None
+        counters = None
+        if primary is not None and "interrupts" in primary.counters:
+            counters = (primary.counters["interrupts"], primary.counters.get("events", 0))
+        before = self.liveness.state
+        state = self.liveness.update(counters, self.now())
+        out.update(self.liveness.as_dict())
+        if counters is not None:
+            out["interrupts"], out["events"] = counters
+        if dev is None:
+            self.fail("heartbeat-channel", "the host does not offer the Heartbeat service",
+                      "Enable-VMIntegrationService -VMName <vm> -Name 'Heartbeat'")
+        elif dev.driver != "hv_utils":
+            self.fail("heartbeat-channel", "heartbeat channel has no hv_utils driver bound",
+                      "modprobe hv_utils")
+        else:
+            self.recover("heartbeat-channel", "heartbeat channel is back")
+        if state == NO_CONTACT:
+            self.fail("heartbeat-contact",
+                      f"no contact: heartbeat counters have not moved for "
+                      f"{self.liveness.stalls} polls",
+                      "check the VM's Heartbeat integration service on the host")
+        elif state == CONTACT:
+            if before == NO_CONTACT:
+                self.publisher.record_op("heartbeat", "ok", "host contact restored")
+            self.recover("heartbeat-contact", "heartbeat: contact with the host restored")
+        return out
+
+    def _shutdown(self, inv: Inventory) -> dict[str, Any]:
+        out = self._channel(inv, "shutdown")
+        hooks = list_hooks(self.paths)
+        out["hooks"] = len(hooks)
+        out["hooks_skipped"] = [h.name for h in hooks if not h.usable]
+        return out
+
+    def _timesync(self, inv: Inventory) -> dict[str, Any]:
+        out = self._channel(inv, "timesync")
+        if not out["offered"]:
+            return out
+        st = timesync.check(self.paths, warn_offset_ms=self.settings.timesync_warn_offset_ms,
+                            opener=self.clock_opener)
+        out.update(st.as_dict())
+        out["measured_at"] = self.now()
+        if st.error:
+            self.fail("timesync-read", f"time sync: {st.error}")
+        else:
+            self.recover("timesync-read", "time sync: host clock readable again")
+        if st.offset_exceeded:
+            self.fail("timesync-offset",
+                      f"time sync: guest clock is {st.offset_ms:+.1f} ms off the host's "
+                      f"(limit {st.warn_offset_ms:g} ms)",
+                      "hvguestctl timesync setup")
+        elif st.offset_ms is not None:
+            self.recover("timesync-offset",
+                         f"time sync: offset back within limits ({st.offset_ms:+.1f} ms)")
+        return out
+
+    def _health(self) -> dict[str, Any] | None:
+        try:
+            health = evaluate(self.probe, self.settings.health_units)
+        except HealthUnavailable as exc:
+            self.fail("health-probe", f"application health unknown: {exc}")
+            self._withdraw()
+            self.health = None
+            return None
+        self.recover("health-probe", "application health readable again")
+        if health != self.health:
+            log.info("application health: %s (%s)", health.level, health.reason)
+            self.publisher.record_op("health", health.level, health.reason)
+        self.health = health
+        if self.settings.publish_health:
+            try:
+                self.health_out.publish(health)
+            except (OSError, HvGuestError) as exc:
+                self.fail("health-publish", f"cannot publish health in KVP pool 1: {exc}",
+                          f"check {self.paths.pool_file(1)}")
+            else:
+                self.recover("health-publish", "health published in KVP pool 1 again")
+        return {**health.as_dict(), "published": self.settings.publish_health}
+
+    def _withdraw(self) -> None:
+        if not self.settings.publish_health:
+            return
+        try:
+            self.health_out.withdraw()
+        except (OSError, HvGuestError) as exc:
+            log.debug("cannot withdraw health keys: %s", exc)
+
+    def status_text(self) -> str:
+        hb = self.publisher.doc["details"].get("heartbeat", {})
+        health = self.health.level if self.health else "unknown"
+        return f"host contact: {hb.get('contact', 'unknown')}; application health: {health}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = daemon_arg_parser("hvguest-heartbeatd", "Watch heartbeat, shutdown and time sync; "
+                          "publish application health to the Hyper-V host.")
+    p.add_argument("--os-etc-dir", metavar="DIR", help="instead of /etc (chrony configuration)")
+    p.add_argument("--once", action="store_true", help="poll once, publish and exit")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        paths, config = start_daemon(SERVICE, args)
+    except SystemExit as exc:  # a bad configuration: one line already printed
+        return int(exc.code) if isinstance(exc.code, int) else 1
+    if args.os_etc_dir:
+        paths = replace(paths, os_etc=os.path.abspath(args.os_etc_dir))
+    settings: HeartbeatSettings = config.get(HeartbeatSettings)
+    if not os.path.isdir(paths.vmbus_devices):
+        log.info("%s does not exist: not a Hyper-V guest, nothing to do", paths.vmbus_devices)
+        runtime = Runtime("hvguest-heartbeatd")
+        runtime.ready("not a Hyper-V guest: nothing to do")
+        runtime.close()
+        return 0
+    daemon = HeartbeatDaemon(paths, settings)
+    if args.once:
+        daemon.poll()
+        print(daemon.status_text(), file=sys.stderr)
+        return 0
+    runtime = Runtime("hvguest-heartbeatd")
+
+    def tick() -> None:
+        daemon.poll()
+        runtime.status(daemon.status_text())
+
+    daemon.poll()
+    runtime.call_every(settings.poll_interval, tick)
+    runtime.on_reload(tick)
+
+    def stopped() -> None:
+        daemon.publisher.update(state="stopped")
+        daemon.publisher.publish()
+
+    runtime.on_stop(stopped)
+    runtime.ready(daemon.status_text())
+    try:
+        return runtime.run()
+    finally:
+        runtime.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
