@@ -143,7 +143,12 @@ class Sandbox:
     def _validate(self) -> None:
         if not self.spec.command:
             raise SandboxError("empty command")
-        for _server, path in self.spec.fuse_mounts:
+        for server, path in self.spec.fuse_mounts:
+            if server.initialised:
+                # The kernel ties a FUSE connection to one mount: a server whose mount
+                # has been used cannot be mounted again.
+                raise SandboxError("a FuseDeviceServer serves a single mount; "
+                                   "create a new one for each sandbox")
             if not os.path.isabs(path):
                 raise SandboxError(f"FUSE mount path {path!r} is not absolute")
         for rel in self.spec.fake_sys:
@@ -700,6 +705,11 @@ def _setup(spec: dict[str, Any], report: Any) -> int | None:
     os.close(spec["syslog_fd"])
     with open("/etc/hostname", "w") as f:
         f.write(netns.HOSTNAME + "\n")
+    # The reference KVP daemon resolves its own name at start-up; answered from here it
+    # never waits for the (unreachable) test name server.
+    with open("/etc/hosts", "w") as f:
+        f.write(f"127.0.0.1\tlocalhost\n127.0.1.1\t{netns.HOSTNAME}\n"
+                "::1\tlocalhost ip6-localhost ip6-loopback\n")
     if spec["network"]:
         if os.path.islink("/etc/resolv.conf"):
             os.unlink("/etc/resolv.conf")
