@@ -1,0 +1,179 @@
+"""State shared by the three char-device services (hv_kvp, hv_snapshot, hv_fcopy).
+
+Mirrors the drivers' ``hvutil_device_state`` machine: one host transaction at a time,
+the channel is not read while a transaction is open, a timer fails the transaction
+with HV_E_FAIL. The raw-injection path lets a test put arbitrary daemon-side bytes
+on the device as a misbehaving kernel would, through the same state machine.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+
+from hvguest.sim.kernel.channel import (
+    HV_E_FAIL,
+    ICMSG_HDR,
+    ICMSGTYPE_NEGOTIATE,
+    HostChannel,
+    msgtype,
+    negotiate_response,
+    set_response_flags,
+    set_status,
+)
+from hvguest.sim.kernel.timers import Timer, TimerQueue
+from hvguest.sim.kernel.transport import UtilTransport
+
+HV_UTIL_TIMEOUT = 30.0
+
+RawCallback = Callable[[bytes | None], None]
+
+
+class State(IntEnum):
+    DEVICE_INIT = 0
+    READY = 1
+    HOSTMSG_RECEIVED = 2
+    USERSPACE_REQ = 3
+    USERSPACE_RECV = 4
+    DEVICE_DYING = 5
+
+
+@dataclass
+class Txn:
+    trans_id: int
+    recv_len: int
+    raw: RawCallback | None = None  # set for an injected raw message
+
+
+class UtilService:
+    """Base of the KVP, VSS and legacy FCOPY models."""
+
+    device_name = ""
+    icmsgtype = -1
+    recv_size = 8192
+    fw_versions: list[int] = [0x30000]
+    srv_versions: list[int] = []
+
+    def __init__(self, timers: TimerQueue, channel: HostChannel | None = None) -> None:
+        self.timers = timers
+        self.channel = channel or HostChannel(self.recv_size)
+        self.channel.set_notify(self.on_channel)
+        self.transport = UtilTransport(self.device_name, self._on_msg_logged, self.on_reset)
+        self.state = State.DEVICE_INIT
+        self.recv_buffer = bytearray(self.recv_size)
+        self.txn: Txn | None = None
+        self._timeout: Timer | None = None
+        self._raw: deque[tuple[bytes, RawCallback]] = deque()
+        self.log: list[str] = []
+        self.negotiated: tuple[int, int] | None = None
+
+    # -- helpers ---------------------------------------------------------------
+    def klog(self, text: str) -> None:
+        self.log.append(f"{self.device_name}: {text}")
+
+    def arm(self, seconds: float) -> None:
+        self._timeout = self.timers.call_later(seconds, self.on_timeout)
+
+    def cancel_timeout(self) -> bool:
+        """cancel_delayed_work_sync: True if the timer was still pending."""
+        timer, self._timeout = self._timeout, None
+        return timer.cancel() if timer is not None else False
+
+    def poll_wrapper(self) -> None:
+        """hv_poll_channel(..., *_poll_wrapper): back to READY, re-read the channel."""
+        self.state = State.READY
+        self.on_channel()
+
+    def inject_raw(self, data: bytes, callback: RawCallback) -> None:
+        """Queue ``data`` for the daemon as the next transaction; ``callback`` gets the
+        daemon's accepted reply, or None when the kernel failed the transaction."""
+        self._raw.append((bytes(data), callback))
+        self.on_channel()
+
+    def _on_msg_logged(self, data: bytes) -> int:
+        rc = self.on_msg(data)
+        if rc < 0:
+            self.klog(f"daemon write of {len(data)} bytes rejected ({rc})")
+        return rc
+
+    def _take_packet(self) -> tuple[int, int] | None:
+        """Read one packet into recv_buffer; returns (trans_id, length)."""
+        pkt = self.channel.recv()
+        if pkt is None:
+            return None
+        trans_id, payload = pkt
+        self.recv_buffer[: len(payload)] = payload
+        return trans_id, len(payload)
+
+    def _answer_negotiate(self, trans_id: int, length: int) -> None:
+        ok = negotiate_response(self.recv_buffer, length, self.fw_versions, self.srv_versions)
+        if ok:
+            fw = struct.unpack_from("<HH", self.recv_buffer, ICMSG_HDR + 8)
+            srv = struct.unpack_from("<HH", self.recv_buffer, ICMSG_HDR + 12)
+            self.negotiated = ((fw[0] << 16) | fw[1], (srv[0] << 16) | srv[1])
+        self._send_buffer(trans_id, length)
+
+    def _send_buffer(self, trans_id: int, length: int) -> None:
+        set_response_flags(self.recv_buffer)
+        self.channel.send(trans_id, bytes(self.recv_buffer[:length]))
+
+    def respond_status(self, error: int) -> None:
+        """Answer the open transaction with ``error`` and the request bytes as they are."""
+        txn, self.txn = self.txn, None
+        if txn is None:
+            return
+        if txn.raw is not None:
+            txn.raw(None)
+            return
+        set_status(self.recv_buffer, error)
+        self._send_buffer(txn.trans_id, txn.recv_len)
+
+    def _start_raw(self) -> bool:
+        """Start a queued raw transaction if READY; True if one was started."""
+        if not self._raw or self.state != State.READY:
+            return False
+        data, callback = self._raw.popleft()
+        self.txn = Txn(trans_id=-1, recv_len=0, raw=callback)
+        self.state = State.HOSTMSG_RECEIVED
+        self.arm(self.raw_timeout())
+        self.state = State.USERSPACE_REQ
+        if self.transport.send(data) != 0 and self.cancel_timeout():
+            self.respond_status(HV_E_FAIL)
+            self.state = State.READY
+        return True
+
+    def raw_timeout(self) -> float:
+        return HV_UTIL_TIMEOUT
+
+    def _finish_raw(self, reply: bytes) -> bool:
+        """Deliver an accepted daemon reply to a raw transaction."""
+        txn = self.txn
+        if txn is None or txn.raw is None:
+            return False
+        self.txn = None
+        txn.raw(reply)
+        return True
+
+    def is_negotiate(self, length: int) -> bool:
+        return msgtype(self.recv_buffer) == ICMSGTYPE_NEGOTIATE
+
+    # -- per service -------------------------------------------------------------
+    def on_channel(self) -> None:
+        raise NotImplementedError
+
+    def on_msg(self, data: bytes) -> int:
+        raise NotImplementedError
+
+    def on_reset(self) -> None:
+        if self.cancel_timeout():
+            self.respond_status(HV_E_FAIL)
+        self.state = State.DEVICE_INIT
+
+    def on_timeout(self) -> None:
+        self._timeout = None
+        self.klog("timeout: host request failed with HV_E_FAIL")
+        self.respond_status(HV_E_FAIL)
+        self.poll_wrapper()

@@ -1,0 +1,295 @@
+"""The control operations of ``hvguest-sim serve`` (one function per JSON ``op``).
+
+Every operation gets the server, the decoded request and ``reply(result)``; it calls
+``reply`` once, possibly later (when the daemon has answered the host request).
+"""
+
+from __future__ import annotations
+
+import signal
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from hvguest.sim import host as h
+from hvguest.sim.kernel.channel import HV_E_FAIL, HV_S_OK
+
+if TYPE_CHECKING:
+    from hvguest.sim.server import SimServer
+
+Reply = Callable[[Any], None]
+Op = Callable[["SimServer", dict[str, Any], Reply], None]
+OPS: dict[str, Op] = {}
+
+
+def op(name: str) -> Callable[[Op], Op]:
+    def register(fn: Op) -> Op:
+        OPS[name] = fn
+        return fn
+
+    return register
+
+
+def dispatch(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    name = req.get("op")
+    fn = OPS.get(str(name))
+    if fn is None:
+        raise ValueError(f"unknown op {name!r}")
+    fn(server, req, reply)
+
+
+def _host(server: SimServer, service: str) -> h.HostService:
+    if service not in server.hosts:
+        raise ValueError(f"service {service} is not simulated (--services)")
+    return server.hosts[service]
+
+
+def _submit(server: SimServer, service: str, name: str, req: dict[str, Any], body: bytes,
+            decode: h.Decoder | None, reply: Reply) -> None:
+    host = _host(server, service)
+    request = {k: v for k, v in req.items() if k not in ("id", "op")}
+    host.submit(name, request, host.ic_payload(body), decode,
+                lambda r: reply(r.to_json()))
+
+
+# -- daemon and simulator --------------------------------------------------------------
+@op("ping")
+def _ping(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    reply({"daemon_pid": server.daemon_pid, "root": f"/proc/{server.daemon_pid}/root",
+           "alive": server.daemon_alive()})
+
+
+@op("daemon_alive")
+def _alive(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    reply(server.daemon_alive())
+
+
+@op("signal")
+def _signal(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    import os
+
+    sig = int(req.get("signal", signal.SIGTERM))
+    if server.daemon_alive():
+        os.kill(server.daemon_pid, sig)
+    reply(None)
+
+
+@op("restart")
+def _restart(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    reply({"daemon_pid": server.restart_daemon()})
+
+
+@op("syslog")
+def _syslog(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    reply(server.sandbox.syslog())
+
+
+@op("kernel_log")
+def _klog(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    lines: list[str] = []
+    for kernel in server.kernels.values():
+        lines += kernel.log
+    if server.uio is not None:
+        lines += server.uio.log
+    reply(lines)
+
+
+@op("transcript")
+def _transcript(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    reply([r.to_json() for r in server.transcript])
+
+
+@op("state")
+def _state(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    reply({name: {"state": int(k.state), "open": k.transport.is_open,
+                  "queued": k.transport.outmsg is not None}
+           for name, k in server.kernels.items()})
+
+
+@op("shutdown")
+def _shutdown(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    reply(None)
+    server.stop()
+
+
+# -- KVP ---------------------------------------------------------------------------------
+@op("kvp_set")
+def _kvp_set(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    body = h.kvp_set_body(int(req["pool"]), req["key"], req["value"],
+                          req.get("value_type", "REG_SZ"))
+    _submit(server, "kvp", "set", req, body, None, reply)
+
+
+@op("kvp_get")
+def _kvp_get(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    body = h.kvp_get_body(int(req["pool"]), req["key"])
+    _submit(server, "kvp", "get", req, body, h.decode_kvp_get, reply)
+
+
+@op("kvp_delete")
+def _kvp_delete(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    body = h.kvp_delete_body(int(req["pool"]), req["key"])
+    _submit(server, "kvp", "delete", req, body, None, reply)
+
+
+@op("kvp_enumerate")
+def _kvp_enum(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    body = h.kvp_enumerate_body(int(req["pool"]), int(req["index"]))
+    _submit(server, "kvp", "enumerate", req, body, h.decode_kvp_enumerate, reply)
+
+
+@op("kvp_enumerate_all")
+def _kvp_enum_all(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    """Enumerate from index 0 until a non-zero status, as the host does."""
+    pool = int(req["pool"])
+    limit = int(req.get("limit", 100000))
+    items: list[list[str]] = []
+
+    def step(index: int) -> None:
+        body = h.kvp_enumerate_body(pool, index)
+        host = _host(server, "kvp")
+
+        def done(r: h.HostReply) -> None:
+            if r.status == HV_S_OK and index + 1 < limit:
+                items.append([r.fields["key"], r.fields["value"]])
+                step(index + 1)
+            else:
+                if r.status == HV_S_OK:
+                    items.append([r.fields["key"], r.fields["value"]])
+                reply({"items": items, "status": r.status, "index": index})
+
+        host.submit("enumerate", {"pool": pool, "index": index}, host.ic_payload(body),
+                    h.decode_kvp_enumerate, done)
+
+    step(0)
+
+
+@op("kvp_get_ip_info")
+def _kvp_get_ip(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    body = h.kvp_ip_body(4, req["adapter_id"], addr_family=int(req.get("addr_family", 0)))
+    _submit(server, "kvp", "get_ip_info", req, body, h.decode_kvp_ip, reply)
+
+
+@op("kvp_set_ip_info")
+def _kvp_set_ip(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    body = h.kvp_ip_body(
+        5, req["adapter_id"], addr_family=int(req["addr_family"]),
+        dhcp_enabled=bool(req["dhcp_enabled"]), ip_addr=req["ip_addr"], sub_net=req["sub_net"],
+        gate_way=req["gate_way"], dns_addr=req["dns_addr"])
+    _submit(server, "kvp", "set_ip_info", req, body, None, reply)
+
+
+@op("host_raw")
+def _host_raw(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    """An arbitrary IC body (after the 28-byte header) from the host; full reply back."""
+    service = req["service"]
+    body = bytes.fromhex(req["body"])
+    host = _host(server, service)
+
+    def decode(payload: bytes) -> dict[str, Any]:
+        return {"payload": payload.hex()}
+
+    host.submit("raw", {"body_len": len(body)}, host.ic_payload(body), decode,
+                lambda r: reply(r.to_json()))
+
+
+def _inject(server: SimServer, service: str, data: bytes, done: Callable[[bytes | None], None]
+            ) -> None:
+    kernel = server.kernels.get(service)
+    if kernel is None:
+        raise ValueError(f"service {service} has no char-device model here")
+    kernel.inject_raw(data, done)
+
+
+@op("kvp_raw")
+def _kvp_raw(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    _inject(server, "kvp", bytes.fromhex(req["data"]),
+            lambda r: reply(None if r is None else r.hex()))
+
+
+# -- VSS ---------------------------------------------------------------------------------
+@op("vss")
+def _vss(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    name = req["what"]
+    body = h.vss_body(h.VSS_OPS[name], int(req.get("flags", 0)), int(req.get("size", 12)))
+    _submit(server, "vss", name, req, body, h.decode_vss, reply)
+
+
+@op("vss_raw")
+def _vss_raw(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    _inject(server, "vss", bytes.fromhex(req["data"]),
+            lambda r: reply(None if r is None else r.hex()))
+
+
+# -- FCOPY -------------------------------------------------------------------------------
+@op("fcopy_send")
+def _fcopy_send(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    """START, WRITEs of ``fragment`` bytes, COMPLETE (or CANCEL), like Copy-VMFile."""
+    host = _host(server, "fcopy")
+    src = open(req["src"], "rb")  # noqa: SIM115 - closed when the chain ends
+    size = int(req.get("size", 0)) or __import__("os").fstat(src.fileno()).st_size
+    fragment = int(req.get("fragment", h.DATA_FRAGMENT))
+    cancel_after = req.get("cancel_after_bytes")
+    steps: list[int | None] = []
+
+    def finish(status: int | None) -> None:
+        src.close()
+        reply({"status": status, "steps": steps})
+
+    def send(name: str, body: bytes, then: Callable[[h.HostReply], None]) -> None:
+        host.submit(name, {}, host.ic_payload(body), None, then)
+
+    def after_start(r: h.HostReply) -> None:
+        steps.append(r.status)
+        if r.status != HV_S_OK:
+            finish(r.status)
+            return
+        write(0)
+
+    def write(offset: int) -> None:
+        if cancel_after is not None and offset >= int(cancel_after):
+            send("cancel", h.fcopy_op_body(h.FCOPY_CANCEL), lambda r: done_final(r, True))
+            return
+        chunk = src.read(fragment)
+        if not chunk:
+            send("complete", h.fcopy_op_body(h.FCOPY_COMPLETE), lambda r: done_final(r, False))
+            return
+
+        def after_write(r: h.HostReply) -> None:
+            steps.append(r.status)
+            if r.status != HV_S_OK:
+
+                def after_cancel(c: h.HostReply) -> None:
+                    steps.append(c.status)
+                    finish(r.status)
+
+                send("cancel", h.fcopy_op_body(h.FCOPY_CANCEL), after_cancel)
+                return
+            write(offset + len(chunk))
+
+        send("write", h.fcopy_write_body(offset, chunk), after_write)
+
+    def done_final(r: h.HostReply, cancelled: bool) -> None:
+        steps.append(r.status)
+        finish(r.status)
+
+    body = h.fcopy_start_body(req["name"], req["dest_dir"], int(req.get("flags", 0)), size)
+    send("start", body, after_start)
+
+
+@op("fcopy_raw")
+def _fcopy_raw(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    data = bytes.fromhex(req["data"])
+    if server.uio is not None:
+        host = _host(server, "fcopy")
+        host.submit("raw", {"body_len": len(data)}, host.ic_payload(data), None,
+                    lambda r: reply(r.status))
+        return
+
+    def done(r: bytes | None) -> None:
+        if r is None or len(r) != 4:
+            reply(HV_E_FAIL)
+        else:
+            reply(struct.unpack("<I", r)[0])
+
+    _inject(server, "fcopy", data, done)
