@@ -327,6 +327,8 @@ class KvpRegister:
 KvpRequest = KvpGet | KvpSet | KvpDelete | KvpEnumerate | KvpGetIpInfo | KvpSetIpInfo | KvpRegister
 
 
+_KVP_OPS = frozenset(int(op) for op in KvpOp)
+
 # Registration message the daemon writes: byte 0 = REGISTER1, everything else zero.
 KVP_REGISTER_MSG = bytes([KVP_OP_REGISTER1]) + bytes(KVP_MSG_SIZE - 1)
 
@@ -372,7 +374,7 @@ def decode_kvp_request(buf: bytes) -> KvpRequest:
             "version",
         )
         return KvpRegister(utf8_text(raw, "version"))
-    if op not in KvpOp._value2member_map_:
+    if op not in _KVP_OPS:
         raise WireError(
             f"KVP operation is {op}, limit {max(KvpOp)}", field="operation", limit=int(max(KvpOp))
         )

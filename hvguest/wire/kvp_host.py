@@ -76,7 +76,7 @@ def _host_value(raw: bytes, value_type: int) -> str | int:
 
 
 # Bytes each host operation needs (the end of its last field).
-_HOST_EXTENT = {
+_HOST_EXTENT: dict[int, int] = {
     KvpOp.GET: GET_VALUE_OFFSET + HV_KVP_EXCHANGE_MAX_VALUE_SIZE,
     KvpOp.SET: GET_VALUE_OFFSET + HV_KVP_EXCHANGE_MAX_VALUE_SIZE,
     KvpOp.DELETE: DELETE_KEY_OFFSET + HV_KVP_EXCHANGE_MAX_KEY_SIZE,
@@ -143,7 +143,7 @@ class HostKvpMessage:
         """Decode a host KVP body; strings are cut at their first 0 unit (or taken whole)."""
         check_min_length(data, 2, "host KVP message")
         op, pool = data[OP_OFFSET], data[POOL_OFFSET]
-        extent = _HOST_EXTENT.get(KvpOp(op)) if op in KvpOp._value2member_map_ else None
+        extent = _HOST_EXTENT.get(op)
         if extent is None:
             raise WireError(
                 f"host KVP operation is {op}, this form carries 0..3",

@@ -32,6 +32,9 @@ class VssOp(IntEnum):
     AUTO_RECOVER = 7
 
 
+_VSS_OPS = frozenset(int(op) for op in VssOp)
+
+
 @dataclass(frozen=True)
 class VssMessage:
     """A request as the kernel hands it to the daemon: op and flags, the rest zero."""
@@ -48,7 +51,7 @@ class VssMessage:
     def decode(cls, data: bytes) -> Self:
         check_length(data, VSS_MSG_SIZE, "VSS message")
         op = data[0]
-        if op not in VssOp._value2member_map_:
+        if op not in _VSS_OPS:
             raise WireError(
                 f"VSS operation is {op}, limit {len(VssOp) - 1}",
                 field="operation",
