@@ -1,0 +1,87 @@
+"""The unmodified reference hv_kvp_daemon behind the simulated kernel and host."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from hvguest.sim.client import SimClient
+
+pytestmark = [pytest.mark.root, pytest.mark.fuse, pytest.mark.reference, pytest.mark.system]
+
+HV_S_OK = 0
+HV_S_CONT = 0x80070103
+HV_E_FAIL = 0x80004005
+AUTO_KEYS = [
+    "FullyQualifiedDomainName",
+    "IntegrationServicesVersion",
+    "NetworkAddressIPv4",
+    "NetworkAddressIPv6",
+    "OSBuildNumber",
+    "OSName",
+    "OSMajorVersion",
+    "OSMinorVersion",
+    "OSVersion",
+    "ProcessorArchitecture",
+]
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimClient]:
+    workdir = str(tmp_path_factory.mktemp("refkvp"))
+    with SimClient.start(["/usr/sbin/hv_kvp_daemon", "-n"], workdir=workdir) as client:
+        yield client
+
+
+@pytest.mark.parametrize("pool", [0, 1, 3, 4])
+def test_set_get_enumerate_delete(sim: SimClient, pool: int) -> None:
+    assert sim.kvp_set(pool, f"key{pool}", f"value {pool} \u00e9\u4e2d") == HV_S_OK
+    assert sim.kvp_set(pool, "second", "2") == HV_S_OK
+    # The reference copies value_size (0) bytes of the value: GET succeeds but the
+    # host sees an empty string.
+    assert sim.kvp_get(pool, f"key{pool}") == (HV_S_OK, "")
+    assert sim.kvp_get(pool, "missing")[0] == HV_S_CONT
+    assert sim.kvp_enumerate_all(pool) == [
+        (f"key{pool}", f"value {pool} \u00e9\u4e2d"),
+        ("second", "2"),
+    ]
+    assert sim.kvp_enumerate(pool, 2)[0] == HV_S_CONT
+    assert sim.kvp_delete(pool, f"key{pool}") == HV_S_OK
+    assert sim.kvp_delete(pool, f"key{pool}") == HV_S_CONT
+    assert sim.kvp_enumerate_all(pool) == [("second", "2")]
+    data = sim.exec(["cat", f"/var/lib/hyperv/.kvp_pool_{pool}"]).stdout
+    assert len(data) == 2560 and data.startswith(b"second\0")
+
+
+def test_upsert_and_integer_values(sim: SimClient) -> None:
+    assert sim.kvp_set(0, "n32", 4294967295, "REG_U32") == HV_S_OK
+    assert sim.kvp_set(0, "n64", 2**64 - 1, "REG_U64") == HV_S_OK
+    assert sim.kvp_set(0, "up", "long value") == HV_S_OK
+    assert sim.kvp_set(0, "up", "short") == HV_S_OK
+    items = dict(sim.kvp_enumerate_all(0))
+    assert items["n32"] == "4294967295"
+    assert items["n64"] == "18446744073709551615"
+    assert items["up"] == "short"
+
+
+def test_auto_pool_has_ten_generated_keys(sim: SimClient) -> None:
+    items = sim.kvp_enumerate_all(2)
+    assert [k for k, _v in items] == AUTO_KEYS
+    values = dict(items)
+    assert values["IntegrationServicesVersion"] == "3.1"
+    assert values["NetworkAddressIPv4"] == "192.0.2.10"
+    assert "2001:db8::10" in values["NetworkAddressIPv6"]
+    assert values["OSName"] and values["ProcessorArchitecture"]
+    assert sim.kvp_enumerate(2, 10)[0] == HV_S_CONT
+
+
+def test_transcript_records_host_view(sim: SimClient) -> None:
+    sim.kvp_set(1, "t", "x")
+    tr = sim.transcript()
+    assert tr[0]["op"] == "negotiate"
+    assert tr[0]["fields"] == {"framework": "3.0", "service": "4.0"}
+    last = tr[-1]
+    assert last["op"] == "set" and last["status"] == HV_S_OK
+    assert last["request"] == {"pool": 1, "key": "t", "value": "x", "value_type": "REG_SZ"}
+    assert sim.daemon_alive()
