@@ -73,6 +73,8 @@ class Runtime:
         self._running = False
         self._exit_code: int | None = None
         self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._poller = select.poll()
+        self._poller.register(self._rfd, select.POLLIN)
         self._throttle = Throttle(_EXC_LOG_PERIOD, clock)
         self._lock = threading.Lock()
 
@@ -82,6 +84,10 @@ class Runtime:
         """Call ``callback()`` whenever ``fd`` is readable (or reports an error:
         the callback's read then raises and it decides what to do)."""
         number = _fd_of(fd)
+        if number in self._readers:
+            self._poller.modify(number, select.POLLIN)
+        else:
+            self._poller.register(number, select.POLLIN)
         self._readers[number] = callback
         self._owners[number] = fd
 
@@ -93,8 +99,13 @@ class Runtime:
         except Exception:
             number = next((n for n, o in self._owners.items() if o is fd), None)
         if number is not None:
-            self._readers.pop(number, None)
-            self._owners.pop(number, None)
+            self._forget(number)
+
+    def _forget(self, number: int) -> None:
+        if self._readers.pop(number, None) is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._poller.unregister(number)
+        self._owners.pop(number, None)
 
     def call_later(self, delay: float, callback: Callback) -> Timer:
         timer = Timer(self.clock() + max(0.0, delay), next(self._seq), callback)
@@ -189,12 +200,8 @@ class Runtime:
         timeout = self._next_timeout()
         if max_timeout is not None:
             timeout = max_timeout if timeout is None else min(timeout, max_timeout)
-        poller = select.poll()
-        poller.register(self._rfd, select.POLLIN)
-        for fd in self._readers:
-            poller.register(fd, select.POLLIN)
         ms = None if timeout is None else int(timeout * 1000 + 0.999)
-        events = poller.poll(ms)
+        events = self._poller.poll(ms)
         for fd, mask in events:
             if fd == self._rfd:
                 self._drain_wakeups()
@@ -206,8 +213,7 @@ class Runtime:
                 continue
             if mask & select.POLLNVAL:
                 log.error("%s: fd %d is not open; reader removed", self.name, fd)
-                self._readers.pop(fd, None)
-                self._owners.pop(fd, None)
+                self._forget(fd)
                 continue
             self._invoke(callback, f"reader for fd {fd}")
         self._run_pending()
