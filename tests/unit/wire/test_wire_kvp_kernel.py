@@ -191,3 +191,25 @@ def test_host_body_length_is_kept() -> None:
     daemon_msg = kvp_host_to_daemon(short)
     _, body = kvp_daemon_to_host(KvpOp.GET, short, kvp.kvp_get_reply(daemon_msg, "v"))
     assert len(body) == 600 and body[528:532] == "v".encode("utf-16-le") + b"\0\0"
+
+
+CONSISTENT: list[tuple[HostKvpMessage | HostKvpIpMessage, kvp.KvpRequest]] = [
+    (HostKvpMessage(KvpOp.GET, 1, "key"), kvp.KvpGet(1, "key")),
+    (HostKvpMessage(KvpOp.SET, 0, "k", "välue", RegType.REG_SZ), kvp.KvpSet(0, "k", "välue")),
+    (HostKvpMessage(KvpOp.SET, 0, "k", 42, RegType.REG_U32), kvp.KvpSet(0, "k", "42")),
+    (HostKvpMessage(KvpOp.DELETE, 4, "😀"), kvp.KvpDelete(4, "😀")),
+    (HostKvpMessage(KvpOp.ENUMERATE, 2, index=9), kvp.KvpEnumerate(2, 9)),
+    (HostKvpIpMessage(KvpOp.GET_IP_INFO, 0, "MAC", 2), kvp.KvpGetIpInfo(0, "MAC", 2)),
+    (
+        HostKvpIpMessage(KvpOp.SET_IP_INFO, 0, "{g}", 1, True, "a", "b", "c", "d"),
+        kvp.KvpSetIpInfo(0, "{g}", 1, True, "a", "b", "c", "d"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("host", "daemon"), CONSISTENT)
+def test_kernel_output_is_what_the_request_encoders_produce(
+    host: HostKvpMessage | HostKvpIpMessage, daemon: kvp.KvpRequest
+) -> None:
+    # two independent paths to the same 7432 bytes: the kernel model and encode()
+    assert kvp_host_to_daemon(host.encode()) == daemon.encode()
