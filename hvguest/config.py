@@ -215,6 +215,11 @@ def _type_name(tp: Any) -> str:
     }.get(tp, getattr(tp, "__name__", str(tp)))
 
 
+_PLAIN_TEXT_TAGS = frozenset(
+    "tag:yaml.org,2002:" + t for t in ("int", "float", "bool", "timestamp")
+)
+
+
 class _BadValue(Exception):
     pass
 
@@ -267,6 +272,9 @@ def _convert(tp: Any, node: yaml.Node, loader: yaml.SafeLoader) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
+        if node.style is None and node.tag in _PLAIN_TEXT_TAGS:
+            # An unquoted 1000, 0644 or yes meant as text: keep what was written.
+            return node.value
     elif tp is Any:
         return value
     raise _BadValue(_type_name(tp))

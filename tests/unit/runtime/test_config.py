@@ -119,7 +119,8 @@ demo:
         ("demo:\n\n  retries: -1\n", 3, "demo.retries: expected at least 0, got -1"),
         ("demo:\n  retries: 1.5\n", 2, "demo.retries: expected an integer"),
         ("demo:\n  enabled: 1\n", 2, "demo.enabled: expected true or false"),
-        ("demo:\n  name: 12\n", 2, "demo.name: expected a string"),
+        ("demo:\n  name: [12]\n", 2, "demo.name: expected a string"),
+        ("demo:\n  name:\n", 2, "demo.name: expected a string"),
         ("demo:\n  name: a.b\n", 2, "demo.name: must not contain '.'"),
         ("demo:\n  dirs: /a\n", 2, "demo.dirs: expected a list of strings"),
         ("demo:\n  mode: turbo\n", 2, "demo.mode: expected one of fast, safe"),
@@ -152,6 +153,15 @@ def test_validate_collects_every_problem(tmp_path: os.PathLike[str]) -> None:
         " retries, timeout)",
         f"{path}:4: unknown section 'nope' (known: demo, log)",
     ]
+
+
+def test_unquoted_scalars_for_text_fields_keep_their_text() -> None:
+    assert load_config_text("demo:\n  name: 0644\n").section("demo").name == "0644"
+    assert load_config_text("demo:\n  name: 1000\n").section("demo").name == "1000"
+    assert load_config_text("demo:\n  name: no\n").section("demo").name == "no"
+    assert load_config_text("demo:\n  dirs: [1, on]\n").section("demo").dirs == ["1", "on"]
+    with pytest.raises(ConfigError, match="expected an integer, got '1000x'"):
+        load_config_text("demo:\n  retries: 1000x\n")
 
 
 def test_empty_and_null_sections() -> None:
