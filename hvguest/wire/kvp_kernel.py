@@ -10,7 +10,7 @@ The string converters reproduce the kernel's ``utf16s_to_utf8s`` / ``utf8s_to_ut
 (``fs/nls/nls_base.c``): UTF-16 input stops at a 0 unit or after ``inlen`` units (the KVP
 driver passes byte counts as unit counts), unpaired surrogates are skipped, output stops
 at the first character that no longer fits (current kernels; older ones skipped it and
-went on), and invalid UTF-8 is an error (the host then gets HV_E_FAIL).
+went on, see ``skip_oversized``), and invalid UTF-8 is an error (the host then gets HV_E_FAIL).
 """
 
 from __future__ import annotations
@@ -55,8 +55,15 @@ _SURROGATE_PAIR = 0xD800
 _SURROGATE_LOW = 0x0400
 
 
-def kernel_utf16_to_utf8(data: bytes, inlen: int, maxout: int) -> bytes:
-    """``utf16s_to_utf8s(data, inlen units, LE, out, maxout bytes)``: never fails."""
+def kernel_utf16_to_utf8(
+    data: bytes, inlen: int, maxout: int, *, skip_oversized: bool = False
+) -> bytes:
+    """``utf16s_to_utf8s(data, inlen units, LE, out, maxout bytes)``: never fails.
+
+    A character that no longer fits ends the output (kernels since the late-2025 fix
+    "NLS: stop filling the buffer once a character does not fit"); ``skip_oversized``
+    models older kernels, which skipped it and went on with later, shorter characters.
+    """
     units = [get_uint(data, i, 2) for i in range(0, len(data) - 1, 2)][: max(inlen, 0)]
     out = bytearray()
     pos = 0
@@ -78,6 +85,8 @@ def kernel_utf16_to_utf8(data: bytes, inlen: int, maxout: int) -> bytes:
             pos += 1
         encoded = chr(code).encode("utf-8")
         if len(encoded) > maxout - len(out):
+            if skip_oversized:
+                continue
             break
         out += encoded
     return bytes(out)

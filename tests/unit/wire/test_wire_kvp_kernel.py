@@ -213,3 +213,8 @@ def test_kernel_output_is_what_the_request_encoders_produce(
 ) -> None:
     # two independent paths to the same 7432 bytes: the kernel model and encode()
     assert kvp_host_to_daemon(host.encode()) == daemon.encode()
+
+
+def test_utf16_to_utf8_older_kernels_skip_what_does_not_fit() -> None:
+    data = ("a" * 510 + "é" + "b").encode("utf-16-le")
+    assert kernel_utf16_to_utf8(data, 1000, 511, skip_oversized=True) == b"a" * 510 + b"b"
