@@ -74,6 +74,14 @@ class SysDir:
     """An empty directory in the fake sysfs tree (``fake_sys`` value)."""
 
 
+@dataclass(frozen=True)
+class SysBind:
+    """A file or directory of the machine bind-mounted into the fake sysfs tree, e.g. the
+    tmpfs file backing a simulated ring (``fake_sys`` value)."""
+
+    source: str
+
+
 @dataclass
 class SandboxSpec:
     command: list[str]
@@ -83,7 +91,7 @@ class SandboxSpec:
     # Paths relative to /sys, e.g. "bus/vmbus/devices/<id>/class_id": file contents,
     # SysLink or SysDir. Their top directories (bus, class...) become tmpfs with the real
     # entries bind-mounted back.
-    fake_sys: dict[str, str | bytes | SysLink | SysDir] = field(default_factory=dict)
+    fake_sys: dict[str, str | bytes | SysLink | SysDir | SysBind] = field(default_factory=dict)
     loop_filesystems: list[LoopFs] = field(default_factory=list)
     # A tmpfs over /sys/dev/block, so the reference VSS daemon does not skip loop devices.
     hide_loop_markers: bool = True
@@ -183,6 +191,10 @@ class Sandbox:
                 fake.append([rel, "link", value.target])
             elif isinstance(value, SysDir):
                 fake.append([rel, "dir", ""])
+            elif isinstance(value, SysBind):
+                if not os.path.exists(value.source):
+                    raise SandboxError(f"fake_sys {rel!r}: {value.source} does not exist")
+                fake.append([rel, "bind", os.path.abspath(value.source)])
             else:
                 data = value.encode() if isinstance(value, str) else bytes(value)
                 fake.append([rel, "file", base64.b64encode(data).decode()])
@@ -591,6 +603,13 @@ def _plant(path: str, node: Any) -> None:
         os.symlink(value, path)
     elif kind == "dir":
         _makedirs(path)
+    elif kind == "bind":
+        if os.path.isdir(value):
+            _makedirs(path)
+        else:
+            with open(path, "w"):
+                pass
+        netns.mount(value, path, None, netns.MS_BIND)
     else:
         with open(path, "wb") as f:
             f.write(base64.b64decode(value))

@@ -317,3 +317,30 @@ def test_process_before_mount_does_not_block(echo: tuple[EchoDevice, FuseDeviceS
     assert time.monotonic() - t < 1
     assert f"fd={server.fileno()}," in server.mount_options()
     assert os.get_inheritable(server.fileno())
+
+
+@pytest.mark.reference
+def test_reference_kvp_daemon_registers_and_polls() -> None:
+    """The unmodified C daemon opens /dev/vmbus/hv_kvp, writes its registration, reads
+    the (echoed) answer and then waits in poll() on the FUSE file."""
+    dev = EchoDevice()
+    kvp = FuseDeviceServer({"hv_kvp": dev})
+    try:
+        sb = Sandbox(SandboxSpec(command=["/usr/sbin/hv_kvp_daemon", "-n"],
+                                 fuse_mounts=[(kvp, "/dev/vmbus")], network=True))
+        sb.start()
+        try:
+            serve_until(sb, lambda: dev.polls > 0 and not dev.queue)
+            assert [len(w) for w in dev.writes] == [7432]  # one whole hv_kvp_msg
+            assert any("KVP LIC Version" in line for line in sb.syslog())
+            fd_dir = f"/proc/{sb.pid}/fd"
+            assert "/dev/vmbus/hv_kvp" in [os.readlink(f"{fd_dir}/{n}") for n in os.listdir(fd_dir)]
+            assert sb.read_file("/var/lib/hyperv/.kvp_pool_0") == b""
+        finally:
+            assert sb.stop() == -signal.SIGTERM
+        deadline = time.monotonic() + 5
+        while dev.opener is not None and time.monotonic() < deadline:
+            sb.serve(0.02)
+        assert dev.opener is None  # the daemon's close reached the device
+    finally:
+        kvp.close()

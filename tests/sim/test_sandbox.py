@@ -16,6 +16,7 @@ from hvguest.sim.sandbox import (
     Sandbox,
     SandboxError,
     SandboxSpec,
+    SysBind,
     SysDir,
     SysLink,
     _check_mounts,
@@ -121,8 +122,11 @@ def test_network_is_fixed_and_private() -> None:
 
 
 @pytest.mark.root
-def test_fake_sysfs_entries_next_to_real_ones() -> None:
-    fake: dict[str, str | bytes | SysLink | SysDir] = {
+def test_fake_sysfs_entries_next_to_real_ones(tmp_path: Path) -> None:
+    ring = tmp_path / "ring"
+    ring.write_bytes(b"\0" * 0xA000)
+    fake: dict[str, str | bytes | SysLink | SysDir | SysBind] = {
+        "bus/vmbus/devices/dev0/channels/15/ring": SysBind(str(ring)),
         "bus/vmbus/devices/dev0/class_id": "{34d14be3-dee4-41c8-9ae7-6b174977c192}\n",
         "bus/vmbus/devices/dev0/channels/14/ring": b"\0" * 16,
         "bus/vmbus/drivers/uio_hv_generic/new_id": "",
@@ -133,6 +137,11 @@ def test_fake_sysfs_entries_next_to_real_ones() -> None:
         assert sb.read_file("/sys/bus/vmbus/devices/dev0/class_id").startswith(b"{34d14be3")
         assert os.path.getsize(f"{sb.root}/sys/bus/vmbus/devices/dev0/channels/14/ring") == 16
         assert os.path.isdir(f"{sb.root}/sys/class/uio/uio0")
+        ring_inside = "/sys/bus/vmbus/devices/dev0/channels/15/ring"
+        assert sb.exec(["stat", "-c", "%s", ring_inside]).stdout == b"40960\n"
+        done = sb.exec(["sh", "-c", f"printf ring | dd of={ring_inside} conv=notrunc"])
+        assert done.returncode == 0, done.stderr
+        assert ring.read_bytes()[:4] == b"ring"  # the same file, not a copy
         done = sb.exec(["sh", "-c", "echo 1 2 > /sys/bus/vmbus/drivers/uio_hv_generic/new_id"])
         assert done.returncode == 0, done.stderr
         assert sb.read_file("/sys/bus/vmbus/drivers/uio_hv_generic/new_id") == b"1 2\n"
