@@ -55,7 +55,7 @@ class HeartbeatDaemon:
         *,
         probe: UnitProbe | None = None,
         store: StoreFactory | None = None,
-        clock_opener: timesync.ClockOpener = timesync.PhcClockSource,
+        clock_opener: timesync.ClockOpener | None = None,
         publisher: StatePublisher | None = None,
         monotonic: Callable[[], float] | None = None,
         now: Callable[[], str] = utc_now,

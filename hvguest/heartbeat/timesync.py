@@ -297,9 +297,11 @@ def check(
     paths: Paths,
     *,
     warn_offset_ms: float = 100.0,
-    opener: ClockOpener = PhcClockSource,
+    opener: ClockOpener | None = None,
     samples: int = 5,
 ) -> TimesyncStatus:
+    """Find the host clock, measure the offset, look at chrony. ``opener``
+    (default PhcClockSource) turns a /dev/ptpN path into a ClockSource."""
     ptp = find_hyperv_ptp(paths)
     st = TimesyncStatus(ptp, warn_offset_ms=warn_offset_ms)
     st.ntp_clients = running_ntp_clients(paths)
@@ -311,7 +313,7 @@ def check(
     if ptp is None:
         return st
     try:
-        source = opener(ptp.node)
+        source = (opener or PhcClockSource)(ptp.node)
     except OSError as exc:
         st.error = describe_read_error(exc)
         return st
