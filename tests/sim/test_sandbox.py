@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import struct
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from hvguest.sim.device import POLLIN, POLLRDNORM, WOULD_BLOCK
+from hvguest.sim.fuse import FuseDeviceServer
 from hvguest.sim.sandbox import (
     LoopFs,
     Sandbox,
@@ -21,8 +25,6 @@ from hvguest.sim.sandbox import (
     SysLink,
     _check_mounts,
 )
-
-root_only = [pytest.mark.root]
 
 
 def losetup_list() -> str:
@@ -215,3 +217,85 @@ def test_stop_leaves_nothing_behind(ext4_image: Path) -> None:
     assert str(ext4_image) not in losetup_list()
     assert host_mounts() == mounts_before
     assert set(os.listdir("/tmp")) - tmp_before == set()
+
+
+class VssDevice:
+    """Just enough of hv_snapshot for the reference daemon: version reply, queued ops."""
+
+    name = "hv_vss"
+
+    def __init__(self) -> None:
+        self.queue: list[bytes] = []
+        self.replies: list[bytes] = []
+        self.waker: Callable[[], None] = lambda: None
+
+    def open(self, handle: int) -> int:
+        return 0
+
+    def read(self, handle: int, size: int) -> bytes | int:
+        return self.queue.pop(0) if self.queue else WOULD_BLOCK
+
+    def write(self, handle: int, data: bytes) -> int:
+        if data[0] == 129 and not self.replies:  # REGISTER1: the kernel answers 129
+            self.queue.append(struct.pack("<I", 129))
+            self.replies.append(b"registered")
+            self.waker()
+        else:
+            self.replies.append(data)
+        return len(data)
+
+    def poll(self, handle: int) -> int:
+        return POLLIN | POLLRDNORM if self.queue else 0
+
+    def release(self, handle: int) -> None:
+        pass
+
+    def set_waker(self, waker: Callable[[], None]) -> None:
+        self.waker = waker
+
+    def send(self, op: int) -> None:
+        self.queue.append(bytes([op]) + b"\0" * 11)
+        self.waker()
+
+
+@pytest.mark.root
+@pytest.mark.fuse
+@pytest.mark.reference
+def test_reference_vss_daemon_freezes_only_test_loops(
+    ext4_image: Path, tmp_path: Path
+) -> None:
+    second = tmp_path / "second.img"
+    shutil.copyfile(ext4_image, second)
+    dev = VssDevice()
+    server = FuseDeviceServer({"hv_vss": dev})
+    spec = SandboxSpec(command=["/usr/sbin/hv_vss_daemon", "-n"],
+                       fuse_mounts=[(server, "/dev/vmbus")],
+                       loop_filesystems=[LoopFs(str(ext4_image), "ext4", "/mnt/a"),
+                                         LoopFs(str(second), "ext4", "/mnt/b")])
+    sb = Sandbox(spec)
+    try:
+        sb.start()
+        wait_for(sb, lambda: dev.replies == [b"registered"] and not dev.queue)
+        dev.send(5)  # FREEZE
+        wait_for(sb, lambda: len(dev.replies) == 2)
+        assert dev.replies[1][:4] == b"\0\0\0\0"  # success
+        for mnt in ("/mnt/a", "/mnt/b"):
+            busy = sb.exec(["fsfreeze", "--freeze", mnt])  # EBUSY: already frozen
+            assert busy.returncode != 0 and b"busy" in busy.stderr.lower()
+        dev.send(6)  # THAW
+        wait_for(sb, lambda: len(dev.replies) == 3)
+        assert dev.replies[2][:4] == b"\0\0\0\0"
+        assert sb.exec(["sh", "-c", "echo x > /mnt/a/f && echo x > /mnt/b/f"],
+                       timeout=5).returncode == 0
+    finally:
+        sb.stop()
+        server.close()
+    assert str(second) not in losetup_list()
+
+
+def wait_for(sb: Sandbox, cond: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert sb.alive(), sb.syslog()
+        assert time.monotonic() < deadline, sb.syslog()
+        sb.serve(0.01)
