@@ -407,6 +407,25 @@ class Sandbox:
         return subprocess.CompletedProcess(cmd, proc.returncode, b"".join(out[out_fd]),
                                            b"".join(out[err_fd]))
 
+    def spawn(self, cmd: list[str], *, stdout: str | None = None, stderr: str | None = None,
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start ``cmd`` in the sandbox without waiting, e.g. to restart the daemon after
+        it exited (its files and the device mounts live on). ``stop()`` ends it."""
+        args, fds = self._nsenter(cmd)
+        if env is None:
+            env = self.spec.env if self.spec.env is not None else dict(os.environ)
+        out = open(stdout, "ab") if stdout else None  # noqa: SIM115
+        err = open(stderr, "ab") if stderr else None  # noqa: SIM115
+        try:
+            proc = subprocess.Popen(args, pass_fds=fds, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=err, start_new_session=True)
+        finally:
+            for fh in (out, err):
+                if fh is not None:
+                    fh.close()
+        self._stragglers.append(proc)
+        return proc
+
     def read_file(self, path: str) -> bytes:
         """A file's content inside the sandbox (works after the command exited, too)."""
         if self.alive():

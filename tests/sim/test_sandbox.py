@@ -98,6 +98,16 @@ def test_exec_input_timeout_and_failures(sleeper: Sandbox) -> None:
 
 
 @pytest.mark.root
+def test_exec_and_spawn_after_the_command_exited() -> None:
+    with Sandbox(SandboxSpec(command=["sh", "-c", "echo kept > /run/state"])) as sb:
+        assert sb.wait(10) == 0
+        assert sb.read_file("/run/state") == b"kept\n"  # namespaces outlive the command
+        proc = sb.spawn(["sleep", "60"])
+        assert sb.exec(["cat", "/run/state"]).stdout == b"kept\n"
+    assert proc.poll() == -signal.SIGKILL
+
+
+@pytest.mark.root
 def test_command_that_cannot_start_is_reported() -> None:
     sb = Sandbox(SandboxSpec(command=["/nonexistent/daemon"]))
     with pytest.raises(SandboxError, match="nonexistent"):
@@ -132,6 +142,7 @@ def test_fake_sysfs_entries_next_to_real_ones(tmp_path: Path) -> None:
         "bus/vmbus/devices/dev0/class_id": "{34d14be3-dee4-41c8-9ae7-6b174977c192}\n",
         "bus/vmbus/devices/dev0/channels/14/ring": b"\0" * 16,
         "bus/vmbus/drivers/uio_hv_generic/new_id": "",
+        "class/misc/vmbus!hv_kvp/dev": "10:123\n",
         "bus/vmbus/devices/dev0/uio/uio0": SysDir(),
         "class/uio/uio0": SysLink("../../bus/vmbus/devices/dev0/uio/uio0"),
     }
@@ -149,6 +160,9 @@ def test_fake_sysfs_entries_next_to_real_ones(tmp_path: Path) -> None:
         assert sb.read_file("/sys/bus/vmbus/drivers/uio_hv_generic/new_id") == b"1 2\n"
         # real entries are still there, from the sandbox's own network namespace
         assert os.path.isdir(f"{sb.root}/sys/bus/cpu/devices")
+        misc = os.listdir(f"{sb.root}/sys/class/misc")
+        assert "vmbus!hv_kvp" in misc and "fuse" in misc  # grafted one level deeper
+        assert sb.read_file("/sys/class/misc/vmbus!hv_kvp/dev") == b"10:123\n"
         assert sorted(os.listdir(f"{sb.root}/sys/class/net")) == ["eth0", "lo"]
     assert not os.path.exists("/sys/bus/vmbus/devices/dev0")
 
