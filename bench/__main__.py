@@ -10,7 +10,8 @@ BENCHMARKS = ("kvp", "vss", "fcopy")
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in BENCHMARKS:
-        print(f"usage: python -m bench {{{'|'.join(BENCHMARKS)}}} [--reference] [options]", file=sys.stderr)
+        names = "|".join(BENCHMARKS)
+        print(f"usage: python -m bench {{{names}}} [--reference] [options]", file=sys.stderr)
         return 2
     module = importlib.import_module(f"bench.{argv[0]}")
     return int(module.main(argv[1:]))

@@ -42,7 +42,9 @@ class ConfigError(HvGuestError):
 class HookError(HvGuestError):
     """A hook script failed: its command, exit code and the tail of its stderr."""
 
-    def __init__(self, command: str, returncode: int | None, stderr_tail: str, reason: str = "") -> None:
+    def __init__(
+        self, command: str, returncode: int | None, stderr_tail: str, reason: str = ""
+    ) -> None:
         what = reason or (f"exited with {returncode}" if returncode is not None else "failed")
         msg = f"hook {command} {what}"
         if stderr_tail:

@@ -19,7 +19,8 @@ SUBCOMMANDS = ("status", "vmbus", "kvp", "vss", "fcopy", "timesync")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="hvguestctl", description="Inspect and control the hvguest Hyper-V integration services."
+        prog="hvguestctl",
+        description="Inspect and control the hvguest Hyper-V integration services.",
     )
     parser.add_argument("--version", action="version", version=f"hvguestctl {__version__}")
     parser.add_argument("--root-dir", default="/", help=argparse.SUPPRESS)
