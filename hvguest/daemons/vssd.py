@@ -35,7 +35,7 @@ from hvguest.vss.freeze import FreezeEngine, FreezeObserver, FsOps, MountResult
 from hvguest.vss.guard import GuardClient
 from hvguest.vss.hooks import HookRunner, discover
 from hvguest.vss.mounts import FreezePlan, SysfsBlock, build_plan, read_mountinfo
-from hvguest.vss.record import clear_record, write_record
+from hvguest.vss.record import clear_record, record_path, write_record
 from hvguest.vss.settings import VssSettings
 from hvguest.wire.status import status_name
 
@@ -80,7 +80,7 @@ class VssService:
         self.transport = transport if transport is not None else vss_transport(paths)
         self.guard: GuardClient | None = None
         if observer is None and settings.guard:
-            self.guard = GuardClient(settings.auto_thaw)
+            self.guard = GuardClient(settings.auto_thaw, record=record_path(paths))
             observer = self.guard
         self.engine = FreezeEngine(ops, foreign_freeze=settings.foreign_freeze, observer=observer)
         self.role = VssRole(
@@ -258,7 +258,27 @@ class VssService:
             self._unwind_hooks(outcome.reason)
             return self._freeze_failed(started, outcome.reason, outcome.results, elapsed)
         self._last_freeze = self._summary(started, True, outcome.reason, outcome.results, elapsed)
+        self._refine_record(started, plan, outcome.results)
         return self.role.freeze_result(True, outcome.reason, self.clock())
+
+    def _refine_record(self, started: str, plan: FreezePlan, results: list[MountResult]) -> None:
+        """Note which planned mounts were really frozen (so an emergency thaw leaves a
+        foreign freeze alone), but only if the run dir is on none of the planned
+        filesystems (normally /run is a tmpfs): a write to a frozen one would hang."""
+        try:
+            st = os.stat(self.paths.run)
+        except OSError:
+            return
+        if f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}" in {fs.dev for fs in plan.order}:
+            return
+        mounts = [
+            {"mount_point": r.mount_point, "dev": r.dev, "state": r.state}
+            for r in results[: len(plan.order)]
+        ]
+        try:
+            write_record(self.paths, {"pid": os.getpid(), "started": started, "mounts": mounts})
+        except OSError:
+            pass  # the planned record stays; logged nothing: logging is held
 
     def _freeze_failed(
         self, started: str, reason: str, results: list[MountResult], elapsed: float = 0.0

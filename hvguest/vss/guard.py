@@ -57,8 +57,11 @@ class GuardClient:
     ``arm()``; a send that fails is logged (after thaw) but never blocks a freeze.
     """
 
-    def __init__(self, bound: float, *, python: str = sys.executable) -> None:
+    def __init__(
+        self, bound: float, *, record: str | None = None, python: str = sys.executable
+    ) -> None:
         self.bound = bound
+        self.record = record
         self.python = python
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -127,7 +130,8 @@ class GuardClient:
         if len(fds) > MAX_FDS:
             self.problems.append(f"thaw guard covers only the first {MAX_FDS} filesystems")
             fds, labels = fds[:MAX_FDS], labels[:MAX_FDS]
-        self._send({"op": "arm", "bound": self.bound + GRACE, "labels": labels}, fds)
+        msg = {"op": "arm", "bound": self.bound + GRACE, "labels": labels, "record": self.record}
+        self._send(msg, fds)
 
     def freezing(self, index: int) -> None:
         self._send({"op": "freezing", "i": index})
@@ -149,9 +153,7 @@ class GuardClient:
 
 
 class Guard:
-    def __init__(
-        self, sock: socket.socket, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, sock: socket.socket, clock: Callable[[], float] = time.monotonic) -> None:
         self.sock = sock
         self.clock = clock
         self.fds: list[int] = []
@@ -159,6 +161,7 @@ class Guard:
         self.states: list[str] = []
         self.deadline: float | None = None
         self.stopping_at: float | None = None
+        self.record: str | None = None
 
     def armed_and_frozen(self) -> list[int]:
         return [i for i, s in enumerate(self.states) if s in ("freezing", "frozen")]
@@ -172,6 +175,8 @@ class Guard:
             self.labels += [f"fd {fd}" for fd in fds[len(self.labels) :]]
             self.states = ["armed"] * len(fds)
             self.deadline = self.clock() + float(msg.get("bound", 60.0))
+            record = msg.get("record")
+            self.record = record if isinstance(record, str) else None
             return
         for fd in fds:  # fds only come with "arm"
             os.close(fd)
@@ -187,6 +192,7 @@ class Guard:
             self.states[index] = op
 
     def thaw_all(self, why: str) -> None:
+        failed = False
         for i in reversed(self.armed_and_frozen()):
             try:
                 fcntl.ioctl(self.fds[i], FITHAW, 0)
@@ -195,6 +201,7 @@ class Guard:
                 if exc.errno == errno.EINVAL:
                     log.info("thaw guard: %s was not frozen any more", self.labels[i])
                 else:
+                    failed = True
                     log.error(
                         "thaw guard: cannot thaw %s: %s; run 'fsfreeze -u %s'",
                         self.labels[i],
@@ -202,6 +209,10 @@ class Guard:
                         self.labels[i],
                     )
             self.states[i] = "thawed"
+        if not failed and self.record:
+            # Nothing of ours is frozen any more: the emergency-thaw record is stale.
+            with contextlib.suppress(OSError):
+                os.unlink(self.record)
         self.release()
 
     def release(self) -> None:

@@ -136,7 +136,7 @@ def test_freeze_thaw_cycle_and_status(tmp_path):
         blocked = not writer.done(1.0)
         thawed = d.op(THAW)
         finished = writer.done(10)
-        time.sleep(0.2)
+        time.sleep(0.3)
         return hb, frozen, blocked, thawed, finished, d.state(), d.alive()
 
     hb, frozen, blocked, thawed, finished, state, alive = _scenario(tmp_path, body)
@@ -198,6 +198,7 @@ def test_sigkill_while_frozen_is_thawed_by_the_guard(tmp_path):
     assert seconds < 30  # within the auto-thaw bound; in practice at once
     assert still == [False, False]
     assert "thaw guard: thawed" in output
+    assert not os.path.exists(os.path.join(str(tmp_path), "run", "vss-frozen.json"))
 
 
 def test_auto_thaw_when_thaw_never_comes(tmp_path):
@@ -206,6 +207,7 @@ def test_auto_thaw_when_thaw_never_comes(tmp_path):
         writer = Writer(os.path.join(fss[0].mountpoint, "f"))
         finished = writer.done(15)
         late = d.op(THAW)[0]
+        time.sleep(0.3)  # the state file is written after the reply
         return finished, late, d.alive(), d.state()
 
     finished, late, alive, state = _scenario(tmp_path, body, config="vss:\n  auto_thaw: 2\n")
@@ -322,3 +324,75 @@ def test_unsafe_hook_is_refused(tmp_path):
     log, output = _scenario(tmp_path, body, hooks=hooks)
     assert log == []
     assert "10-open refused: writable by group or others" in output
+
+
+def _ctl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "hvguest.cli.main", "vss", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_emergency_thaw_without_guard(tmp_path):
+    """Daemon and guard both gone (guard disabled here): 'hvguestctl vss thaw' uses the
+    freeze record, thaws only what hvguest froze and leaves a foreign freeze alone."""
+
+    def body(loops, fss, d):
+        from test_vss_fixtures import freeze_path
+
+        freeze_path(fss[2].mountpoint)  # someone else's freeze, skipped by config
+        try:
+            assert d.op(FREEZE)[0] == OK
+            writer = Writer(os.path.join(fss[0].mountpoint, "f"))
+            d.proc.send_signal(signal.SIGKILL)
+            d.proc.wait()
+            still_blocked = not writer.done(1.0)
+            proc = os.path.join(loops.base, "proc")
+            status = _ctl("status", "--run-dir", d.run_dir, "--proc-root", proc)
+            thaw = _ctl("thaw", "--run-dir", d.run_dir, "--proc-root", proc)
+            finished = writer.done(10)
+            foreign_still_frozen = thaw_path(fss[2].mountpoint)
+            again = _ctl("thaw", "--if-frozen", "--run-dir", d.run_dir, "--proc-root", proc)
+        finally:
+            for fs in fss:
+                thaw_path(fs.mountpoint)
+        return still_blocked, status, thaw, finished, foreign_still_frozen, again
+
+    still_blocked, status, thaw, finished, foreign, again = _scenario(
+        tmp_path, body, n=3, config="vss:\n  guard: false\n  foreign_freeze: skip\n"
+    )
+    assert still_blocked
+    assert status.returncode == 2 and "died during a freeze" in status.stdout
+    assert thaw.returncode == 0, thaw.stderr
+    assert thaw.stdout.count(": thawed") == 2 and "left alone (foreign" in thaw.stdout
+    assert finished and foreign
+    assert again.returncode == 0 and again.stdout == ""
+
+
+def test_plan_and_status_commands(tmp_path):
+    def body(loops, fss, d):
+        proc = os.path.join(loops.base, "proc")
+        plan = _ctl(
+            "plan",
+            "--proc-root",
+            proc,
+            "--etc-dir",
+            os.path.join(loops.base, "etc"),
+            "--lib-dir",
+            os.path.join(loops.base, "lib"),
+        )
+        d.op(FREEZE)
+        d.op(THAW)
+        time.sleep(0.2)
+        status = _ctl("status", "--run-dir", d.run_dir)
+        return plan, status
+
+    plan, status = _scenario(tmp_path, body, config="vss:\n  exclude: ['*/mnt/b']\n")
+    assert plan.returncode == 0, plan.stderr
+    assert "1. " in plan.stdout and "/mnt/a (ext4" in plan.stdout
+    assert "excluded by the configuration" in plan.stdout
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "frozen now: no" in status.stdout and "last freeze:" in status.stdout
+    assert "thawed" in status.stdout and "/mnt/a" in status.stdout

@@ -1,0 +1,283 @@
+"""hvguestctl vss: status of live backups, emergency thaw, and the freeze plan."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import errno
+import fcntl
+import json
+import os
+import sys
+from typing import Any
+
+from hvguest.config import load_config
+from hvguest.errors import ConfigError, HvGuestError
+from hvguest.heartbeat.roots import add_root_options, paths_from_cli
+from hvguest.paths import Paths
+from hvguest.state import read_state
+from hvguest.vss.freeze import FITHAW
+from hvguest.vss.hooks import discover
+from hvguest.vss.mounts import SysfsBlock, build_plan, read_mountinfo
+from hvguest.vss.record import clear_record, read_record, record_path
+from hvguest.vss.settings import VssSettings
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "vss",
+        help="live backups: freeze status, emergency thaw, freeze plan",
+        description="Inspect and control hvguest-vssd's filesystem freezes.",
+    )
+    vsub = p.add_subparsers(dest="vss_command", metavar="ACTION")
+
+    s = vsub.add_parser("status", help="frozen now? results of the last freeze, per mount")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    add_root_options(s)
+    s.set_defaults(func=cmd_status)
+
+    t = vsub.add_parser(
+        "thaw",
+        help="emergency thaw of the filesystems hvguest froze",
+        description=(
+            "Thaw the filesystems recorded as frozen by hvguest-vssd (never others). "
+            "Use it if writes hang after a backup; the unit runs it after the daemon stops."
+        ),
+    )
+    t.add_argument(
+        "--if-frozen",
+        action="store_true",
+        help="say nothing and exit 0 when nothing is recorded as frozen",
+    )
+    add_root_options(t)
+    t.set_defaults(func=cmd_thaw)
+
+    pl = vsub.add_parser(
+        "plan", help="which mounts a freeze would cover, in which order, and why not the others"
+    )
+    pl.add_argument("--json", action="store_true", help="machine-readable output")
+    pl.add_argument("--config", metavar="PATH", help="configuration file")
+    pl.add_argument("--lib-dir", metavar="DIR", help="instead of /usr/lib/hvguest")
+    add_root_options(pl)
+    pl.set_defaults(func=cmd_plan)
+    p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
+
+
+def _paths(args: argparse.Namespace) -> Paths:
+    paths = paths_from_cli(args)
+    lib = getattr(args, "lib_dir", None)
+    if lib:
+        paths = dataclasses.replace(paths, lib=os.path.abspath(lib))
+    return paths
+
+
+def _pid_alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# -- status ---------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    paths = _paths(args)
+    doc = read_state(paths, "vss")
+    record = read_record(paths)
+    if args.json:
+        json.dump({"state": doc, "freeze_record": record}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    if doc is None:
+        if not args.json:
+            print("hvguest-vssd has not published a state (not running, or not started yet)")
+        if record is not None:
+            if not args.json:
+                _print_record_warning(record)
+            return 2
+        return 1
+    details = doc.get("details") or {}
+    last = details.get("last_freeze")
+    daemon_alive = _pid_alive(doc.get("pid")) and doc.get("state") != "stopped"
+    degraded = bool(record is not None and not _pid_alive(record.get("pid")))
+    degraded = degraded or bool(last and not last.get("ok"))
+    degraded = degraded or bool(last and last.get("thaw") and not last["thaw"].get("ok"))
+    if args.json:
+        return 2 if degraded else 0
+    print(
+        f"daemon: {doc.get('state')} (pid {doc.get('pid')}"
+        f"{'' if daemon_alive else ', not running'}), updated {doc.get('updated')}"
+    )
+    if record is not None:
+        mounts = ", ".join(m.get("mount_point", "?") for m in record.get("mounts", []))
+        print(f"frozen now: yes, since {record.get('started')}: {mounts}")
+        if not _pid_alive(record.get("pid")):
+            _print_record_warning(record)
+    else:
+        print("frozen now: no")
+    print(
+        f"auto-thaw bound: {details.get('auto_thaw')} s;"
+        f" thaw guard pid: {details.get('guard_pid') or 'none'}"
+    )
+    if not last:
+        print("last freeze: none since the daemon started")
+    else:
+        print(
+            f"last freeze: {last.get('time')}: {'ok' if last.get('ok') else 'FAILED'}"
+            f" in {last.get('freeze_ms')} ms — {last.get('reason')}"
+        )
+        thaw = last.get("thaw")
+        if thaw:
+            print(
+                f"  thaw ({thaw.get('why')}) at {thaw.get('time')}:"
+                f" {'ok' if thaw.get('ok') else 'FAILED'} — {thaw.get('reason')}"
+            )
+        for m in last.get("mounts", []):
+            timing = ""
+            if m.get("freeze_ms") is not None:
+                timing = f" freeze {m['freeze_ms']:.1f} ms"
+            if m.get("thaw_ms") is not None:
+                timing += f" thaw {m['thaw_ms']:.1f} ms"
+            note = f" — {m['message']}" if m.get("message") else ""
+            print(
+                f"  {m.get('state', '?'):<11} {m.get('mount_point')} ({m.get('fstype')})"
+                f"{timing}{note}"
+            )
+        for h in last.get("hooks", []):
+            res = "ok" if not h.get("error") else h["error"]
+            print(f"  hook {h.get('hook')} {h.get('argument')}: {res} ({h.get('seconds')} s)")
+    err = doc.get("last_error")
+    if err:
+        print(f"last error: {err.get('time')}: {err.get('message')}")
+    return 2 if degraded else 0
+
+
+def _print_record_warning(record: dict[str, Any]) -> None:
+    print(
+        f"WARNING: hvguest-vssd (pid {record.get('pid')}) died during a freeze started"
+        f" {record.get('started')}; if writes hang, run 'hvguestctl vss thaw'"
+    )
+
+
+# -- thaw -------------------------------------------------------------------------------
+
+
+def cmd_thaw(args: argparse.Namespace) -> int:
+    paths = _paths(args)
+    record = read_record(paths)
+    if record is None:
+        if not args.if_frozen:
+            print(f"nothing recorded as frozen by hvguest ({record_path(paths)} absent)")
+        return 0
+    alive = _pid_alive(record.get("pid"))
+    if alive and not args.if_frozen:
+        print(
+            f"note: hvguest-vssd (pid {record.get('pid')}) is running and holds this freeze;"
+            " thawing anyway",
+            file=sys.stderr,
+        )
+    try:
+        mounts = {m.mount_point: m for m in read_mountinfo(paths.proc)}
+    except HvGuestError as exc:
+        print(f"hvguestctl: {exc}", file=sys.stderr)
+        mounts = {}
+    failures = 0
+    for entry in reversed(record.get("mounts", [])):
+        mp = entry.get("mount_point")
+        state = entry.get("state", "planned")
+        if not isinstance(mp, str):
+            continue
+        if state not in ("planned", "frozen"):
+            print(f"{mp}: left alone ({state}: not frozen by hvguest)")
+            continue
+        current = mounts.get(mp)
+        if mounts and (current is None or current.dev != entry.get("dev")):
+            print(f"{mp}: left alone: the filesystem mounted there is not the one hvguest froze")
+            continue
+        try:
+            fd = os.open(mp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            print(f"{mp}: cannot open: {exc.strerror}", file=sys.stderr)
+            failures += 1
+            continue
+        try:
+            fcntl.ioctl(fd, FITHAW, 0)
+            print(f"{mp}: thawed")
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                if not args.if_frozen:
+                    print(f"{mp}: was not frozen")
+            else:
+                print(
+                    f"{mp}: FITHAW failed: {os.strerror(exc.errno or 0)}; try 'fsfreeze -u {mp}'",
+                    file=sys.stderr,
+                )
+                failures += 1
+        finally:
+            os.close(fd)
+    if not failures:
+        clear_record(paths)
+    return 1 if failures else 0
+
+
+# -- plan -------------------------------------------------------------------------------
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    paths = _paths(args)
+    path = args.config or paths.config_file
+    try:
+        settings = load_config(path, missing_ok=args.config is None).get(VssSettings)
+    except ConfigError as exc:
+        print(f"hvguestctl: {exc}", file=sys.stderr)
+        return 1
+    plan = build_plan(
+        read_mountinfo(paths.proc),
+        SysfsBlock(paths.sys),
+        exclude=settings.exclude,
+        include=settings.include,
+    )
+    hooks = discover([os.path.join(paths.etc, "vss.d"), os.path.join(paths.lib, "vss.d")])
+    if args.json:
+        json.dump(
+            {
+                "freeze_order": [dataclasses.asdict(fs) for fs in plan.order],
+                "skipped": [dataclasses.asdict(s) for s in plan.skipped],
+                "hooks": [dataclasses.asdict(h) for h in hooks.hooks] if settings.hooks else [],
+                "refused_hooks": [dataclasses.asdict(r) for r in hooks.refused],
+            },
+            sys.stdout,
+            indent=2,
+        )
+        sys.stdout.write("\n")
+        return 0
+    print("freeze order (thaw runs in reverse):")
+    if not plan.order:
+        print("  nothing: a backup would be crash-consistent only")
+    for n, fs in enumerate(plan.order, 1):
+        extra = ""
+        if fs.also_mounted_at:
+            extra += f"; also mounted at {', '.join(fs.also_mounted_at)}"
+        if fs.backed_by:
+            extra += "; before the filesystem holding its backing file"
+        print(f"  {n}. {fs.mount_point} ({fs.fstype} on {fs.source}, {fs.dev}){extra}")
+    if plan.skipped:
+        print("not frozen:")
+        for s in plan.skipped:
+            print(f"  {s.mount_point} ({s.fstype}): {s.reason}")
+    if settings.hooks:
+        print("hooks (freeze in this order, thaw in reverse):")
+        for h in hooks.hooks:
+            print(f"  {h.path}")
+        if not hooks.hooks:
+            print("  none")
+    else:
+        print("hooks: disabled (vss.hooks: false)")
+    for r in hooks.refused:
+        print(f"  refused {r.path}: {r.reason}")
+    return 0
