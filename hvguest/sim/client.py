@@ -59,7 +59,10 @@ class SimClient:
         workdir: str,
         uio_ring_size: int | None = None,
         start_timeout: float = 60.0,
+        wait_registered: bool = True,
     ) -> SimClient:
+        """Start the simulator around ``command``; by default wait until the daemon has
+        registered with every simulated service (SimError if it does not)."""
         os.makedirs(workdir, exist_ok=True)
         control = os.path.join(workdir, "sim.sock")
         log = os.path.join(workdir, "sim.log")
@@ -84,9 +87,17 @@ class SimClient:
                                f"see {workdir}/sim.stderr and {log}")
             if os.path.exists(control):
                 try:
-                    return cls(control, proc, fcopy=fcopy)
+                    client = cls(control, proc, fcopy=fcopy)
                 except (ConnectionRefusedError, FileNotFoundError):
-                    pass
+                    client = None
+                if client is not None:
+                    if wait_registered:
+                        left = max(1.0, deadline - time.monotonic())
+                        if not client.call("wait_registered", _wait=left + 10, timeout=left):
+                            client.close()
+                            raise SimError(f"the daemon did not register within {left:.0f} s"
+                                           f" (see {workdir}/sim.stderr)")
+                    return client
             if time.monotonic() > deadline:
                 proc.kill()
                 proc.wait(10)
@@ -94,10 +105,12 @@ class SimClient:
             time.sleep(0.05)
 
     # -- plumbing ----------------------------------------------------------------------
-    def call(self, op: str, timeout: float | None = None, **args: Any) -> Any:
+    def call(self, op: str, *, _wait: float | None = None, **args: Any) -> Any:
+        """One control request; waits up to ``_wait`` (default ``self.timeout``) seconds."""
+        timeout = _wait or self.timeout
         rid = self._next
         self._next += 1
-        self._sock.settimeout(timeout or self.timeout)
+        self._sock.settimeout(timeout)
         self._sock.sendall((json.dumps({"id": rid, "op": op, **args}) + "\n").encode())
         while True:
             while b"\n" in self._buf:
@@ -111,7 +124,7 @@ class SimClient:
             try:
                 chunk = self._sock.recv(1 << 20)
             except TimeoutError as exc:
-                raise SimError(f"{op}: no answer within {timeout or self.timeout} s") from exc
+                raise SimError(f"{op}: no answer within {timeout} s") from exc
             if not chunk:
                 raise SimError(f"{op}: the simulator closed the connection")
             self._buf += chunk
@@ -125,7 +138,7 @@ class SimClient:
     def close(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             try:
-                self.call("shutdown", timeout=10)
+                self.call("shutdown", _wait=10)
             except (SimError, OSError):
                 pass
             try:
@@ -237,9 +250,16 @@ class SimClient:
 
     def exec(self, cmd: list[str], timeout: float = 30,
              input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-        """Run ``cmd`` inside the sandbox (its namespaces and root)."""
-        return subprocess.run(self._nsenter(cmd), input=input, capture_output=True,
-                              timeout=timeout, check=False)
+        """Run ``cmd`` inside the sandbox (its namespaces and root). While the daemon
+        runs this does not involve the simulator's loop; afterwards the simulator runs
+        it in the namespaces it still holds."""
+        if self.daemon_alive():
+            return subprocess.run(self._nsenter(cmd), input=input, capture_output=True,
+                                  timeout=timeout, check=False)
+        r = self.call("exec", _wait=timeout + 30, cmd=cmd, timeout=timeout,
+                      input=(input or b"").hex())
+        return subprocess.CompletedProcess(cmd, r["returncode"], bytes.fromhex(r["stdout"]),
+                                           bytes.fromhex(r["stderr"]))
 
     def spawn(self, cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         """Start ``cmd`` inside the sandbox without waiting (e.g. a writer that blocks

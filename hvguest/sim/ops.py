@@ -106,6 +106,34 @@ def _state(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
            for name, k in server.kernels.items()})
 
 
+@op("wait_registered")
+def _wait_registered(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    """Reply once every simulated service has a registered daemon (True), or when the
+    daemon exited or ``timeout`` passed (False)."""
+    deadline = server.timers.now() + float(req.get("timeout", 30))
+
+    def check() -> bool:
+        if server.all_registered():
+            reply(True)
+            return True
+        if not server.daemon_alive() or server.timers.now() > deadline:
+            reply(False)
+            return True
+        return False
+
+    if not check():
+        server.waiters.append(check)
+
+
+@op("exec")
+def _exec(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    """Run a short command in the sandbox (also after the daemon exited)."""
+    done = server.sandbox.exec(list(req["cmd"]), timeout=float(req.get("timeout", 30)),
+                               input=bytes.fromhex(req.get("input", "")) or None)
+    reply({"returncode": done.returncode, "stdout": done.stdout.hex(),
+           "stderr": done.stderr.hex()})
+
+
 @op("shutdown")
 def _shutdown(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
     reply(None)
@@ -208,9 +236,30 @@ def _kvp_raw(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
 
 
 # -- VSS ---------------------------------------------------------------------------------
+def unsafe_mounts(server: SimServer) -> list[str]:
+    """Read-write /dev/* mounts in the daemon's view that are not the sandbox's test
+    loop filesystems: a FREEZE must never reach those."""
+    if not server.daemon_alive():
+        return []
+    loops = set(server.sandbox.loop_devices)
+    bad = []
+    with open(f"/proc/{server.daemon_pid}/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) < 4 or not parts[0].startswith("/dev/"):
+                continue
+            if "rw" in parts[3].split(",") and parts[0] not in loops:
+                bad.append(f"{parts[0]} on {parts[1]}")
+    return bad
+
+
 @op("vss")
 def _vss(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
     name = req["what"]
+    if name == "freeze":
+        bad = unsafe_mounts(server)
+        if bad:
+            raise RuntimeError(f"refusing FREEZE: non-test filesystems visible: {bad}")
     body = h.vss_body(h.VSS_OPS[name], int(req.get("flags", 0)), int(req.get("size", 12)))
     _submit(server, "vss", name, req, body, h.decode_vss, reply)
 

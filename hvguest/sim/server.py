@@ -25,7 +25,7 @@ from hvguest.sim import ops
 from hvguest.sim.host import HostReply, HostService
 from hvguest.sim.kernel.fcopy import FcopyKernel
 from hvguest.sim.kernel.kvp import KvpKernel
-from hvguest.sim.kernel.service import UtilService
+from hvguest.sim.kernel.service import State, UtilService
 from hvguest.sim.kernel.timers import TimerQueue
 from hvguest.sim.kernel.vss import VssKernel
 
@@ -81,6 +81,7 @@ class SimServer:
         self._daemon: subprocess.Popen[bytes] | None = None  # a restarted daemon
         self._pidfd: int | None = None
         self.daemon_exits: list[int | None] = []
+        self.waiters: list[Callable[[], bool]] = []  # polled each turn; True = done
         self._build_models()
 
     # -- models ----------------------------------------------------------------------
@@ -252,6 +253,8 @@ class SimServer:
             wait = max(0.0, min(wait, deadline - time.monotonic()))
         if self._wakes:
             wait = 0.0
+        elif self.waiters:
+            wait = min(wait, 0.05)
         try:
             ready, _, _ = select.select(list(fds), [], [], wait)
         except (OSError, ValueError):
@@ -262,6 +265,14 @@ class SimServer:
                 handler()
         self.timers.run_due()
         self._flush_wakes()
+        if self.waiters:
+            self.waiters = [w for w in self.waiters if not w()]
+
+    def all_registered(self) -> bool:
+        done = all(k.state >= State.READY for k in self.kernels.values())
+        if self.uio is not None:
+            done = done and self.uio.connected
+        return done
 
     def _conn_reader(self, conn: _Conn) -> Callable[[], None]:
         return lambda: self._read_conn(conn)
