@@ -15,6 +15,7 @@ import pytest
 
 from hvguest.sim.device import POLLIN, POLLRDNORM, WOULD_BLOCK
 from hvguest.sim.fuse import FuseDeviceServer
+from hvguest.sim.netns import SetupError, check_mounts
 from hvguest.sim.sandbox import (
     LoopFs,
     Sandbox,
@@ -23,7 +24,6 @@ from hvguest.sim.sandbox import (
     SysBind,
     SysDir,
     SysLink,
-    _check_mounts,
 )
 
 
@@ -197,10 +197,10 @@ def test_refuses_rw_dev_mounts_other_than_test_loops(tmp_path: Path) -> None:
     mounts = tmp_path / "mounts"
     mounts.write_text("overlay / overlay rw 0 0\n/dev/loop3 /mnt/a ext4 rw,relatime 0 0\n"
                       "/dev/vdb /data ext4 ro 0 0\n")
-    _check_mounts(["/dev/loop3"], str(mounts))
+    check_mounts(["/dev/loop3"], str(mounts))
     mounts.write_text(mounts.read_text() + "/dev/vda /real ext4 rw,relatime 0 0\n")
-    with pytest.raises(SandboxError, match="/dev/vda"):
-        _check_mounts(["/dev/loop3"], str(mounts))
+    with pytest.raises(SetupError, match="/dev/vda"):
+        check_mounts(["/dev/loop3"], str(mounts))
 
 
 @pytest.mark.root
