@@ -44,8 +44,12 @@ class KvpSettings:
             "the host cuts what it reads at 254/1022"
         ),
     )
+    publish_version: bool = setting(
+        True,
+        help="keep the key hvguest.version (hvguest's version) in pool 1 for the host",
+    )
     republish_interval: float = setting(
-        30.0,
+        5.0,
         help="seconds between checks that hvguest's own keys are still in pool 1",
         min=1,
         max=86400,

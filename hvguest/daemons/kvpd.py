@@ -1,0 +1,312 @@
+"""hvguest-kvpd: the Hyper-V Data Exchange (KVP) daemon.
+
+Registers on /dev/vmbus/hv_kvp, answers the host's GET/SET/DELETE/ENUMERATE on the
+pool files and its GET_IP_INFO/SET_IP_INFO on the network, keeps hvguest's own keys
+in pool 1 alive, and publishes its state for ``hvguestctl status``.
+
+One request at a time, on the loop thread: the kernel never sends the next request
+before our reply, and SIGTERM is only acted on between callbacks, so a request that
+has started is always answered and a pool write is never cut short by our own stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from hvguest import __version__
+from hvguest.daemon import Runtime, Timer
+from hvguest.daemons.common import daemon_arg_parser, start_daemon
+from hvguest.errors import HvGuestError, TransportError
+from hvguest.kvp.autopool import AutoPool
+from hvguest.kvp.ipinfo import IpInfoSource
+from hvguest.kvp.netconfig import NetConfigurator
+from hvguest.kvp.netlink import NetlinkReader
+from hvguest.kvp.settings import KvpSettings, nic_excluded, nic_rank
+from hvguest.log import Throttle
+from hvguest.paths import Paths
+from hvguest.pool import OwnKeys, PoolStore, close_all
+from hvguest.roles.kvp import ApplyIpConfig, KvpRole, Log, PoolChanged, Result
+from hvguest.state import StatePublisher
+from hvguest.transport.chardev import kvp_transport
+from hvguest.wire.kvp import KvpIpInfo, KvpPool
+from hvguest.wire.status import HvStatus
+
+log = logging.getLogger(__name__)
+
+SERVICE = "kvp"
+VERSION_KEY = "hvguest.version"
+REOPEN_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+STATE_PERIOD = 1.0
+STATUS_PERIOD = 5.0
+LOG_PERIOD = 60.0
+
+
+class DaemonData:
+    """The KvpData the role looks things up in: pools, AUTO items, adapters."""
+
+    def __init__(self, store: PoolStore, auto: AutoPool, ipinfo: IpInfoSource) -> None:
+        self.store = store
+        self.auto = auto
+        self.ipinfo = ipinfo
+
+    def get(self, pool: int, key: str) -> str | None:
+        return self.store.get(pool, key)
+
+    def set(self, pool: int, key: str, value: str) -> None:
+        # The host may store what a record can hold; host-safe limits are for us.
+        self.store.set(pool, key, value, unsafe=True)
+
+    def delete(self, pool: int, key: str) -> bool:
+        return self.store.delete(pool, key)
+
+    def item(self, pool: int, index: int) -> tuple[str, str] | None:
+        return self.store.item(pool, index)
+
+    def auto_items(self) -> Sequence[tuple[str, str]]:
+        return self.auto.items()
+
+    def ip_info(self, mac: str, addr_family: int) -> KvpIpInfo | None:
+        try:
+            return self.ipinfo.ip_info(mac, addr_family)
+        except OSError as exc:
+            raise HvGuestError(f"cannot read the addresses of {mac} over netlink: {exc}") from exc
+
+
+class KvpService:
+    """Transport + role + stores + published state for one daemon."""
+
+    def __init__(
+        self,
+        paths: Paths,
+        settings: KvpSettings,
+        runtime: Runtime,
+        *,
+        transport: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.paths = paths
+        self.settings = settings
+        self.runtime = runtime
+        self.clock = clock
+        self.transport = transport if transport is not None else kvp_transport(paths)
+        self.store = PoolStore(paths)
+        reader = NetlinkReader()
+        self.auto = AutoPool(
+            paths,
+            version=lambda: self.role.version,
+            exclude=lambda name: nic_excluded(settings, name),
+            rank=lambda name: nic_rank(settings, name),
+            reader=reader,
+        )
+        self.data = DaemonData(self.store, self.auto, IpInfoSource(paths, reader))
+        self.role = KvpRole(self.data)
+        self.netconfig = NetConfigurator(
+            paths, stack=settings.network_stack, timeout=settings.apply_timeout
+        )
+        self.own = OwnKeys(self.store.pool(KvpPool.GUEST))
+        self.state = StatePublisher(SERVICE, paths)
+        self._throttle = Throttle(LOG_PERIOD, clock)
+        self._reopen_attempt = 0
+        self._reopen_timer: Timer | None = None
+        self._dirty = True
+        self._stopping = False
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the pools, look up the FQDN (bounded), register. TransportError if absent."""
+        self.store.open_all()
+        self.auto.fqdn.refresh(wait=self.settings.fqdn_timeout)
+        self.transport.open()
+        self._registered()
+        self.runtime.on_stop(self.stop)
+        self.runtime.call_every(self.settings.fqdn_refresh, self.auto.fqdn.refresh)
+        self.runtime.call_every(self.settings.republish_interval, self._republish)
+        self.runtime.call_every(STATE_PERIOD, self._publish_if_dirty)
+        self.runtime.call_every(STATUS_PERIOD, self._notify_status)
+        if self.settings.publish_version:
+            try:
+                self.own.publish(VERSION_KEY, f"hvguest {__version__}")
+            except HvGuestError as exc:
+                log.warning("cannot publish %s in pool 1: %s", VERSION_KEY, exc)
+        self.state.update(state="ready", device=getattr(self.transport, "path", None))
+        self._publish()
+
+    def _registered(self) -> None:
+        version = getattr(self.transport, "version", None) or "Unknown version"
+        self.role.registered(version)
+        self.runtime.add_reader(self.transport, self.on_readable)
+        self._reopen_attempt = 0
+        log.info(
+            "registered with %s, protocol version %s", getattr(self.transport, "path", "?"), version
+        )
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._reopen_timer is not None:
+            self._reopen_timer.cancel()
+        self.state.update(state="stopped")
+        self._publish()
+        self.transport.close()
+        close_all()
+
+    def status_text(self) -> str:
+        c = self.role.counters
+        return f"{c.requests} request(s), {c.failures} failed; protocol {self.role.version}"
+
+    # -- device --------------------------------------------------------------
+
+    def on_readable(self) -> None:
+        try:
+            data = self.transport.read_packet()
+        except TransportError as exc:
+            self._device_failed(exc)
+            return
+        if not data:
+            return
+        self.dispatch(self.role.handle(data, self.clock()))
+
+    def dispatch(self, result: Result) -> None:
+        for action in result.actions:
+            if isinstance(action, Log):
+                self._log(action)
+            elif isinstance(action, PoolChanged):
+                self._dirty = True
+            elif isinstance(action, ApplyIpConfig):
+                outcome = self.netconfig.apply(action.config)
+                self.dispatch(
+                    self.role.ip_config_done(outcome.status, outcome.detail, self.clock())
+                )
+                return
+        if result.reply is None:
+            return
+        if result.status not in (HvStatus.HV_S_OK, HvStatus.HV_S_CONT) or log.isEnabledFor(
+            logging.DEBUG
+        ):
+            self.state.record_op(result.op, result.status_name)
+            self._dirty = True
+        try:
+            self.transport.write_packet(result.reply)
+        except TransportError as exc:
+            self._device_failed(exc)
+
+    def _log(self, action: Log) -> None:
+        show, suppressed = self._throttle.should_log((action.message, action.level))
+        if not show:
+            return
+        message = action.message + (f" ({suppressed} similar not shown)" if suppressed else "")
+        extra = {"HVGUEST_POOL": action.pool} if action.pool is not None else None
+        log.log(action.level, message, *action.args, extra=extra)
+        if action.level >= logging.ERROR:
+            self.state.record_error(message % action.args if action.args else message)
+
+    def _device_failed(self, exc: Exception) -> None:
+        show, suppressed = self._throttle.should_log(("device", type(exc)))
+        if show:
+            log.warning(
+                "%s; re-registering%s",
+                exc,
+                f" ({suppressed} similar not shown)" if suppressed else "",
+            )
+        self.runtime.remove_reader(self.transport)
+        if self.role.state.name != "UNREGISTERED":
+            self.role.lost()
+        self.transport.close()
+        self.state.update(state="re-registering")
+        self._dirty = True
+        self._reopen()
+
+    def _reopen(self) -> None:
+        self._reopen_timer = None
+        if self._stopping:
+            return
+        try:
+            self.transport.open()
+        except TransportError as exc:
+            delay = REOPEN_DELAYS[min(self._reopen_attempt, len(REOPEN_DELAYS) - 1)]
+            self._reopen_attempt += 1
+            show, _ = self._throttle.should_log(("reopen", str(exc)))
+            if show:
+                log.error("cannot re-register: %s; retrying in %g s", exc, delay)
+            self.state.record_error(str(exc), "the KVP device is back once hv_utils is loaded")
+            self._reopen_timer = self.runtime.call_later(delay, self._reopen)
+            return
+        self._registered()
+        self.state.update(state="ready")
+        self.state.clear_error()
+        self._dirty = True
+
+    # -- periodic ------------------------------------------------------------
+
+    def _republish(self) -> None:
+        try:
+            self.own.check()
+        except HvGuestError as exc:
+            show, _ = self._throttle.should_log(("republish", type(exc)))
+            if show:
+                log.warning("cannot republish hvguest keys in pool 1: %s", exc)
+
+    def _details(self) -> dict[str, Any]:
+        pools = {}
+        for n in range(5):
+            pf = self.store.pool(n)
+            try:
+                pools[str(n)] = {"records": pf.record_count(), "path": pf.path}
+            except HvGuestError as exc:
+                pools[str(n)] = {"error": str(exc), "path": pf.path}
+        c = self.role.counters
+        last = self.role.last
+        return {
+            "protocol_version": self.role.version,
+            "requests": c.requests,
+            "failures": c.failures,
+            "by_op": dict(c.by_op),
+            "last_request": None if last is None else {"op": last[0], "result": last[1]},
+            "pools": pools,
+            "republished_keys": self.own.republished,
+            "fqdn": self.auto.fqdn.value,
+        }
+
+    def _publish(self) -> None:
+        self.state.update(details=self._details())
+        self.state.publish()
+        self._dirty = False
+
+    def _publish_if_dirty(self) -> None:
+        if self._dirty or self.role.counters.requests != self.state.doc["details"].get("requests"):
+            self._publish()
+
+    def _notify_status(self) -> None:
+        self.runtime.status(self.status_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = daemon_arg_parser("hvguest-kvpd", "Hyper-V Data Exchange (KVP) daemon.")
+    args = parser.parse_args(argv)
+    paths, config = start_daemon(SERVICE, args)
+    settings = config.get(KvpSettings)
+    runtime = Runtime("hvguest-kvpd")
+    service = KvpService(paths, settings, runtime)
+    try:
+        service.start()
+    except (TransportError, HvGuestError) as exc:
+        log.error("%s", exc)
+        service.state.record_error(str(exc))
+        service.state.update(state="failed")
+        service.state.publish()
+        runtime.close()
+        close_all()
+        return 1
+    runtime.ready(f"registered with {service.transport.path}, protocol {service.role.version}")
+    try:
+        return runtime.run()
+    finally:
+        runtime.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
