@@ -314,17 +314,32 @@ class Sandbox:
         return self._returncode
 
     def stop(self, timeout: float = 10) -> int | None:
-        """Thaw, SIGTERM, then SIGKILL after ``timeout``; clean up. The exit status."""
+        """Thaw the loop filesystems, SIGTERM the command and everything ``spawn()``
+        started, SIGKILL whatever is left after ``timeout``; clean up. The command's exit
+        status (negative: killed by that signal)."""
         if self._proc is None:
             return None
-        if self.alive():
+        if not self._cleaned:
             self._thaw_all()
-            self.signal(signal.SIGTERM)
-            if self.wait(timeout) is None:
-                self.signal(signal.SIGKILL)
-                self.wait(5)
+            running = [p for p in [self._proc, *self._stragglers] if p.poll() is None]
+            for proc in running:
+                try:
+                    os.kill(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + timeout
+            while any(p.poll() is None for p in running) and time.monotonic() < deadline:
+                self._pump([], 0.02)
+            for proc in running:
+                if proc.poll() is None:
+                    proc.kill()
+            self.wait(5)
         self._cleanup()
         return self._proc.returncode
+
+    def poll(self) -> int | None:
+        """The command's exit status, or None while it runs (reaps it)."""
+        return self._proc.poll() if self._proc is not None else None
 
     def __enter__(self) -> Sandbox:
         if self._proc is None:

@@ -102,9 +102,10 @@ def test_exec_and_spawn_after_the_command_exited() -> None:
     with Sandbox(SandboxSpec(command=["sh", "-c", "echo kept > /run/state"])) as sb:
         assert sb.wait(10) == 0
         assert sb.read_file("/run/state") == b"kept\n"  # namespaces outlive the command
+        assert sb.poll() == 0
         proc = sb.spawn(["sleep", "60"])
         assert sb.exec(["cat", "/run/state"]).stdout == b"kept\n"
-    assert proc.poll() == -signal.SIGKILL
+    assert proc.poll() == -signal.SIGTERM  # stop() ends spawned commands too
 
 
 @pytest.mark.root
