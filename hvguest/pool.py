@@ -110,7 +110,7 @@ def check_item(key: str, value: str, *, pool: int, unsafe: bool = False) -> tupl
             hard = MAX_KEY_BYTES if what == "key" else MAX_VALUE_BYTES
             hint = ""
             if not unsafe and len(raw) <= hard:
-                hint = "; the host would see it cut (allow with unsafe sizes)"
+                hint = "; the host would see it cut (--unsafe or kvp.unsafe_sizes allow it)"
             raise LocalUsageError(
                 f"KVP {what} is {len(raw)} bytes, limit {limit} (pool {pool}){hint}"
             )

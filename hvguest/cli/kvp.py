@@ -1,0 +1,208 @@
+"""hvguestctl kvp: read and edit the KVP pools, with or without hvguest-kvpd running.
+
+Edits go straight to the pool files under the same two locks every writer uses
+(flock + fcntl), so they are safe next to the daemon, cloud-init and hv_kvp_daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from hvguest.config import load_config
+from hvguest.errors import HvGuestError, LocalUsageError
+from hvguest.heartbeat.roots import add_root_options, paths_from_cli
+from hvguest.paths import Paths
+from hvguest.pool import PoolStore
+from hvguest.wire.pool import POOL_COUNT
+
+POOL_NAMES = {
+    0: "external (host to guest)",
+    1: "guest (guest to host)",
+    2: "auto (intrinsic; the host reads generated items)",
+    3: "auto external (host parameters)",
+    4: "auto internal",
+}
+
+
+def _pool_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"pool must be a number 0-4, got {text!r}") from None
+    if not 0 <= value < POOL_COUNT:
+        raise argparse.ArgumentTypeError(f"pool is {value}, must be 0-4")
+    return value
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "kvp",
+        help="key-value pairs exchanged with the host: list, get, set, delete, watch",
+        description="Read and edit the Hyper-V KVP pools (/var/lib/hyperv/.kvp_pool_N).",
+    )
+    ksub = p.add_subparsers(dest="kvp_command", metavar="ACTION")
+
+    ls = ksub.add_parser("list", help="items of one pool or of all pools")
+    ls.add_argument("--pool", type=_pool_arg, help="only this pool (0-4)")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    add_root_options(ls)
+    ls.set_defaults(func=cmd_list)
+
+    g = ksub.add_parser("get", help="print the value of KEY (first pool holding it)")
+    g.add_argument("key")
+    g.add_argument("--pool", type=_pool_arg, help="look only in this pool")
+    add_root_options(g)
+    g.set_defaults(func=cmd_get)
+
+    s = ksub.add_parser("set", help="store KEY=VALUE for the host to read (default pool 1)")
+    s.add_argument("key")
+    s.add_argument("value")
+    s.add_argument("--pool", type=_pool_arg, default=1, help="pool (default 1, guest to host)")
+    s.add_argument(
+        "--unsafe",
+        action="store_true",
+        help="allow keys up to 511 and values up to 2047 bytes (the host sees 254/1022)",
+    )
+    s.add_argument("--config", metavar="PATH", help="configuration file (kvp.unsafe_sizes)")
+    add_root_options(s)
+    s.set_defaults(func=cmd_set)
+
+    d = ksub.add_parser("delete", help="remove KEY (default pool 1)")
+    d.add_argument("key")
+    d.add_argument("--pool", type=_pool_arg, default=1, help="pool (default 1)")
+    add_root_options(d)
+    d.set_defaults(func=cmd_delete)
+
+    w = ksub.add_parser("watch", help="print changes made by the host or another writer")
+    w.add_argument("--pool", type=_pool_arg, help="only this pool")
+    w.add_argument("--interval", type=float, default=1.0, help="seconds between checks (default 1)")
+    w.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
+    add_root_options(w)
+    w.set_defaults(func=cmd_watch)
+
+    p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
+
+
+def _store(args: argparse.Namespace) -> tuple[Paths, PoolStore]:
+    paths = paths_from_cli(args)
+    return paths, PoolStore(paths)
+
+
+def _pools(args: argparse.Namespace) -> list[int]:
+    return [args.pool] if args.pool is not None else list(range(POOL_COUNT))
+
+
+def _skipped(store: PoolStore, pool: int, items: list[tuple[str, str]]) -> int:
+    return store.pool(pool).record_count() - len(items)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    _paths, store = _store(args)
+    pools = _pools(args)
+    doc: dict[str, Any] = {}
+    for n in pools:
+        items = store.items(n)
+        doc[str(n)] = {
+            "name": POOL_NAMES[n],
+            "path": store.pool(n).path,
+            "items": [{"key": k, "value": v} for k, v in items],
+            "unreadable_records": _skipped(store, n, items),
+        }
+    if args.json:
+        json.dump({"pools": doc}, sys.stdout, indent=2, ensure_ascii=False)
+        print()
+        return 0
+    for n in pools:
+        entry = doc[str(n)]
+        if len(pools) > 1:
+            print(f"# pool {n}: {entry['name']}, {len(entry['items'])} item(s)")
+        for item in entry["items"]:
+            print(f"{item['key']}={item['value']}")
+        if entry["unreadable_records"]:
+            print(
+                f"# pool {n}: {entry['unreadable_records']} record(s) skipped"
+                " (invalid UTF-8, no NUL or empty key)",
+                file=sys.stderr,
+            )
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    _paths, store = _store(args)
+    for n in _pools(args):
+        value = store.get(n, args.key)
+        if value is not None:
+            print(value)
+            return 0
+    where = f"pool {args.pool}" if args.pool is not None else "any pool"
+    print(f"hvguestctl: KVP key {args.key!r} not found in {where}", file=sys.stderr)
+    return 1
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    paths, store = _store(args)
+    unsafe = args.unsafe
+    if not unsafe:
+        try:
+            config = load_config(args.config or paths.config_file, missing_ok=args.config is None)
+            unsafe = bool(config.section("kvp").unsafe_sizes)
+        except (HvGuestError, KeyError):
+            unsafe = False
+    store.set(args.pool, args.key, args.value, unsafe=unsafe)
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    _paths, store = _store(args)
+    if not store.delete(args.pool, args.key):
+        print(
+            f"KVP key {args.key!r} is not in pool {args.pool}; nothing to delete", file=sys.stderr
+        )
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    if args.interval <= 0:
+        raise LocalUsageError(f"--interval is {args.interval:g}, must be positive")
+    _paths, store = _store(args)
+    pools = _pools(args)
+    before = {n: store.items(n) for n in pools}
+    rounds = 0
+    try:
+        while not args.count or rounds < args.count:
+            time.sleep(args.interval)
+            rounds += 1
+            for n in pools:
+                now = store.items(n)
+                if now != before[n]:
+                    for line in diff_items(n, before[n], now):
+                        print(line, flush=True)
+                    before[n] = now
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def diff_items(pool: int, old: list[tuple[str, str]], new: list[tuple[str, str]]) -> list[str]:
+    """``+``/``-``/``~`` lines, first occurrence of each key (as readers see it)."""
+    first_old: dict[str, str] = {}
+    for k, v in old:
+        first_old.setdefault(k, v)
+    first_new: dict[str, str] = {}
+    for k, v in new:
+        first_new.setdefault(k, v)
+    stamp = time.strftime("%H:%M:%S")
+    lines = []
+    for k, v in first_new.items():
+        if k not in first_old:
+            lines.append(f"{stamp} pool {pool} + {k}={v}")
+        elif first_old[k] != v:
+            lines.append(f"{stamp} pool {pool} ~ {k}={v}")
+    for k in first_old:
+        if k not in first_new:
+            lines.append(f"{stamp} pool {pool} - {k}")
+    return lines
