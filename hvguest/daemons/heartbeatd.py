@@ -260,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         daemon.publisher.publish()
 
     runtime.on_stop(stopped)
-    runtime.ready(daemon.status_text())
+    # READY from inside the loop: SIGTERM handling is installed by then.
+    runtime.call_later(0, lambda: runtime.ready(daemon.status_text()))
     try:
         return runtime.run()
     finally:

@@ -88,7 +88,8 @@ def list_hooks(paths: Paths, *, owner_uid: int = 0) -> list[Hook]:
 
 
 def _run_one(path: str, action: str, budget: float) -> tuple[str, int | None, str]:
-    env = dict(os.environ, HVGUEST_SHUTDOWN_ACTION=action)
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    env["HVGUEST_SHUTDOWN_ACTION"] = action
     try:
         proc = subprocess.Popen(
             [path, action], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

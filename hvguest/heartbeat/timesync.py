@@ -337,8 +337,11 @@ Runner = Callable[[list[str], float], tuple[int, str]]
 
 def run_command(cmd: list[str], timeout: float) -> tuple[int, str]:
     """Run ``cmd`` with a time limit: (exit code, combined output); 124 on timeout."""
+    # Children must not inherit NOTIFY_SOCKET: systemctl reports its own ERRNO= there.
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
+                              env=env, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return 124, f"timed out after {timeout:g} s"
     except OSError as exc:

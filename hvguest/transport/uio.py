@@ -147,18 +147,27 @@ class UioTransport:
         return names[0] if names else None
 
     def wait_uio(self, device_dir: str) -> str:
-        """The uioN name, waiting (bounded) for sysfs to show it."""
+        """The uioN name, waiting (bounded) for sysfs to show it and its ring
+        size: the entries appear asynchronously after binding."""
         deadline = time.monotonic() + self.bind_timeout
         while True:
             name = self._uio_name(device_dir)
-            if name is not None:
+            if name is not None and self._size_known(device_dir, name):
                 return name
             if time.monotonic() >= deadline:
                 raise TransportError(
-                    f"{device_dir}: no uio device appeared within {self.bind_timeout:g} s"
-                    f" after binding {UIO_DRIVER}"
+                    f"{device_dir}: no uio device with a ring map appeared within"
+                    f" {self.bind_timeout:g} s after binding {UIO_DRIVER}"
                 )
             time.sleep(_POLL_STEP)
+
+    def _size_known(self, device_dir: str, uio: str) -> bool:
+        if os.path.exists(os.path.join(device_dir, "uio", uio, "maps", "map0", "size")):
+            return True
+        try:
+            return self._channel_ring_size(device_dir) > 0
+        except TransportError:
+            return False
 
     def read_ring_size(self, device_dir: str, uio: str) -> int:
         """Per-direction ring size: half of map 0 (both rings), §5.1."""

@@ -1,0 +1,153 @@
+"""VssService wiring with a fake device, fake ioctl and fake mount table."""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+
+import pytest
+from test_vss_engine import FakeOps  # type: ignore[import-not-found]
+
+from hvguest import log as hvlog
+from hvguest.daemon import Runtime
+from hvguest.daemons.vssd import VssService  # noqa: I001
+from hvguest.paths import Paths
+from hvguest.state import StatePublisher
+from hvguest.vss.freeze import NullObserver
+from hvguest.vss.settings import VssSettings
+
+MOUNTINFO = (
+    "27 1 254:1 / / rw - ext4 /dev/vda1 rw\n"
+    "28 27 254:2 / /home rw - xfs /dev/vda2 rw\n"
+    "29 27 0:21 / /proc rw - proc proc rw\n"
+)
+
+
+class FakeTransport:
+    path = "/dev/vmbus/hv_vss"
+    is_open = True
+
+    def __init__(self):
+        self.rfd, self.wfd = os.pipe()
+        self.inbox: list[bytes] = []
+        self.sent: list[bytes] = []
+
+    def fileno(self):
+        return self.rfd
+
+    def read_packet(self):
+        return self.inbox.pop(0) if self.inbox else b""
+
+    def write_packet(self, data):
+        self.sent.append(data)
+
+    def close(self):
+        os.close(self.rfd)
+        os.close(self.wfd)
+
+
+@pytest.fixture
+def env(tmp_path):
+    proc = tmp_path / "proc" / "self"
+    proc.mkdir(parents=True)
+    (proc / "mountinfo").write_text(MOUNTINFO)
+    (tmp_path / "sys").mkdir()
+    paths = Paths(
+        proc=str(tmp_path / "proc"),
+        sys=str(tmp_path / "sys"),
+        run=str(tmp_path / "run"),
+        etc=str(tmp_path / "etc"),
+        lib=str(tmp_path / "lib"),
+    )
+    now = [1000.0]
+    runtime = Runtime("test", clock=lambda: now[0])
+    transport = FakeTransport()
+    ops = FakeOps()
+    settings = VssSettings(auto_thaw=30, guard=False, hooks=False)
+    service = VssService(
+        paths,
+        settings,
+        runtime,
+        transport=transport,
+        ops=ops,
+        observer=NullObserver(),
+        state=StatePublisher("vss", paths),
+        clock=lambda: now[0],
+    )
+    service.start()
+    yield service, transport, ops, now, runtime, paths
+    runtime.close()
+    transport.close()
+
+
+def _send(service, transport, op):
+    transport.inbox.append(bytes([op]) + bytes(11))
+    service.on_readable()
+    return struct.unpack_from("<I", transport.sent[-1])[0]
+
+
+def test_freeze_holds_logging_and_state_until_thaw(env, caplog):
+    service, transport, ops, now, runtime, paths = env
+    buffer = hvlog.setup_logging("test", target="stderr")
+    try:
+        assert _send(service, transport, 5) == 0
+        assert ops.frozen == {"/", "/home"}
+        assert ops.calls[:2] == [("freeze", "/home"), ("freeze", "/")]
+        assert buffer.held and service.state.held
+        assert os.path.exists(os.path.join(paths.run, "vss-frozen.json"))
+        logging.getLogger("x").warning("while frozen")
+        assert _send(service, transport, 6) == 0
+        assert not buffer.held and not service.state.held and not ops.frozen
+        assert not os.path.exists(os.path.join(paths.run, "vss-frozen.json"))
+        doc = service.state.doc
+        assert doc["details"]["last_freeze"]["ok"] and doc["state"] == "ready"
+    finally:
+        hvlog.flush()
+        logging.getLogger().removeHandler(buffer)
+
+
+def test_auto_thaw_timer(env):
+    service, transport, ops, now, runtime, paths = env
+    assert _send(service, transport, 5) == 0
+    now[0] += 29
+    runtime.run_once(0)
+    assert ops.frozen
+    now[0] += 2
+    runtime.run_once(0)
+    assert not ops.frozen
+    assert service.state.doc["details"]["last_freeze"]["thaw"]["why"] == "auto"
+    assert _send(service, transport, 6) == 0x80004005
+    hvlog.flush()
+
+
+def test_stop_while_frozen_thaws(env):
+    service, transport, ops, now, runtime, paths = env
+    _send(service, transport, 5)
+    service.stop()
+    assert not ops.frozen and service.state.doc["state"] == "stopped"
+    hvlog.flush()
+
+
+def test_reply_write_failure_after_freeze_thaws(env):
+    from hvguest.errors import TransportError
+
+    service, transport, ops, now, runtime, paths = env
+
+    def broken(data):
+        raise TransportError("write failed: Invalid argument")
+
+    reopened = []
+    transport.write_packet = broken
+    transport.reopen = lambda: reopened.append(1)
+    transport.inbox.append(bytes([5]) + bytes(11))
+    service.on_readable()
+    assert not ops.frozen and reopened == [1]
+    hvlog.flush()
+
+
+def test_hot_backup_reports_capability(env):
+    service, transport, ops, now, runtime, paths = env
+    assert _send(service, transport, 2) == 0
+    assert transport.sent[-1][8:] == struct.pack("<I", 5)
+    assert "2 filesystem(s) to freeze" in service.state.doc["last_op"]["detail"]
