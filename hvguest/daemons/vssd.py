@@ -219,6 +219,7 @@ class VssService:
             "HVGUEST_VSS_MOUNTS": "\n".join(plan.mount_points()),
             "HVGUEST_VSS_HOOK_TIMEOUT": f"{self.settings.hook_timeout:g}",
             "HVGUEST_VSS_AUTO_THAW": f"{self.settings.auto_thaw:g}",
+            "HVGUEST_ETC_DIR": self.paths.etc,
         }
         self.hooks = HookRunner(
             hooks.hooks if hooks else [],

@@ -137,6 +137,16 @@ class LoopSet:
         run(*args, device, mountpoint)
         return fs
 
+    def make_from_image(self, name: str, image: str, fstype: str = "ext4") -> LoopFs:
+        """Mount an existing image (e.g. a snapshot copy)."""
+        mountpoint = os.path.join(self.base, "mnt", name)
+        os.makedirs(mountpoint, exist_ok=True)
+        device = run("losetup", "--find", "--show", image).stdout.strip()
+        fs = LoopFs(image, mountpoint, fstype, device)
+        self.mounted.append(fs)
+        run("mount", "-t", fstype, device, mountpoint)
+        return fs
+
     def tmpfs(self, name: str) -> str:
         target = os.path.join(self.base, "mnt", name)
         os.makedirs(target, exist_ok=True)
