@@ -56,8 +56,10 @@ class FakeSys:
         maps = os.path.join(self.device, "uio", "uio0", "maps", "map0")
         os.makedirs(maps, exist_ok=True)
         if map_size is not None:
-            with open(os.path.join(maps, "size"), "w") as f:
+            # Atomically: a sysfs attribute is never seen empty.
+            with open(os.path.join(maps, ".size"), "w") as f:
                 f.write(map_size + "\n")
+            os.rename(os.path.join(maps, ".size"), os.path.join(maps, "size"))
 
 
 @pytest.fixture
@@ -171,7 +173,7 @@ def test_open_waits_for_uio_after_binding(fake: FakeSys) -> None:
 
 def test_no_uio_within_timeout(fake: FakeSys) -> None:
     t = FakeUio(fake, bind_timeout=0.1)
-    with pytest.raises(TransportError, match="no uio device appeared within 0.1 s"):
+    with pytest.raises(TransportError, match="no uio device with a ring map appeared within 0.1 s"):
         t.open()
 
 
