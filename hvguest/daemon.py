@@ -77,6 +77,9 @@ class Runtime:
         self._poller.register(self._rfd, select.POLLIN)
         self._throttle = Throttle(_EXC_LOG_PERIOD, clock)
         self._lock = threading.Lock()
+        # Installed now, not in run(): a SIGTERM that arrives between ready()
+        # and run() must still mean an orderly stop, not the default death.
+        self._previous_handlers = self._install_signals()
 
     # -- registration ------------------------------------------------------
 
@@ -163,7 +166,8 @@ class Runtime:
     def run(self) -> int:
         """Serve until ``stop()`` or SIGTERM/SIGINT; returns the exit code."""
         self._running = True
-        previous = self._install_signals()
+        if not self._previous_handlers:
+            self._previous_handlers = self._install_signals()
         wd = watchdog_interval()
         wd_timer: Timer | None = None
         if wd is not None:
@@ -178,14 +182,16 @@ class Runtime:
             notify("STOPPING=1")
             for callback in reversed(self._stop_callbacks):
                 self._invoke(callback, "stop callback")
-            self._restore_signals(previous)
             self._running = False
         code = self._exit_code
         self._exit_code = None
         return code
 
     def close(self) -> None:
-        """Release the self-pipe (the Runtime cannot be used afterwards)."""
+        """Restore the previous signal handlers and release the self-pipe (the
+        Runtime cannot be used afterwards)."""
+        self._restore_signals(self._previous_handlers)
+        self._previous_handlers = {}
         for fd in (self._rfd, self._wfd):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -304,5 +310,8 @@ class Runtime:
         return previous
 
     def _restore_signals(self, previous: dict[int, Any]) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            if signal.getsignal(signum) == self._on_signal:
+                signal.signal(signum, handler)

@@ -156,9 +156,23 @@ def test_sigterm_stops_orderly_with_stop_callbacks(rt: Runtime) -> None:
     rt.on_stop(lambda: order.append("thaw"))
     rt.call_later(0.01, lambda: os.kill(os.getpid(), signal.SIGTERM))
     rt.call_later(5, lambda: rt.stop(9))
-    before = signal.getsignal(signal.SIGTERM)
     assert rt.run() == 0
     assert order == ["thaw", "first registered"]
+
+
+def test_sigterm_before_run_is_not_lost() -> None:
+    """ready() comes before run(): a SIGTERM in between still stops in order."""
+    before = signal.getsignal(signal.SIGTERM)
+    runtime = Runtime("early")
+    try:
+        stopped: list[int] = []
+        runtime.on_stop(lambda: stopped.append(1))
+        os.kill(os.getpid(), signal.SIGTERM)
+        runtime.call_later(5, lambda: runtime.stop(9))
+        assert runtime.run() == 0
+        assert stopped == [1]
+    finally:
+        runtime.close()
     assert signal.getsignal(signal.SIGTERM) == before
 
 
