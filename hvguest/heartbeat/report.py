@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from hvguest.heartbeat import kmsg, timesync
 from hvguest.heartbeat import shutdown as shutdown_hooks
-from hvguest.heartbeat import timesync
 from hvguest.heartbeat.inventory import SERVICE_CLASS, Inventory, VmbusDevice, scan
 from hvguest.heartbeat.timesync import Runner, run_command
 from hvguest.paths import Paths
@@ -249,6 +249,7 @@ class Collector:
         self.timesync_check = timesync_check or (
             lambda p: timesync.check(p, warn_offset_ms=warn_offset_ms))
         self.now = now
+        self.kernel_versions: dict[str, str] = {}
 
     def collect(self) -> dict[str, Any]:
         paths = self.paths
@@ -274,6 +275,7 @@ class Collector:
             for service in SERVICES:
                 doc["services"][service] = self._absent_entry(service)
             return doc
+        self.kernel_versions = kmsg.ic_versions(paths, unreadable)
         states = {d: _read_state(paths, d, unreadable) for d in sorted(set(DAEMON.values()))}
         daemons = {d: daemon_info(paths, d, states[d], self.use_systemd, self.runner)
                    for d in states}
@@ -333,6 +335,9 @@ class Collector:
             entry["last_op"] = doc.get("last_op")
             entry["recent"] = doc.get("recent") or []
             entry["last_error"] = doc.get("last_error")
+        if entry["protocol_version"] is None and dev is not None:
+            # Kernel-answered services (and daemons that do not publish one): the kernel log.
+            entry["protocol_version"] = self.kernel_versions.get(service)
         problems: list[Problem] = []
         if dev is None:
             entry["health"] = "off"

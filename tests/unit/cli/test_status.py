@@ -106,6 +106,10 @@ def test_healthy(healthy: Paths) -> None:
     assert doc["services"]["timesync"]["details"]["offset_ms"] == 0.4
     assert doc["services"]["heartbeat"]["details"]["health"]["level"] == "ok"
     assert doc["services"]["shutdown"]["daemon"]["name"] == "hvguest-heartbeatd"
+    # Kernel-answered services: the negotiated version from the kernel log.
+    versions = {s: e["protocol_version"] for s, e in doc["services"].items()}
+    assert versions == {"heartbeat": "3.0", "shutdown": "3.2", "timesync": "4.0",
+                        "kvp": "3.1", "vss": "7.0", "fcopy": None}
     assert all(s["health"] == "ok" for s in doc["services"].values())
 
 
