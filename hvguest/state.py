@@ -134,7 +134,10 @@ class StatePublisher:
 
 
 def _atomic_write_json(directory: str, path: str, doc: dict[str, Any]) -> None:
-    os.makedirs(directory, mode=0o755, exist_ok=True)
+    if not os.path.isdir(directory):
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        # makedirs applies the umask; readers (hvguestctl as any user) need 0755.
+        os.chmod(directory, 0o755)
     fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

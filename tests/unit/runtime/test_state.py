@@ -44,6 +44,17 @@ def test_publish_writes_document_atomically(tmp_path: os.PathLike[str]) -> None:
     assert read_state(paths, "kvp")["last_error"] is None  # type: ignore[index]
 
 
+def test_directory_mode_ignores_umask(tmp_path: os.PathLike[str]) -> None:
+    paths, pub = make(tmp_path)
+    old = os.umask(0o077)
+    try:
+        assert pub.publish()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(paths.run).st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(pub.path).st_mode) == 0o644
+
+
 def test_history_is_bounded(tmp_path: os.PathLike[str]) -> None:
     paths = Paths(run=str(tmp_path))
     pub = StatePublisher("vss", paths, history=3)
