@@ -11,11 +11,13 @@ import argparse
 import sys
 from typing import Any
 
+from hvguest.heartbeat.report import systemd_running
 from hvguest.heartbeat.roots import add_root_options, paths_from_cli
-from hvguest.heartbeat.shutdown import list_hooks, run_hooks, save_results
+from hvguest.heartbeat.shutdown import detect_action, list_hooks, run_hooks, save_results
+from hvguest.heartbeat.timesync import run_command
 from hvguest.state import utc_now
 
-ACTIONS = ("poweroff", "reboot", "halt", "kexec", "test")
+ACTIONS = ("auto", "poweroff", "reboot", "halt", "kexec", "test")
 
 
 def register(sub: Any) -> None:
@@ -30,8 +32,9 @@ def register(sub: Any) -> None:
     add_root_options(lp)
     lp.set_defaults(func=run_list)
     rp = hsub.add_parser("run", help="run the hooks now (called by the shutdown unit)")
-    rp.add_argument("--action", choices=ACTIONS, default="poweroff",
-                    help="passed to each hook as $1 and HVGUEST_SHUTDOWN_ACTION")
+    rp.add_argument("--action", choices=ACTIONS, default="auto",
+                    help="passed to each hook as $1 and HVGUEST_SHUTDOWN_ACTION; auto: from "
+                    "systemd's queued target (reboot, poweroff, ...), else poweroff")
     rp.add_argument("--config", metavar="PATH", help="configuration file (hook budgets)")
     add_root_options(rp)
     rp.set_defaults(func=run_run)
@@ -54,14 +57,17 @@ def run_run(args: argparse.Namespace) -> int:
 
     paths = paths_from_cli(args)
     settings = settings_for(args, paths.etc)
+    action = args.action
+    if action == "auto":
+        action = detect_action(run_command) if systemd_running(paths) else "poweroff"
     results = run_hooks(
         paths,
-        action=args.action,
+        action=action,
         hook_timeout=settings.shutdown_hook_timeout,
         total_timeout=settings.shutdown_total_timeout,
     )
     try:
-        save_results(paths, args.action, results, utc_now())
+        save_results(paths, action, results, utc_now())
     except OSError as exc:
         print(f"hvguestctl: cannot record the results in {paths.run}: {exc}", file=sys.stderr)
     for r in results:

@@ -53,6 +53,21 @@ class HookResult:
     detail: str = ""
 
 
+_TARGET_ACTIONS = (("reboot.target", "reboot"), ("kexec.target", "kexec"),
+                   ("halt.target", "halt"), ("poweroff.target", "poweroff"))
+
+
+def detect_action(runner: Callable[[list[str], float], tuple[int, str]]) -> str:
+    """What the system is going down for, from systemd's job queue ("poweroff" when
+    it cannot tell: a host-initiated shutdown is a power-off)."""
+    rc, out = runner(["systemctl", "list-jobs", "--no-legend", "--no-pager"], 5.0)
+    if rc == 0:
+        for target, action in _TARGET_ACTIONS:
+            if target in out:
+                return action
+    return "poweroff"
+
+
 def hook_dir(paths: Paths) -> str:
     return os.path.join(paths.etc, HOOK_DIR)
 

@@ -88,6 +88,15 @@ def test_unsafe_hooks_are_skipped(paths: Paths) -> None:
     assert [r.result for r in results] == ["skipped", "skipped", "ok"]
 
 
+def test_detect_action() -> None:
+    def jobs(out: str, rc: int = 0) -> Callable[[list[str], float], tuple[int, str]]:
+        return lambda cmd, timeout: (rc, out)
+
+    assert shutdown.detect_action(jobs("12 reboot.target start waiting\n")) == "reboot"
+    assert shutdown.detect_action(jobs("3 poweroff.target start waiting\n")) == "poweroff"
+    assert shutdown.detect_action(jobs("", 1)) == "poweroff"
+
+
 def test_no_hook_dir(paths: Paths) -> None:
     assert shutdown.list_hooks(paths) == []
     assert shutdown.run_hooks(paths) == []
