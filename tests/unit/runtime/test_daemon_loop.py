@@ -59,16 +59,19 @@ def test_timers_run_in_order_and_stop_returns_code(rt: Runtime) -> None:
 
 
 def test_call_every_repeats_until_cancelled(rt: Runtime) -> None:
-    ticks: list[int] = []
-    timer = rt.call_every(0.01, lambda: ticks.append(1))
+    ticks: list[float] = []
 
-    def later() -> None:
-        timer.cancel()
-        rt.call_later(0.03, rt.stop)
+    def tick() -> None:
+        ticks.append(rt.clock())
+        if len(ticks) == 3:
+            timer.cancel()
+            rt.call_later(0.03, rt.stop)
 
-    rt.call_later(0.055, later)
+    timer = rt.call_every(0.01, tick)
+    rt.call_later(10, lambda: rt.stop(9))
     assert rt.run() == 0
-    assert 3 <= len(ticks) <= 6
+    assert len(ticks) == 3
+    assert all(b - a >= 0.009 for a, b in zip(ticks, ticks[1:], strict=False))
 
 
 def test_call_every_with_fake_clock(rt: Runtime) -> None:
