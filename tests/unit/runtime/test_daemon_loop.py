@@ -93,22 +93,23 @@ def test_call_every_with_fake_clock(rt: Runtime) -> None:
 
 
 def test_reader_callbacks_and_remove(rt: Runtime) -> None:
-    a, b = socket.socketpair()
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     got: list[bytes] = []
 
     def on_read() -> None:
         got.append(b.recv(100))
         if len(got) == 2:
             rt.remove_reader(b)
-            rt.call_later(0.01, rt.stop)
+            a.send(b"three")  # not read: the reader is gone
+            rt.call_later(0.03, rt.stop)
 
     rt.add_reader(b, on_read)
     a.send(b"one")
     rt.call_later(0.02, lambda: a.send(b"two"))
-    rt.call_later(0.05, lambda: a.send(b"three"))  # not read: reader removed
-    rt.call_later(0.08, rt.stop)
+    rt.call_later(10, lambda: rt.stop(9))
     assert rt.run() == 0
     assert got == [b"one", b"two"]
+    assert b.recv(100) == b"three"
     a.close()
     b.close()
 
