@@ -61,6 +61,9 @@ class _Parked:
 class FuseDeviceServer:
     """A FUSE file system whose files are simulated devices; driven by ``process()``."""
 
+    # The kernel end of the protocol; the CUSE front end (hvguest.sim.cuse) opens /dev/cuse.
+    device_path = "/dev/fuse"
+
     def __init__(
         self,
         devices: Mapping[str, Device],
@@ -80,7 +83,7 @@ class FuseDeviceServer:
             node = _Node(i, name, devices[name], backing_path=passthrough.get(name))
             self._nodes[i] = node
             self._by_name[name] = node
-        self._fd = os.open("/dev/fuse", os.O_RDWR | os.O_NONBLOCK)
+        self._fd = os.open(self.device_path, os.O_RDWR | os.O_NONBLOCK)
         os.set_inheritable(self._fd, True)
         self._lock = threading.RLock()
         self._handles: dict[int, _Node] = {}  # fh -> node of every open file
