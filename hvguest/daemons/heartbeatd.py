@@ -18,9 +18,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from hvguest.config import load_config
 from hvguest.daemon import Runtime
 from hvguest.daemons.common import daemon_arg_parser, start_daemon
-from hvguest.errors import HvGuestError
+from hvguest.errors import ConfigError, HvGuestError
 from hvguest.heartbeat import timesync
 from hvguest.heartbeat.health import (
     Health,
@@ -73,6 +74,12 @@ class HeartbeatDaemon:
         self.health: Health | None = None
         self.failing: set[str] = set()
         self.polls = 0
+
+    def reconfigure(self, settings: HeartbeatSettings) -> None:
+        """New settings (SIGHUP); liveness and failure history are kept."""
+        self.settings = settings
+        self.liveness.threshold = settings.stall_threshold
+        self.throttle.period = settings.log_period
 
     # -- failures, logged once per period ------------------------------------------
 
@@ -252,8 +259,24 @@ def main(argv: list[str] | None = None) -> int:
         runtime.status(daemon.status_text())
 
     daemon.poll()
-    runtime.call_every(settings.poll_interval, tick)
-    runtime.on_reload(tick)
+    timer = runtime.call_every(settings.poll_interval, tick)
+    config_path = args.config or paths.config_file
+
+    def reload() -> None:
+        nonlocal timer
+        try:
+            new = load_config(config_path).get(HeartbeatSettings)
+        except ConfigError as exc:
+            log.error("configuration not reloaded, keeping the old one: %s", exc)
+            return
+        if new.poll_interval != daemon.settings.poll_interval:
+            timer.cancel()
+            timer = runtime.call_every(new.poll_interval, tick)
+        daemon.reconfigure(new)
+        log.info("configuration reloaded from %s", config_path)
+        tick()
+
+    runtime.on_reload(reload)
 
     def stopped() -> None:
         daemon.publisher.update(state="stopped")

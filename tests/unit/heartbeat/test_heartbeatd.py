@@ -3,13 +3,13 @@ configuration errors, sd_notify."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -210,10 +210,27 @@ def test_once_mode(machine: Callable[..., Paths]) -> None:
     assert read_state(paths, "heartbeat") is not None
 
 
-def test_service_ready_and_orderly_stop(machine: Callable[..., Paths], tmp_path: Any) -> None:
-    """The real daemon process: READY=1 with STATUS=, then SIGTERM -> exit 0, state stopped."""
+def _wait_for(path: str, text: str, timeout: float = 20) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(path) as f:
+            content = f.read()
+        if text in content:
+            return content
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} never appeared in {path}: {content}")
+
+
+def test_service_ready_reload_and_orderly_stop(machine: Callable[..., Paths],
+                                               tmp_path: Any) -> None:
+    """The real daemon process: READY=1 with STATUS=; SIGHUP reloads the configuration
+    (a broken one is refused and the old one kept); SIGTERM -> exit 0, state stopped."""
     paths = machine()
     os.makedirs(paths.pool_dir, exist_ok=True)
+    cfg = os.path.join(str(tmp_path), "hvguest.yaml")
+    with open(cfg, "w") as f:
+        f.write("heartbeat:\n  poll_interval: 5\n")
+    errlog = os.path.join(str(tmp_path), "stderr.log")
     sock_path = os.path.join(str(tmp_path), "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(sock_path)
@@ -221,19 +238,29 @@ def test_service_ready_and_orderly_stop(machine: Callable[..., Paths], tmp_path:
     env = dict(os.environ, NOTIFY_SOCKET=sock_path)
     env.pop("INVOCATION_ID", None)
     env.pop("JOURNAL_STREAM", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hvguest.daemons.heartbeatd", "--sys-root", paths.sys,
-         "--dev-root", paths.dev, "--run-dir", paths.run, "--proc-root", paths.proc,
-         "--pool-dir", paths.pool_dir, "--etc-dir", paths.etc],
-        env=env, stderr=subprocess.PIPE, text=True,
-    )
+    with open(errlog, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hvguest.daemons.heartbeatd", "--config", cfg,
+             "--sys-root", paths.sys, "--dev-root", paths.dev, "--run-dir", paths.run,
+             "--proc-root", paths.proc, "--pool-dir", paths.pool_dir, "--etc-dir", paths.etc],
+            env=env, stderr=err,
+        )
     try:
         msg = sock.recv(4096).decode()
         while "READY=1" not in msg:
             msg = sock.recv(4096).decode()
-        assert "READY=1" in msg and "STATUS=host contact" in msg
+        assert "STATUS=host contact" in msg
         doc = read_state(paths, "heartbeat")
         assert doc is not None and doc["pid"] == proc.pid
+        with open(cfg, "w") as f:
+            f.write("heartbeat:\n  poll_interval: never\n")
+        proc.send_signal(signal.SIGHUP)
+        _wait_for(errlog, f"configuration not reloaded, keeping the old one: {cfg}:2:")
+        with open(cfg, "w") as f:
+            f.write("heartbeat:\n  poll_interval: 2\n")
+        proc.send_signal(signal.SIGHUP)
+        _wait_for(errlog, "configuration reloaded")
+        assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
     finally:
@@ -243,5 +270,3 @@ def test_service_ready_and_orderly_stop(machine: Callable[..., Paths], tmp_path:
         sock.close()
     doc = read_state(paths, "heartbeat")
     assert doc is not None and doc["state"] == "stopped"
-    with open(os.path.join(paths.run, "heartbeat.json")) as f:
-        json.load(f)
