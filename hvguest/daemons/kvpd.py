@@ -43,6 +43,7 @@ REOPEN_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 STATE_PERIOD = 1.0
 STATUS_PERIOD = 5.0
 LOG_PERIOD = 60.0
+READ_SIZE = 16384  # the kernel's own KVP receive buffer
 
 
 class DaemonData:
@@ -92,7 +93,12 @@ class KvpService:
         self.settings = settings
         self.runtime = runtime
         self.clock = clock
-        self.transport = transport if transport is not None else kvp_transport(paths)
+        if transport is None:
+            transport = kvp_transport(paths)
+            # Read more than a message can be: an oversized one is then answered with
+            # HV_E_FAIL instead of failing the read (EINVAL) and forcing a re-register.
+            transport.read_size = READ_SIZE
+        self.transport = transport
         self.store = PoolStore(paths)
         reader = NetlinkReader()
         self.auto = AutoPool(
@@ -195,7 +201,7 @@ class KvpService:
             self._device_failed(exc)
 
     def _log(self, action: Log) -> None:
-        show, suppressed = self._throttle.should_log((action.message, action.level))
+        show, suppressed = self._throttle.should_log((action.message, action.level, action.args))
         if not show:
             return
         message = action.message + (f" ({suppressed} similar not shown)" if suppressed else "")
