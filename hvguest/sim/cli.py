@@ -16,7 +16,10 @@ def _serve(args: argparse.Namespace) -> int:
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
-    if not command:
+    if args.frontend == "cuse" and command:
+        print("hvguest-sim serve: --frontend cuse runs no daemon command", file=sys.stderr)
+        return 2
+    if args.frontend == "fuse" and not command:
         print("hvguest-sim serve: give the daemon command after --", file=sys.stderr)
         return 2
     loops = []
@@ -36,6 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_scale=args.timeout_scale,
         uio_ring_size=int(args.uio_ring_size, 0),
         uio_prebound=not args.uio_unbound,
+        frontend=args.frontend,
     )
     server = SimServer(opts)
     import signal
@@ -67,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--uio-ring-size", default="0x5000", help="per-direction ring bytes")
     s.add_argument("--uio-unbound", action="store_true",
                    help="start with uio_hv_generic not bound (the daemon writes new_id)")
+    s.add_argument("--frontend", choices=("fuse", "cuse"), default="fuse",
+                   help="fuse: sandbox the daemon command with FUSE devices; cuse: create "
+                   "real /dev/vmbus/hv_* character devices and run no daemon (test VMs)")
     s.add_argument("--log", help="log file")
     s.add_argument("command", nargs=argparse.REMAINDER, help="-- DAEMON COMMAND...")
     s.set_defaults(func=_serve)

@@ -45,6 +45,10 @@ class ServeOptions:
     timeout_scale: float = 1.0
     uio_ring_size: int = 0x5000
     uio_prebound: bool = True
+    # "cuse": serve the devices as real character devices (/dev/vmbus/hv_*) through
+    # CUSE, with no sandbox and no daemon command: the system's service manager
+    # starts the daemons when the devices appear (a test VM).
+    frontend: str = "fuse"
 
 
 class _Conn:
@@ -156,6 +160,24 @@ class SimServer:
         for host in self.hosts.values():
             host.start()
 
+    def start_cuse_devices(self) -> None:
+        """Create /dev/vmbus/<name> for every simulated device through CUSE, then let
+        the host start talking. No sandbox, no daemon: whoever opens the devices is
+        the daemon (in a test VM, the units udev starts)."""
+        from hvguest.sim.cuse import CuseDeviceServer
+
+        if self.uio is not None:
+            raise ValueError("the CUSE front end serves character devices only (--fcopy legacy)")
+        servers = []
+        for name, dev in self.devices().items():
+            server = CuseDeviceServer(name, dev, devname=f"vmbus/{name}")
+            dev.set_waker(self._deferred_waker(f"{id(server)}:{name}"))
+            servers.append((server, f"/dev/vmbus/{name}"))
+        self.fuse_mounts = servers
+        self._fuse_by_id = {str(id(s)): s for s, _p in servers}
+        for host in self.hosts.values():
+            host.start()
+
     def _watch(self, pid: int) -> None:
         if self._pidfd is not None:
             os.close(self._pidfd)
@@ -165,11 +187,15 @@ class SimServer:
     def daemon_pid(self) -> int:
         if self._daemon is not None:
             return self._daemon.pid
+        if self.sandbox is None:
+            return 0  # CUSE front end: the daemons are not ours
         return int(self.sandbox.pid)
 
     def daemon_alive(self) -> bool:
         if self._daemon is not None:
             return self._daemon.poll() is None
+        if self.sandbox is None:
+            return False
         return bool(self.sandbox.alive())
 
     def _reap(self) -> None:
@@ -219,7 +245,10 @@ class SimServer:
         lsock.setblocking(False)
         self._lsock = lsock
         try:
-            self.start_daemon()
+            if self.opts.frontend == "cuse":
+                self.start_cuse_devices()
+            else:
+                self.start_daemon()
             while not self._stopping:
                 self._serve_once(1.0)
         finally:
