@@ -144,7 +144,8 @@ def _read_state(paths: Paths, daemon: str, unreadable: list[str]) -> dict[str, A
 
 
 def daemon_info(
-    paths: Paths, daemon: str, doc: dict[str, Any] | None, use_systemd: bool, runner: Runner
+    paths: Paths, daemon: str, doc: dict[str, Any] | None, use_systemd: bool, runner: Runner,
+    unreadable_state: bool = False,
 ) -> dict[str, Any]:
     info: dict[str, Any] = {
         "name": program_name(daemon),
@@ -169,6 +170,8 @@ def daemon_info(
     if info["source"] == "none" and doc is not None:
         info["source"] = "pid"
         info["running"] = pid_alive(paths, doc.get("pid"))
+    elif info["source"] == "none" and unreadable_state:
+        info["source"] = "unreadable"
     if doc is not None and not info["running"]:
         info["stale_state"] = True
     return info
@@ -277,8 +280,11 @@ class Collector:
             return doc
         self.kernel_versions = kmsg.ic_versions(paths, unreadable)
         states = {d: _read_state(paths, d, unreadable) for d in sorted(set(DAEMON.values()))}
-        daemons = {d: daemon_info(paths, d, states[d], self.use_systemd, self.runner)
-                   for d in states}
+        daemons = {
+            d: daemon_info(paths, d, states[d], self.use_systemd, self.runner,
+                           any(u.startswith(state_file(paths, d) + ":") for u in unreadable))
+            for d in states
+        }
         procs = process_names(paths)
         problems: list[Problem] = []
         for service in SERVICES:
@@ -401,6 +407,10 @@ class Collector:
             return []
         out: list[Problem] = []
         name, unit = dinfo["name"], dinfo["unit"]
+        if dinfo["source"] == "unreadable":
+            return [Problem(service, "warning",
+                            f"cannot tell whether {name} runs: its state file is unreadable",
+                            "run hvguestctl status as root")]
         if not dinfo["running"]:
             # The kernel answers heartbeats on its own; only the health report is lost.
             severity = "warning" if service == "heartbeat" else "error"

@@ -414,3 +414,42 @@ def test_cli_reads_run_dir_override(healthy: Paths, tmp_path: Any, fake_clock: N
     capsys.readouterr()
     assert hvguestctl(["status", "--root-dir", _root(healthy), "--run-dir", elsewhere]) == 0
 
+
+
+@pytest.mark.root
+def test_cli_without_root_says_what_it_could_not_read() -> None:
+    """As an unprivileged user: reads what it can, lists the rest, still answers."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    base = tempfile.mkdtemp(prefix="hvguest-status-")  # pytest's tmp dirs are root-only
+    try:
+        os.chmod(base, 0o755)
+        paths = sysfs_builder.build(os.path.join(base, "m"))
+        for service, details in HEALTHY_DETAILS.items():
+            write_state(paths, service, details=details)
+        os.chmod(os.path.join(paths.run, "vss.json"), 0o600)
+        os.chmod(os.path.join(paths.dev, "kmsg"), 0o600)
+
+        def as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "hvguest.cli.main", "status", *args,
+                 "--root-dir", _root(paths)],
+                capture_output=True, text=True, user=65534, group=65534, timeout=60,
+                env={"PATH": "/usr/bin:/bin"}, cwd="/",
+            )
+
+        r = as_nobody("--json")
+        doc = json.loads(r.stdout)
+        validate(doc)
+        unread = " ".join(doc["unreadable"])
+        assert "vss.json: Permission denied" in unread and "kmsg" in unread
+        assert doc["services"]["kvp"]["daemon"]["running"]
+        assert doc["services"]["heartbeat"]["protocol_version"] is None
+        vss = doc["services"]["vss"]
+        assert vss["daemon"]["source"] == "unreadable" and vss["health"] == "degraded"
+        assert "state file is unreadable" in vss["problems"][0]["message"]
+        assert "could not read 2 item(s)" in as_nobody().stdout
+    finally:
+        shutil.rmtree(base)
