@@ -38,7 +38,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from hvguest.errors import HvGuestError, LocalUsageError, WireError
+from hvguest.errors import HvGuestError, LocalUsageError
 from hvguest.paths import Paths
 from hvguest.wire.pool import (
     POOL_COUNT,
@@ -142,7 +142,9 @@ class PoolFile:
         self._writable = False
         self._sig: _Signature | None = None
         self._trusted = False
-        self._records: list[PoolRecord] = []
+        # (key, value) raw bytes cut at the NUL; tuples, not PoolRecords: a reload of
+        # thousands of records is on the request path.
+        self._records: list[tuple[bytes, bytes]] = []
         self._index: dict[bytes, int] = {}
         self._items: list[tuple[str, str]] | None = None
         self._bad_logged: dict[bytes, float] = {}
@@ -291,23 +293,18 @@ class PoolFile:
             os.ftruncate(fd, count * POOL_RECORD_SIZE)
             st = os.fstat(fd)
             sig = _Signature.of(st)
-        mv = memoryview(data)
-        records = []
-        for i in range(count):
-            base = i * POOL_RECORD_SIZE
-            key = bytes(mv[base : base + POOL_KEY_SIZE])
-            value = bytes(mv[base + POOL_KEY_SIZE : base + POOL_RECORD_SIZE])
-            records.append(PoolRecord(_cut(key), _cut(value)))
-        self._set_records(records)
+        self._set_records(_parse(data, count))
         self._sig = sig
         self._trusted = time.time_ns() - st.st_mtime_ns > RACY_NS
         self.reloads += 1
 
-    def _set_records(self, records: list[PoolRecord]) -> None:
+    def _set_records(self, records: list[tuple[bytes, bytes]]) -> None:
         self._records = records
-        self._index = {}
-        for i, record in enumerate(records):
-            self._index.setdefault(record.key, i)
+        index: dict[bytes, int] = {}
+        for i, (key, _value) in enumerate(records):
+            if key not in index:
+                index[key] = i
+        self._index = index
         self._items = None
 
     def _stamp(self, fd: int) -> None:
@@ -336,7 +333,7 @@ class PoolFile:
         """Every whole record, raw (key/value bytes cut at the first NUL)."""
         with self._mutex:
             self._snapshot()
-            return list(self._records)
+            return [PoolRecord(k, v) for k, v in self._records]
 
     def record_count(self) -> int:
         with self._mutex:
@@ -354,10 +351,10 @@ class PoolFile:
             i = self._index.get(raw)
             if i is None:
                 return None
-            record = self._records[i]
+            value = self._records[i][1]
         try:
-            return record.value_text()
-        except WireError as exc:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as exc:
             raise PoolRecordError(
                 f"KVP value of {key!r} in {self.path}: {exc} (pool {self.pool})"
             ) from exc
@@ -387,26 +384,26 @@ class PoolFile:
     def _decode_items(self) -> list[tuple[str, str]]:
         items = []
         now = time.monotonic()
-        for position, record in enumerate(self._records):
+        for position, (key, value) in enumerate(self._records):
             reason = None
-            if not record.key:
+            if not key:
                 reason = "an empty key"
-            elif len(record.key) >= POOL_KEY_SIZE or len(record.value) >= POOL_VALUE_SIZE:
+            elif len(key) >= POOL_KEY_SIZE or len(value) >= POOL_VALUE_SIZE:
                 reason = "a field without NUL terminator"
             else:
                 try:
-                    items.append((record.key.decode("utf-8"), record.value.decode("utf-8")))
+                    items.append((key.decode("utf-8"), value.decode("utf-8")))
                     continue
                 except UnicodeDecodeError:
                     reason = "invalid UTF-8"
-            last = self._bad_logged.get(record.key)
+            last = self._bad_logged.get(key)
             if last is None or now - last > _BAD_RECORD_LOG_PERIOD:
-                self._bad_logged[record.key] = now
+                self._bad_logged[key] = now
                 log.warning(
                     "%s: skipping record %d (key %r): %s",
                     self.path,
                     position,
-                    record.key[:64],
+                    key[:64],
                     reason,
                     extra={"HVGUEST_POOL": self.pool},
                 )
@@ -423,8 +420,8 @@ class PoolFile:
     def set(self, key: str, value: str, *, unsafe: bool = False) -> None:
         """Insert or update ``key`` (first match is updated in place)."""
         raw_key, raw_value = check_item(key, value, pool=self.pool, unsafe=unsafe)
-        record = PoolRecord(raw_key, raw_value)
-        data = record.encode()
+        record = (raw_key, raw_value)
+        data = PoolRecord(raw_key, raw_value).encode()
         with self._mutex, self.locked() as fd:
             self._writable_fd(fd)
             self._refresh(fd)
@@ -469,14 +466,24 @@ class PoolFile:
             out = {}
             for key, value in wanted.items():
                 i = self._index.get(key.encode("utf-8"))
-                if i is None or self._records[i].value != value.encode("utf-8"):
+                if i is None or self._records[i][1] != value.encode("utf-8"):
                     out[key] = value
             return out
 
 
-def _cut(raw: bytes) -> bytes:
-    end = raw.find(b"\0")
-    return raw if end < 0 else raw[:end]
+def _parse(data: bytes, count: int) -> list[tuple[bytes, bytes]]:
+    """Records of ``data``, each field cut at its first NUL (whole if it has none)."""
+    find = data.find
+    records = []
+    for base in range(0, count * POOL_RECORD_SIZE, POOL_RECORD_SIZE):
+        mid = base + POOL_KEY_SIZE
+        end = base + POOL_RECORD_SIZE
+        kend = find(b"\0", base, mid)
+        vend = find(b"\0", mid, end)
+        records.append(
+            (data[base : kend if kend >= 0 else mid], data[mid : vend if vend >= 0 else end])
+        )
+    return records
 
 
 def _read_all(fd: int, size: int, offset: int = 0) -> bytes:
