@@ -1,0 +1,257 @@
+"""The legacy fcopy path: hvguest-fcopyd against the reference hv_fcopy_daemon.
+
+Every scenario runs against both daemons, each behind its own simulated kernel and
+host; the host-visible statuses and the resulting files are compared. Where hvguest
+deliberately differs, the scenario says so and asserts both sides:
+
+* mode: received files are 0644 (configurable); the reference creates 0744 (minus umask);
+* CREATE_PATH creates the whole missing chain; the reference skips the last component,
+  so a copy into a new directory fails there;
+* path refusals: a relative path, ``..`` or a path outside the allowed roots is refused
+  (HV_E_FAIL); the reference writes wherever the joined path leads;
+* an incomplete or abandoned transfer leaves nothing behind (the reference keeps the
+  partial file on a failed WRITE; both remove it on CANCEL).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from hvguest.sim.client import SimClient
+from hvguest.wire.fcopy import CREATE_PATH, OVER_WRITE, FcopyStart, FcopyWrite
+from hvguest.wire.status import HvStatus
+
+pytestmark = [pytest.mark.root, pytest.mark.fuse, pytest.mark.reference, pytest.mark.system]
+
+OK = HvStatus.HV_S_OK
+FAIL = HvStatus.HV_E_FAIL
+EXISTS = HvStatus.HV_ERROR_ALREADY_EXISTS
+
+HVGUEST = [sys.executable, "-m", "hvguest.daemons.fcopyd", "--log-target", "stderr"]
+REFERENCE = ["/usr/sbin/hv_fcopy_daemon", "-n"]
+
+
+@dataclass
+class Outcome:
+    statuses: list[int]
+    files: dict[str, Any] = field(default_factory=dict)  # path -> (bytes, mode) or None
+
+
+Scenario = Callable[[SimClient, str], Outcome]
+
+
+def wait_registered(sim: SimClient) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if (sim.state().get("fcopy") or {}).get("state", 0) >= 1:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"daemon did not register: {sim.state()}")
+
+
+def look(sim: SimClient, *paths: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for path in paths:
+        full = f"{sim.root}{path}"
+        if os.path.lexists(full) and os.path.isfile(full):
+            with open(full, "rb") as f:
+                out[path] = (f.read(), stat.S_IMODE(os.stat(full).st_mode))
+        else:
+            out[path] = None
+    return out
+
+
+def pattern(size: int, seed: int = 1) -> bytes:
+    """Deterministic contents, so both runs send the same bytes."""
+    block = b"".join(hashlib.sha256(f"{seed}:{i}".encode()).digest() for i in range(size // 32 + 1))
+    return block[:size]
+
+
+def src(workdir: str, data: bytes, name: str = "src") -> str:
+    path = os.path.join(workdir, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+# -- scenarios ---------------------------------------------------------------------
+
+
+def plain_copy(sim: SimClient, w: str) -> Outcome:
+    data = pattern(100_000)
+    st = sim.fcopy_send(src(w, data), "/tmp", "plain.bin")
+    return Outcome([st], look(sim, "/tmp/plain.bin"))
+
+
+def unicode_names(sim: SimClient, w: str) -> Outcome:
+    sim.exec(["mkdir", "-p", "/tmp/Ünï 目录"])
+    st = sim.fcopy_send(src(w, b"unicode"), "/tmp/Ünï 目录", "Привет 数据 🎉.txt")
+    return Outcome([st], look(sim, "/tmp/Ünï 目录/Привет 数据 🎉.txt"))
+
+
+def existing_without_overwrite(sim: SimClient, w: str) -> Outcome:
+    sim.exec(["sh", "-c", "printf old > /tmp/exists"])
+    st = sim.fcopy_send(src(w, b"new"), "/tmp", "exists", 0)
+    return Outcome([st], {"/tmp/exists": look(sim, "/tmp/exists")["/tmp/exists"][0]})
+
+
+def existing_with_overwrite(sim: SimClient, w: str) -> Outcome:
+    sim.exec(["sh", "-c", "printf old > /tmp/exists2"])
+    st = sim.fcopy_send(src(w, b"new contents"), "/tmp", "exists2", OVER_WRITE)
+    return Outcome([st], {"/tmp/exists2": look(sim, "/tmp/exists2")["/tmp/exists2"][0]})
+
+
+def create_path_one_level(sim: SimClient, w: str) -> Outcome:
+    st = sim.fcopy_send(src(w, b"deep"), "/tmp/newdir", "f", CREATE_PATH)
+    return Outcome([st], look(sim, "/tmp/newdir/f"))
+
+
+def create_path_chain(sim: SimClient, w: str) -> Outcome:
+    st = sim.fcopy_send(src(w, b"deeper"), "/tmp/a/b/c", "f", CREATE_PATH)
+    return Outcome([st], look(sim, "/tmp/a/b/c/f"))
+
+
+def traversal(sim: SimClient, w: str) -> Outcome:
+    st = sim.fcopy_send(src(w, b"pwned\n"), "/tmp/../etc", "hvguest-test", OVER_WRITE)
+    return Outcome([st], look(sim, "/etc/hvguest-test"))
+
+
+def outside_roots(sim: SimClient, w: str) -> Outcome:
+    st = sim.fcopy_send(src(w, b"x"), "/etc", "hvguest-test2", OVER_WRITE)
+    return Outcome([st], look(sim, "/etc/hvguest-test2"))
+
+
+def cancel_mid_transfer(sim: SimClient, w: str) -> Outcome:
+    st = sim.fcopy_send(
+        src(w, pattern(60_000, 2)), "/tmp", "cancelled", 0, cancel_after_bytes=12_288
+    )
+    return Outcome([st], look(sim, "/tmp/cancelled"))
+
+
+def empty_file(sim: SimClient, w: str) -> Outcome:
+    st = sim.fcopy_send(src(w, b""), "/tmp", "empty")
+    return Outcome([st], look(sim, "/tmp/empty"))
+
+
+def start_twice(sim: SimClient, w: str) -> Outcome:
+    statuses = [
+        sim.fcopy_raw(FcopyStart("first", "/tmp", 0, 4).encode()),
+        sim.fcopy_raw(FcopyWrite(0, b"1111").encode()),
+    ]
+    st = sim.fcopy_send(src(w, b"second"), "/tmp", "second")
+    return Outcome(statuses + [st], look(sim, "/tmp/second"))
+
+
+@dataclass(frozen=True)
+class Case:
+    scenario: Scenario
+    # None: both sides must match exactly. Otherwise why they differ, and checks of
+    # each side.
+    differs: str | None = None
+    check_hvguest: Callable[[Outcome], None] | None = None
+    check_reference: Callable[[Outcome], None] | None = None
+
+
+def _mode_only(out_h: Outcome, out_r: Outcome) -> None:
+    """Same statuses and contents; modes are 0644 (hvguest) and 0744 (reference)."""
+    assert out_h.statuses == out_r.statuses
+    for path, got in out_h.files.items():
+        ref = out_r.files[path]
+        assert (got is None) == (ref is None), path
+        if got is not None:
+            assert got[0] == ref[0], path
+            assert got[1] == 0o644
+            assert ref[1] & 0o100, f"reference mode {ref[1]:o}: expected the 0744 family"
+
+
+def _created(out: Outcome, status: int = OK) -> None:
+    assert out.statuses[-1] == status and all(v is not None for v in out.files.values())
+
+
+def _nothing(status: int) -> Callable[[Outcome], None]:
+    def check(out: Outcome) -> None:
+        assert out.statuses[-1] == status and all(v is None for v in out.files.values())
+
+    return check
+
+
+CASES = {
+    "plain_copy": Case(plain_copy, "mode"),
+    "unicode_names": Case(unicode_names, "mode"),
+    "empty_file": Case(empty_file, "mode"),
+    "existing_without_overwrite": Case(existing_without_overwrite),
+    "existing_with_overwrite": Case(existing_with_overwrite),
+    "start_twice": Case(start_twice, "mode"),
+    "create_path_one_level": Case(
+        create_path_one_level,
+        "CREATE_PATH: the reference never creates the last component of path_name",
+        check_hvguest=_created,
+        check_reference=_nothing(FAIL),
+    ),
+    "create_path_chain": Case(
+        create_path_chain,
+        "CREATE_PATH: hvguest creates the whole chain",
+        check_hvguest=_created,
+        check_reference=_nothing(FAIL),
+    ),
+    "traversal": Case(
+        traversal,
+        "'..' is refused by hvguest; the reference writes into /etc (inside the sandbox)",
+        check_hvguest=_nothing(FAIL),
+        check_reference=_created,
+    ),
+    "outside_roots": Case(
+        outside_roots,
+        "/etc is not an allowed root for hvguest; the reference writes anywhere",
+        check_hvguest=_nothing(FAIL),
+        check_reference=_created,
+    ),
+    "cancel_mid_transfer": Case(cancel_mid_transfer),
+}
+
+
+def run_all(command: list[str], workdir: str) -> dict[str, Outcome]:
+    """Each scenario in a fresh simulator: the reference's state after one scenario
+    (leaked or stale descriptors) must not decide the next one."""
+    results: dict[str, Outcome] = {}
+    for name, case in CASES.items():
+        scenario_dir = os.path.join(workdir, name)
+        with SimClient.start(
+            command, services=("fcopy",), fcopy="legacy", workdir=scenario_dir
+        ) as sim:
+            wait_registered(sim)
+            results[name] = case.scenario(sim, scenario_dir)
+            assert sim.daemon_alive(), f"{command[0]} died in scenario {name}"
+    return results
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict, dict]]:
+    hv = run_all(HVGUEST, str(tmp_path_factory.mktemp("hvguest")))
+    ref = run_all(REFERENCE, str(tmp_path_factory.mktemp("reference")))
+    yield hv, ref
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_differential(outcomes, name):
+    hv, ref = outcomes
+    case = CASES[name]
+    out_h, out_r = hv[name], ref[name]
+    if case.differs is None:
+        assert out_h.statuses == out_r.statuses
+        assert out_h.files == out_r.files
+    elif case.differs == "mode":
+        _mode_only(out_h, out_r)
+    else:
+        assert case.check_hvguest is not None and case.check_reference is not None
+        case.check_hvguest(out_h)
+        case.check_reference(out_r)
