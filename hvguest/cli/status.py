@@ -128,6 +128,11 @@ def _activity(service: str, entry: dict[str, Any]) -> str:
         return d.get("read_error") or "offset unknown"
     if service == "vss" and d.get("frozen"):
         return "FROZEN now"
+    last = d.get("last_freeze") if service == "vss" else None
+    if isinstance(last, dict):
+        mounts = last.get("mounts") or []
+        ok = "ok" if last.get("ok") else "FAILED"
+        return f"last freeze {ok} {_when(last.get('time'))} ({len(mounts)} filesystems)"
     if service == "fcopy" and d.get("in_progress"):
         p = d["in_progress"]
         size = p.get("file_size", p.get("size"))
@@ -170,6 +175,44 @@ def render_summary(doc: dict[str, Any], out: TextIO) -> None:
                   "hvguestctl status --json lists them\n")
 
 
+def _special_details(service: str, details: dict[str, Any]) -> list[str]:
+    """Readable lines for the shapes worth a table; the keys used are removed."""
+    out: list[str] = []
+    last = details.get("last_freeze") if service == "vss" else None
+    if isinstance(last, dict):
+        details.pop("last_freeze")
+        ok = "ok" if last.get("ok") else "FAILED"
+        out.append(f"  last freeze: {last.get('time')} {ok} {last.get('reason') or ''}".rstrip()
+                   + (f" ({last['freeze_ms']} ms)" if last.get("freeze_ms") is not None else ""))
+        for m in last.get("mounts") or []:
+            if isinstance(m, dict):
+                msg = f" {m['message']}" if m.get("message") else ""
+                out.append(f"    {m.get('mount_point')} ({m.get('fstype')}): "
+                           f"{m.get('state')}{msg}")
+        thaw = last.get("thaw")
+        if isinstance(thaw, dict):
+            out.append(f"  thaw: {thaw.get('time')} {'ok' if thaw.get('ok') else 'FAILED'} "
+                       f"({thaw.get('why')}) {thaw.get('reason') or ''}".rstrip())
+    transfers = details.get("recent_transfers") if service == "fcopy" else None
+    if isinstance(transfers, list):
+        details.pop("recent_transfers")
+        if transfers:
+            out.append("  recent transfers:")
+        for t in transfers[-5:]:
+            if isinstance(t, dict):
+                out.append(f"    {t.get('finished')} {t.get('result')} {t.get('name')} "
+                           f"{t.get('size')}/{t.get('file_size')} bytes "
+                           f"{t.get('detail') or ''}".rstrip())
+    pools = details.get("pools") if service == "kvp" else None
+    if isinstance(pools, dict) and pools:
+        details.pop("pools")
+        shown = ", ".join(
+            f"{n}: {v.get('records', '?')}" if isinstance(v, dict) and "error" not in v
+            else f"{n}: unreadable" for n, v in sorted(pools.items()))
+        out.append(f"  pool records: {shown}")
+    return out
+
+
 def render_service(doc: dict[str, Any], service: str, out: TextIO) -> None:
     entry = doc["services"][service]
     w = out.write
@@ -206,7 +249,9 @@ def render_service(doc: dict[str, Any], service: str, out: TextIO) -> None:
         w(f"  last error: {err.get('message')} ({err.get('time')})\n")
         if err.get("remedy"):
             w(f"    -> {err['remedy']}\n")
-    details = entry.get("details") or {}
+    details = dict(entry.get("details") or {})
+    for line in _special_details(service, details):
+        w(line + "\n")
     if details:
         w("  details:\n")
         for key, value in details.items():

@@ -162,14 +162,16 @@ def test_device_absent_is_off_with_enable_remedy(tmp_path: Any) -> None:
 def test_frozen_and_transfer_in_progress(healthy: Paths) -> None:
     write_state(healthy, "vss", state="frozen", details={
         "frozen": True, "frozen_mounts": ["/", "/data"],
-        "last_freeze": {"result": "ok", "mounts": {"/": "frozen", "/data": "frozen"}}})
+        "last_freeze": {"time": T, "ok": True, "reason": "", "freeze_ms": 12.5, "mounts": [
+            {"mount_point": "/", "fstype": "ext4", "state": "frozen"},
+            {"mount_point": "/data", "fstype": "xfs", "state": "frozen"}]}})
     write_state(healthy, "fcopy", state="receiving", details={
         "transport": "uio", "recent_transfers": [],
         "in_progress": {"name": "/srv/in/big.iso", "bytes_done": 4096, "file_size": 1 << 20}})
     doc = collect(healthy)
     vss = doc["services"]["vss"]
     assert vss["details"]["frozen"] is True
-    assert vss["details"]["last_freeze"]["mounts"]["/data"] == "frozen"
+    assert vss["details"]["last_freeze"]["mounts"][1]["state"] == "frozen"
     assert any("frozen now" in p["message"] for p in vss["problems"])
     fcopy = doc["services"]["fcopy"]
     assert fcopy["details"]["in_progress"]["bytes_done"] == 4096
@@ -384,6 +386,22 @@ def test_cli_json_valid_in_every_state(state: str, tmp_path: Any, fake_clock: No
     assert capsys.readouterr().out
 
 
+def test_cli_vss_detail_per_mount(healthy: Paths, fake_clock: None,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    write_state(healthy, "vss", details={"frozen": False, "last_freeze": {
+        "time": T, "ok": False, "reason": "1 of 2 filesystems failed", "freeze_ms": 40.0,
+        "mounts": [{"mount_point": "/", "fstype": "ext4", "state": "thawed"},
+                   {"mount_point": "/mnt/nfs", "fstype": "nfs4", "state": "failed",
+                    "message": "FIFREEZE: EOPNOTSUPP"}],
+        "thaw": {"time": T, "ok": True, "why": "freeze failed", "reason": ""}}})
+    assert hvguestctl(["status", "vss", "--root-dir", _root(healthy)]) == 0
+    out = capsys.readouterr().out
+    assert "last freeze: 2026-01-02T03:04:05Z FAILED 1 of 2 filesystems failed (40.0 ms)" in out
+    assert "    /mnt/nfs (nfs4): failed FIFREEZE: EOPNOTSUPP" in out
+    assert hvguestctl(["status", "--root-dir", _root(healthy)]) == 0
+    assert "last freeze FAILED 03:04:05 (2 filesystems)" in capsys.readouterr().out
+
+
 def test_cli_one_service(healthy: Paths, fake_clock: None,
                          capsys: pytest.CaptureFixture[str]) -> None:
     write_state(healthy, "fcopy", state="receiving", details={
@@ -394,6 +412,14 @@ def test_cli_one_service(healthy: Paths, fake_clock: None,
     assert out.startswith("fcopy (Guest Service Interface): ok")
     assert "uio_hv_generic(uio0)" in out and "hvguest-fcopyd running" in out
     assert '"bytes_done": 10' in out
+    write_state(healthy, "fcopy", details={"transport": "uio", "in_progress": None,
+                                           "recent_transfers": [
+        {"name": "/srv/in/b.txt", "size": 5, "file_size": 5, "result": "ok", "detail": "",
+         "finished": T}]})
+    assert hvguestctl(["status", "fcopy", "--root-dir", _root(healthy)]) == 0
+    assert f"    {T} ok /srv/in/b.txt 5/5 bytes" in capsys.readouterr().out
+    assert hvguestctl(["status", "kvp", "--root-dir", _root(healthy)]) == 0
+    assert "pool records: 0: 0, 1: 1, 2: 2, 3: 3, 4: 4" in capsys.readouterr().out
     assert hvguestctl(["status", "--json", "kvp", "--root-dir", _root(healthy)]) == 0
     doc = json.loads(capsys.readouterr().out)
     validate(doc)
