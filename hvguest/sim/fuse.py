@@ -375,14 +375,19 @@ class FuseDeviceServer:
         self._reply(unique)
 
     def _op_read(self, unique: int, _nodeid: int, body: bytes) -> None:
-        fh, _offset, size, *_ = fp.READ_IN.unpack_from(body)
+        fh, _offset, size, _rflags, _owner, file_flags, _pad = fp.READ_IN.unpack_from(body)
         node = self._handles.get(fh)
         if node is None:
             self._error(unique, errno.EBADF)
             return
         result = node.device.read(fh, size)
         if result == WOULD_BLOCK:
-            self._parked[unique] = _Parked(fh, size)
+            # The misc devices block even for O_NONBLOCK opens; a device that honours
+            # it (UIO) says so with a ``honours_nonblock = True`` attribute.
+            if file_flags & os.O_NONBLOCK and getattr(node.device, "honours_nonblock", False):
+                self._error(unique, errno.EAGAIN)
+            else:
+                self._parked[unique] = _Parked(fh, size)
             return
         self._reply_read(unique, result, size)
 

@@ -12,6 +12,9 @@ execs the command once the parent has confirmed; its pid is the command's pid. T
 servers stay in the parent: ``start()``, ``wait()``, ``exec()`` and ``stop()`` call their
 ``process()`` while they wait, and otherwise the caller's select loop must.
 
+The command gets PR_SET_PDEATHSIG(SIGKILL): it dies with the thread that called
+``start()``, so start sandboxes from a thread that outlives them (normally the main one).
+
 The parent keeps the sandbox's namespaces open, so ``exec()`` (e.g. ``fsfreeze -u``)
 works even after the command exited; ``stop()`` thaws every loop filesystem, ends the
 command and anything else left in the sandbox, drops the namespaces and detaches the
