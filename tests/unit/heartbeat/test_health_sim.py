@@ -54,3 +54,25 @@ def test_health_visible_to_host(sim: Any, tmp_path: Any, builder: Any) -> None:
     items = dict(sim.kvp_enumerate_all(1))
     assert items["hvguest.health"] == "degraded"
     assert items["hvguest.health.reason"] == "1 failed units: backup.service"
+
+
+def test_status_reads_the_real_kvpd_state(sim: Any, tmp_path: Any, builder: Any) -> None:
+    """hvguestctl status inside the sandbox, against hvguest-kvpd's own state file."""
+    import json
+
+    import jsonschema
+
+    from hvguest.heartbeat import report
+
+    paths = builder.build(str(tmp_path / "m"))
+    assert sim.kvp_set(0, "k", "v") == 0
+    r = sim.exec([sys.executable, "-m", "hvguest.cli.main", "status", "kvp", "--json",
+                  "--sys-root", paths.sys, "--dev-root", paths.dev])
+    doc = json.loads(r.stdout)
+    with open(os.path.join(os.path.dirname(report.__file__), "status_schema.json")) as f:
+        jsonschema.validate(doc, json.load(f), cls=jsonschema.Draft202012Validator)
+    kvp = doc["services"]["kvp"]
+    assert kvp["daemon"]["running"] and kvp["daemon"]["source"] in ("pid", "systemd")
+    assert kvp["protocol_version"] == "3.1"
+    assert isinstance(kvp["details"]["pools"]["0"]["records"], int)
+    assert kvp["health"] == "ok" and r.returncode == 0, r.stderr.decode()
