@@ -134,6 +134,12 @@ def _exec(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
            "stderr": done.stderr.hex()})
 
 
+@op("trace")
+def _trace(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    """The last reads and writes the daemon made on each device (for debugging)."""
+    reply({n: list(k.transport.trace) for n, k in server.kernels.items()})
+
+
 @op("shutdown")
 def _shutdown(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
     reply(None)

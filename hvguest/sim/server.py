@@ -202,7 +202,7 @@ class SimServer:
         if self._daemon is not None:
             rc = self._daemon.poll()
         else:
-            rc = self.sandbox._proc.poll()  # noqa: SLF001 - only to reap the exit status
+            rc = self.sandbox.poll()
         if rc is not None or not self.daemon_alive():
             self.daemon_exits.append(rc)
             log.info("daemon exited with %s", rc)
@@ -214,9 +214,7 @@ class SimServer:
         """Stop the daemon and start the command again in the same sandbox (same
         namespaces and files), as a service manager would."""
         self._kill_daemon(timeout)
-        args, fds = self.sandbox._nsenter(self.opts.command)  # noqa: SLF001
-        self._daemon = subprocess.Popen(args, pass_fds=fds, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)
+        self._daemon = self.sandbox.spawn(list(self.opts.command))
         self._watch(self._daemon.pid)
         return self._daemon.pid
 
@@ -272,6 +270,11 @@ class SimServer:
                 fds[fd] = self._conn_reader(conn)
         if self._pidfd is not None:
             fds[self._pidfd] = self._reap
+        # Drain the daemon's /dev/log as messages arrive: an unread datagram queue (10
+        # messages) would block the daemon's syslog() calls and stall it.
+        log_fd = self._syslog_fd()
+        if log_fd is not None:
+            fds[log_fd] = self.sandbox.syslog
         if self.uio is not None:
             ufd = self.uio.host_fileno()
             if ufd is not None:
@@ -302,6 +305,13 @@ class SimServer:
         if self.uio is not None:
             done = done and self.uio.connected
         return done
+
+    def _syslog_fd(self) -> int | None:
+        sock = getattr(self.sandbox, "_syslog_sock", None)  # no public accessor yet
+        try:
+            return None if sock is None else int(sock.fileno())
+        except (OSError, ValueError):
+            return None
 
     def _conn_reader(self, conn: _Conn) -> Callable[[], None]:
         return lambda: self._read_conn(conn)

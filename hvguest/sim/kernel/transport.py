@@ -16,6 +16,7 @@ Semantics modelled (drivers/hv/hv_utils_transport.c):
 from __future__ import annotations
 
 import errno
+from collections import deque
 from collections.abc import Callable
 from enum import IntEnum
 
@@ -49,6 +50,7 @@ class UtilTransport:
         # What the daemon did, for tests and the transcript.
         self.daemon_writes: list[bytes] = []
         self.opens = 0
+        self.trace: deque[tuple[str, int, int, int, str]] = deque(maxlen=64)
 
     # -- Device ---------------------------------------------------------------
     def set_waker(self, waker: Callable[[], None]) -> None:
@@ -77,6 +79,7 @@ class UtilTransport:
         if size < len(self.outmsg):
             return -errno.EINVAL
         msg, self.outmsg = self.outmsg, None
+        self.trace.append(("read", handle, size, len(msg), msg[:4].hex()))
         on_read, self._on_read = self._on_read, None
         if on_read is not None:
             on_read()
@@ -86,6 +89,7 @@ class UtilTransport:
         if self.mode == Mode.DESTROY:
             return -errno.EBADF
         self.daemon_writes.append(bytes(data))
+        self.trace.append(("write", handle, len(data), 0, bytes(data[:4]).hex()))
         rc = self._on_msg(bytes(data))
         return rc if rc < 0 else len(data)
 
