@@ -205,7 +205,9 @@ class Sandbox:
             "syslog_fd": sock.fileno(), "status_fd": status_w, "go_fd": go_r,
             "ppid": os.getpid(),
         }
-        with open(self._spec_path, "w") as f:
+        # It carries the environment: private to root, removed once the helper read it.
+        fd = os.open(self._spec_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
             json.dump(child_spec, f)
         out = open(self.spec.stdout, "ab") if self.spec.stdout else None  # noqa: SIM115
         err = open(self.spec.stderr, "ab") if self.spec.stderr else None  # noqa: SIM115
@@ -250,6 +252,7 @@ class Sandbox:
                 elif word == "error":
                     raise SandboxError(f"sandbox setup failed: {rest}")
                 elif word == "ready":
+                    os.unlink(self._spec_path)
                     for ns in ("mnt", "uts", "ipc", "net"):
                         self._ns_fds[ns] = os.open(f"/proc/{self._proc.pid}/ns/{ns}",
                                                    os.O_RDONLY)
