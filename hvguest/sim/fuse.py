@@ -92,6 +92,7 @@ class FuseDeviceServer:
         self._initialised = False
         self._passthrough_ok = False
         self._closed = False
+        self._disconnected = False
         self._start = time.time()
         for name, node in self._by_name.items():
             node.device.set_waker(self._waker(name))
@@ -107,6 +108,12 @@ class FuseDeviceServer:
     def initialised(self) -> bool:
         """True once the kernel's INIT was answered (the mount is live)."""
         return self._initialised
+
+    @property
+    def disconnected(self) -> bool:
+        """True once the mount is gone (or after ``close()``): the fd then stays readable
+        and select() would spin, so event loops should drop the server and close it."""
+        return self._disconnected
 
     def fileno(self) -> int:
         return self._fd
@@ -129,7 +136,9 @@ class FuseDeviceServer:
                     continue
                 except OSError as e:
                     # EPERM: not mounted yet; ENODEV: unmounted or aborted.
-                    if e.errno not in (errno.EPERM, errno.ENODEV):
+                    if e.errno == errno.ENODEV:
+                        self._disconnected = True
+                    elif e.errno != errno.EPERM:
                         log.warning("reading /dev/fuse: %s", e)
                     return
                 if not req:
@@ -160,6 +169,7 @@ class FuseDeviceServer:
             if self._closed:
                 return
             self._closed = True
+            self._disconnected = True
             for node in self._nodes.values():
                 if node.backing_fd is not None:
                     os.close(node.backing_fd)

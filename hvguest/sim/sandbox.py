@@ -276,10 +276,8 @@ class Sandbox:
         ready ones among ``fds``."""
         servers = {}
         for s in self._servers():
-            try:
+            if not s.disconnected:
                 servers[s.fileno()] = s
-            except OSError:
-                continue
         try:
             ready, _, _ = select.select(list(fds) + list(servers), [], [], timeout)
         except (OSError, ValueError):

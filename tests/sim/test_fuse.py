@@ -17,7 +17,7 @@ import pytest
 
 from hvguest.sim.device import POLLIN, POLLRDNORM, WOULD_BLOCK
 from hvguest.sim.fuse import FuseDeviceServer
-from hvguest.sim.sandbox import Sandbox, SandboxSpec
+from hvguest.sim.sandbox import Sandbox, SandboxError, SandboxSpec
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse]
 
@@ -357,3 +357,18 @@ def test_reference_kvp_daemon_registers_and_polls() -> None:
         assert dev.opener is None  # the daemon's close reached the device
     finally:
         kvp.close()
+
+
+def test_server_reports_disconnect_after_the_sandbox_ends(
+    echo: tuple[EchoDevice, FuseDeviceServer], tmp_path: Path
+) -> None:
+    _dev, server = echo
+    sb = run_client(tmp_path, [(server, "/dev/vmbus")], "print(1)")
+    assert finish(sb, tmp_path) == [1]
+    deadline = time.monotonic() + 5
+    while not server.disconnected and time.monotonic() < deadline:
+        server.process()
+        time.sleep(0.01)
+    assert server.disconnected
+    with pytest.raises(SandboxError, match="single mount"):
+        Sandbox(SandboxSpec(command=["true"], fuse_mounts=[(server, "/dev/vmbus")])).start()
