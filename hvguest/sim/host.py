@@ -123,6 +123,27 @@ class HostService:
         self._started = True
         self._kick()
 
+    def reopen(self) -> None:
+        """The guest end was reconnected (UIO): negotiate again before anything else."""
+        if not self._started:
+            self.start()
+            return
+        fw, srv = HOST_OFFERS[self.name]
+        self._queue.appendleft(
+            _Pending("negotiate", {}, build_negotiate_request(fw, srv), self._decode_nego,
+                     lambda _r: None)
+        )
+        self._kick()
+
+    def abort(self, reason: str) -> None:
+        """The channel went away: the outstanding request gets no reply."""
+        cur, self._current = self._current, None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if cur is not None:
+            self._finish(cur, HostReply(self.name, cur.op, cur.request, None, {reason: True}))
+
     @property
     def busy(self) -> bool:
         return self._current is not None

@@ -103,6 +103,8 @@ class SimServer:
                                    transcript=self.transcript,
                                    timeout=60.0)
                 self.uio.on_response = host.deliver
+                self.uio.on_connect = host.reopen
+                self.uio.on_disconnect = lambda h=host: h.abort("channel_closed")
                 self.hosts[svc] = host
                 continue
             kernel = classes[svc](self.timers)
@@ -157,7 +159,10 @@ class SimServer:
         self.sandbox = Sandbox(spec)
         self.sandbox.start()
         self._watch(self.sandbox.pid)
-        for host in self.hosts.values():
+        for name, host in self.hosts.items():
+            if name == "fcopy" and self.uio is not None:
+                self.uio.start_binding_watch(self.sandbox.root)
+                continue  # the host talks once the daemon opened /dev/uio0
             host.start()
 
     def start_cuse_devices(self) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import os
 import struct
+from typing import Any
 
 import pytest
 
@@ -405,3 +407,130 @@ def test_utf8_to_utf16_quirks() -> None:
     assert utf8_to_utf16(b"ab\xc0\x80", 10) == ("ab".encode("utf-16-le"), False)  # overlong
     assert utf8_to_utf16(b"\xed\xa0\x80", 10)[1] is False  # encoded surrogate
     assert utf8_to_utf16(b"abc\xff", 3) == ("abc".encode("utf-16-le"), True)  # cut first
+
+
+# -- UIO FCOPY channel -------------------------------------------------------------------
+class UioGuest:
+    """Plays the daemon: maps the ring file, reads RX, answers on TX, signals."""
+
+    def __init__(self, uio: Any) -> None:
+        import mmap
+
+        from hvguest.sim.kernel.ring import Ring
+
+        self.uio = uio
+        self.fd = os.open(uio.ring_path, os.O_RDWR)
+        self.map = mmap.mmap(self.fd, 2 * uio.ring_size)
+        view = memoryview(self.map)
+        self.tx = Ring(view[: uio.ring_size])
+        self.rx = Ring(view[uio.ring_size :])
+        self.dev = uio.device
+        assert self.dev.open(D) == 0
+
+    def take(self) -> tuple[int, bytes] | None:
+        """Consume RX directly (the ring's consumer side is symmetrical)."""
+        got = self.rx.read_packet()
+        return None if got is None else (got[1], got[2])
+
+    def answer(self, payload: bytes, status: int = 0) -> None:
+        out = bytearray(payload)
+        struct.pack_into("<I", out, 20, status)
+        out[25] = 5
+        assert self.tx.write_packet(bytes(out), 0xFFFFFFFFFFFFFFFF)
+        assert self.dev.write(D, struct.pack("<i", 1)) == 4  # unmask + signal
+
+    def close(self) -> None:
+        self.dev.release(D)
+        for ring in (self.tx, self.rx):
+            ring.mem.release()
+        self.map.close()
+        os.close(self.fd)
+
+
+def uio_rig() -> tuple[Rig, Any, UioGuest]:
+    from hvguest.sim.kernel.uio import UioFcopy
+
+    clock = FakeClock()
+    timers = TimerQueue(clock)
+    uio = UioFcopy(timers)
+    rig = Rig.__new__(Rig)
+    rig.clock, rig.timers, rig.transcript, rig.replies = clock, timers, [], []
+    rig.host = HostService("fcopy", uio.host_send, timers, transcript=rig.transcript,
+                           timeout=60)
+    uio.on_response = rig.host.deliver
+    uio.on_connect = rig.host.reopen
+    uio.on_disconnect = lambda: rig.host.abort("channel_closed")
+    guest = UioGuest(uio)
+    return rig, uio, guest
+
+
+def test_uio_interrupts_and_irqcontrol() -> None:
+    rig, uio, guest = uio_rig()
+    try:
+        # Open connected the channel and masked RX: the NEGOTIATE is queued silently.
+        assert uio.connected and guest.rx.interrupt_mask == 1
+        assert guest.dev.read(D, 4) == WOULD_BLOCK
+        assert guest.dev.read(D, 8) == -errno.EINVAL
+        assert guest.dev.write(D, b"\x01") == -errno.EINVAL
+        nego = guest.take()
+        assert nego is not None and nego[1][12] == 0  # icmsgtype NEGOTIATE
+        guest.answer(nego[1])
+        assert rig.transcript[0].op == "negotiate" and uio.signals == 1
+        # RX is now unmasked: the next host packet raises an interrupt and masks it.
+        rig.host.submit("start", {}, rig.host.ic_payload(fcopy_start_body("f", "/t", 0, 1)),
+                        None, rig.replies.append)
+        assert guest.rx.interrupt_mask == 1
+        assert guest.dev.poll(D) == POLLIN | POLLRDNORM
+        assert guest.dev.read(D, 4) == struct.pack("<I", 1)
+        assert guest.dev.read(D, 4) == WOULD_BLOCK
+        tid, payload = guest.take()  # type: ignore[misc]
+        assert payload[12] == 7 and payload[28] == 0  # FCOPY START
+        assert payload[28 + 36 : 28 + 38] == "f".encode("utf-16-le")
+        guest.answer(payload, 0x80070050)
+        assert rig.replies[-1].status == 0x80070050
+        assert guest.dev.write(D, struct.pack("<i", 0)) == 4
+        assert guest.rx.interrupt_mask == 1
+    finally:
+        guest.close()
+        uio.close()
+    assert not uio.connected
+
+
+def test_uio_ring_wraps_and_keeps_one_byte_free() -> None:
+    rig, uio, guest = uio_rig()
+    try:
+        nego = guest.take()
+        assert nego is not None
+        guest.answer(nego[1])
+        data = bytes(range(256)) * 24
+        for i in range(12):  # 6 KiB fragments through a 16 KiB data area
+            body = fcopy_write_body(i * 6144, data)
+            rig.host.submit("write", {}, rig.host.ic_payload(body), None, rig.replies.append)
+            got = guest.take()
+            assert got is not None
+            assert got[1][28 + 52 : 28 + 52 + 6144] == data
+            guest.answer(got[1])
+        assert len(rig.replies) == 12 and {r.status for r in rig.replies} == {0}
+        # 12 packets of 6248 bytes (descriptor, padded payload, trailer) wrapped 4 times.
+        assert guest.rx.read_index == guest.rx.write_index == 12 * 6248 % guest.rx.dsize
+        big = b"\x00" * (uio.ring_size - 4096 - 8)  # exactly the data area: never fits
+        assert not uio.rx.write_raw(big)
+    finally:
+        guest.close()
+        uio.close()
+
+
+def test_uio_sysfs_tree() -> None:
+    from hvguest.sim.kernel.uio import FCOPY_CLASS, FCOPY_INSTANCE, UioFcopy
+
+    uio = UioFcopy(TimerQueue(FakeClock()), ring_size=0x4000)
+    try:
+        tree = uio.fake_sys()
+        dev = f"bus/vmbus/devices/{FCOPY_INSTANCE}"
+        assert tree[f"{dev}/class_id"] == f"{{{FCOPY_CLASS}}}\n"
+        assert tree[f"{dev}/uio/uio0/maps/map0/size"] == "0x0000000000008000\n"
+        assert tree[f"{dev}/uio/uio0/maps/map0/name"] == "txrx_rings\n"
+        assert os.path.getsize(uio.ring_path) == 0x8000
+        assert "bus/vmbus/drivers/uio_hv_generic/new_id" in tree
+    finally:
+        uio.close()
