@@ -351,8 +351,8 @@ def _setup(spec: dict[str, Any], report: Any) -> int | None:
             os.unlink("/etc/resolv.conf")
         with open("/etc/resolv.conf", "w") as f:
             f.write(f"nameserver {NAMESERVER}\n")
-    if loops:
-        check_mounts([dev for dev, _ in loop_devs])
+    # Always, not only with loops: a VSS daemon under test must never see a real disk.
+    check_mounts([dev for dev, _ in loop_devs])
     os.chdir(spec["cwd"])
     return peer_ns
 
