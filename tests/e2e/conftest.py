@@ -1,0 +1,61 @@
+"""Session fixtures of the end-to-end tier: one fresh Debian 12 root filesystem
+(debootstrap) and freshly built packages per test run, all in a temporary
+directory that is removed at the end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import e2elib
+
+
+@pytest.fixture(scope="session")
+def e2e_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    had_nspawn_dir = os.path.isdir("/run/systemd/nspawn")
+    path = tmp_path_factory.mktemp("e2e")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+    if not had_nspawn_dir:
+        shutil.rmtree("/run/systemd/nspawn", ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def rootfs(e2e_dir: Path) -> Path:
+    """A minimal Debian 12 with systemd, udev, the Python dependencies and the cloud
+    kernel, made once per run. HVGUEST_E2E_ROOTFS names a prepared one to copy
+    instead (for iterating on the tests; CI always runs debootstrap)."""
+    target = e2e_dir / "rootfs"
+    prepared = os.environ.get("HVGUEST_E2E_ROOTFS")
+    if prepared:
+        e2elib.copy_tree(Path(prepared), target)
+    else:
+        e2elib.debootstrap(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def deb(e2e_dir: Path) -> Path:
+    """packaging/build-deb of this checkout (lintian must pass)."""
+    return e2elib.build_deb(e2e_dir / "dist")
+
+
+@pytest.fixture(scope="session")
+def rpm(e2e_dir: Path) -> Path:
+    """packaging/build-rpm of this checkout (rpmlint must pass)."""
+    if not shutil.which("rpmbuild"):
+        pytest.skip("needs rpmbuild (apt-get install rpm)")
+    return e2elib.build_rpm(e2e_dir / "dist-rpm")
+
+
+@pytest.fixture
+def scratch_root(rootfs: Path, tmp_path: Path) -> Iterator[Path]:
+    """A private copy of the session's root filesystem for one scenario."""
+    root = tmp_path / "root"
+    e2elib.copy_tree(rootfs, root)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
