@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-
 class SandboxError(HvGuestError):
     """The sandbox could not be set up, or was asked something unsafe."""
 
@@ -75,7 +74,9 @@ class SysDir:
 @dataclass(frozen=True)
 class SysBind:
     """A file or directory of the machine bind-mounted into the fake sysfs tree, e.g. the
-    tmpfs file backing a simulated ring (``fake_sys`` value)."""
+    tmpfs file backing a simulated ring (``fake_sys`` value). It must live on a tmpfs:
+    a bind from a disk shows that disk's device as a rw mount (a VSS daemon would freeze
+    it), and the sandbox refuses to start."""
 
     source: str
 
@@ -98,6 +99,9 @@ class SandboxSpec:
     cwd: str = "/"
     stdout: str | None = None
     stderr: str | None = None
+    # Where the (empty, host-side) mount point of the sandbox's tmpfs is made; default
+    # the system's temporary directory. Removed by stop().
+    workdir: str | None = None
 
 
 class Sandbox:
@@ -153,22 +157,25 @@ class Sandbox:
             if server.initialised:
                 # The kernel ties a FUSE connection to one mount: a server whose mount
                 # has been used cannot be mounted again.
-                raise SandboxError("a FuseDeviceServer serves a single mount; "
-                                   "create a new one for each sandbox")
+                raise SandboxError(
+                    "a FuseDeviceServer serves a single mount; create a new one for each sandbox"
+                )
             if not os.path.isabs(path):
                 raise SandboxError(f"FUSE mount path {path!r} is not absolute")
         for rel in self.spec.fake_sys:
             parts = rel.strip("/").split("/")
             if not rel or rel.startswith("/") or ".." in parts or len(parts) < 2:
-                raise SandboxError(f"fake_sys path {rel!r}: need a relative path below a "
-                                   "top directory of /sys")
+                raise SandboxError(
+                    f"fake_sys path {rel!r}: need a relative path below a top directory of /sys"
+                )
         for loop in self.spec.loop_filesystems:
             if not os.path.isfile(loop.image) or not os.path.isabs(loop.mountpoint):
-                raise SandboxError(f"loop filesystem {loop}: image must exist and "
-                                   "the mount point be absolute")
+                raise SandboxError(
+                    f"loop filesystem {loop}: image must exist and the mount point be absolute"
+                )
 
     def _launch(self, timeout: float) -> None:
-        self._base = tempfile.mkdtemp(prefix="hvguest-sandbox-")
+        self._base = tempfile.mkdtemp(prefix="hvguest-sandbox-", dir=self.spec.workdir)
         self._spec_path = self._base + ".json"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.setblocking(False)
@@ -179,10 +186,14 @@ class Sandbox:
         fuse: list[dict[str, Any]] = []
         for server, path in self.spec.fuse_mounts:
             name = os.path.basename(path)
-            fuse.append({
-                "fd": server.fileno(), "options": server.mount_options(), "path": path,
-                "file": name if name in server.names else None,
-            })
+            fuse.append(
+                {
+                    "fd": server.fileno(),
+                    "options": server.mount_options(),
+                    "path": path,
+                    "file": name if name in server.names else None,
+                }
+            )
         fake: list[list[str]] = []
         for rel, value in sorted(self.spec.fake_sys.items()):
             if isinstance(value, SysLink):
@@ -199,10 +210,16 @@ class Sandbox:
         child_spec = {
             "command": self.spec.command,
             "env": self.spec.env if self.spec.env is not None else dict(os.environ),
-            "cwd": self.spec.cwd, "base": self._base, "fuse": fuse, "fake_sys": fake,
+            "cwd": self.spec.cwd,
+            "base": self._base,
+            "fuse": fuse,
+            "fake_sys": fake,
             "loops": [vars(lp) for lp in self.spec.loop_filesystems],
-            "hide_loop_markers": self.spec.hide_loop_markers, "network": self.spec.network,
-            "syslog_fd": sock.fileno(), "status_fd": status_w, "go_fd": go_r,
+            "hide_loop_markers": self.spec.hide_loop_markers,
+            "network": self.spec.network,
+            "syslog_fd": sock.fileno(),
+            "status_fd": status_w,
+            "go_fd": go_r,
             "ppid": os.getpid(),
         }
         # It carries the environment: private to root, removed once the helper read it.
@@ -215,7 +232,10 @@ class Sandbox:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "hvguest.sim.netns", self._spec_path],
                 pass_fds=[status_w, go_r, sock.fileno()] + [m["fd"] for m in fuse],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
             )
         finally:
             for fh in (out, err):
@@ -254,8 +274,7 @@ class Sandbox:
                 elif word == "ready":
                     os.unlink(self._spec_path)
                     for ns in ("mnt", "uts", "ipc", "net"):
-                        self._ns_fds[ns] = os.open(f"/proc/{self._proc.pid}/ns/{ns}",
-                                                   os.O_RDONLY)
+                        self._ns_fds[ns] = os.open(f"/proc/{self._proc.pid}/ns/{ns}", os.O_RDONLY)
                     os.write(go_w, b"g")
                     released = True
         if not released:
@@ -359,13 +378,17 @@ class Sandbox:
         if not self._ns_fds:
             raise SandboxError("sandbox not running")
         args = ["nsenter"]
-        for ns, opt in (("mnt", "--mount"), ("uts", "--uts"), ("ipc", "--ipc"),
-                        ("net", "--net")):
+        for ns, opt in (("mnt", "--mount"), ("uts", "--uts"), ("ipc", "--ipc"), ("net", "--net")):
             args.append(f"{opt}=/proc/self/fd/{self._ns_fds[ns]}")
         return args + ["--", *cmd], list(self._ns_fds.values())
 
-    def exec(self, cmd: list[str], timeout: float = 30, input: bytes | None = None,
-             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    def exec(
+        self,
+        cmd: list[str],
+        timeout: float = 30,
+        input: bytes | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[bytes]:
         """Run ``cmd`` in the sandbox's namespaces and root, serving FUSE meanwhile.
 
         Raises ``subprocess.TimeoutExpired`` after ``timeout``; the process is killed (one
@@ -374,9 +397,15 @@ class Sandbox:
         args, fds = self._nsenter(cmd)
         if env is None:
             env = self.spec.env if self.spec.env is not None else dict(os.environ)
-        proc = subprocess.Popen(args, pass_fds=fds, env=env, stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            args,
+            pass_fds=fds,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         assert proc.stdin and proc.stdout and proc.stderr
         pending = memoryview(input or b"")
         out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
@@ -398,13 +427,14 @@ class Sandbox:
                     self._stragglers.append(proc)
                 proc.stdout.close()
                 proc.stderr.close()
-                raise subprocess.TimeoutExpired(cmd, timeout, b"".join(out[out_fd]),
-                                                b"".join(out[err_fd]))
+                raise subprocess.TimeoutExpired(
+                    cmd, timeout, b"".join(out[out_fd]), b"".join(out[err_fd])
+                )
             if stdin_fd is not None:
                 _, writable, _ = select.select([], [stdin_fd], [], 0)
                 if writable:
                     try:
-                        pending = pending[os.write(stdin_fd, pending):]
+                        pending = pending[os.write(stdin_fd, pending) :]
                     except BrokenPipeError:
                         pending = memoryview(b"")
                     if not pending:
@@ -418,11 +448,18 @@ class Sandbox:
                     open_fds.discard(fd)
         proc.stdout.close()
         proc.stderr.close()
-        return subprocess.CompletedProcess(cmd, proc.returncode, b"".join(out[out_fd]),
-                                           b"".join(out[err_fd]))
+        return subprocess.CompletedProcess(
+            cmd, proc.returncode, b"".join(out[out_fd]), b"".join(out[err_fd])
+        )
 
-    def spawn(self, cmd: list[str], *, stdout: str | None = None, stderr: str | None = None,
-              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def spawn(
+        self,
+        cmd: list[str],
+        *,
+        stdout: str | None = None,
+        stderr: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
         """Start ``cmd`` in the sandbox without waiting, e.g. to restart the daemon after
         it exited (its files and the device mounts live on). ``stop()`` ends it."""
         args, fds = self._nsenter(cmd)
@@ -431,8 +468,15 @@ class Sandbox:
         out = open(stdout, "ab") if stdout else None  # noqa: SIM115
         err = open(stderr, "ab") if stderr else None  # noqa: SIM115
         try:
-            proc = subprocess.Popen(args, pass_fds=fds, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=err, start_new_session=True)
+            proc = subprocess.Popen(
+                args,
+                pass_fds=fds,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
         finally:
             for fh in (out, err):
                 if fh is not None:
@@ -549,10 +593,12 @@ class Sandbox:
             subprocess.run(["losetup", "-d", dev], capture_output=True, timeout=10)
         deadline = time.monotonic() + 10
         while self._loops and time.monotonic() < deadline:
-            listed = subprocess.run(["losetup", "-a"], capture_output=True, text=True,
-                                    timeout=10).stdout
-            if not any(line.startswith(dev + ":") for dev in self._loops
-                       for line in listed.splitlines()):
+            listed = subprocess.run(
+                ["losetup", "-a"], capture_output=True, text=True, timeout=10
+            ).stdout
+            if not any(
+                line.startswith(dev + ":") for dev in self._loops for line in listed.splitlines()
+            ):
                 break
             time.sleep(0.05)
         else:

@@ -47,6 +47,14 @@ def ext4_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
+def shm_dir() -> Iterator[Path]:
+    path = Path("/dev/shm") / f"hvguest-test-{os.getpid()}"
+    path.mkdir()
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.fixture
 def sleeper() -> Iterator[Sandbox]:
     sb = Sandbox(SandboxSpec(command=["sleep", "60"]))
     sb.start()
@@ -135,8 +143,8 @@ def test_network_is_fixed_and_private() -> None:
 
 
 @pytest.mark.root
-def test_fake_sysfs_entries_next_to_real_ones(tmp_path: Path) -> None:
-    ring = tmp_path / "ring"
+def test_fake_sysfs_entries_next_to_real_ones(shm_dir: Path) -> None:
+    ring = shm_dir / "ring"
     ring.write_bytes(b"\0" * 0xA000)
     fake: dict[str, str | bytes | SysLink | SysDir | SysBind] = {
         "bus/vmbus/devices/dev0/channels/15/ring": SysBind(str(ring)),
@@ -205,12 +213,11 @@ def test_refuses_rw_dev_mounts_other_than_test_loops(tmp_path: Path) -> None:
 
 
 @pytest.mark.root
-def test_stop_leaves_nothing_behind(ext4_image: Path) -> None:
-    tmp_before = set(os.listdir("/tmp"))
+def test_stop_leaves_nothing_behind(ext4_image: Path, tmp_path: Path) -> None:
     mounts_before = host_mounts()
     spec = SandboxSpec(command=["sh", "-c", "trap '' TERM; sleep 60 & sleep 60 & wait"],
                        loop_filesystems=[LoopFs(str(ext4_image), "ext4", "/mnt/hvtest")],
-                       network=True)
+                       network=True, workdir=str(tmp_path))
     sb = Sandbox(spec)
     sb.start()
     pid = sb.pid
@@ -231,7 +238,7 @@ def test_stop_leaves_nothing_behind(ext4_image: Path) -> None:
     assert left == []
     assert str(ext4_image) not in losetup_list()
     assert host_mounts() == mounts_before
-    assert set(os.listdir("/tmp")) - tmp_before == set()
+    assert os.listdir(tmp_path) == []
 
 
 class VssDevice:
