@@ -174,19 +174,26 @@ CLIENT_BLOCK = r"""
 import json, os, select
 # O_NONBLOCK is not honoured by the misc devices: reads still block
 fd = os.open("/dev/vmbus/hv_echo", os.O_RDWR | os.O_NONBLOCK)
-p = select.poll()
-p.register(fd, select.POLLIN)
-print(json.dumps([ev for _, ev in p.poll(-1)]), flush=True)
+if USE_EPOLL:
+    p = select.epoll()
+    p.register(fd, select.EPOLLIN)
+    print(json.dumps([ev for _, ev in p.poll(-1)]), flush=True)
+else:
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    print(json.dumps([ev for _, ev in p.poll(-1)]), flush=True)
 print(json.dumps(os.read(fd, 100).decode()), flush=True)
 print(json.dumps(os.read(fd, 100).decode()), flush=True)
 """
 
 
+@pytest.mark.parametrize("use_epoll", [False, True], ids=["poll", "epoll"])
 def test_poll_notify_and_blocked_read_woken_from_parent(
-    echo: tuple[EchoDevice, FuseDeviceServer], tmp_path: Path
+    echo: tuple[EchoDevice, FuseDeviceServer], tmp_path: Path, use_epoll: bool
 ) -> None:
     dev, server = echo
-    sb = run_client(tmp_path, [(server, "/dev/vmbus")], CLIENT_BLOCK)
+    code = f"USE_EPOLL = {use_epoll}\n" + CLIENT_BLOCK
+    sb = run_client(tmp_path, [(server, "/dev/vmbus")], code)
     serve_until(sb, lambda: dev.polls > 0)
     sb.serve(0.2)
     assert sb.alive()  # still waiting in poll(): nothing queued
