@@ -30,6 +30,7 @@ FCOPY_RELID = 13
 DEFAULT_RING = 0x5000  # VMBUS_RING_SIZE(0x4000) on current kernels; 0x4000 before 2025
 NEW_ID_PATH = "bus/vmbus/drivers/uio_hv_generic/new_id"
 _BIND_POLL = 0.05
+_READY_POLL = 0.01
 
 
 class UioDevice:
@@ -118,10 +119,15 @@ class UioFcopy:
         self.log: list[str] = []
         self.sandbox_root: str | None = None  # for binding on a new_id write
         self._bind_timer: Timer | None = None
-        self.deaf_packets = 0
+        # Until the guest first unmasks RX after connecting, the host keeps checking
+        # the mask and signals once it is cleared: the reference daemon clears it in
+        # shared memory without signalling, after the host's first NEGOTIATE went out.
+        self._guest_ready = False
+        self._ready_timer: Timer | None = None
 
     # -- channel state ----------------------------------------------------------------
     def connect(self) -> None:
+        self._guest_ready = False
         self.tx.reset()
         self.rx.reset()
         self.rx.interrupt_mask = 1
@@ -143,6 +149,7 @@ class UioFcopy:
     def irqcontrol(self, enable: bool) -> None:
         self.rx.interrupt_mask = 0 if enable else 1
         if enable:
+            self._guest_ready = True
             # No monitor page on this channel: re-enabling signals the host.
             self.signals += 1
             self.on_guest_signal()
@@ -177,6 +184,21 @@ class UioFcopy:
             return
         if wrote and self.rx.interrupt_mask == 0:
             self.interrupt()
+        elif wrote and not self._guest_ready and self._ready_timer is None:
+            self._ready_timer = self.timers.call_later(_READY_POLL / self.timers.scale,
+                                                       self._check_ready)
+
+    def _check_ready(self) -> None:
+        self._ready_timer = None
+        if not self.connected or self._guest_ready:
+            return
+        if self.rx.interrupt_mask == 0:
+            self._guest_ready = True
+            if self.rx.available():
+                self.interrupt()
+            return
+        self._ready_timer = self.timers.call_later(_READY_POLL / self.timers.scale,
+                                                   self._check_ready)
 
     def on_guest_signal(self) -> None:
         """Drain TX (the guest's responses), then retry RX writes that did not fit."""
@@ -278,8 +300,9 @@ class UioFcopy:
                                                   self._check_new_id)
 
     def close(self) -> None:
-        if self._bind_timer is not None:
-            self._bind_timer.cancel()
+        for timer in (self._bind_timer, self._ready_timer):
+            if timer is not None:
+                timer.cancel()
         try:
             self.tx.mem.release()
             self.rx.mem.release()
