@@ -281,8 +281,8 @@ class PoolFile:
         sig = _Signature.of(st)
         if sig == self._sig and self._trusted:
             return
-        data = _read_all(fd, st.st_size)
-        count, rest = divmod(len(data), POOL_RECORD_SIZE)
+        records, rest = _read_records(fd)
+        count = len(records)
         if rest and self._writable:
             log.warning(
                 "%s: cutting a partial trailing record of %d bytes (torn write)",
@@ -293,7 +293,7 @@ class PoolFile:
             os.ftruncate(fd, count * POOL_RECORD_SIZE)
             st = os.fstat(fd)
             sig = _Signature.of(st)
-        self._set_records(_parse(data, count))
+        self._set_records(records)
         self._sig = sig
         self._trusted = time.time_ns() - st.st_mtime_ns > RACY_NS
         self.reloads += 1
@@ -448,11 +448,13 @@ class PoolFile:
             if i is None:
                 return False
             count = len(self._records)
-            if i + 1 < count:
-                tail = _read_all(fd, (count - i - 1) * POOL_RECORD_SIZE, (i + 1) * POOL_RECORD_SIZE)
-                for j in range(count - i - 1):
-                    chunk = tail[j * POOL_RECORD_SIZE : (j + 1) * POOL_RECORD_SIZE]
-                    _pwrite_all(fd, chunk, (i + j) * POOL_RECORD_SIZE)
+            # Move each later record up by one, in order, as raw bytes: other
+            # writers' records keep whatever they hold after their NULs.
+            for j in range(i + 1, count):
+                chunk = os.pread(fd, POOL_RECORD_SIZE, j * POOL_RECORD_SIZE)
+                if len(chunk) != POOL_RECORD_SIZE:
+                    raise LocalUsageError(f"KVP pool file {self.path} shrank during a delete")
+                _pwrite_all(fd, chunk, (j - 1) * POOL_RECORD_SIZE)
             os.ftruncate(fd, (count - 1) * POOL_RECORD_SIZE)
             del self._records[i]
             self._set_records(self._records)
@@ -471,31 +473,32 @@ class PoolFile:
             return out
 
 
-def _parse(data: bytes, count: int) -> list[tuple[bytes, bytes]]:
-    """Records of ``data``, each field cut at its first NUL (whole if it has none)."""
-    find = data.find
+# 48 records (122,880 bytes) per read: below glibc's mmap threshold, so reloading a
+# large pool reuses the same heap memory instead of leaving megabytes resident.
+_READ_RECORDS = 48
+
+
+def _read_records(fd: int) -> tuple[list[tuple[bytes, bytes]], int]:
+    """Every whole record (fields cut at their first NUL, whole if they have none),
+    and the size of a trailing partial record."""
     records = []
-    for base in range(0, count * POOL_RECORD_SIZE, POOL_RECORD_SIZE):
-        mid = base + POOL_KEY_SIZE
-        end = base + POOL_RECORD_SIZE
-        kend = find(b"\0", base, mid)
-        vend = find(b"\0", mid, end)
-        records.append(
-            (data[base : kend if kend >= 0 else mid], data[mid : vend if vend >= 0 else end])
-        )
-    return records
-
-
-def _read_all(fd: int, size: int, offset: int = 0) -> bytes:
-    chunks = []
-    done = 0
-    while done < size:
-        chunk = os.pread(fd, size - done, offset + done)
-        if not chunk:
-            break  # shrank under us (an unlocking writer truncated it)
-        chunks.append(chunk)
-        done += len(chunk)
-    return b"".join(chunks)
+    offset = 0
+    chunk_size = _READ_RECORDS * POOL_RECORD_SIZE
+    while True:
+        data = os.pread(fd, chunk_size, offset)
+        whole = len(data) - len(data) % POOL_RECORD_SIZE
+        find = data.find
+        for base in range(0, whole, POOL_RECORD_SIZE):
+            mid = base + POOL_KEY_SIZE
+            end = base + POOL_RECORD_SIZE
+            kend = find(b"\0", base, mid)
+            vend = find(b"\0", mid, end)
+            records.append(
+                (data[base : kend if kend >= 0 else mid], data[mid : vend if vend >= 0 else end])
+            )
+        offset += len(data)
+        if len(data) < chunk_size:
+            return records, len(data) - whole
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:

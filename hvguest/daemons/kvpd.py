@@ -23,7 +23,6 @@ from hvguest.daemons.common import daemon_arg_parser, start_daemon
 from hvguest.errors import HvGuestError, TransportError
 from hvguest.kvp.autopool import AutoPool
 from hvguest.kvp.ipinfo import IpInfoSource
-from hvguest.kvp.netconfig import NetConfigurator
 from hvguest.kvp.netlink import NetlinkReader
 from hvguest.kvp.settings import KvpSettings, nic_excluded, nic_rank
 from hvguest.log import Throttle
@@ -110,9 +109,7 @@ class KvpService:
         )
         self.data = DaemonData(self.store, self.auto, IpInfoSource(paths, reader))
         self.role = KvpRole(self.data)
-        self.netconfig = NetConfigurator(
-            paths, stack=settings.network_stack, timeout=settings.apply_timeout
-        )
+        self._netconfig: Any = None
         self.own = OwnKeys(self.store.pool(KvpPool.GUEST))
         self.state = StatePublisher(SERVICE, paths)
         self._throttle = Throttle(LOG_PERIOD, clock)
@@ -164,6 +161,16 @@ class KvpService:
         c = self.role.counters
         return f"{c.requests} request(s), {c.failures} failed; protocol {self.role.version}"
 
+    def netconfig(self) -> Any:
+        """Loaded on the first SET_IP_INFO: subprocess and friends are not needed before."""
+        if self._netconfig is None:
+            from hvguest.kvp.netconfig import NetConfigurator
+
+            self._netconfig = NetConfigurator(
+                self.paths, stack=self.settings.network_stack, timeout=self.settings.apply_timeout
+            )
+        return self._netconfig
+
     # -- device --------------------------------------------------------------
 
     def on_readable(self) -> None:
@@ -183,7 +190,7 @@ class KvpService:
             elif isinstance(action, PoolChanged):
                 self._dirty = True
             elif isinstance(action, ApplyIpConfig):
-                outcome = self.netconfig.apply(action.config)
+                outcome = self.netconfig().apply(action.config)
                 self.dispatch(
                     self.role.ip_config_done(outcome.status, outcome.detail, self.clock())
                 )

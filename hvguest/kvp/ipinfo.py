@@ -13,16 +13,19 @@ followed by ``;``.
 
 from __future__ import annotations
 
-import configparser
 import contextlib
 import glob
 import logging
 import os
 import re
 import socket
+from typing import TYPE_CHECKING
 
 from hvguest.kvp.netlink import Address, Link, NetlinkReader, Snapshot
 from hvguest.paths import Paths
+
+if TYPE_CHECKING:
+    import configparser
 from hvguest.wire.kvp import (
     ADDR_FAMILY_IPV4,
     ADDR_FAMILY_IPV6,
@@ -225,6 +228,8 @@ def _nameservers(text: str) -> list[str]:
 
 
 def _ini(text: str) -> configparser.ConfigParser:
+    import configparser  # only for DHCP probes: keep it out of the daemon's baseline
+
     parser = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",))
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     with contextlib.suppress(configparser.Error):
