@@ -205,6 +205,18 @@ class VssService:
         return self.role.capability_result(True, detail)
 
     def _freeze(self) -> list[Action]:
+        try:
+            return self._do_freeze()
+        except Exception as exc:
+            # A bug must not leave anything frozen, nor logging held.
+            if self.engine.is_frozen:
+                self.engine.thaw()
+            self._release_io()
+            clear_record(self.paths)
+            log.exception("FREEZE failed unexpectedly; everything thawed")
+            return self._freeze_failed(utc_now(), f"internal error: {exc!r}", [])
+
+    def _do_freeze(self) -> list[Action]:
         started = utc_now()
         t0 = self.clock()
         try:
@@ -299,8 +311,10 @@ class VssService:
 
     def _thaw(self, why: str) -> list[Action]:
         frozen = self.engine.frozen_mounts()
-        outcome = self.engine.thaw()
-        self._release_io()
+        try:
+            outcome = self.engine.thaw()
+        finally:
+            self._release_io()
         clear_record(self.paths)
         for problem in self.guard.problems if self.guard else []:
             log.warning("%s", problem)

@@ -16,8 +16,10 @@ Fields that differ on purpose (``DIFFERS``), and why:
   HV_E_FAIL, because nothing was frozen for the backup.
 * double FREEZE: reference 0 (FIFREEZE's EBUSY counted as success); hvguest HV_E_FAIL,
   the filesystems stay frozen once, until THAW or the auto-thaw bound.
-* unknown operation / short message: reference 0 ("Illegal op" logged) or a daemon
-  that gives up on the device; hvguest HV_INVALIDARG in a 12-byte reply, keeps serving.
+* unknown operation: reference 0 ("Illegal op" logged); hvguest HV_INVALIDARG, bytes
+  4-11 echoed as by the reference.
+* short message: the reference sends no reply at all (the host's request fails when
+  the kernel gives up on it); hvguest answers HV_INVALIDARG in a 12-byte reply.
 * a filesystem already frozen by someone else: the reference answers 0 and then
   *thaws the other tool's freeze* at THAW; hvguest fails the FREEZE naming the mount
   (default ``foreign_freeze: fail``) and never thaws it.
@@ -198,7 +200,7 @@ EXPECTED: dict[str, tuple[dict[str, Any], dict[str, Any]] | None] = {
     ),
     "unknown_op": ({"status": OK}, {"status": INVALIDARG, "len": 12, "alive": True}),
     "short_message": (
-        {},  # the reference answers 0 or drops the device; recorded, not asserted
+        {"len": 0, "alive": True},  # no reply from the reference
         {"status": INVALIDARG, "len": 12, "alive": True, "serves_after": OK},
     ),
     "foreign_freeze": (

@@ -132,3 +132,11 @@ def test_sigkill_while_frozen_thawed_by_guard(tmp_path: pytest.TempPathFactory) 
             assert rc == 0 and time.monotonic() - t0 < 20
         finally:
             unfreeze_all(sim)
+
+
+def test_hot_backup_flag_in_status_option(tmp_path: pytest.TempPathFactory) -> None:
+    """With vss.hot_backup_flag_in_status the reply's byte 0 is 2, so the kernel hands
+    VSS_HBU_NO_AUTO_RECOVERY (5) to the host, with the success status 2."""
+    with start(str(tmp_path), "vss:\n  hot_backup_flag_in_status: true\n") as sim:
+        assert sim.vss_hot_backup() == (2, 5)
+        assert sim.vss_freeze() == OK and sim.vss_thaw() == OK

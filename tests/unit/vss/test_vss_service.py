@@ -151,3 +151,24 @@ def test_hot_backup_reports_capability(env):
     assert _send(service, transport, 2) == 0
     assert transport.sent[-1][8:] == struct.pack("<I", 5)
     assert "2 filesystem(s) to freeze" in service.state.doc["last_op"]["detail"]
+
+
+def test_unexpected_error_thaws_and_releases_logging(env):
+    service, transport, ops, now, runtime, paths = env
+    buffer = hvlog.setup_logging("test", target="stderr")
+    real_freeze = ops.freeze
+
+    def flaky(fd):
+        if ops.paths[fd] == "/":
+            raise RuntimeError("bug")
+        real_freeze(fd)
+
+    ops.freeze = flaky
+    try:
+        assert _send(service, transport, 5) == 0x80004005
+        assert not ops.frozen and not buffer.held and not service.state.held
+        assert "internal error" in service.state.doc["details"]["last_freeze"]["reason"]
+        assert _send(service, transport, 6) == 0x80004005  # nothing frozen
+    finally:
+        hvlog.flush()
+        logging.getLogger().removeHandler(buffer)
