@@ -15,9 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 from hvguest import log as hvlog
+from hvguest.config import load_config
 from hvguest.daemon import Runtime, Timer
 from hvguest.daemons.common import daemon_arg_parser, start_daemon
-from hvguest.errors import HvGuestError, TransportError
+from hvguest.errors import ConfigError, HvGuestError, TransportError
 from hvguest.paths import Paths
 from hvguest.roles.vss import (
     Action,
@@ -367,9 +368,19 @@ class VssService:
             "mounts": [r.to_dict() for r in results],
             "hooks": [],
         }
-        if not ok:
-            log.warning("FREEZE failed: %s", reason)
         return summary
+
+    def apply_settings(self, settings: VssSettings) -> None:
+        """New settings (SIGHUP); a freeze in progress keeps its auto-thaw deadline."""
+        self.settings = settings
+        self.engine.foreign_freeze = settings.foreign_freeze
+        self.role.auto_thaw = settings.auto_thaw
+        self.role.hbu_flag_in_status = settings.hot_backup_flag_in_status
+        if self.guard is not None:
+            self.guard.bound = settings.auto_thaw
+        self.state.update(details=self._details())
+        if not self.state.held:
+            self.state.publish()
 
     def _details(self) -> dict[str, Any]:
         return {
@@ -396,6 +407,18 @@ def main(argv: list[str] | None = None) -> int:
     settings = config.get(VssSettings)
     runtime = Runtime("hvguest-vssd")
     service = VssService(paths, settings, runtime)
+    config_path = args.config or paths.config_file
+
+    def reload() -> None:
+        try:
+            fresh = load_config(config_path, missing_ok=args.config is None).get(VssSettings)
+        except ConfigError as exc:
+            log.error("configuration not reloaded: %s", exc)
+            return
+        service.apply_settings(fresh)
+        log.info("configuration reloaded from %s", config_path)
+
+    runtime.on_reload(reload)
     try:
         service.start()
     except TransportError as exc:

@@ -172,3 +172,13 @@ def test_unexpected_error_thaws_and_releases_logging(env):
     finally:
         hvlog.flush()
         logging.getLogger().removeHandler(buffer)
+
+
+def test_apply_settings_changes_the_next_plan(env):
+    service, transport, ops, now, runtime, paths = env
+    service.apply_settings(VssSettings(auto_thaw=10, guard=False, hooks=False, exclude=["/home"]))
+    assert _send(service, transport, 5) == 0
+    assert ops.frozen == {"/"}
+    assert service.role.deadline == now[0] + 10
+    assert _send(service, transport, 6) == 0
+    hvlog.flush()
