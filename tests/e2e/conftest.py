@@ -9,9 +9,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 import e2elib
+import pytest
 
 
 @pytest.fixture(scope="session")
