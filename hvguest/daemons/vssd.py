@@ -317,6 +317,22 @@ class VssService:
         finally:
             self._release_io()
         clear_record(self.paths)
+        if self._last_freeze is not None:
+            self._last_freeze["thaw"] = {
+                "why": why,
+                "ok": outcome.ok,
+                "reason": outcome.reason,
+                "time": utc_now(),
+            }
+            self._last_freeze["mounts"] = [r.to_dict() for r in outcome.results]
+        if not outcome.ok:
+            self.state.record_error(f"THAW: {outcome.reason}")
+        self.state.update(
+            state="ready", details={"frozen": False, "frozen_since": None, "frozen_mounts": []}
+        )
+        # Answer the host first: THAW has a 30 s kernel deadline, and the hooks' outcome
+        # does not change whether the filesystems were held frozen.
+        self.execute(self.role.thaw_result(outcome.ok, outcome.reason, self.clock()))
         for problem in self.guard.problems if self.guard else []:
             log.warning("%s", problem)
         if why == "auto":
@@ -327,27 +343,11 @@ class VssService:
             )
         elif why == "stop":
             log.warning("stopping while frozen: thawed %s", ", ".join(frozen) or "nothing")
-        hook_errors = self.hooks.thaw() if self.hooks is not None else []
-        for error in hook_errors:
+        for error in self.hooks.thaw() if self.hooks is not None else []:
             log.warning("%s", error)
-        if self._last_freeze is not None:
-            self._last_freeze["thaw"] = {
-                "why": why,
-                "ok": outcome.ok,
-                "reason": outcome.reason,
-                "time": utc_now(),
-            }
-            self._last_freeze["mounts"] = [r.to_dict() for r in outcome.results]
+            self.state.record_error(f"thaw hook: {error}")
         self._record_hooks()
-        if not outcome.ok:
-            self.state.record_error(f"THAW: {outcome.reason}")
-        self.state.update(
-            state="ready", details={"frozen": False, "frozen_since": None, "frozen_mounts": []}
-        )
-        detail = outcome.reason
-        if hook_errors:
-            detail += "; " + "; ".join(str(e) for e in hook_errors)
-        return self.role.thaw_result(outcome.ok, detail, self.clock())
+        return []
 
     def _release_io(self) -> None:
         hvlog.flush()

@@ -396,3 +396,20 @@ def test_plan_and_status_commands(tmp_path):
     assert status.returncode == 0, status.stdout + status.stderr
     assert "frozen now: no" in status.stdout and "last freeze:" in status.stdout
     assert "thawed" in status.stdout and "/mnt/a" in status.stdout
+
+
+def test_thaw_reply_does_not_wait_for_thaw_hooks(tmp_path):
+    base = str(tmp_path)
+    hooks = {"10-slow-thaw": _hook(base, "10-slow-thaw", '[ "$1" = thaw ] && sleep 3; exit 0')}
+
+    def body(loops, fss, d):
+        assert d.op(FREEZE)[0] == OK
+        t0 = time.monotonic()
+        status = d.op(THAW)[0]
+        seconds = time.monotonic() - t0
+        time.sleep(3.5)
+        return status, seconds, _hook_log(base)
+
+    status, seconds, log = _scenario(tmp_path, body, hooks=hooks)
+    assert status == OK and seconds < 1.5
+    assert log == [["10-slow-thaw", "freeze"], ["10-slow-thaw", "thaw"]]
