@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import functools
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -40,6 +44,7 @@ from hvguest.roles.fcopy import (
     WriteData,
 )
 from hvguest.state import StatePublisher, read_state, utc_now
+from hvguest.transport.chardev import FCOPY_READ_SIZE
 from hvguest.transport.ring import RingError
 from hvguest.wire.fcopy import decode_fcopy_request, fcopy_reply
 from hvguest.wire.icmsg import (
@@ -62,6 +67,7 @@ NOT_OFFERED = (
     "Enable-VMIntegrationService -Name 'Guest Service Interface'"
 )
 PROGRESS_PERIOD = 1.0
+_LOOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 REOPEN_DELAY = 2.0
 
 
@@ -314,6 +320,8 @@ class FcopyDaemon:
         self.publisher = StatePublisher(SERVICE, paths)
         self.service = FcopyService(self.settings, self.publisher)
         self.transport: Any = None
+        self.lock = threading.Lock()
+        self.stopping = False
 
     # -- start-up --------------------------------------------------------------
 
@@ -358,7 +366,13 @@ class FcopyDaemon:
 
             self.transport = open_fcopy(self.paths)
             device = self.paths.vmbus_device("hv_fcopy")
-            self.runtime.add_reader(self.transport, self.on_legacy_readable)
+            worker = threading.Thread(
+                target=self._legacy_worker,
+                args=(self.transport,),
+                name="fcopy-device",
+                daemon=True,
+            )
+            worker.start()
         else:
             from hvguest.transport.uio import UioTransport
 
@@ -369,17 +383,52 @@ class FcopyDaemon:
         self.publisher.update(device=str(device), state="ready", details={"transport": self.kind})
 
     # -- legacy char device ------------------------------------------------------
+    #
+    # One thread owns the device and serves it like the kernel expects: a blocking
+    # read() of the next message, the file work, the 4-byte reply. Polling first
+    # would cost a round trip per poll on a FUSE-served device and gains nothing:
+    # the kernel holds one message at a time and waits for our reply. Only this
+    # thread touches the descriptor (a read blocked in one thread would stall a
+    # write from another on FUSE). The main thread keeps signals, timers and the
+    # watchdog; ``self.lock`` serialises the service between the two.
 
-    def on_legacy_readable(self) -> None:
-        transport = self.transport
-        try:
-            message = transport.read_packet()
-            if not message:
+    def _legacy_worker(self, transport: Any) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _LOOP_SIGNALS)  # they belong to the loop
+        while not self.stopping:
+            try:
+                message = self._read_legacy(transport)
+                if not message:
+                    continue
+                with self.lock:
+                    if self.stopping:
+                        return
+                    status = self.service.handle(message, utf16=False)
+                transport.write_packet(fcopy_reply(status))
+            except TransportError as exc:
+                if not self.stopping:
+                    self.runtime.call_soon_threadsafe(functools.partial(self._lost, exc))
                 return
-            status = self.service.handle(message, utf16=False)
-            transport.write_packet(fcopy_reply(status))
-        except TransportError as exc:
-            self._lost(exc)
+            except Exception:  # a bug must not silence the channel: fail this request
+                log.exception("fcopy: unexpected failure serving the device")
+                with contextlib.suppress(TransportError):
+                    transport.write_packet(fcopy_reply(HvStatus.HV_E_FAIL))
+
+    @staticmethod
+    def _read_legacy(transport: Any) -> bytes:
+        """Block until the kernel queues a message (read() ignores O_NONBLOCK)."""
+        try:
+            data = os.read(transport.fileno(), FCOPY_READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return b""  # woken with nothing queued (EAGAIN)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise TransportError(
+                    f"{transport.path}: queued message is larger than {FCOPY_READ_SIZE} bytes"
+                ) from exc
+            raise TransportError(f"{transport.path}: read failed: {exc.strerror}") from exc
+        if not data and getattr(transport, "is_socket", False):
+            raise TransportError(f"{transport.path}: peer closed the connection")
+        return data
 
     # -- UIO ring ----------------------------------------------------------------
 
@@ -429,9 +478,11 @@ class FcopyDaemon:
 
     def _lost(self, exc: TransportError) -> None:
         log.error("fcopy channel failed: %s", exc)
-        self.service.abort(f"channel failed: {exc}")
-        self.publisher.record_error(str(exc))
-        self.runtime.remove_reader(self.transport)
+        with self.lock:
+            self.service.abort(f"channel failed: {exc}")
+            self.publisher.record_error(str(exc))
+        if self.kind != "legacy":
+            self.runtime.remove_reader(self.transport)
         with contextlib.suppress(Exception):
             self.transport.close()
         self._reopen()
@@ -448,13 +499,21 @@ class FcopyDaemon:
         log.info("fcopy channel reopened")
         self.publisher.publish()
 
+    def tick(self) -> None:
+        with self.lock:
+            self.service.tick()
+
     def stop(self) -> None:
-        self.service.abort("daemon stopping")
-        if self.transport is not None:
+        with self.lock:
+            self.stopping = True
+            self.service.abort("daemon stopping")
+            self.publisher.update(state="stopped", details={"in_progress": None})
+            self.publisher.publish()
+        # The legacy worker may sit in read(): leave the descriptor to process exit
+        # rather than close a number it could still use.
+        if self.transport is not None and self.kind != "legacy":
             with contextlib.suppress(Exception):
                 self.transport.close()
-        self.publisher.update(state="stopped", details={"in_progress": None})
-        self.publisher.publish()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -492,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime.close()
         return 1
     runtime.on_stop(daemon.stop)
-    runtime.call_every(PROGRESS_PERIOD, daemon.service.tick)
+    runtime.call_every(PROGRESS_PERIOD, daemon.tick)
     daemon.publisher.publish()
     roots = ", ".join(daemon.settings.allowed_roots) or "none"
     runtime.ready(f"receiving files over the {kind} transport into {roots}")

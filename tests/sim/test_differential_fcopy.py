@@ -19,7 +19,6 @@ import hashlib
 import os
 import stat
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,12 +49,10 @@ Scenario = Callable[[SimClient, str], Outcome]
 
 
 def wait_registered(sim: SimClient) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if (sim.state().get("fcopy") or {}).get("state", 0) >= 1:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"daemon did not register: {sim.state()}")
+    """The kernel fails every request until the daemon registered (legacy) or opened
+    /dev/uio0 (UIO)."""
+    if not sim.call("wait_registered"):
+        raise AssertionError(f"the fcopy daemon did not register: {sim.state()}")
 
 
 def look(sim: SimClient, *paths: str) -> dict[str, Any]:

@@ -33,16 +33,11 @@ DAEMON = [sys.executable, "-m", "hvguest.daemons.fcopyd", "--log-target", "stder
 MIB = 1 << 20
 
 
-def wait_registered(sim: SimClient, timeout: float = 20.0) -> None:
-    """The kernel fails every request until the daemon has registered (legacy) or
-    opened the UIO device."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = sim.state().get("fcopy") or {}
-        if state.get("state", 0) >= 1 or state.get("connected"):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"fcopy daemon did not register: {sim.state()}")
+def wait_registered(sim: SimClient) -> None:
+    """The kernel fails every request until the daemon registered (legacy) or opened
+    /dev/uio0 (UIO)."""
+    if not sim.call("wait_registered"):
+        raise AssertionError(f"the fcopy daemon did not register: {sim.state()}")
 
 
 def start(tmp_path, mode: str, command=None) -> SimClient:
@@ -172,8 +167,9 @@ def test_protocol_misuse_keeps_serving(sim, tmp_path, mode):
 def test_cancel_mid_transfer_leaves_nothing(sim, tmp_path):
     src = tmp_path / "src.bin"
     make_file(src, 4 * MIB)
-    status = sim.fcopy_send(str(src), "/tmp/cancelled", "f.bin", CREATE_PATH,
-                            cancel_after_bytes=MIB)
+    status = sim.fcopy_send(
+        str(src), "/tmp/cancelled", "f.bin", CREATE_PATH, cancel_after_bytes=MIB
+    )
     assert status == OK  # the CANCEL itself succeeds
     assert os.listdir(f"{sim.root}/tmp/cancelled") == []
     assert sim.daemon_alive()
