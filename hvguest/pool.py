@@ -139,6 +139,7 @@ class PoolFile:
         self.lock_timeout = lock_timeout
         self._mutex = threading.RLock()
         self._fd: int | None = None
+        self._fd_ident = (0, 0)  # (st_dev, st_ino) of self._fd
         self._writable = False
         self._sig: _Signature | None = None
         self._trusted = False
@@ -187,13 +188,16 @@ class PoolFile:
         """Our descriptor, reopened if the path now names another inode."""
         if self._fd is not None:
             try:
-                if os.stat(self.path).st_ino == os.fstat(self._fd).st_ino:
+                st = os.stat(self.path)
+                if (st.st_dev, st.st_ino) == self._fd_ident:
                     return self._fd
             except FileNotFoundError:
                 pass
             self._close_fd()
-        self._fd = self._open()
-        return self._fd
+        fd = self._open()
+        st = os.fstat(fd)
+        self._fd, self._fd_ident = fd, (st.st_dev, st.st_ino)
+        return fd
 
     def _close_fd(self) -> None:
         if self._fd is not None:
@@ -518,6 +522,7 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
 
 _REGISTRY: dict[str, PoolFile] = {}
 _REGISTRY_LOCK = threading.Lock()
+_GENERATION = [0]  # bumped by close_all()
 
 
 def open_pool(paths: Paths, pool: int, *, lock_timeout: float = LOCK_TIMEOUT) -> PoolFile:
@@ -538,6 +543,7 @@ def close_all() -> None:
         for pf in _REGISTRY.values():
             pf.close()
         _REGISTRY.clear()
+        _GENERATION[0] += 1
 
 
 class PoolStore:
@@ -546,9 +552,19 @@ class PoolStore:
     def __init__(self, paths: Paths, *, lock_timeout: float = LOCK_TIMEOUT) -> None:
         self.paths = paths
         self.lock_timeout = lock_timeout
+        self._pools: dict[int, PoolFile] = {}
+        self._generation = _GENERATION[0]
 
     def pool(self, pool: int) -> PoolFile:
-        return open_pool(self.paths, pool, lock_timeout=self.lock_timeout)
+        # Cached: this is on every host request. close_all() invalidates the cache so
+        # that a process never ends up with two PoolFiles (two fds) for one file.
+        if self._generation != _GENERATION[0]:
+            self._pools = {}
+            self._generation = _GENERATION[0]
+        pf = self._pools.get(pool)
+        if pf is None:
+            pf = self._pools[pool] = open_pool(self.paths, pool, lock_timeout=self.lock_timeout)
+        return pf
 
     def open_all(self) -> list[PoolFile]:
         """Open (creating if needed, mode 0644) all five files, as hv_kvp_daemon does."""

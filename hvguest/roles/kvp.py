@@ -410,8 +410,11 @@ class KvpRole:
         self.counters.by_op[op] = self.counters.by_op.get(op, 0) + 1
         if status not in (HvStatus.HV_S_OK, HvStatus.HV_S_CONT):
             self.counters.failures += 1
-        self.last = (op, status_name(status), now)
+        self.last = (op, _STATUS_NAMES.get(status) or status_name(status), now)
         return Result(reply, status, op, tuple(actions))
+
+
+_STATUS_NAMES = {int(s): s.name for s in HvStatus}
 
 
 def _op_name(message: bytes) -> str:

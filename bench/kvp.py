@@ -1,0 +1,176 @@
+"""KVP throughput: hvguest-kvpd vs hv_kvp_daemon vs a null daemon, through the simulator.
+
+    python -m bench kvp [--reference] [--runs N] [--keys N] [--records N]
+
+Per run and daemon, in a fresh sandbox: SET of N keys (pool 0), GET of the same keys,
+ENUMERATE of a pool file holding M records (pool 1, written before the first request),
+each op one host round trip. Daemons alternate run by run; medians are reported with
+the ratio hvguest/reference and each daemon's resident memory after the run. The null
+daemon registers and answers every request at once without any work: the ceiling of
+the harness itself. Needs root and /dev/fuse (and hyperv-daemons for --reference).
+Timing never fails anything; it is for reading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+
+HVGUEST_CONFIG = "kvp:\n  publish_version: false\n"
+REFERENCE = ["/usr/sbin/hv_kvp_daemon", "-n"]
+MEASURES = ("SET", "GET", "ENUMERATE")
+TARGETS = {"SET": 5.0, "GET": 3.5, "ENUMERATE": 2.0}
+RSS_TARGET_MB = 20.0
+
+
+def null_daemon() -> int:
+    """Register on /dev/vmbus/hv_kvp and answer every request with status 0."""
+    import select
+
+    fd = os.open("/dev/vmbus/hv_kvp", os.O_RDWR)
+    os.write(fd, bytes([100]) + bytes(7431))
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    poller.poll()
+    os.read(fd, 7432)
+    while True:
+        poller.poll()
+        msg = os.read(fd, 7432)
+        if msg:
+            os.write(fd, bytes(4) + msg[4:])
+
+
+def commands(workdir: str) -> dict[str, list[str]]:
+    config = os.path.join(workdir, "hvguest.yaml")
+    with open(config, "w") as f:
+        f.write(HVGUEST_CONFIG)
+    return {
+        "hvguest": [sys.executable, "-m", "hvguest.daemons.kvpd", "--config", config],
+        "reference": REFERENCE,
+        # by file: the sandbox's working directory is not this checkout
+        "null": [sys.executable, os.path.abspath(__file__), "--null-daemon"],
+    }
+
+
+def fill_pool(path: str, records: int) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)  # the null daemon has no pools
+    with open(path, "wb") as f:
+        for i in range(records):
+            key = f"bench.record.{i:05d}".encode()
+            value = f"value of record {i} ".encode() * 4
+            f.write(key.ljust(512, b"\0") + value.ljust(2048, b"\0"))
+
+
+def measure(command: list[str], keys: int, records: int, workdir: str) -> dict[str, float]:
+    from bench.common import cpu_seconds, rate, rss_mb
+    from hvguest.sim.client import SimClient
+
+    out: dict[str, float] = {}
+    with SimClient.start(command, workdir=workdir) as sim:
+        pid = sim.daemon_pid
+
+        def phase(name: str, count: int, fn: Callable[[int], None]) -> None:
+            cpu0 = cpu_seconds(pid) or 0.0
+            out[name] = rate(count, fn)
+            # daemon CPU per request: what the daemon costs, whatever the harness does
+            out[name + " cpu"] = ((cpu_seconds(pid) or 0.0) - cpu0) / count * 1e6
+
+        phase("SET", keys, lambda i: _check(sim.kvp_set(0, f"bench.key.{i:05d}", f"value {i}")))
+        phase("GET", keys, lambda i: _check(sim.kvp_get(0, f"bench.key.{i:05d}")[0]))
+        fill_pool(os.path.join(sim.root, "var/lib/hyperv/.kvp_pool_1"), records)
+        phase("ENUMERATE", records, lambda i: _check(sim.kvp_enumerate(1, i)[0]))
+        out["RSS"] = rss_mb(pid) or float("nan")
+    return out
+
+
+def _check(status: int) -> None:
+    if status != 0:
+        raise RuntimeError(f"host request failed with status {status:#010x}")
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--null-daemon"]:
+        return null_daemon()
+    from bench.common import median, schedule, spread, table
+
+    parser = argparse.ArgumentParser(prog="python -m bench kvp", description=__doc__.split("\n")[0])
+    parser.add_argument("--reference", action="store_true", help="also run Debian's hv_kvp_daemon")
+    parser.add_argument("--runs", type=int, default=3, help="runs per daemon (default 3)")
+    parser.add_argument("--keys", type=int, default=2000, help="keys SET then GET (default 2000)")
+    parser.add_argument(
+        "--records", type=int, default=1000, help="records enumerated (default 1000)"
+    )
+    parser.add_argument("--no-null", action="store_true", help="skip the null daemon")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        print("bench kvp: needs root and /dev/fuse (the simulator's sandbox)", file=sys.stderr)
+        return 2
+    names = ["hvguest"]
+    if args.reference:
+        if not os.path.exists(REFERENCE[0]):
+            print(
+                f"bench kvp: {REFERENCE[0]} missing (apt-get install hyperv-daemons)",
+                file=sys.stderr,
+            )
+            return 2
+        names.append("reference")
+    if not args.no_null:
+        names.append("null")
+    results: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    with tempfile.TemporaryDirectory(prefix="bench-kvp-") as tmp:
+        cmds = commands(tmp)
+        for run, name in schedule(names, args.runs):
+            r = measure(cmds[name], args.keys, args.records, os.path.join(tmp, f"{name}-{run}"))
+            results[name].append(r)
+            print(
+                f"run {run + 1} {name:9s} "
+                + "  ".join(f"{m} {r[m]:7.0f}/s" for m in MEASURES)
+                + f"  RSS {r['RSS']:.1f} MB",
+                flush=True,
+            )
+    print()
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"KVP, medians of {args.runs} run(s), {args.keys} keys, {args.records} records, {stamp}")
+    rows = []
+    for m in MEASURES:
+        row: list[object] = [f"{m} ops/s"]
+        for n in names:
+            values = [r[m] for r in results[n]]
+            row += [median(values), spread(values)]
+        if "reference" in names:
+            ratio = median([r[m] for r in results["hvguest"]]) / median(
+                [r[m] for r in results["reference"]]
+            )
+            row.append(f"{ratio:.2f}x (target {TARGETS[m]:g}x)")
+        rows.append(row)
+    for m in MEASURES:
+        row = [f"{m} daemon CPU us/op"]
+        for n in names:
+            values = [r[m + " cpu"] for r in results[n]]
+            row += [median(values), spread(values)]
+        if "reference" in names:
+            ref = median([r[m + " cpu"] for r in results["reference"]])
+            ours = median([r[m + " cpu"] for r in results["hvguest"]])
+            row.append(f"{ref / ours:.1f}x less CPU" if ours > 0 else "-")
+        rows.append(row)
+    rss_row: list[object] = ["RSS MB"]
+    for n in names:
+        rss_row += [median([r["RSS"] for r in results[n]]), ""]
+    if "reference" in names:
+        rss_row.append(f"target <= {RSS_TARGET_MB:g} MB")
+    rows.append(rss_row)
+    headers = ["measure"]
+    for n in names:
+        headers += [n, "spread"]
+    if "reference" in names:
+        headers.append("hvguest/reference")
+    print(table(headers, rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
