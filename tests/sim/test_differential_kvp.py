@@ -6,14 +6,29 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
+
 import pytest
 from differential import KVP_SCENARIO, Difference, HostReply, compare, run_scenario
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse, pytest.mark.reference, pytest.mark.system]
 
 REFERENCE = ["/usr/sbin/hv_kvp_daemon", "-n"]
+
+
+def _hvguest_kvpd() -> list[str]:
+    # hvguest.version in pool 1 is switched off so pool 1 holds only the host's items.
+    config = os.path.join(tempfile.mkdtemp(prefix="hvguest-diff-kvp-"), "hvguest.yaml")
+    with open(config, "w") as f:
+        f.write("kvp:\n  publish_version: false\n")
+    return [sys.executable, "-m", "hvguest.daemons.kvpd", "--config", config]
+
+
 DAEMONS: dict[str, list[str]] = {
     "reference": REFERENCE,
+    "hvguest-kvpd": _hvguest_kvpd(),
 }
 ALLOWED: dict[str, str] = {
     "get-existing.value": "GET value: the reference returns an empty string, because it "
