@@ -102,7 +102,7 @@ class FileWriter:
         log.debug("receiving %s (temporary %s)", target.path, self._temp_name or "O_TMPFILE")
         return target
 
-    def write(self, offset: int, data: bytes) -> None:
+    def write(self, offset: int, data: bytes | memoryview) -> None:
         fd = self._fd
         if fd < 0:
             raise TransferRefused("no file is open for writing")

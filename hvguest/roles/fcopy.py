@@ -149,6 +149,34 @@ class FcopyRole:
         handler = _TRANSITIONS[(self.state, type(request))]
         return handler(self, request, now)
 
+    def accept_write(self, offset: int, size: int) -> bool:
+        """Fast path for the common request: a WRITE that continues the open
+        transfer within its limits. True: the data may be written now (report a
+        failure with ``write_failed``); False: pass the request to ``handle()``,
+        which refuses it. Per fragment this avoids building a Step."""
+        transfer = self.transfer
+        if (
+            self.state is not FcopyState.RECEIVING
+            or self._pending is not None
+            or transfer is None
+            or offset != transfer.bytes_done
+        ):
+            return False
+        end = offset + size
+        if end > transfer.file_size or end > self.max_file_size:
+            return False
+        transfer.bytes_done = end
+        return True
+
+    def write_failed(self, offset: int, status: int, now: float, detail: str) -> int:
+        """The data of an accepted fast-path WRITE could not be written."""
+        transfer = self.transfer
+        assert transfer is not None
+        transfer.bytes_done = offset
+        self._end(transfer, _result_name(status), now, detail)
+        self.state = FcopyState.FAILED
+        return status
+
     def bad_request(self, error: WireError, now: float) -> Step:
         """A request that does not decode: HV_E_FAIL; an open transfer is abandoned,
         since a fragment of it may be the one that was lost."""
