@@ -107,6 +107,8 @@ class Outcome:
 def _errname(err: int | None) -> str:
     if err is None:
         return "?"
+    if err == errno.EOPNOTSUPP:  # same value as ENOTSUP, which errorcode prefers
+        return "EOPNOTSUPP"
     return errno.errorcode.get(err, str(err))
 
 

@@ -190,3 +190,61 @@ def test_freeze_with_dirty_data_is_prompt(tmp_path):
 
     ok, seconds = _scenario(tmp_path, body)
     assert ok and seconds < 10
+
+
+def test_kernel_refusal_eopnotsupp_is_skipped(tmp_path):
+    """A filesystem the table does not mark unfreezable but whose driver cannot freeze
+    (here a tmpfs listed as an unknown block filesystem): FIFREEZE fails with
+    EOPNOTSUPP, the mount is skipped and the others stay frozen until thaw."""
+
+    def body(loops):
+        loops.make("a")
+        mem = loops.tmpfs("mem")
+        proc = loops.fake_proc()
+        path = os.path.join(proc, "self", "mountinfo")
+        with open(path) as f:
+            lines = f.readlines()
+        with open(path, "w") as f:
+            for line in lines:
+                if line.split(" ")[4] == mem:
+                    line = line.replace(" - tmpfs tmpfs ", " - weirdfs /dev/weird0 ")
+                f.write(line)
+        plan = build_plan(read_mountinfo(proc), SysfsBlock("/sys"))
+        assert_only_test_loops(plan.mount_points(), loops)
+        engine = FreezeEngine()
+        outcome = engine.freeze(plan)
+        frozen = engine.frozen_mounts()
+        engine.thaw()
+        states = {r.mount_point.rsplit("/", 1)[1]: (r.state, r.errno) for r in outcome.results}
+        return outcome.ok, [m.rsplit("/", 1)[1] for m in frozen], states
+
+    ok, frozen, states = _scenario(tmp_path, body)
+    assert ok and frozen == ["a"]
+    assert states["mem"] == ("skipped", "EOPNOTSUPP")
+
+
+def test_xfs_under_ext4_loop_stack_with_bind(tmp_path):
+    """xfs image stored on an ext4 loop, both bind-mounted elsewhere too."""
+    if not shutil.which("mkfs.xfs"):
+        pytest.skip("needs xfsprogs")
+
+    def body(loops):
+        outer = loops.make("outer", size_mb=400)
+        inner = loops.make("inner", "xfs", parent=outer.mountpoint)
+        loops.bind(inner.mountpoint, "inner-bind")
+        loops.bind(outer.mountpoint, "outer-bind")
+        plan = _plan(loops)
+        engine = FreezeEngine()
+        outcome = engine.freeze(plan)
+        try:
+            writer = Writer(os.path.join(inner.mountpoint, "f"))
+            blocked = not writer.done(1.0)
+        finally:
+            engine.thaw()
+        done = writer.done(10)
+        order = [(fs.fstype, fs.mount_point.rsplit("/", 1)[1]) for fs in plan.order]
+        return outcome.ok, order, blocked, done
+
+    ok, order, blocked, done = _scenario(tmp_path, body)
+    assert ok and blocked and done
+    assert order == [("xfs", "inner"), ("ext4", "outer")]
