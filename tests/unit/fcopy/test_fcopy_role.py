@@ -164,3 +164,24 @@ def test_finish_without_pending_is_a_bug():
     role.handle(FcopyStart("f", "/tmp", 0, 1), 0.0)
     with pytest.raises(RuntimeError):
         role.handle(FcopyCancel(), 0.0)
+
+
+def test_fast_path_accepts_only_the_next_fragment():
+    role = started(10)
+    assert role.accept_write(0, 4)
+    assert role.transfer is not None and role.transfer.bytes_done == 4
+    assert not role.accept_write(0, 4)  # overlap: handle() refuses it
+    assert not role.accept_write(5, 1)  # gap
+    assert not role.accept_write(4, 7)  # beyond file_size
+    assert role.accept_write(4, 6)
+    assert FcopyRole(10).accept_write(0, 1) is False  # no transfer
+
+
+def test_fast_path_failure_poisons():
+    role = started(10)
+    assert role.accept_write(0, 4)
+    status = role.write_failed(0, HvStatus.HV_ERROR_DISK_FULL, 1.0, "ENOSPC")
+    assert status == HvStatus.HV_ERROR_DISK_FULL
+    assert role.state is FcopyState.FAILED
+    assert role.finished[-1].result == "HV_ERROR_DISK_FULL"
+    assert role.finished[-1].bytes_done == 0

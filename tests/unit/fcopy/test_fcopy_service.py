@@ -271,3 +271,22 @@ def test_ic_bad_packets_answered(service):
     start = bytearray(FcopyStart("x", "/tmp", 0, 1).encode(utf16=True))
     start[36:38] = b"\x00\xd8"
     assert IcHeader.decode(ic_reply(service, ic_packet(bytes(start)))).status == FAIL
+
+
+def test_disk_full_mid_transfer(service, root, monkeypatch):
+    import errno
+
+    assert service.handle(FcopyStart("f", str(root), 0, 30).encode(), utf16=False) == OK
+    assert service.handle(FcopyWrite(0, b"0123456789").encode(), utf16=False) == OK
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    status = service.handle(FcopyWrite(10, b"0123456789").encode(), utf16=False)
+    assert status == HvStatus.HV_ERROR_DISK_FULL
+    monkeypatch.undo()
+    assert service.handle(FcopyWrite(20, b"0123456789").encode(), utf16=False) == FAIL
+    assert service.handle(FcopyComplete().encode(), utf16=False) == FAIL
+    assert tree(root) == []
+    assert service.recent[-1]["result"] == "HV_ERROR_DISK_FULL"
