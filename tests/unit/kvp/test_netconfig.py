@@ -1,0 +1,161 @@
+"""SET_IP_INFO application: detection, rendering, atomic files, rollback, deadline."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from hvguest.kvp.netconfig import NetConfigurator, detect_stack, render_ifupdown, render_networkd
+from hvguest.paths import Paths
+from hvguest.roles.kvp import IpConfig
+from hvguest.wire.status import HvStatus
+
+GUID = "a3c5e2f0-1111-2222-3333-444455556666"
+CONFIG = IpConfig(
+    GUID,
+    False,
+    ("192.0.2.20/24", "192.0.2.21/24", "2001:db8::20/64"),
+    ("192.0.2.1", "2001:db8::1"),
+    ("192.0.2.53", "2001:db8::53"),
+)
+
+
+@pytest.fixture()
+def roots(tmp_path):
+    net = tmp_path / "sys" / "class" / "net" / "eth0"
+    (net / "device").mkdir(parents=True)
+    (net / "device" / "device_id").write_text("{" + GUID.upper() + "}\n")
+    (net / "address").write_text("00:15:5d:00:00:01\n")
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "run").mkdir()
+    return tmp_path
+
+
+def paths(roots):
+    return Paths(sys=str(roots / "sys"), os_etc=str(roots / "etc"))
+
+
+class Recorder:
+    def __init__(self, codes=None):
+        self.calls = []
+        self.codes = codes or {}
+
+    def __call__(self, argv, timeout):
+        self.calls.append((tuple(argv), timeout))
+        return self.codes.get(argv[0], 0), "boom" if self.codes.get(argv[0]) else ""
+
+
+def which_all(name):
+    return "/usr/bin/" + name
+
+
+def test_unknown_adapter(roots):
+    cfg = IpConfig("00000000-0000-0000-0000-000000000000", True, (), (), ())
+    out = NetConfigurator(paths(roots), runner=Recorder(), which=which_all).apply(cfg)
+    assert out.status == HvStatus.HV_GUID_NOTFOUND
+
+
+def test_detection_order(roots):
+    p = paths(roots)
+    assert detect_stack(p, which_all) is None
+    (roots / "etc" / "network").mkdir()
+    (roots / "etc" / "network" / "interfaces").write_text("")
+    assert detect_stack(p, which_all) == "ifupdown"
+    (roots / "run" / "systemd" / "netif").mkdir(parents=True)
+    assert detect_stack(p, which_all) == "networkd"
+    (roots / "run" / "NetworkManager").mkdir()
+    assert detect_stack(p, which_all) == "networkmanager"
+    (roots / "etc" / "netplan").mkdir()
+    (roots / "etc" / "netplan" / "50-cloud-init.yaml").write_text("network: {}\n")
+    assert detect_stack(p, which_all) == "netplan"
+    assert detect_stack(p, lambda name: None) is None  # tools missing: nothing to drive
+
+
+def test_networkmanager_keyfile(roots):
+    (roots / "run" / "NetworkManager").mkdir()
+    runner = Recorder()
+    out = NetConfigurator(paths(roots), runner=runner, which=which_all).apply(CONFIG)
+    assert out.status == HvStatus.HV_S_OK, out.detail
+    path = roots / "etc" / "NetworkManager" / "system-connections" / "hvguest-eth0.nmconnection"
+    text = path.read_text()
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    assert "interface-name=eth0" in text and "mac-address=00:15:5D:00:00:01" in text
+    assert "address1=192.0.2.20/24\naddress2=192.0.2.21/24" in text
+    assert "method=manual" in text and "gateway=192.0.2.1" in text
+    assert "dns=192.0.2.53;" in text and "address1=2001:db8::20/64" in text
+    assert [c[0] for c in runner.calls] == [
+        ("nmcli", "connection", "reload"),
+        ("nmcli", "connection", "up", "hvguest-eth0"),
+    ]
+
+
+def test_networkd_file_and_dhcp():
+    text = render_networkd(
+        IpConfig(GUID, True, (), (), ("192.0.2.53",)), "eth0", "00:15:5D:00:00:01"
+    )
+    assert "Name=eth0" in text and "DHCP=ipv4" in text and "DNS=192.0.2.53" in text
+    text = render_networkd(CONFIG, "eth0", "")
+    assert "Address=2001:db8::20/64" in text and "Gateway=192.0.2.1" in text
+
+
+def test_netplan_is_valid_yaml(roots):
+    import yaml
+
+    (roots / "etc" / "netplan").mkdir()
+    (roots / "etc" / "netplan" / "50-cloud-init.yaml").write_text("network: {}\n")
+    runner = Recorder()
+    out = NetConfigurator(paths(roots), runner=runner, which=which_all).apply(CONFIG)
+    assert out.status == HvStatus.HV_S_OK
+    doc = yaml.safe_load((roots / "etc" / "netplan" / "90-hvguest-eth0.yaml").read_text())
+    eth = doc["network"]["ethernets"]["eth0"]
+    assert eth["addresses"] == list(CONFIG.addresses)
+    assert {"to": "default", "via": "192.0.2.1"} in eth["routes"]
+    assert runner.calls[0][0] == ("netplan", "apply")
+    json.dumps(doc)
+
+
+def test_ifupdown_stanza():
+    text = render_ifupdown(CONFIG, "eth0", "")
+    assert "iface eth0 inet static\n    address 192.0.2.20/24\n    gateway 192.0.2.1" in text
+    assert "up ip addr add 192.0.2.21/24 dev eth0" in text
+    assert "iface eth0 inet6 static\n    address 2001:db8::20/64" in text
+
+
+def test_failure_restores_previous_file(roots):
+    (roots / "run" / "systemd" / "netif").mkdir(parents=True)
+    target = roots / "etc" / "systemd" / "network" / "10-hvguest-eth0.network"
+    target.parent.mkdir(parents=True)
+    target.write_text("previous\n")
+    runner = Recorder({"networkctl": 1})
+    out = NetConfigurator(paths(roots), runner=runner, which=which_all).apply(CONFIG)
+    assert out.status == HvStatus.HV_E_FAIL
+    assert "previous configuration restored" in out.detail and "boom" in out.detail
+    assert target.read_text() == "previous\n"
+    # reload attempted once for the change and once after the restore
+    assert [c[0][:2] for c in runner.calls] == [("networkctl", "reload"), ("networkctl", "reload")]
+    assert not [n for n in os.listdir(target.parent) if n.startswith(".hvguest-")]
+
+
+def test_failure_removes_new_file(roots):
+    (roots / "run" / "systemd" / "netif").mkdir(parents=True)
+    runner = Recorder({"networkctl": 1})
+    NetConfigurator(paths(roots), runner=runner, which=which_all).apply(CONFIG)
+    assert not (roots / "etc" / "systemd" / "network" / "10-hvguest-eth0.network").exists()
+
+
+def test_commands_share_one_deadline(roots):
+    (roots / "run" / "NetworkManager").mkdir()
+    runner = Recorder()
+    NetConfigurator(paths(roots), runner=runner, which=which_all, timeout=9).apply(CONFIG)
+    timeouts = [t for _argv, t in runner.calls]
+    assert sum(timeouts) < 9  # a share is always kept back for a rollback
+    assert all(t > 0 for t in timeouts)
+
+
+def test_disabled_and_missing_stack(roots):
+    out = NetConfigurator(paths(roots), stack="none", runner=Recorder()).apply(CONFIG)
+    assert out.status == HvStatus.HV_E_FAIL and "disabled" in out.detail
+    out = NetConfigurator(paths(roots), runner=Recorder(), which=lambda n: None).apply(CONFIG)
+    assert out.status == HvStatus.HV_E_FAIL and "no supported network stack" in out.detail
