@@ -1,0 +1,143 @@
+"""KvpService with a scripted transport: readiness, re-registration, state, replies.
+
+No simulator: the transport is a stand-in, the pools live in a temporary directory,
+sd_notify goes to a socket there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+
+import pytest
+
+from hvguest import pool as poolmod
+from hvguest.config import load_config_text
+from hvguest.daemon import Runtime
+from hvguest.daemons.kvpd import KvpService
+from hvguest.errors import TransportError
+from hvguest.kvp.settings import KvpSettings
+from hvguest.paths import Paths
+from hvguest.roles.kvp import KvpState
+from hvguest.wire.kvp import KvpGet, KvpSet
+
+pytestmark = [pytest.mark.system]
+
+
+class FakeTransport:
+    path = "/dev/vmbus/hv_kvp"
+
+    def __init__(self) -> None:
+        self.version = "3.1"
+        self.is_open = False
+        self.opens = 0
+        self.fail_opens = 0
+        self.inbox: list[bytes | Exception] = []
+        self.sent: list[bytes] = []
+        self._r, self._w = os.pipe()
+
+    def open(self) -> FakeTransport:
+        self.opens += 1
+        if self.fail_opens:
+            self.fail_opens -= 1
+            raise TransportError(f"{self.path}: device absent")
+        self.is_open = True
+        return self
+
+    def fileno(self) -> int:
+        return self._r
+
+    def read_packet(self) -> bytes:
+        item = self.inbox.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def write_packet(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def close(self) -> None:
+        self.is_open = False
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch):
+    sock_path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(2)
+    monkeypatch.setenv("NOTIFY_SOCKET", sock_path)
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    paths = Paths(pool_dir=str(tmp_path / "hyperv"), run=str(tmp_path / "run"))
+    settings = load_config_text("kvp:\n  fqdn_timeout: 0.5\n").get(KvpSettings)
+    runtime = Runtime("hvguest-kvpd")
+    transport = FakeTransport()
+    service = KvpService(paths, settings, runtime, transport=transport)
+    yield service, transport, runtime, sock, paths
+    runtime.close()
+    sock.close()
+    poolmod.close_all()
+
+
+def status(reply: bytes) -> int:
+    return struct.unpack_from("<I", reply)[0]
+
+
+def test_start_registers_publishes_and_serves(env):
+    service, transport, runtime, sock, paths = env
+    service.start()
+    runtime.ready("registered")
+    assert b"READY=1" in sock.recv(4096)
+    assert service.role.state is KvpState.READY and service.role.version == "3.1"
+    assert (
+        poolmod.open_pool(paths, 1).get(
+            "hvguest.version",
+        )
+        is not None
+    )
+    doc = json.load(open(os.path.join(paths.run, "kvp.json")))
+    assert doc["state"] == "ready" and doc["details"]["protocol_version"] == "3.1"
+    transport.inbox += [KvpSet(0, "k", "v").encode(), KvpGet(0, "k").encode()]
+    service.on_readable()
+    service.on_readable()
+    assert [status(r) for r in transport.sent] == [0, 0]
+    service._publish()
+    doc = json.load(open(os.path.join(paths.run, "kvp.json")))
+    assert doc["details"]["requests"] == 2 and doc["details"]["pools"]["0"]["records"] == 1
+    service.stop()
+    assert json.load(open(os.path.join(paths.run, "kvp.json")))["state"] == "stopped"
+
+
+def test_reregisters_after_a_device_error(env, caplog):
+    service, transport, runtime, _sock, _paths = env
+    service.start()
+    transport.inbox.append(TransportError("read failed: EINVAL"))
+    service.on_readable()
+    assert transport.opens == 2 and transport.is_open
+    assert service.role.state is KvpState.READY
+    transport.inbox.append(KvpGet(0, "missing").encode())
+    service.on_readable()
+    assert status(transport.sent[-1]) == 0x80070103
+    assert "re-registering" in caplog.text
+
+
+def test_keeps_retrying_while_the_device_is_gone(env, caplog):
+    service, transport, runtime, _sock, _paths = env
+    service.start()
+    transport.fail_opens = 3
+    for _ in range(3):
+        transport.inbox.append(TransportError("device is going away"))
+    service.on_readable()
+    assert service.role.state is KvpState.UNREGISTERED
+    assert service._reopen_timer is not None
+    for _ in range(3):  # run the scheduled retries without waiting for them
+        timer = service._reopen_timer
+        if timer is None:
+            break
+        timer.cancel()
+        timer.callback()
+    assert transport.is_open and service.role.state is KvpState.READY
+    # one error line for the repeated failure, not one per attempt
+    assert caplog.text.count("cannot re-register") == 1
