@@ -152,6 +152,10 @@ class FcopyService:
         self._progress_dirty = True
         return HvStatus.HV_S_OK
 
+    def after_reply(self) -> None:
+        """The reply is on its way: catch up on work that need not delay it."""
+        self.writer.flush_hash()
+
     def _run(self, step: Step, now: float) -> int:
         status: int = HvStatus.HV_S_OK
         detail = ""
@@ -435,6 +439,8 @@ class FcopyDaemon:
                         return
                     status = self.service.handle(message, utf16=False)
                 transport.write_packet(fcopy_reply(status))
+                with self.lock:
+                    self.service.after_reply()
             except TransportError as exc:
                 if not self.stopping:
                     self.runtime.call_soon_threadsafe(functools.partial(self._lost, exc))
@@ -479,6 +485,7 @@ class FcopyDaemon:
                     reply = ic_reply(self.service, payload)
                     if reply is not None:
                         transport.write_packet(reply, trans_id)
+                    self.service.after_reply()
                 if not transport.rearm():
                     break
         except TransportError as exc:
