@@ -198,3 +198,23 @@ def test_daemon_restart_mid_transfer_leaves_nothing(sim, tmp_path, mode):
     src = tmp_path / "again"
     src.write_bytes(b"again")
     assert sim.fcopy_send(str(src), "/tmp", "half.bin") == OK
+
+
+@pytest.mark.parametrize("mode", ["uio"])
+def test_uio_negotiation_framing_and_short_bodies(sim, tmp_path):
+    src = tmp_path / "s"
+    src.write_bytes(b"z" * 20000)
+    assert sim.fcopy_send(str(src), "/tmp", "framed") == OK
+    # Bodies too short for an fcopy header: the upstream UIO daemon exits; we answer.
+    for body in (b"", b"\x01", b"\x01\x00\x00"):
+        status, payload = sim.host_raw("fcopy", body)
+        assert status == FAIL
+        assert payload[25] == 5  # icflags TRANSACTION|RESPONSE
+    assert sim.fcopy_send(str(src), "/tmp", "after-short") == OK
+    transcript = sim.transcript()
+    nego = transcript[0]
+    assert nego["op"] == "negotiate" and nego["status"] == OK
+    assert nego["fields"] == {"framework": "3.0", "service": "1.1"}
+    # Every response carries the request's trans_id: the host numbers them 1, 2, ...
+    assert [t["trans_id"] for t in transcript] == list(range(1, len(transcript) + 1))
+    assert all(t["status"] is not None for t in transcript)
