@@ -1,0 +1,187 @@
+"""The daemon's UIO handler on rings in memory: draining, framing, bad packets."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from hvguest.config import load_config_text
+from hvguest.daemon import Runtime
+from hvguest.daemons.fcopyd import FcopyDaemon
+from hvguest.errors import TransportError
+from hvguest.paths import Paths
+from hvguest.transport.ring import RingBuffer
+from hvguest.wire.fcopy import FcopyComplete, FcopyStart, FcopyWrite
+from hvguest.wire.icmsg import (
+    ICMSG_REQUEST_FLAGS,
+    IcHeader,
+    IcMsgType,
+    IcVersion,
+    build_negotiate_request,
+    parse_negotiate_response,
+)
+from hvguest.wire.status import HvStatus
+from hvguest.wire.vmbus import build_inband_packet, packet_trailer
+
+RING = 0x5000
+
+
+class MemoryUio:
+    """UioTransport's packet interface over two rings in a bytearray."""
+
+    def __init__(self) -> None:
+        self.mem = bytearray(2 * RING)
+        view = memoryview(self.mem)
+        self.tx = RingBuffer(view[:RING], RING, name="TX")
+        self.rx = RingBuffer(view[RING:], RING, name="RX")
+        self.rearms = 0
+        self.closed = False
+
+    # host side
+    def host_send(self, payload: bytes, trans_id: int) -> None:
+        self.rx.write_packet(payload, trans_id)
+
+    def host_send_raw(self, packet: bytes) -> None:
+        w = self.rx.write_index
+        data = self.rx._data  # test access to the data area
+        data[w : w + len(packet)] = packet
+        data[w + len(packet) : w + len(packet) + 8] = packet_trailer(w)
+        self.rx.write_index = w + len(packet) + 8
+
+    def host_replies(self) -> list[tuple[int, bytes]]:
+        out = []
+        while (got := self.tx.read_packet()) is not None:
+            out.append((got[0].trans_id, got[1]))
+        return out
+
+    # daemon side
+    def fileno(self) -> int:
+        return 0
+
+    def read_packets(self) -> list[tuple[int, bytes]]:
+        packets = []
+        while (got := self.rx.read_packet()) is not None:
+            packets.append((got[0].trans_id, got[1]))
+        return packets
+
+    def write_packet(self, payload: bytes, trans_id: int) -> None:
+        self.tx.write_packet(payload, trans_id)
+
+    def rearm(self) -> bool:
+        self.rearms += 1
+        return self.rx.available > 0
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def ic(body: bytes, msgtype: int = IcMsgType.FCOPY, tid: int = 1) -> bytes:
+    header = IcHeader(
+        0,
+        20 + len(body),
+        IcVersion(3, 0),
+        msgtype,
+        IcVersion(1, 1),
+        len(body),
+        0,
+        tid,
+        ICMSG_REQUEST_FLAGS,
+    )
+    return header.encode() + body
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    root = tmp_path / "in"
+    root.mkdir()
+    config = load_config_text(f"fcopy:\n  allowed_roots: ['{root}']\n")
+    runtime = Runtime("t")
+    d = FcopyDaemon(Paths(run=str(tmp_path / "run")), config, runtime, "uio")
+    d.transport = MemoryUio()
+    d.root = root
+    yield d
+    runtime.close()
+
+
+def status_of(payload: bytes) -> int:
+    return IcHeader.decode(payload).status
+
+
+def test_drains_every_queued_packet_and_echoes_trans_id(daemon):
+    t = daemon.transport
+    t.host_send(build_negotiate_request([IcVersion(3, 0)], [IcVersion(1, 1)]), 10)
+    t.host_send(ic(FcopyStart("ü 🎉", str(daemon.root), 0, 3).encode(utf16=True)), 11)
+    t.host_send(ic(FcopyWrite(0, b"abc").encode()), 12)
+    t.host_send(ic(FcopyComplete().encode()), 13)
+    daemon.on_uio_readable()
+    replies = t.host_replies()
+    assert [tid for tid, _ in replies] == [10, 11, 12, 13]
+    assert parse_negotiate_response(replies[0][1])[1:] == (IcVersion(3, 0), IcVersion(1, 1))
+    assert [status_of(p) for _, p in replies[1:]] == [0, 0, 0]
+    assert all(p[25] == 5 for _, p in replies)
+    assert (daemon.root / "ü 🎉").read_bytes() == b"abc"
+
+
+def test_bad_descriptor_is_skipped_and_serving_continues(daemon):
+    t = daemon.transport
+    bad = bytearray(build_inband_packet(ic(FcopyComplete().encode()), 5))
+    struct.pack_into("<H", bad, 2, 1)  # offset8 below the descriptor
+    t.host_send_raw(bytes(bad))
+    daemon.on_uio_readable()
+    assert t.host_replies() == []
+    assert t.rx.available == 0 and not t.closed
+    t.host_send(ic(FcopyComplete().encode()), 6)
+    daemon.on_uio_readable()
+    [(tid, payload)] = t.host_replies()
+    assert tid == 6 and status_of(payload) == HvStatus.HV_E_FAIL  # COMPLETE before START
+
+
+def test_other_message_types_answered_e_fail(daemon):
+    t = daemon.transport
+    t.host_send(ic(bytes(8), msgtype=IcMsgType.HEARTBEAT), 3)
+    daemon.on_uio_readable()
+    [(tid, payload)] = t.host_replies()
+    assert tid == 3 and status_of(payload) == HvStatus.HV_E_FAIL
+
+
+def test_corrupt_ring_index_reopens(daemon, monkeypatch):
+    t = daemon.transport
+    t.rx.read_index = RING  # beyond the data area
+    reopened = []
+    monkeypatch.setattr(daemon, "open_transport", lambda: reopened.append(True))
+    monkeypatch.setattr(daemon.runtime, "remove_reader", lambda fd: None)
+    daemon.on_uio_readable()
+    assert t.closed and reopened == [True]
+
+
+def test_packet_arriving_before_rearm_is_served(daemon):
+    t = daemon.transport
+    original = t.rearm
+    sent = []
+
+    def rearm() -> bool:
+        if not sent:  # the host queues a packet while interrupts were masked
+            sent.append(True)
+            t.host_send(ic(FcopyComplete().encode()), 9)
+        return original()
+
+    t.rearm = rearm
+    t.host_send(ic(FcopyComplete().encode()), 8)
+    daemon.on_uio_readable()
+    assert [tid for tid, _ in t.host_replies()] == [8, 9]
+
+
+def test_transport_error_is_not_fatal(daemon, monkeypatch):
+    t = daemon.transport
+
+    def boom() -> list:
+        raise TransportError("/dev/uio0: device rescinded by the host")
+
+    t.read_packets = boom
+    monkeypatch.setattr(
+        daemon, "open_transport", lambda: (_ for _ in ()).throw(TransportError("x"))
+    )
+    monkeypatch.setattr(daemon.runtime, "remove_reader", lambda fd: None)
+    daemon.on_uio_readable()  # logs, schedules a retry; does not raise
+    assert t.closed
