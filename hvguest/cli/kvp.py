@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -96,7 +97,18 @@ def _pools(args: argparse.Namespace) -> list[int]:
     return [args.pool] if args.pool is not None else list(range(POOL_COUNT))
 
 
+def _exists(store: PoolStore, pool: int) -> bool:
+    # Reading never creates pool files (or /var/lib/hyperv) on a machine without them.
+    return os.path.exists(store.paths.pool_file(pool))
+
+
+def _items(store: PoolStore, pool: int) -> list[tuple[str, str]]:
+    return store.items(pool) if _exists(store, pool) else []
+
+
 def _skipped(store: PoolStore, pool: int, items: list[tuple[str, str]]) -> int:
+    if not _exists(store, pool):
+        return 0
     return store.pool(pool).record_count() - len(items)
 
 
@@ -105,10 +117,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     pools = _pools(args)
     doc: dict[str, Any] = {}
     for n in pools:
-        items = store.items(n)
+        items = _items(store, n)
         doc[str(n)] = {
             "name": POOL_NAMES[n],
-            "path": store.pool(n).path,
+            "path": store.paths.pool_file(n),
             "items": [{"key": k, "value": v} for k, v in items],
             "unreadable_records": _skipped(store, n, items),
         }
@@ -134,6 +146,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_get(args: argparse.Namespace) -> int:
     _paths, store = _store(args)
     for n in _pools(args):
+        if not _exists(store, n):
+            continue
         value = store.get(n, args.key)
         if value is not None:
             print(value)
@@ -158,7 +172,7 @@ def cmd_set(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     _paths, store = _store(args)
-    if not store.delete(args.pool, args.key):
+    if not _exists(store, args.pool) or not store.delete(args.pool, args.key):
         print(
             f"KVP key {args.key!r} is not in pool {args.pool}; nothing to delete", file=sys.stderr
         )
@@ -170,14 +184,14 @@ def cmd_watch(args: argparse.Namespace) -> int:
         raise LocalUsageError(f"--interval is {args.interval:g}, must be positive")
     _paths, store = _store(args)
     pools = _pools(args)
-    before = {n: store.items(n) for n in pools}
+    before = {n: _items(store, n) for n in pools}
     rounds = 0
     try:
         while not args.count or rounds < args.count:
             time.sleep(args.interval)
             rounds += 1
             for n in pools:
-                now = store.items(n)
+                now = _items(store, n)
                 if now != before[n]:
                     for line in diff_items(n, before[n], now):
                         print(line, flush=True)

@@ -33,6 +33,7 @@ from hvguest.roles.kvp import ApplyIpConfig, KvpRole, Log, PoolChanged, Result
 from hvguest.state import StatePublisher
 from hvguest.transport.chardev import kvp_transport
 from hvguest.wire.kvp import KvpIpInfo, KvpPool
+from hvguest.wire.pool import POOL_RECORD_SIZE
 from hvguest.wire.status import HvStatus
 
 log = logging.getLogger(__name__)
@@ -290,7 +291,12 @@ class KvpService:
         for n in range(5):
             pf = self.store.pool(n)
             try:
-                pools[str(n)] = {"records": pf.record_count(), "path": pf.path}
+                count = pf.record_count()
+                pools[str(n)] = {
+                    "records": count,
+                    "bytes": count * POOL_RECORD_SIZE,
+                    "path": pf.path,
+                }
             except HvGuestError as exc:
                 pools[str(n)] = {"error": str(exc), "path": pf.path}
         c = self.role.counters

@@ -210,3 +210,17 @@ def test_sigterm_exits_zero_with_pools_intact(tmp_path: pytest.TempPathFactory) 
         assert after == before
     with open(os.path.join(simdir, "sim.log")) as f:
         assert "daemon exited with 0" in f.read()
+
+
+def test_undecodable_record_is_skipped_not_fatal(sim: SimClient) -> None:
+    """A record another writer left with invalid UTF-8 hides nothing else (the reference
+    fails the host's enumeration at that record, ending it)."""
+    path = os.path.join(sim.root, "var/lib/hyperv/.kvp_pool_4")
+    with open(path, "ab") as f:
+        f.write(b"before".ljust(512, b"\0") + b"1".ljust(2048, b"\0"))
+        f.write(b"bad\xff".ljust(512, b"\0") + b"x".ljust(2048, b"\0"))
+        f.write(b"after".ljust(512, b"\0") + b"2".ljust(2048, b"\0"))
+    items = sim.kvp_enumerate_all(4)
+    assert items[-2:] == [("before", "1"), ("after", "2")]
+    assert not [k for k, _v in items if k.startswith("bad")]
+    assert sim.kvp_get(4, "after") == (HV_S_OK, "2")

@@ -65,3 +65,13 @@ def test_watch_prints_changes():
     lines = diff_items(1, old, new)
     assert [line.split(" ", 1)[1] for line in lines] == ["pool 1 ~ b=3", "pool 1 + c=4"]
     assert diff_items(0, old, [])[-1].endswith("pool 0 - b")
+
+
+def test_reading_creates_nothing(capsys, tmp_path):
+    pooldir = str(tmp_path / "absent")
+    assert run(capsys, "list", "--pool-dir", pooldir)[0] == 0
+    assert run(capsys, "get", "k", "--pool-dir", pooldir)[0] == 1
+    assert run(capsys, "delete", "k", "--pool-dir", pooldir)[0] == 0
+    import os
+
+    assert not os.path.exists(pooldir)
