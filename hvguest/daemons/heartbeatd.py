@@ -35,6 +35,7 @@ from hvguest.heartbeat.health import (
 )
 from hvguest.heartbeat.inventory import Inventory, scan
 from hvguest.heartbeat.liveness import CONTACT, NO_CONTACT, Liveness
+from hvguest.heartbeat.report import systemd_running
 from hvguest.heartbeat.settings import HeartbeatSettings
 from hvguest.heartbeat.shutdown import list_hooks
 from hvguest.log import Throttle
@@ -63,6 +64,11 @@ class HeartbeatDaemon:
     ) -> None:
         self.paths = paths
         self.settings = settings
+        # Unit health needs a service manager; in a container without systemd as PID 1
+        # there is nothing to report (an injected probe is always used).
+        self.health_enabled = probe is not None or systemd_running(paths)
+        if not self.health_enabled:
+            log.info("PID 1 is not systemd: application health is not reported")
         self.probe = probe or SystemctlProbe()
         self.health_out = HealthPublisher(store or pool_store(paths))
         self.clock_opener = clock_opener
@@ -188,6 +194,8 @@ class HeartbeatDaemon:
         return out
 
     def _health(self) -> dict[str, Any] | None:
+        if not self.health_enabled:
+            return None
         try:
             health = evaluate(self.probe, self.settings.health_units)
         except HealthUnavailable as exc:

@@ -33,7 +33,7 @@ def sim(tmp_path: Any) -> Iterator[Any]:
 
 
 def test_health_visible_to_host(sim: Any, tmp_path: Any, builder: Any) -> None:
-    paths = builder.build(str(tmp_path / "m"))
+    paths = builder.build(str(tmp_path / "m"), systemd_pid1=True)
     bindir = tmp_path / "bin"
     bindir.mkdir()
     (bindir / "systemctl").write_text(FAKE_SYSTEMCTL)

@@ -167,6 +167,16 @@ def test_repeating_failures_logged_once_per_period(machine: Callable[..., Paths]
     assert d.failing == {"heartbeat-contact"}  # the fixture's counters never move
 
 
+def test_no_service_manager_no_health(machine: Callable[..., Paths]) -> None:
+    paths = machine(systemd_pid1=False)
+    os.makedirs(paths.pool_dir, exist_ok=True)
+    d = HeartbeatDaemon(paths, HeartbeatSettings(), clock_opener=lambda dev: FakeClock())
+    d.poll()
+    doc = read_state(paths, "heartbeat")
+    assert doc is not None and doc["details"]["health"] is None and doc["last_error"] is None
+    assert pool.open_pool(paths, 1).get(KEY_HEALTH) is None
+
+
 def test_channel_absent(machine: Callable[..., Paths]) -> None:
     paths = machine(omit=["heartbeat", "timesync"])
     d, *_ = make(paths)
