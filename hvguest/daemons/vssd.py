@@ -314,9 +314,9 @@ class VssService:
         frozen = self.engine.frozen_mounts()
         try:
             outcome = self.engine.thaw()
-        finally:
+        except BaseException:
             self._release_io()
-        clear_record(self.paths)
+            raise
         if self._last_freeze is not None:
             self._last_freeze["thaw"] = {
                 "why": why,
@@ -330,9 +330,12 @@ class VssService:
         self.state.update(
             state="ready", details={"frozen": False, "frozen_since": None, "frozen_mounts": []}
         )
-        # Answer the host first: THAW has a 30 s kernel deadline, and the hooks' outcome
-        # does not change whether the filesystems were held frozen.
+        # Answer the host first (log records and state are still held in memory, so
+        # this costs no disk I/O): THAW has a 30 s kernel deadline, and neither the
+        # hooks nor our bookkeeping change whether the filesystems were held frozen.
         self.execute(self.role.thaw_result(outcome.ok, outcome.reason, self.clock()))
+        self._release_io()
+        clear_record(self.paths)
         for problem in self.guard.problems if self.guard else []:
             log.warning("%s", problem)
         if why == "auto":
