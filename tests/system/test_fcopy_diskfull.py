@@ -74,3 +74,43 @@ def test_disk_full(small_fs, tmp_path, tmpfile):
     assert service.handle(FcopyWrite(0, b"fits!").encode(), utf16=False) == 0
     assert service.handle(FcopyComplete().encode(), utf16=False) == 0
     assert (small_fs / "small").read_bytes() == b"fits!"
+
+
+@pytest.mark.fuse
+@pytest.mark.parametrize("transport", ["legacy", "uio"])
+def test_disk_full_through_the_simulator(tmp_path, transport):
+    """The same through the real daemon: the loop filesystem is mounted inside the
+    sandbox and is the only allowed root."""
+    import sys
+
+    from hvguest.sim.client import SimClient
+
+    if not shutil.which("mkfs.ext4"):
+        pytest.skip("needs mkfs.ext4 (e2fsprogs)")
+    image = tmp_path / "fs.img"
+    with open(image, "wb") as f:
+        f.truncate(IMAGE_MIB << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True)
+    config = tmp_path / "hvguest.yaml"
+    config.write_text("fcopy:\n  allowed_roots: [/mnt/small]\n  create_roots: false\n")
+    source = tmp_path / "big.bin"
+    with open(source, "wb") as f:
+        f.write(os.urandom(2 * IMAGE_MIB << 20))
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"fits")
+    command = [sys.executable, "-m", "hvguest.daemons.fcopyd", "--config", str(config)]
+    with SimClient.start(
+        command,
+        services=("fcopy",),
+        fcopy=transport,
+        loop_filesystems=[(str(image), "ext4", "/mnt/small")],
+        workdir=str(tmp_path / "sim"),
+    ) as sim:
+        assert sim.call("wait_registered")
+        status = sim.fcopy_send(str(source), "/mnt/small", "big.bin")
+        assert status == HvStatus.HV_ERROR_DISK_FULL, sim.last_steps[-3:]
+        listing = sim.exec(["ls", "-A", "/mnt/small"]).stdout.decode().split()
+        assert listing == ["lost+found"]
+        assert sim.fcopy_send(str(small), "/mnt/small", "small.bin") == HvStatus.HV_S_OK
+        assert sim.exec(["cat", "/mnt/small/small.bin"]).stdout == b"fits"
+        assert sim.daemon_alive()
