@@ -32,6 +32,7 @@ from hvguest.errors import HvGuestError, TransportError, WireError
 from hvguest.fcopy.policy import PathPolicy, TransferRefused
 from hvguest.fcopy.settings import FcopySettings
 from hvguest.fcopy.writer import TEMP_PREFIX, Committed, FileWriter
+from hvguest.log import Throttle
 from hvguest.paths import Paths
 from hvguest.roles.fcopy import (
     Action,
@@ -357,6 +358,7 @@ class FcopyDaemon:
         self.transport: Any = None
         self.lock = threading.Lock()
         self.stopping = False
+        self._reopen_throttle = Throttle(60.0)
 
     # -- start-up --------------------------------------------------------------
 
@@ -400,7 +402,13 @@ class FcopyDaemon:
             from hvguest.transport.chardev import open_fcopy
 
             self.transport = open_fcopy(self.paths)
-            device = self.paths.vmbus_device("hv_fcopy")
+            with self.lock:
+                self.publisher.update(
+                    device=self.paths.vmbus_device("hv_fcopy"),
+                    state="ready",
+                    details={"transport": self.kind},
+                )
+                self.publisher.publish()
             worker = threading.Thread(
                 target=self._legacy_worker,
                 args=(self.transport,),
@@ -412,10 +420,14 @@ class FcopyDaemon:
             from hvguest.transport.uio import UioTransport
 
             self.transport = UioTransport(self.paths).open()
-            device = f"/dev/{self.transport.uio_name} ({self.transport.device_dir})"
+            self.publisher.update(
+                device=f"/dev/{self.transport.uio_name} ({self.transport.device_dir})",
+                state="ready",
+                details={"transport": self.kind},
+            )
+            self.publisher.publish()
             self.runtime.add_reader(self.transport, self.on_uio_readable)
             self.on_uio_readable()  # anything queued before we opened
-        self.publisher.update(device=str(device), state="ready", details={"transport": self.kind})
 
     # -- legacy char device ------------------------------------------------------
     #
@@ -529,13 +541,20 @@ class FcopyDaemon:
         try:
             self.open_transport()
         except HvGuestError as exc:
-            log.warning("cannot reopen the fcopy channel: %s; retrying in %g s", exc, REOPEN_DELAY)
+            show, suppressed = self._reopen_throttle.should_log()
+            if show:
+                more = f" ({suppressed} more attempts failed)" if suppressed else ""
+                log.warning(
+                    "cannot reopen the fcopy channel: %s; retrying every %g s%s",
+                    exc,
+                    REOPEN_DELAY,
+                    more,
+                )
             self.publisher.update(state="waiting for device")
             self.publisher.publish()
             self.runtime.call_later(REOPEN_DELAY, self._reopen)
             return
         log.info("fcopy channel reopened")
-        self.publisher.publish()
 
     def tick(self) -> None:
         with self.lock:
@@ -590,7 +609,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     runtime.on_stop(daemon.stop)
     runtime.call_every(PROGRESS_PERIOD, daemon.tick)
-    daemon.publisher.publish()
     roots = ", ".join(daemon.settings.allowed_roots) or "none"
     runtime.ready(f"receiving files over the {kind} transport into {roots}")
     try:
