@@ -92,7 +92,11 @@ class Daemon:
         return self.proc.poll() is None
 
     def state(self) -> dict:
-        with open(os.path.join(self.run_dir, "vss.json")) as f:
+        path = os.path.join(self.run_dir, "vss.json")
+        deadline = time.monotonic() + 10
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.05)  # published just after registration
+        with open(path) as f:
             return json.load(f)
 
     def output(self) -> str:
@@ -413,3 +417,34 @@ def test_thaw_reply_does_not_wait_for_thaw_hooks(tmp_path):
     status, seconds, log = _scenario(tmp_path, body, hooks=hooks)
     assert status == OK and seconds < 1.5
     assert log == [["10-slow-thaw", "freeze"], ["10-slow-thaw", "thaw"]]
+
+
+def test_sigterm_while_frozen_thaws_and_exits(tmp_path):
+    def body(loops, fss, d):
+        assert d.op(FREEZE)[0] == OK
+        writer = Writer(os.path.join(fss[0].mountpoint, "f"))
+        d.proc.send_signal(signal.SIGTERM)
+        rc = d.proc.wait(20)
+        finished = writer.done(10)
+        return rc, finished, [thaw_path(fs.mountpoint) for fs in fss], d.output()
+
+    rc, finished, still, output = _scenario(tmp_path, body)
+    assert rc == 0 and finished and still == [False, False]
+    assert "stopping while frozen: thawed" in output
+
+
+def test_dead_guard_is_restarted_before_the_next_freeze(tmp_path):
+    def body(loops, fss, d):
+        first = d.state()["details"]["guard_pid"]
+        os.kill(first, signal.SIGKILL)
+        time.sleep(0.3)
+        assert d.op(FREEZE)[0] == OK
+        writer = Writer(os.path.join(fss[0].mountpoint, "f"))
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait()
+        finished = writer.done(20)
+        return first, finished, [thaw_path(fs.mountpoint) for fs in fss], d.output()
+
+    first, finished, still, output = _scenario(tmp_path, body)
+    assert first and finished and still == [False, False]
+    assert "thaw guard: thawed" in output
