@@ -85,3 +85,46 @@ def test_transcript_records_host_view(sim: SimClient) -> None:
     assert last["op"] == "set" and last["status"] == HV_S_OK
     assert last["request"] == {"pool": 1, "key": "t", "value": "x", "value_type": "REG_SZ"}
     assert sim.daemon_alive()
+
+
+def test_set_and_get_in_the_auto_pool_use_its_file(sim: SimClient) -> None:
+    # Pool 2 is generated for ENUMERATE only; SET/GET/DELETE still use .kvp_pool_2.
+    assert sim.kvp_set(2, "extra", "value") == HV_S_OK
+    assert sim.kvp_get(2, "extra") == (HV_S_OK, "")
+    assert [k for k, _v in sim.kvp_enumerate_all(2)] == AUTO_KEYS
+    assert sim.kvp_delete(2, "extra") == HV_S_OK
+
+
+def _raw(op: int, pool: int, index: int = 0, size: int = 7432) -> bytes:
+    msg = bytearray(size)
+    msg[0], msg[1] = op, pool
+    if size >= 8:
+        msg[4:8] = index.to_bytes(4, "little")
+    return bytes(msg)
+
+
+@pytest.mark.parametrize(
+    ("case", "message", "survives"),
+    [
+        ("pool 5 exits", _raw(3, 5), False),
+        ("pool 200 crashes", _raw(3, 200), False),
+        ("index 0x80000000 crashes", _raw(3, 0, 0x80000000), False),
+        ("short message forces a re-register", _raw(3, 0, size=100), True),
+    ],
+)
+def test_raw_injection_shows_reference_misbehaviour(
+    sim: SimClient, case: str, message: bytes, survives: bool
+) -> None:
+    # No reply reaches the kernel in any of these cases: the transaction fails.
+    assert sim.kvp_raw(message) == b"", case
+    assert sim.call("wait_registered", timeout=5) is survives
+    assert sim.daemon_alive() is survives
+    if not survives:
+        sim.restart_daemon()
+        assert sim.call("wait_registered", timeout=30)
+    assert sim.kvp_set(0, "after", case) == HV_S_OK
+
+
+def test_unknown_operation_is_answered_ok(sim: SimClient) -> None:
+    reply = sim.kvp_raw(_raw(9, 0))
+    assert len(reply) == 7432 and reply[:4] == bytes(4)
