@@ -58,6 +58,7 @@ class SimClient:
         timeout_scale: float = 1.0,
         workdir: str,
         uio_ring_size: int | None = None,
+        uio_bound: bool = True,
         start_timeout: float = 60.0,
         wait_registered: bool = True,
     ) -> SimClient:
@@ -73,6 +74,8 @@ class SimClient:
             args.append("--no-network")
         if uio_ring_size is not None:
             args += ["--uio-ring-size", hex(uio_ring_size)]
+        if not uio_bound:
+            args.append("--uio-unbound")
         for image, fstype, mountpoint in loop_filesystems:
             args += ["--loop-fs", f"{image}:{fstype}:{mountpoint}"]
         args += ["--", *command]
@@ -223,7 +226,25 @@ class SimClient:
         return int(r["status"]) if r["status"] is not None else -1
 
     def fcopy_raw(self, data: bytes) -> int:
-        return int(self.call("fcopy_raw", data=data.hex()))
+        """Legacy: ``data`` goes to the daemon as-is, its 4-byte status comes back
+        (HV_E_FAIL when the kernel failed the transaction). UIO: ``data`` is the body of
+        an IC FCOPY packet; the status in the daemon's response."""
+        r = self.call("fcopy_raw", data=data.hex())
+        return -1 if r is None else int(r)
+
+    def uio_raw_packet(self, packet: bytes) -> None:
+        """UIO: write ``packet`` (descriptor + payload) to the RX ring unchecked."""
+        self.call("uio_raw_packet", packet=packet.hex())
+
+    # -- kernel events ------------------------------------------------------------------
+    def hibernate(self) -> None:
+        """Guest suspend + resume: fake THAW/CANCEL to the daemons, states forced READY,
+        outstanding host requests lost, channels renegotiated."""
+        self.call("hibernate")
+
+    def destroy_device(self, service: str) -> None:
+        """Module unload (POLLERR|POLLHUP, EBADF) or, for UIO fcopy, host rescind (EIO)."""
+        self.call("destroy", service=service)
 
     # -- daemon ------------------------------------------------------------------------
     def daemon_alive(self) -> bool:

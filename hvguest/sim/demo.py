@@ -105,7 +105,9 @@ def command_for(role: Role, reference: bool) -> tuple[list[str], str]:
     return [], "no daemon available"
 
 
-def play(role: Role, workdir: str, reference: bool) -> list[str]:
+def play(role: Role, workdir: str, reference: bool,
+         keep: list[tuple[str, SimClient]] | None = None) -> list[str]:
+    """Play ``role``; with ``keep`` the simulator stays up and is appended to it."""
     lines = [f"== {role.service.upper()} =="]
     command, label = command_for(role, reference)
     lines.append(f"  daemon: {label}")
@@ -116,15 +118,22 @@ def play(role: Role, workdir: str, reference: bool) -> list[str]:
     start = dict(role.start)
     if role.setup is not None:
         start.update(role.setup(wd))
+    sim: SimClient | None = None
     try:
-        with SimClient.start(command, services=(role.service,), workdir=os.path.join(wd, "sim"),
-                             **start) as sim:
-            for title, action in role.steps:
-                lines.append(f"  - {title}:")
-                result = action(sim, wd)
-                lines.append(result if result.startswith("    ") else f"    {result}")
+        sim = SimClient.start(command, services=(role.service,),
+                              workdir=os.path.join(wd, "sim"), **start)
+        for title, action in role.steps:
+            lines.append(f"  - {title}:")
+            result = action(sim, wd)
+            lines.append(result if result.startswith("    ") else f"    {result}")
     except SimError as exc:
         lines.append(f"  failed: {exc}")
+    finally:
+        if sim is not None:
+            if keep is None:
+                sim.close()
+            else:
+                keep.append((role.service, sim))
     return lines
 
 
@@ -135,6 +144,35 @@ def main(workdir: str | None = None, reference: bool = False) -> int:
         return 1
     with tempfile.TemporaryDirectory(prefix="hvguest-demo-") as tmp:
         base = workdir or tmp
-        for role in ROLES:
-            print("\n".join(play(role, base, reference)), flush=True)
+        running: list[tuple[str, SimClient]] = []
+        try:
+            for role in ROLES:
+                print("\n".join(play(role, base, reference, running)), flush=True)
+            print("\n".join(status_screen(running, base, reference)), flush=True)
+        finally:
+            for _, sim in running:
+                sim.close()
     return 0
+
+
+# -- closing screen: hvguestctl status over every service --------------------------------
+# The daemons stay up until the status is shown. hvguest.heartbeat.demovm writes the
+# VMBus sysfs the simulator does not model, runs hvguest-heartbeatd against it and prints
+# ``hvguestctl status`` with each sandboxed daemon's published state. It runs as a
+# program: the simulator imports no daemon code.
+
+
+def status_screen(sims: list[tuple[str, SimClient]], base: str, reference: bool) -> list[str]:
+    lines = ["== STATUS =="]
+    if reference or importlib.util.find_spec("hvguest.heartbeat.demovm") is None:
+        return lines + ["  (hvguestctl status reports hvguest's own daemons)"]
+    args: list[str] = []
+    for service, sim in sims:
+        args += ["--state", f"{service}={sim.root}/run/hvguest/{service}.json"]
+    r = subprocess.run([sys.executable, "-m", "hvguest.heartbeat.demovm",
+                        "--workdir", os.path.join(base, "status"), *args],
+                       capture_output=True, text=True, timeout=120, check=False)
+    lines += r.stdout.rstrip("\n").splitlines()
+    if not r.stdout and r.stderr:
+        lines.append(f"  failed: {r.stderr.strip().splitlines()[-1]}")
+    return lines

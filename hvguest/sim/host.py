@@ -135,6 +135,17 @@ class HostService:
         )
         self._kick()
 
+    def reset_channel(self, reason: str) -> None:
+        """The channel was closed and opened again (guest hibernation): the outstanding
+        request is lost, and NEGOTIATE comes first on the new channel."""
+        fw, srv = HOST_OFFERS[self.name]
+        self._queue.appendleft(
+            _Pending("negotiate", {}, build_negotiate_request(fw, srv), self._decode_nego,
+                     lambda _r: None)
+        )
+        self.abort(reason)
+        self._kick()
+
     def abort(self, reason: str) -> None:
         """The channel went away: the outstanding request gets no reply."""
         cur, self._current = self._current, None

@@ -106,6 +106,37 @@ def _state(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
            for name, k in server.kernels.items()})
 
 
+@op("hibernate")
+def _hibernate(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    """Suspend and resume the guest: every simulated service goes through its driver's
+    suspend hook, then the host reopens the channels (NEGOTIATE first)."""
+    for name, kernel in server.kernels.items():
+        kernel.suspend()
+        server.hosts[name].reset_channel("suspended")
+    reply(None)
+
+
+@op("destroy")
+def _destroy(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    """Remove a device as on module unload (char devices) or host rescind (UIO)."""
+    service = req["service"]
+    if service == "fcopy" and server.uio is not None:
+        server.uio.rescind()
+    else:
+        kernel = server.kernels[service]
+        kernel.transport.destroy()
+    reply(None)
+
+
+@op("uio_raw_packet")
+def _uio_raw_packet(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    """Put arbitrary bytes (descriptor + payload) on the RX ring; no reply is awaited."""
+    if server.uio is None:
+        raise ValueError("not running with --fcopy uio")
+    server.uio.host_send_raw(bytes.fromhex(req["packet"]))
+    reply(None)
+
+
 @op("wait_registered")
 def _wait_registered(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
     """Reply once every simulated service has a registered daemon (True), or when the

@@ -535,3 +535,25 @@ def test_uio_sysfs_tree() -> None:
         assert "bus/vmbus/drivers/uio_hv_generic/new_id" in tree
     finally:
         uio.close()
+
+
+def test_suspend_fakes_thaw_and_forces_ready() -> None:
+    rig = vss_rig()
+    rig.request("freeze", vss_body(5))
+    rig.read(12)
+    rig.kernel.suspend()
+    rig.host.reset_channel("suspended")
+    assert rig.replies[-1].status is None and rig.replies[-1].fields == {"suspended": True}
+    assert rig.read(12) == bytes([6]) + bytes(11)  # the fake THAW
+    assert rig.kernel.state == State.READY
+    assert rig.dev.write(D, bytes(12)) == -errno.EINVAL  # nothing outstanding any more
+    assert rig.transcript[-1].op == "negotiate" and rig.transcript[-1].status == 0
+
+
+def test_suspend_fakes_fcopy_cancel() -> None:
+    rig = fcopy_rig()
+    rig.request("start", fcopy_start_body("a", "/tmp", 0, 1))
+    rig.read(6196)
+    rig.kernel.suspend()
+    assert rig.read(6196) == struct.pack("<I", 3) + bytes(32)
+    assert rig.dev.write(D, bytes(4)) == -errno.EINVAL

@@ -32,6 +32,7 @@ class FcopyKernel(UtilService):
     srv_versions = [0x10001]
 
     dm_reg_value = -1
+    suspend_message = struct.pack("<I", OP_CANCEL) + bytes(FCOPY_HDR_SIZE - 4)  # fake CANCEL
 
     def on_channel(self) -> None:
         while self.state <= State.READY:

@@ -172,6 +172,23 @@ class UtilService:
             self.respond_status(HV_E_FAIL)
         self.state = State.DEVICE_INIT
 
+    # The message a driver fakes for the daemon on suspend (None: nothing).
+    suspend_message: bytes | None = None
+
+    def suspend(self) -> None:
+        """Guest hibernation (the *_pre_suspend hooks): pending work is cancelled without
+        answering the host (closing the channel implies failure), a fake message may be
+        queued for the daemon, and the state is forced to READY, so the daemon's next
+        reply fails with EINVAL and it re-opens the device."""
+        self.cancel_timeout()
+        txn, self.txn = self.txn, None
+        if txn is not None and txn.raw is not None:
+            txn.raw(None)
+        if self.suspend_message is not None:
+            self.transport.send(self.suspend_message)
+        self.state = State.READY
+        self.klog("suspended")
+
     def on_timeout(self) -> None:
         self._timeout = None
         self.klog("timeout: host request failed with HV_E_FAIL")

@@ -31,6 +31,7 @@ class VssKernel(UtilService):
     srv_versions = [0x50000]
 
     dm_reg_value = 0
+    suspend_message = bytes([OP_THAW]) + bytes(VSS_MSG_SIZE - 1)  # the fake THAW
 
     def on_channel(self) -> None:
         while self.state <= State.READY:
