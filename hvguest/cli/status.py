@@ -88,6 +88,8 @@ def _daemon_text(entry: dict[str, Any], own: bool) -> str:
     d = entry.get("daemon")
     if not own or d is None:
         return "(kernel)"
+    if not entry["offered"] and not d["running"]:
+        return "-"
     if d["running"]:
         return "running"
     if d["source"] == "systemd":
@@ -116,7 +118,8 @@ def _activity(service: str, entry: dict[str, Any]) -> str:
     if service == "heartbeat":
         health = d.get("health") or {}
         contact = d.get("contact") or "?"
-        level = health.get("level", "?") if isinstance(health, dict) else "?"
+        level = health.get("level", "?") if isinstance(health, dict) and health \
+            else "not reported"
         return f"host contact: {contact}; app health: {level}"
     if service == "shutdown":
         hooks = d.get("hooks") or []
@@ -130,9 +133,13 @@ def _activity(service: str, entry: dict[str, Any]) -> str:
         return "FROZEN now"
     last = d.get("last_freeze") if service == "vss" else None
     if isinstance(last, dict):
-        mounts = last.get("mounts") or []
+        states: dict[str, int] = {}
+        for m in last.get("mounts") or []:
+            if isinstance(m, dict):
+                states[str(m.get("state"))] = states.get(str(m.get("state")), 0) + 1
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
         ok = "ok" if last.get("ok") else "FAILED"
-        return f"last freeze {ok} {_when(last.get('time'))} ({len(mounts)} filesystems)"
+        return f"last freeze {ok} {_when(last.get('time'))} ({counts or 'no filesystems'})"
     if service == "fcopy" and d.get("in_progress"):
         p = d["in_progress"]
         size = p.get("file_size", p.get("size"))

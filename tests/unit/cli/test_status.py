@@ -399,7 +399,7 @@ def test_cli_vss_detail_per_mount(healthy: Paths, fake_clock: None,
     assert "last freeze: 2026-01-02T03:04:05Z FAILED 1 of 2 filesystems failed (40.0 ms)" in out
     assert "    /mnt/nfs (nfs4): failed FIFREEZE: EOPNOTSUPP" in out
     assert hvguestctl(["status", "--root-dir", _root(healthy)]) == 0
-    assert "last freeze FAILED 03:04:05 (2 filesystems)" in capsys.readouterr().out
+    assert "last freeze FAILED 03:04:05 (1 failed, 1 thawed)" in capsys.readouterr().out
 
 
 def test_cli_one_service(healthy: Paths, fake_clock: None,
