@@ -77,6 +77,7 @@ NOT_OFFERED = (
 PROGRESS_PERIOD = 1.0
 # hv_do_fcopy up to its data: operation @0, offset @40, size @48.
 _WRITE_HEAD = struct.Struct("<I36xQI")
+_REPLIES = {s.value: fcopy_reply(s) for s in HvStatus}
 _LOOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 REOPEN_DELAY = 2.0
 
@@ -450,7 +451,7 @@ class FcopyDaemon:
                     if self.stopping:
                         return
                     status = self.service.handle(message, utf16=False)
-                transport.write_packet(fcopy_reply(status))
+                transport.write_packet(_REPLIES.get(status) or fcopy_reply(status))
                 with self.lock:
                     self.service.after_reply()
             except TransportError as exc:

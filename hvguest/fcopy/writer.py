@@ -111,14 +111,15 @@ class FileWriter:
         fd = self._fd
         if fd < 0:
             raise TransferRefused("no file is open for writing")
-        view = memoryview(data)
-        done = 0
         try:
-            while done < len(view):
-                n = os.pwrite(fd, view[done:], offset + done)
-                if n == 0:
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                done += n
+            done = os.pwrite(fd, data, offset)
+            if done < len(data):  # rare: finish a short write, or learn why not
+                view = memoryview(data)
+                while done < len(view):
+                    n = os.pwrite(fd, view[done:], offset + done)
+                    if n == 0:
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    done += n
         except OSError as exc:
             path = self.target.path if self.target else "?"
             self.discard(f"write failed: {exc.strerror}")
