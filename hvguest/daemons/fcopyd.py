@@ -6,6 +6,22 @@ names) or the raw VMBus ring through uio_hv_generic (kernels >= 6.10, we answer 
 IC version negotiation ourselves and names are UTF-16LE). Both feed the same
 FcopyService: the protocol role decides, the writer touches files, the state
 publisher shows transfers to ``hvguestctl fcopy``.
+
+Where it deliberately differs from the reference daemons (hv_fcopy_daemon and the
+upstream UIO daemon):
+
+* files are created 0644 (``fcopy.file_mode``), not 0744, and directories 0755;
+* the target must be an absolute path inside ``fcopy.allowed_roots`` with no ``..``
+  and no symbolic link below the root; anything else is refused with HV_E_FAIL;
+* CREATE_PATH creates the whole missing chain, including the last component;
+* data goes to a temporary file that gets its final name only on COMPLETE, after
+  fsync: CANCEL, a failed WRITE, a restart or a lost channel leave nothing behind;
+* a full disk is HV_ERROR_DISK_FULL, and WRITE sizes and offsets are checked: a gap,
+  an overlap, a size beyond the data or beyond ``file_size`` is refused;
+* START during a transfer abandons the old one; WRITE/COMPLETE without START are
+  refused; CANCEL works over UIO too; UTF-16 names are decoded strictly;
+* on UIO every queued packet is served per interrupt, responses echo the request's
+  trans_id, and a packet with bad framing is skipped instead of silencing the channel.
 """
 
 from __future__ import annotations
