@@ -35,7 +35,7 @@ from hvguest.transport.chardev import vss_transport
 from hvguest.vss.freeze import FreezeEngine, FreezeObserver, FsOps, MountResult
 from hvguest.vss.guard import GuardClient
 from hvguest.vss.hooks import HookRunner, discover
-from hvguest.vss.mounts import FreezePlan, SysfsBlock, build_plan, read_mountinfo
+from hvguest.vss.mounts import FreezePlan, SysfsBlock, build_plan, owner_of, read_mountinfo
 from hvguest.vss.record import clear_record, record_path, write_record
 from hvguest.vss.settings import VssSettings
 from hvguest.wire.status import status_name
@@ -279,11 +279,16 @@ class VssService:
         """Note which planned mounts were really frozen (so an emergency thaw leaves a
         foreign freeze alone), but only if the run dir is on none of the planned
         filesystems (normally /run is a tmpfs): a write to a frozen one would hang."""
+        planned = {fs.dev for fs in plan.order}
         try:
             st = os.stat(self.paths.run)
-        except OSError:
+            # mountinfo's dev, not st_dev alone: a btrfs subvolume has its own st_dev.
+            owner = owner_of(os.path.realpath(self.paths.run), read_mountinfo(self.paths.proc))
+        except (OSError, HvGuestError):
             return
-        if f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}" in {fs.dev for fs in plan.order}:
+        if f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}" in planned:
+            return
+        if owner is not None and owner.dev in planned:
             return
         mounts = [
             {"mount_point": r.mount_point, "dev": r.dev, "state": r.state}

@@ -275,7 +275,7 @@ class SysfsBlock:
         return found
 
 
-def _owner_of(path: str, mounts: Sequence[Mount]) -> Mount | None:
+def owner_of(path: str, mounts: Sequence[Mount]) -> Mount | None:
     """The mount whose mount point is the longest prefix of ``path`` (the last one
     mounted wins when several share a mount point: it is the visible one)."""
     best: Mount | None = None
@@ -341,7 +341,7 @@ def build_plan(
 
     for fs in by_dev.values():
         for backing in sysfs.backing_files(fs.dev):
-            owner = _owner_of(backing, mounts)
+            owner = owner_of(backing, mounts)
             if owner is not None and owner.dev != fs.dev and owner.dev in by_dev:
                 fs.backed_by.append(owner.dev)
     return FreezePlan(_order(by_dev, rank), skipped)

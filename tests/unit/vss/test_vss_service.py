@@ -18,8 +18,8 @@ from hvguest.vss.freeze import NullObserver
 from hvguest.vss.settings import VssSettings
 
 MOUNTINFO = (
-    "27 1 254:1 / / rw - ext4 /dev/vda1 rw\n"
-    "28 27 254:2 / /home rw - xfs /dev/vda2 rw\n"
+    "27 1 250:101 / / rw - ext4 /dev/vda1 rw\n"
+    "28 27 250:102 / /home rw - xfs /dev/vda2 rw\n"
     "29 27 0:21 / /proc rw - proc proc rw\n"
 )
 
@@ -180,5 +180,34 @@ def test_apply_settings_changes_the_next_plan(env):
     assert _send(service, transport, 5) == 0
     assert ops.frozen == {"/"}
     assert service.role.deadline == now[0] + 10
+    assert _send(service, transport, 6) == 0
+    hvlog.flush()
+
+
+def test_record_not_rewritten_while_its_filesystem_is_frozen(env):
+    """The run dir lies on a planned filesystem (per mountinfo): the record written
+    before the freeze stays as is, and nothing is written while frozen."""
+    service, transport, ops, now, runtime, paths = env
+    proc_mountinfo = os.path.join(paths.proc, "self", "mountinfo")
+    run_parent = os.path.dirname(paths.run)
+    with open(proc_mountinfo, "a") as f:
+        f.write(f"30 27 250:102 / {run_parent} rw - xfs /dev/vda2 rw\n")
+    assert _send(service, transport, 5) == 0
+    with open(os.path.join(paths.run, "vss-frozen.json")) as f:
+        record = f.read()
+    assert '"state"' not in record  # the planned record, not refined
+    assert _send(service, transport, 6) == 0
+    hvlog.flush()
+
+
+def test_record_refined_when_run_dir_is_elsewhere(env):
+    service, transport, ops, now, runtime, paths = env
+    proc_mountinfo = os.path.join(paths.proc, "self", "mountinfo")
+    with open(proc_mountinfo, "a") as f:  # the run dir on a tmpfs, as /run normally is
+        f.write(f"30 27 0:999 / {os.path.dirname(paths.run)} rw - tmpfs tmpfs rw\n")
+    assert _send(service, transport, 5) == 0
+    with open(os.path.join(paths.run, "vss-frozen.json")) as f:
+        record = f.read()
+    assert '"state": "frozen"' in record
     assert _send(service, transport, 6) == 0
     hvlog.flush()
