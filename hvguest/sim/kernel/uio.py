@@ -259,6 +259,9 @@ class UioFcopy:
             NEW_ID_PATH: "",
             "bus/vmbus/drivers/uio_hv_generic/remove_id": "",
             "bus/vmbus/drivers/hv_utils": SysDir(),
+            # The uio class exists once uio_hv_generic is loaded (also makes /sys/class
+            # a writable tmpfs, so a later bind can add uio0).
+            "class/uio": SysDir(),
         }
         if self.bound:
             entries.update(self.uio_entries())
