@@ -59,6 +59,7 @@ MAX_KEY_BYTES = POOL_KEY_SIZE - 1
 MAX_VALUE_BYTES = POOL_VALUE_SIZE - 1
 
 LOCK_TIMEOUT = 5.0
+PATH_CHECK_PERIOD = 1.0
 RACY_NS = 50_000_000  # far above any filesystem timestamp tick (jiffies)
 OWN_PREFIX = "hvguest."
 _BAD_RECORD_LOG_PERIOD = 300.0
@@ -140,6 +141,7 @@ class PoolFile:
         self._mutex = threading.RLock()
         self._fd: int | None = None
         self._fd_ident = (0, 0)  # (st_dev, st_ino) of self._fd
+        self._path_checked = 0.0  # monotonic time the path last named self._fd
         self._writable = False
         self._sig: _Signature | None = None
         self._trusted = False
@@ -190,6 +192,7 @@ class PoolFile:
             try:
                 st = os.stat(self.path)
                 if (st.st_dev, st.st_ino) == self._fd_ident:
+                    self._path_checked = time.monotonic()
                     return self._fd
             except FileNotFoundError:
                 pass
@@ -273,11 +276,21 @@ class PoolFile:
         """True when the cache still describes the file (lock-free check)."""
         if self._sig is None or not self._trusted or self._fd is None:
             return False
-        try:
-            st = os.stat(self.path)
-        except OSError:
+        # fstat() is far cheaper than a path lookup (overlayfs, long paths): a file
+        # replaced by rename or deleted shows st_nlink 0. A rename that keeps the old
+        # inode linked elsewhere is caught by the path check, at least once a second.
+        st = os.fstat(self._fd)
+        if st.st_nlink == 0 or _Signature.of(st) != self._sig:
             return False
-        return _Signature.of(st) == self._sig
+        if time.monotonic() - self._path_checked > PATH_CHECK_PERIOD:
+            try:
+                path_st = os.stat(self.path)
+            except OSError:
+                return False
+            if (path_st.st_dev, path_st.st_ino) != self._fd_ident:
+                return False
+            self._path_checked = time.monotonic()
+        return True
 
     def _refresh(self, fd: int) -> None:
         """Under the lock: re-read the file unless the cache is current."""

@@ -205,3 +205,22 @@ def test_own_keys_republished_after_truncation(paths):
         keys.publish("other", "x")
     keys.withdraw("hvguest.version")
     assert pf.items() == []
+
+
+def test_renamed_away_file_is_noticed_within_a_second(paths, monkeypatch):
+    pf = open_pool(paths, 0)
+    pf.set("a", "1")
+    assert pf.get("a") == "1"
+    # An admin moves the file aside (the old inode keeps a name) and puts another one.
+    os.rename(paths.pool_file(0), paths.pool_file(0) + ".bak")
+    with open(paths.pool_file(0), "wb") as f:
+        f.write(raw_record(b"a", b"2"))
+    monkeypatch.setattr(poolmod, "PATH_CHECK_PERIOD", 0.0)
+    assert pf.get("a") == "2"
+
+
+def test_deleted_file_is_noticed(paths):
+    pf = open_pool(paths, 0)
+    pf.set("a", "1")
+    os.unlink(paths.pool_file(0))
+    assert pf.get("a") is None
