@@ -546,6 +546,12 @@ class Collector:
                 f"guest clock is {live['offset_ms']:+.1f} ms off the host's "
                 f"(limit {st.warn_offset_ms:g} ms)",
                 "hvguestctl timesync setup (chrony with the host clock as refclock)"))
+        state = live.get("chrony_source_state")
+        if st.chrony_refclock and state not in (None, "selected", "combined"):
+            problems.append(Problem(
+                "timesync", "warning",
+                f"chrony is configured to use the host clock but its source is {state}",
+                "chronyc sources -v; journalctl -u chrony"))
         if st.ptp is not None and not st.chrony_refclock:
             clients = ", ".join(st.ntp_clients) or "none running"
             problems.append(Problem("timesync", "info",

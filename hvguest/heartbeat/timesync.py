@@ -272,6 +272,7 @@ class TimesyncStatus:
     ntp_clients: list[str] = field(default_factory=list)
     chrony_installed: bool = False
     chrony_refclock: str | None = None  # "file:line" of the refclock reading the host clock
+    chrony_source_state: str | None = None  # what chronyc says of that refclock now
     warn_offset_ms: float = 100.0
 
     @property
@@ -290,7 +291,26 @@ class TimesyncStatus:
             "ntp_clients": list(self.ntp_clients),
             "chrony_installed": self.chrony_installed,
             "chrony_refclock": self.chrony_refclock,
+            "chrony_source_state": self.chrony_source_state,
         }
+
+
+# chronyc -c sources, column 2 (state) of a source
+CHRONY_STATES = {"*": "selected", "+": "combined", "-": "not combined", "?": "unreachable",
+                 "x": "falseticker", "~": "too variable"}
+
+
+def chrony_source_state(runner: Runner) -> str | None:
+    """State of chrony's PHC reference clock ("selected", "unreachable", ...),
+    "not a source" when chronyd has none, None when chronyc gave no answer."""
+    rc, out = runner(["chronyc", "-n", "-c", "sources"], 3.0)
+    if rc != 0:
+        return None
+    for line in out.splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[0] == "#" and fields[2].upper().startswith("PHC"):
+            return CHRONY_STATES.get(fields[1], fields[1])
+    return "not a source"
 
 
 def check(
@@ -299,9 +319,11 @@ def check(
     warn_offset_ms: float = 100.0,
     opener: ClockOpener | None = None,
     samples: int = 5,
+    runner: Runner | None = None,
 ) -> TimesyncStatus:
     """Find the host clock, measure the offset, look at chrony. ``opener``
-    (default PhcClockSource) turns a /dev/ptpN path into a ClockSource."""
+    (default PhcClockSource) turns a /dev/ptpN path into a ClockSource;
+    ``runner`` (default run_command) runs chronyc when chronyd runs."""
     ptp = find_hyperv_ptp(paths)
     st = TimesyncStatus(ptp, warn_offset_ms=warn_offset_ms)
     st.ntp_clients = running_ntp_clients(paths)
@@ -310,6 +332,8 @@ def check(
     refs = chrony.uses(ptp, paths)
     if refs:
         st.chrony_refclock = f"{refs[0].file}:{refs[0].line}"
+        if "chronyd" in st.ntp_clients:
+            st.chrony_source_state = chrony_source_state(runner or run_command)
     if ptp is None:
         return st
     try:

@@ -32,13 +32,15 @@ def validate(doc: dict[str, Any]) -> None:
 class FakeTs:
     """A healthy time sync reading without touching a clock."""
 
-    def __init__(self, offset: float | None = 0.4, error: str | None = None) -> None:
-        self.offset, self.error = offset, error
+    def __init__(self, offset: float | None = 0.4, error: str | None = None,
+                 source_state: str | None = "selected") -> None:
+        self.offset, self.error, self.source_state = offset, error, source_state
 
     def __call__(self, paths: Paths) -> timesync.TimesyncStatus:
         st = timesync.TimesyncStatus(timesync.find_hyperv_ptp(paths), warn_offset_ms=100)
         st.offset_ms, st.error = self.offset, self.error
         st.chrony_installed, st.chrony_refclock = True, "/etc/chrony/conf.d/x.conf:1"
+        st.chrony_source_state = self.source_state
         return st
 
 
@@ -254,6 +256,13 @@ def test_timesync_offset_and_stale_clock(healthy: Paths) -> None:
     ts = doc["services"]["timesync"]
     assert ts["details"]["offset_ms"] is None and ts["details"]["source"] is None
     assert "600 s" in ts["problems"][0]["message"] and ts["health"] == "degraded"
+
+
+def test_chrony_not_using_the_host_clock(healthy: Paths) -> None:
+    doc = collect(healthy, timesync_check=FakeTs(source_state="unreachable"))
+    ts = doc["services"]["timesync"]
+    assert ts["health"] == "degraded" and ts["details"]["chrony_source_state"] == "unreachable"
+    assert "its source is unreachable" in ts["problems"][0]["message"]
 
 
 def test_timesync_from_daemon_when_not_root(healthy: Paths) -> None:

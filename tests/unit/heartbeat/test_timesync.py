@@ -128,6 +128,33 @@ def test_running_ntp_clients(machine: Callable[..., Paths]) -> None:
     assert timesync.running_ntp_clients(paths) == ["chronyd", "systemd-timesyncd"]
 
 
+def test_chrony_source_state(machine: Callable[..., Paths]) -> None:
+    def chronyc(out: str, rc: int = 0) -> Callable[[list[str], float], tuple[int, str]]:
+        return lambda cmd, timeout: (rc, out)
+
+    sources = "^,-,192.0.2.1,2,6,377,37,-0.000012,-0.000011,0.020\n" \
+              "#,*,PHC0,0,3,377,7,0.000001,0.000001,0.000010\n"
+    assert timesync.chrony_source_state(chronyc(sources)) == "selected"
+    assert timesync.chrony_source_state(chronyc(sources.replace("#,*", "#,?"))) == "unreachable"
+    assert timesync.chrony_source_state(chronyc(sources.splitlines()[0])) == "not a source"
+    assert timesync.chrony_source_state(chronyc("", 1)) is None
+    # Only asked when chronyd runs and a refclock reads the host clock.
+    paths = machine()
+    _write(os.path.join(paths.os_etc, "chrony/chrony.conf"),
+           "refclock PHC /dev/ptp_hyperv poll 3 dpoll -2 offset 0\n")
+    calls: list[list[str]] = []
+
+    def runner(cmd: list[str], timeout: float) -> tuple[int, str]:
+        calls.append(cmd)
+        return 0, sources
+
+    st = timesync.check(paths, opener=lambda dev: FakeClock([(1, 1, 1)]), runner=runner)
+    assert st.chrony_refclock and st.chrony_source_state is None and calls == []
+    _write(os.path.join(paths.proc, "412/comm"), "chronyd\n")
+    st = timesync.check(paths, opener=lambda dev: FakeClock([(1, 1, 1)]), runner=runner)
+    assert st.chrony_source_state == "selected" and calls[0][:2] == ["chronyc", "-n"]
+
+
 class Recorder:
     def __init__(self, rc: int = 0, out: str = "") -> None:
         self.calls: list[tuple[list[str], float]] = []
