@@ -66,7 +66,8 @@ def _render(st: timesync.TimesyncStatus) -> None:
         print(f"offset:      unknown: {st.error}")
     print(f"NTP clients: {', '.join(st.ntp_clients) or 'none running'}")
     if st.chrony_refclock:
-        print(f"chrony:      uses the host clock ({st.chrony_refclock})")
+        state = f"; source {st.chrony_source_state}" if st.chrony_source_state else ""
+        print(f"chrony:      uses the host clock ({st.chrony_refclock}{state})")
     elif st.chrony_installed:
         print("chrony:      does not use the host clock: hvguestctl timesync setup")
     else:
