@@ -75,3 +75,28 @@ def test_reading_creates_nothing(capsys, tmp_path):
     import os
 
     assert not os.path.exists(pooldir)
+
+
+def test_watch_reports_another_writers_change(capsys, pooldir):
+    import threading
+    import time
+
+    from hvguest.paths import Paths
+    from hvguest.pool import open_pool
+
+    assert run(capsys, "set", "a", "1", "--pool-dir", pooldir)[0] == 0
+    pf = open_pool(Paths(pool_dir=pooldir), 1)
+
+    def writer():
+        time.sleep(0.15)
+        pf.set("a", "2")
+        pf.set("b", "3")
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    argv = ["watch", "--pool", "1", "--interval", "0.1", "--count", "5", "--pool-dir", pooldir]
+    code, out, _ = run(capsys, *argv)
+    thread.join()
+    assert code == 0
+    lines = [line.split(" ", 1)[1] for line in out.splitlines()]
+    assert "pool 1 ~ a=2" in lines and "pool 1 + b=3" in lines
