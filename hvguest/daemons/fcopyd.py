@@ -443,8 +443,9 @@ class FcopyDaemon:
                 details={"transport": self.kind},
             )
             self.publisher.publish()
-            self.runtime.add_reader(self.transport, self.on_uio_readable)
-            self.on_uio_readable()  # anything queued before we opened
+            threading.Thread(
+                target=self._uio_worker, args=(self.transport,), name="fcopy-ring", daemon=True
+            ).start()
 
     # -- legacy char device ------------------------------------------------------
     #
@@ -498,27 +499,75 @@ class FcopyDaemon:
 
     # -- UIO ring ----------------------------------------------------------------
 
-    def on_uio_readable(self) -> None:
-        transport = self.transport
+    # The UIO ring gets the same treatment: one thread blocks in read(4) on
+    # /dev/uioN until the host interrupts, drains every queued packet straight from
+    # the shared RX ring, writes the responses to TX and re-enables interrupts,
+    # which also signals the host. Polling first, or signalling once per response,
+    # would each add a round trip per packet on a FUSE-served device.
+
+    def _uio_worker(self, transport: Any) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _LOOP_SIGNALS)  # they belong to the loop
+        first = True
+        while not self.stopping:
+            try:
+                if not first:
+                    self._wait_interrupt(transport)
+                first = False  # packets queued before we opened raised no interrupt
+                with self.lock:
+                    if self.stopping:
+                        return
+                    self._drain_uio(transport)
+            except TransportError as exc:
+                if not self.stopping:
+                    self.runtime.call_soon_threadsafe(functools.partial(self._lost, exc))
+                return
+            except Exception:  # a bug must not silence the channel
+                log.exception("fcopy: unexpected failure serving the ring")
+
+    @staticmethod
+    def _wait_interrupt(transport: Any) -> None:
         try:
-            # Drain everything, re-enable interrupts, and drain again if packets
-            # arrived meanwhile (they raised no interrupt while masked).
+            os.read(transport.fileno(), 4)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                raise TransportError(
+                    f"/dev/{transport.uio_name}: device rescinded by the host"
+                ) from exc
+            raise TransportError(f"/dev/{transport.uio_name}: read failed: {exc.strerror}") from exc
+
+    def on_uio_readable(self) -> None:
+        """Serve the ring from the loop thread (used when no worker runs)."""
+        try:
+            self._drain_uio(self.transport)
+        except TransportError as exc:
+            self._lost(exc)
+
+    def _drain_uio(self, transport: Any) -> None:
+        """Answer every packet in RX, re-enable interrupts, and go again if packets
+        arrived while they were masked (those raised no interrupt)."""
+        while True:
+            answered = False
             while True:
                 try:
-                    packets = transport.read_packets()
+                    got = transport.rx.read_packet()
                 except RingError as exc:
                     if not self._skip_bad_packets(exc):
                         raise
-                    packets = []
-                for trans_id, payload in packets:
-                    reply = ic_reply(self.service, payload)
-                    if reply is not None:
-                        transport.write_packet(reply, trans_id)
-                    self.service.after_reply()
-                if not transport.rearm():
+                    continue
+                if got is None:
                     break
-        except TransportError as exc:
-            self._lost(exc)
+                descriptor, payload = got
+                reply = ic_reply(self.service, payload)
+                if reply is not None:
+                    transport.tx.write_packet(reply, descriptor.trans_id)
+                    answered = True
+            more = transport.rearm()
+            if answered:
+                self.service.after_reply()
+            if not more:
+                return
 
     def _skip_bad_packets(self, exc: RingError) -> bool:
         """A packet whose framing cannot be trusted hides where the next one
@@ -548,8 +597,6 @@ class FcopyDaemon:
         with self.lock:
             self.service.abort(f"channel failed: {exc}")
             self.publisher.record_error(str(exc))
-        if self.kind != "legacy":
-            self.runtime.remove_reader(self.transport)
         with contextlib.suppress(Exception):
             self.transport.close()
         self._reopen()
@@ -583,11 +630,8 @@ class FcopyDaemon:
             self.service.abort("daemon stopping")
             self.publisher.update(state="stopped", details={"in_progress": None})
             self.publisher.publish()
-        # The legacy worker may sit in read(): leave the descriptor to process exit
-        # rather than close a number it could still use.
-        if self.transport is not None and self.kind != "legacy":
-            with contextlib.suppress(Exception):
-                self.transport.close()
+        # The worker may sit in read(): leave the descriptor (and the ring mapping)
+        # to process exit rather than close something it could still use.
 
 
 def build_parser() -> argparse.ArgumentParser:
