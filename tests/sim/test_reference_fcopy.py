@@ -87,7 +87,8 @@ TX, RX, D = 0, size, size - 4096
 u32 = lambda off: struct.unpack_from("<I", m, off)[0]
 def copy_out(base, start, n):
     first = min(n, D - start)
-    return m[base + 4096 + start: base + 4096 + start + first] + m[base + 4096: base + 4096 + n - first]
+    data = base + 4096
+    return m[data + start: data + start + first] + m[data: data + n - first]
 def copy_in(base, start, data):
     first = min(len(data), D - start)
     m[base + 4096 + start: base + 4096 + start + first] = data[:first]
