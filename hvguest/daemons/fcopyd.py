@@ -356,9 +356,15 @@ def detect_transport(paths: Paths) -> str | None:
     """ "legacy" (char device), "uio" (raw VMBus device) or None."""
     if os.path.exists(paths.vmbus_device("hv_fcopy")):
         return "legacy"
-    if find_fcopy_vmbus_device(paths) is not None:
-        return "uio"
-    return None
+    device = find_fcopy_vmbus_device(paths)
+    if device is None:
+        return None
+    try:
+        driver = os.path.basename(os.readlink(os.path.join(device, "driver")))
+    except OSError:
+        driver = None
+    # Bound to hv_utils: a kernel <= 6.9 whose /dev/vmbus/hv_fcopy is not there yet.
+    return "legacy" if driver == "hv_utils" else "uio"
 
 
 # -- the daemon ----------------------------------------------------------------------

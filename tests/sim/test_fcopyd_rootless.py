@@ -182,6 +182,12 @@ def test_detect_transport(tmp_path):
     dev.mkdir(parents=True)
     (dev / "class_id").write_text("{34d14be3-dee4-41c8-9ae7-6b174977c192}\n")
     assert detect_transport(paths) == "uio"
+    os.symlink("../../../bus/vmbus/drivers/uio_hv_generic", dev / "driver")
+    assert detect_transport(paths) == "uio"
+    os.unlink(dev / "driver")
+    os.symlink("../../../bus/vmbus/drivers/hv_utils", dev / "driver")
+    assert detect_transport(paths) == "legacy"
+    os.unlink(dev / "driver")
     (tmp_path / "dev" / "vmbus").mkdir(parents=True)
     (tmp_path / "dev" / "vmbus" / "hv_fcopy").write_bytes(b"")
     assert detect_transport(paths) == "legacy"
