@@ -32,7 +32,7 @@ from hvguest.pool import OwnKeys, PoolStore, close_all
 from hvguest.roles.kvp import ApplyIpConfig, KvpRole, Log, PoolChanged, Result
 from hvguest.state import StatePublisher
 from hvguest.transport.chardev import kvp_transport
-from hvguest.wire.kvp import KvpIpInfo, KvpPool
+from hvguest.wire.kvp import KvpIpInfo, KvpPool, kvp_reply
 from hvguest.wire.pool import POOL_RECORD_SIZE
 from hvguest.wire.status import HvStatus
 
@@ -183,7 +183,14 @@ class KvpService:
             return
         if not data:
             return
-        self.dispatch(self.role.handle(data, self.clock()))
+        try:
+            result = self.role.handle(data, self.clock())
+        except Exception:
+            # A bug must not leave the host waiting 30 s for nothing: answer, then log.
+            log.exception("KVP request (operation %d) failed unexpectedly", data[0] if data else -1)
+            self._write(kvp_reply(data, HvStatus.HV_E_FAIL))
+            return
+        self.dispatch(result)
 
     def _read(self) -> bytes:
         """One message; the loop's poll() just reported it.
@@ -213,10 +220,13 @@ class KvpService:
             elif isinstance(action, PoolChanged):
                 self._dirty = True
             elif isinstance(action, ApplyIpConfig):
-                outcome = self.netconfig().apply(action.config)
-                self.dispatch(
-                    self.role.ip_config_done(outcome.status, outcome.detail, self.clock())
-                )
+                try:
+                    outcome = self.netconfig().apply(action.config)
+                    status, detail = int(outcome.status), str(outcome.detail)
+                except Exception as exc:  # the reply must go out whatever happened
+                    log.exception("applying the host's IP settings failed")
+                    status, detail = HvStatus.HV_E_FAIL, f"internal error: {exc}"
+                self.dispatch(self.role.ip_config_done(status, detail, self.clock()))
                 return
         if result.reply is None:
             return
@@ -225,8 +235,11 @@ class KvpService:
         ):
             self.state.record_op(result.op, result.status_name)
             self._dirty = True
+        self._write(result.reply)
+
+    def _write(self, reply: bytes) -> None:
         try:
-            self.transport.write_packet(result.reply)
+            self.transport.write_packet(reply)
         except TransportError as exc:
             self._device_failed(exc)
 

@@ -141,3 +141,36 @@ def test_keeps_retrying_while_the_device_is_gone(env, caplog):
     assert transport.is_open and service.role.state is KvpState.READY
     # one error line for the repeated failure, not one per attempt
     assert caplog.text.count("cannot re-register") == 1
+
+
+def test_set_ip_info_failure_inside_apply_still_replies(env, monkeypatch):
+    from hvguest.wire.kvp import KvpSetIpInfo
+
+    service, transport, _runtime, _sock, _paths = env
+    service.start()
+
+    class Broken:
+        def apply(self, config):
+            raise OSError("sysfs went away")
+
+    service._netconfig = Broken()
+    request = KvpSetIpInfo(0, "{a3c5e2f0-1111-2222-3333-444455556666}", 1, True, "", "", "", "")
+    transport.inbox += [request.encode(), KvpGet(0, "k").encode()]
+    service.on_readable()
+    assert status(transport.sent[-1]) == 0x80004005
+    assert service.role.state is KvpState.READY
+    service.on_readable()  # the next request is served normally
+    assert status(transport.sent[-1]) == 0x80070103
+
+
+def test_unexpected_error_still_replies(env, monkeypatch):
+    service, transport, _runtime, _sock, _paths = env
+    service.start()
+
+    def boom(pool, key):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(service.data, "get", boom)
+    transport.inbox.append(KvpGet(0, "k").encode())
+    service.on_readable()
+    assert status(transport.sent[-1]) == 0x80004005
