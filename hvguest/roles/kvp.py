@@ -311,6 +311,12 @@ class KvpRole:
                     kvp_reply(raw, HvStatus.HV_S_CONT), HvStatus.HV_S_CONT, "ENUMERATE", now
                 )
             reply = kvp_enumerate_reply(raw, item[0], item[1])
+            cut = _host_cut(item[0], item[1])
+            if cut:
+                note = Log(
+                    logging.WARNING, "KVP item %r in pool %d: %s", (item[0][:64], request.pool, cut)
+                )
+                return self._done(reply, HvStatus.HV_S_OK, "ENUMERATE", now, note)
             return self._done(reply, HvStatus.HV_S_OK, "ENUMERATE", now)
         if isinstance(request, KvpGet):
             value = None
@@ -412,6 +418,26 @@ class KvpRole:
             self.counters.failures += 1
         self.last = (op, _STATUS_NAMES.get(status) or status_name(status), now)
         return Result(reply, status, op, tuple(actions))
+
+
+# What the kernel passes on to the host of an enumerated item, in UTF-16 code units.
+HOST_KEY_UNITS = 254
+HOST_VALUE_UNITS = 1022
+
+
+def _units(text: str) -> int:
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def _host_cut(key: str, value: str) -> str:
+    """Why the host will see this item cut ("" if it will not): the kernel truncates
+    silently, so at least the guest says so."""
+    # a str of n characters is n..2n UTF-16 units: encode only when it may be too long
+    if len(key) * 2 > HOST_KEY_UNITS and _units(key) > HOST_KEY_UNITS:
+        return f"key is {_units(key)} UTF-16 units, the host sees the first {HOST_KEY_UNITS}"
+    if len(value) * 2 > HOST_VALUE_UNITS and _units(value) > HOST_VALUE_UNITS:
+        return f"value is {_units(value)} UTF-16 units, the host sees the first {HOST_VALUE_UNITS}"
+    return ""
 
 
 _STATUS_NAMES = {int(s): s.name for s in HvStatus}

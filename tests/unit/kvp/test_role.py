@@ -235,3 +235,13 @@ def test_requests_before_registration_are_a_bug():
     r.registered("3.1")
     r.lost()
     assert r.state is KvpState.UNREGISTERED
+
+
+def test_enumerating_an_item_the_host_sees_cut_is_logged(role):
+    role.data.pools[1]["long"] = "x" * 1500
+    role.data.pools[1]["ok"] = "y" * 1022
+    res = role.handle(KvpEnumerate(1, 0).encode(), 0)
+    assert res.status == OK
+    (note,) = res.actions
+    assert "value is 1500 UTF-16 units, the host sees the first 1022" in note.args[2]
+    assert role.handle(KvpEnumerate(1, 1).encode(), 0).actions == ()
