@@ -105,14 +105,27 @@ def pid_alive(paths: Paths, pid: object) -> bool:
     return not cmdline or b"hvguest" in cmdline
 
 
+def _mount_ns(paths: Paths, pid: str) -> str | None:
+    try:
+        return os.readlink(os.path.join(paths.proc, pid, "ns", "mnt"))
+    except OSError:
+        return None
+
+
 def process_names(paths: Paths) -> set[str]:
+    """Names of the processes that can hold our devices: those in our mount namespace
+    (a daemon in a container sees another /dev), or whose namespace we cannot see."""
     names: set[str] = set()
     try:
         entries = os.listdir(paths.proc)
     except OSError:
         return names
+    own = _mount_ns(paths, "self")
     for entry in entries:
         if entry.isdigit():
+            ns = _mount_ns(paths, entry) if own is not None else None
+            if ns is not None and ns != own:
+                continue
             with contextlib.suppress(OSError):
                 with open(os.path.join(paths.proc, entry, "comm"), encoding="utf-8") as f:
                     names.add(f.read().strip())

@@ -205,6 +205,20 @@ def test_reference_daemon_holding_the_device(healthy: Paths) -> None:
     assert doc["exit_code"] == 1
 
 
+def test_reference_daemon_in_another_mount_namespace_is_ignored(healthy: Paths) -> None:
+    # A reference daemon in a container (another mount namespace) sees another /dev.
+    with open(_mk(healthy, "777/comm"), "w") as f:
+        f.write("hv_kvp_daemon\n")
+    os.makedirs(os.path.join(healthy.proc, "self", "ns"))
+    os.symlink("mnt:[4026531841]", os.path.join(healthy.proc, "self", "ns", "mnt"))
+    os.makedirs(os.path.join(healthy.proc, "777", "ns"))
+    os.symlink("mnt:[4026532999]", os.path.join(healthy.proc, "777", "ns", "mnt"))
+    assert collect(healthy)["exit_code"] == 0
+    os.unlink(os.path.join(healthy.proc, "777", "ns", "mnt"))
+    os.symlink("mnt:[4026531841]", os.path.join(healthy.proc, "777", "ns", "mnt"))
+    assert collect(healthy)["exit_code"] == 1
+
+
 def _mk(paths: Paths, rel: str) -> str:
     path = os.path.join(paths.proc, rel)
     os.makedirs(os.path.dirname(path), exist_ok=True)
