@@ -40,6 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
         uio_ring_size=int(args.uio_ring_size, 0),
         uio_prebound=not args.uio_unbound,
         frontend=args.frontend,
+        dev_root=args.dev_root,
     )
     server = SimServer(opts)
     import signal
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--frontend", choices=("fuse", "cuse"), default="fuse",
                    help="fuse: sandbox the daemon command with FUSE devices; cuse: create "
                    "real /dev/vmbus/hv_* character devices and run no daemon (test VMs)")
+    s.add_argument("--dev-root", metavar="DIR",
+                   help="rootless: serve DIR/vmbus/hv_* as SOCK_SEQPACKET sockets and run "
+                   "the daemon as a plain process (hvguest daemons with --dev-root DIR)")
     s.add_argument("--log", help="log file")
     s.add_argument("command", nargs=argparse.REMAINDER, help="-- DAEMON COMMAND...")
     s.set_defaults(func=_serve)

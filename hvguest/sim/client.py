@@ -44,6 +44,7 @@ class SimClient:
         info = self.call("ping")
         self.daemon_pid: int = info["daemon_pid"]
         self.root: str = info["root"]
+        self.rootless: bool = bool(info.get("rootless"))
         self.last_steps: list[int | None] = []
 
     @classmethod
@@ -59,6 +60,7 @@ class SimClient:
         workdir: str,
         uio_ring_size: int | None = None,
         uio_bound: bool = True,
+        dev_root: str | None = None,
         start_timeout: float = 60.0,
         wait_registered: bool = True,
     ) -> SimClient:
@@ -76,6 +78,8 @@ class SimClient:
             args += ["--uio-ring-size", hex(uio_ring_size)]
         if not uio_bound:
             args.append("--uio-unbound")
+        if dev_root is not None:
+            args += ["--dev-root", dev_root]
         for image, fstype, mountpoint in loop_filesystems:
             args += ["--loop-fs", f"{image}:{fstype}:{mountpoint}"]
         args += ["--", *command]
@@ -274,7 +278,7 @@ class SimClient:
         """Run ``cmd`` inside the sandbox (its namespaces and root). While the daemon
         runs this does not involve the simulator's loop; afterwards the simulator runs
         it in the namespaces it still holds."""
-        if self.daemon_alive():
+        if self.rootless or self.daemon_alive():
             return subprocess.run(self._nsenter(cmd), input=input, capture_output=True,
                                   timeout=timeout, check=False)
         r = self.call("exec", _wait=timeout + 30, cmd=cmd, timeout=timeout,
@@ -288,6 +292,8 @@ class SimClient:
         return subprocess.Popen(self._nsenter(cmd), start_new_session=True, **kwargs)
 
     def _nsenter(self, cmd: list[str]) -> list[str]:
+        if self.rootless:
+            return cmd  # no sandbox: the daemon shares this machine's view
         if not self.daemon_alive():
             raise SimError("the daemon is not running: no namespaces to enter")
         return ["nsenter", "-t", str(self.daemon_pid), "-m", "-u", "-i", "-n", "-r", "-w",

@@ -56,7 +56,7 @@ def _submit(server: SimServer, service: str, name: str, req: dict[str, Any], bod
 @op("ping")
 def _ping(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
     reply({"daemon_pid": server.daemon_pid, "root": f"/proc/{server.daemon_pid}/root",
-           "alive": server.daemon_alive()})
+           "alive": server.daemon_alive(), "rootless": server.rootless})
 
 
 @op("daemon_alive")

@@ -45,6 +45,7 @@ class ServeOptions:
     timeout_scale: float = 1.0
     uio_ring_size: int = 0x5000
     uio_prebound: bool = True
+    dev_root: str | None = None  # rootless: SOCK_SEQPACKET devices here, no sandbox
     # "cuse": serve the devices as real character devices (/dev/vmbus/hv_*) through
     # CUSE, with no sandbox and no daemon command: the system's service manager
     # starts the daemons when the devices appear (a test VM).
@@ -81,7 +82,9 @@ class SimServer:
         self._conns: dict[int, _Conn] = {}
         self._stopping = False
         self.sandbox: Any = None
-        self.fuse: Any = None
+        self.sockets: Any = None
+        self.fuse_mounts: list[tuple[Any, str]] = []
+        self._fuse_by_id: dict[str, Any] = {}
         self._daemon: subprocess.Popen[bytes] | None = None  # a restarted daemon
         self._pidfd: int | None = None
         self.daemon_exits: list[int | None] = []
@@ -145,7 +148,31 @@ class SimServer:
     def _deferred_waker(self, key: str) -> Callable[[], None]:
         return lambda: self._wakes.add(key)
 
+    @property
+    def rootless(self) -> bool:
+        return self.opts.dev_root is not None
+
+    def _start_rootless(self) -> None:
+        from hvguest.sim.sockets import PlainProcess, SocketDeviceServer
+
+        if self.uio is not None or self.opts.loop_filesystems:
+            raise ValueError("--dev-root serves char devices only (no --fcopy uio, no "
+                             "--loop-fs): use the FUSE mode as root")
+        assert self.opts.dev_root is not None
+        devs = self.devices()
+        self.sockets = SocketDeviceServer(devs, os.path.join(self.opts.dev_root, "vmbus"))
+        for name, dev in devs.items():
+            dev.set_waker(self._deferred_waker(f"sock:{name}"))
+        self.sandbox = PlainProcess(list(self.opts.command))
+        self.sandbox.start()
+        self._watch(self.sandbox.pid)
+        for host in self.hosts.values():
+            host.start()
+
     def start_daemon(self) -> None:
+        if self.rootless:
+            self._start_rootless()
+            return
         from hvguest.sim.sandbox import LoopFs, Sandbox, SandboxSpec
 
         self.fuse_mounts = self._new_fuse()
@@ -264,11 +291,13 @@ class SimServer:
 
     def _serve_once(self, max_wait: float) -> None:
         fds: dict[int, Callable[[], None]] = {}
-        for server, _path in getattr(self, "fuse_mounts", []):
+        for server, _path in self.fuse_mounts:
             try:
                 fds[server.fileno()] = server.process
             except OSError:
                 continue
+        if self.sockets is not None:
+            fds.update(self.sockets.filenos())
         if hasattr(self, "_lsock"):
             fds[self._lsock.fileno()] = self._accept
             for fd, conn in list(self._conns.items()):
@@ -328,6 +357,9 @@ class SimServer:
             wakes, self._wakes = self._wakes, set()
             for key in wakes:
                 sid, name = key.split(":", 1)
+                if sid == "sock":
+                    self.sockets.flush(name)
+                    continue
                 server = self._fuse_by_id.get(sid)
                 if server is not None:
                     server.wake(name)
@@ -386,8 +418,10 @@ class SimServer:
                 self.sandbox.stop()
             except Exception:  # noqa: BLE001
                 log.exception("sandbox stop failed")
-        for server, _path in getattr(self, "fuse_mounts", []):
+        for server, _path in self.fuse_mounts:
             server.close()
+        if self.sockets is not None:
+            self.sockets.close()
         if self.uio is not None:
             self.uio.close()
         for conn in self._conns.values():
