@@ -328,9 +328,9 @@ class SimServer:
         for fd in ready:
             handler = fds.get(fd)
             if handler is not None:
-                handler()
-        self.timers.run_due()
-        self._flush_wakes()
+                self._guarded(handler)
+        self._guarded(self.timers.run_due)
+        self._guarded(self._flush_wakes)
         if self.waiters:
             self.waiters = [w for w in self.waiters if not w()]
 
@@ -339,6 +339,14 @@ class SimServer:
         if self.uio is not None:
             done = done and self.uio.connected
         return done
+
+    @staticmethod
+    def _guarded(fn: Callable[[], object]) -> None:
+        """A bug in one model or front end must not take every test down with it."""
+        try:
+            fn()
+        except Exception:  # noqa: BLE001
+            log.exception("simulator event handler failed")
 
     def _syslog_fd(self) -> int | None:
         sock = getattr(self.sandbox, "_syslog_sock", None)  # no public accessor yet
