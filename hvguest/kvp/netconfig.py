@@ -25,6 +25,7 @@ import ipaddress
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -66,21 +67,30 @@ Runner = Callable[[Sequence[str], float], tuple[int, str]]
 
 
 def run_command(argv: Sequence[str], timeout: float) -> tuple[int, str]:
-    """Run without a shell; (exit code, stderr tail). 124 on timeout, 127 if missing."""
+    """Run without a shell; (exit code, stderr tail). 124 on timeout, 127 if missing.
+
+    The tool runs in its own process group: on timeout the whole group is killed, so
+    a helper it started cannot keep our stderr pipe (and us) waiting.
+    """
     try:
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            timeout=max(0.1, timeout),
-            check=False,
+            start_new_session=True,
         )
-    except subprocess.TimeoutExpired:
-        return 124, f"timed out after {timeout:.1f} s"
     except OSError as exc:
         return 127, str(exc)
-    return proc.returncode, proc.stderr.decode("utf-8", "replace").strip()[-300:]
+    try:
+        _out, err = proc.communicate(timeout=max(0.1, timeout))
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.communicate(timeout=1.0)
+        return 124, f"timed out after {timeout:.1f} s"
+    return proc.returncode, err.decode("utf-8", "replace").strip()[-300:]
 
 
 def find_interface(paths: Paths, guid: str) -> str | None:
