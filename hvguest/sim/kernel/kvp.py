@@ -216,7 +216,7 @@ class KvpKernel(UtilService):
             ("sub_net", MAX_IP_ADDR_SIZE),
             ("gate_way", MAX_GATEWAY_SIZE),
             ("dns_addr", MAX_IP_ADDR_SIZE),
-            ("adapter_id", MAX_IP_ADDR_SIZE),
+            ("adapter_id", MAX_ADAPTER_ID_SIZE),
         ):
             units, ok = utf8_to_utf16(cstr(reply, ip_off(name, host=False)), maxout)
             start = ICMSG_HDR + ip_off(name, host=True)
