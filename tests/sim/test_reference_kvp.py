@@ -128,3 +128,21 @@ def test_raw_injection_shows_reference_misbehaviour(
 def test_unknown_operation_is_answered_ok(sim: SimClient) -> None:
     reply = sim.kvp_raw(_raw(9, 0))
     assert len(reply) == 7432 and reply[:4] == bytes(4)
+
+
+def test_get_ip_info_matches_the_mac_in_upper_case_only(sim: SimClient) -> None:
+    status, info = sim.kvp_get_ip_info("00:15:5D:00:00:01")
+    assert status == HV_S_OK
+    assert info["ip_addr"].split(";")[:2] == ["192.0.2.10", "2001:db8::10"]
+    assert info["sub_net"].split(";")[:2] == ["255.255.255.0", "/64"]
+    assert info["addr_family"] == 3
+    assert info["gate_way"].endswith(";")  # trailing separator, as documented
+    assert sim.kvp_get_ip_info("00:15:5d:00:00:01")[0] == HV_E_FAIL
+
+
+def test_set_ip_info_unknown_adapter(sim: SimClient) -> None:
+    # The sandbox's veth has no VMBus device_id: no adapter GUID can match.
+    status = sim.kvp_set_ip_info("{f8615163-df3e-46c5-913f-f2d2f965ed0e}", addr_family=1,
+                                 dhcp_enabled=False, ip_addr="10.0.0.2", sub_net="255.0.0.0",
+                                 gate_way="10.0.0.1", dns_addr="10.0.0.53")
+    assert status == 0x80041002  # HV_GUID_NOTFOUND
