@@ -135,6 +135,7 @@ KVP_SCENARIO: list[Step] = [
     Step("delete-again", "kvp_delete", {"pool": 0, "key": "Counter"}),
     Step("enum-p0-after", "kvp_enumerate_all", {"pool": 0}),
     Step("empty-pool", "kvp_enumerate", {"pool": 4, "index": 0}),
+    Step("ip-info", "kvp_get_ip_info", {"adapter_id": "00:15:5D:00:00:01"}),
     Step("ip-info-unknown-mac", "kvp_get_ip_info", {"adapter_id": "00:11:22:33:44:55"}),
     Step("alive", "daemon_alive"),
 ]
