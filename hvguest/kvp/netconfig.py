@@ -276,6 +276,9 @@ class Plan:
     text: str
     mode: int
     commands: tuple[tuple[str, ...], ...]
+    # After a failure, with the previous file back (or ours gone): bring the previous
+    # configuration up again.
+    restore: tuple[tuple[str, ...], ...]
 
 
 def plan_for(stack: str, paths: Paths, config: IpConfigLike, name: str, mac: str) -> Plan:
@@ -286,28 +289,31 @@ def plan_for(stack: str, paths: Paths, config: IpConfigLike, name: str, mac: str
             etc, "NetworkManager", "system-connections", f"hvguest-{name}.nmconnection"
         )
         cmds = (("nmcli", "connection", "reload"), ("nmcli", "connection", "up", f"hvguest-{name}"))
-        return Plan(path, render_nmconnection(config, name, mac), 0o600, cmds)
+        # our profile may be gone again: let NetworkManager pick the best one left
+        restore = (("nmcli", "connection", "reload"), ("nmcli", "device", "connect", name))
+        return Plan(path, render_nmconnection(config, name, mac), 0o600, cmds, restore)
     if stack == "networkd":
         path = os.path.join(etc, "systemd", "network", f"10-hvguest-{name}.network")
         cmds = (("networkctl", "reload"), ("networkctl", "reconfigure", name))
-        return Plan(path, render_networkd(config, name, mac), 0o644, cmds)
+        return Plan(path, render_networkd(config, name, mac), 0o644, cmds, cmds)
     if stack == "netplan":
         path = os.path.join(etc, "netplan", f"90-hvguest-{name}.yaml")
-        return Plan(path, render_netplan(config, name, mac), 0o600, (("netplan", "apply"),))
+        cmds = (("netplan", "apply"),)
+        return Plan(path, render_netplan(config, name, mac), 0o600, cmds, cmds)
     if stack == "ifupdown":
         path = os.path.join(etc, "network", "interfaces.d", f"hvguest-{name}")
         cmds = (("ifdown", "--force", name), ("ifup", name))
-        return Plan(path, render_ifupdown(config, name, mac), 0o644, cmds)
+        return Plan(path, render_ifupdown(config, name, mac), 0o644, cmds, cmds)
     raise ValueError(f"unknown network stack {stack!r}")
 
 
-def atomic_write(path: str, text: str, mode: int) -> None:
+def atomic_write(path: str, text: str | bytes, mode: int) -> None:
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o755, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".hvguest-", dir=directory)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8") if isinstance(text, str) else text)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
@@ -372,11 +378,14 @@ class NetConfigurator:
             f"{stack} rejected the settings for {name}: {failure}; previous configuration restored",
         )
 
-    def _run(self, commands: Sequence[Sequence[str]], deadline: float) -> str | None:
+    def _run(
+        self, commands: Sequence[Sequence[str]], deadline: float, *, keep_reserve: bool = True
+    ) -> str | None:
         for i, argv in enumerate(commands):
             remaining = deadline - self.clock()
-            # keep time for a rollback: each command gets its share of what is left
-            share = remaining / (len(commands) - i + 1)
+            # Each command gets its share of what is left; when applying, one more
+            # share stays in reserve for the rollback.
+            share = remaining / (len(commands) - i + (1 if keep_reserve else 0))
             if share <= 0.1:
                 return f"no time left for {' '.join(argv)}"
             code, err = self.runner(argv, share)
@@ -390,13 +399,13 @@ class NetConfigurator:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(plan.path)
             else:
-                atomic_write(plan.path, previous.decode("utf-8", "surrogateescape"), plan.mode)
+                atomic_write(plan.path, previous, plan.mode)
         except OSError as exc:
             log.error("cannot restore %s: %s", plan.path, exc)
             return
-        failure = self._run(plan.commands[:1], deadline)
+        failure = self._run(plan.restore, deadline, keep_reserve=False)
         if failure:
-            log.error("reload after restoring %s failed: %s", plan.path, failure)
+            log.error("re-applying the previous configuration (%s) failed: %s", plan.path, failure)
 
 
 def _read_bytes(path: str) -> bytes | None:

@@ -159,3 +159,22 @@ def test_disabled_and_missing_stack(roots):
     assert out.status == HvStatus.HV_E_FAIL and "disabled" in out.detail
     out = NetConfigurator(paths(roots), runner=Recorder(), which=lambda n: None).apply(CONFIG)
     assert out.status == HvStatus.HV_E_FAIL and "no supported network stack" in out.detail
+
+
+def test_networkmanager_rollback_reconnects_the_device(roots):
+    (roots / "run" / "NetworkManager").mkdir()
+    runner = Recorder()
+    runner.codes = {}
+
+    def fail_up(argv, timeout):
+        runner.calls.append((tuple(argv), timeout))
+        return (4, "activation failed") if argv[:3] == ("nmcli", "connection", "up") else (0, "")
+
+    out = NetConfigurator(paths(roots), runner=fail_up, which=which_all).apply(CONFIG)
+    assert out.status == HvStatus.HV_E_FAIL and "activation failed" in out.detail
+    assert [c[0] for c in runner.calls][2:] == [
+        ("nmcli", "connection", "reload"),
+        ("nmcli", "device", "connect", "eth0"),
+    ]
+    conns = roots / "etc" / "NetworkManager" / "system-connections"
+    assert not (conns / "hvguest-eth0.nmconnection").exists()
