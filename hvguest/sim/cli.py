@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -45,6 +46,14 @@ def _serve(args: argparse.Namespace) -> int:
     server = SimServer(opts)
     import signal
 
+    if args.exit_with_parent:
+        # The test process that started us may die without closing us: stop then too.
+        from hvguest.sim.netns import set_pdeathsig
+
+        set_pdeathsig(signal.SIGTERM)
+        if os.getppid() != args.exit_with_parent:
+            return 1
+
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     signal.signal(signal.SIGINT, lambda *_: server.stop())
     server.serve_forever()
@@ -79,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rootless: serve DIR/vmbus/hv_* as SOCK_SEQPACKET sockets and run "
                    "the daemon as a plain process (hvguest daemons with --dev-root DIR)")
     s.add_argument("--log", help="log file")
+    s.add_argument("--exit-with-parent", type=int, metavar="PID", default=0,
+                   help="stop when process PID (our parent) exits")
     s.add_argument("command", nargs=argparse.REMAINDER, help="-- DAEMON COMMAND...")
     s.set_defaults(func=_serve)
 

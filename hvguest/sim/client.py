@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -72,6 +73,9 @@ class SimClient:
         args = [sys.executable, "-m", "hvguest.sim.cli", "serve", "--control", control,
                 "--services", ",".join(services), "--fcopy", fcopy,
                 "--timeout-scale", str(timeout_scale), "--log", log]
+        if threading.current_thread() is threading.main_thread():
+            # PR_SET_PDEATHSIG follows the parent *thread*: only safe from the main one.
+            args += ["--exit-with-parent", str(os.getpid())]
         if not network:
             args.append("--no-network")
         if uio_ring_size is not None:
