@@ -47,9 +47,8 @@ class UtilTransport:
         self.outmsg: bytes | None = None
         self._on_read: Callable[[], None] | None = None
         self._waker: Callable[[], None] = lambda: None
-        # What the daemon did, for tests and the transcript.
-        self.daemon_writes: list[bytes] = []
         self.opens = 0
+        # The daemon's last reads and writes (size, first bytes), for debugging.
         self.trace: deque[tuple[str, int, int, int, str]] = deque(maxlen=64)
 
     # -- Device ---------------------------------------------------------------
@@ -88,7 +87,6 @@ class UtilTransport:
     def write(self, handle: int, data: bytes) -> int:
         if self.mode == Mode.DESTROY:
             return -errno.EBADF
-        self.daemon_writes.append(bytes(data))
         self.trace.append(("write", handle, len(data), 0, bytes(data[:4]).hex()))
         rc = self._on_msg(bytes(data))
         return rc if rc < 0 else len(data)
