@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from hvguest import __version__
@@ -319,14 +320,27 @@ class KvpService:
             "requests": c.requests,
             "failures": c.failures,
             "by_op": dict(c.by_op),
-            "last_request": None if last is None else {"op": last[0], "result": last[1]},
+            "last_request": None if last is None else self._last_request(last),
             "pools": pools,
             "republished_keys": self.own.republished,
             "fqdn": self.auto.fqdn.value,
         }
 
+    def _last_request(self, last: tuple[str, str, float]) -> dict[str, str]:
+        op, result, at = last
+        wall = time.time() - (self.clock() - at)
+        stamp = (
+            datetime.fromtimestamp(wall, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        )
+        return {"op": op, "result": result, "time": stamp}
+
     def _publish(self) -> None:
-        self.state.update(details=self._details())
+        details = self._details()
+        # Every request updates the role; the document follows at most once a second
+        # ("recent" keeps the failures, recorded as they happen).
+        if details["last_request"] is not None:
+            self.state.update(last_op=dict(details["last_request"], detail=""))
+        self.state.update(details=details)
         self.state.publish()
         self._dirty = False
 

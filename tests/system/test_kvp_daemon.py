@@ -106,6 +106,8 @@ def test_start_registers_publishes_and_serves(env):
     service._publish()
     doc = json.load(open(os.path.join(paths.run, "kvp.json")))
     assert doc["details"]["requests"] == 2 and doc["details"]["pools"]["0"]["records"] == 1
+    assert doc["last_op"]["op"] == "GET" and doc["last_op"]["result"] == "HV_S_OK"
+    assert doc["last_op"]["time"].endswith("Z")
     service.stop()
     assert json.load(open(os.path.join(paths.run, "kvp.json")))["state"] == "stopped"
 
