@@ -18,6 +18,8 @@ upstream UIO daemon):
   fsync: CANCEL, a failed WRITE, a restart or a lost channel leave nothing behind;
 * a full disk is HV_ERROR_DISK_FULL, and WRITE sizes and offsets are checked: a gap,
   an overlap, a size beyond the data or beyond ``file_size`` is refused;
+* fragments are written behind their reply (a failure is reported on the next
+  request of the transfer); COMPLETE succeeds only once everything is written;
 * START during a transfer abandons the old one; WRITE/COMPLETE without START are
   refused; CANCEL works over UIO too; UTF-16 names are decoded strictly;
 * on UIO every queued packet is served per interrupt, responses echo the request's
@@ -67,7 +69,9 @@ from hvguest.transport.ring import RingError
 from hvguest.wire.fcopy import (
     DATA_FRAGMENT,
     WRITE_DATA_OFFSET,
+    FcopyComplete,
     FcopyOp,
+    FcopyWrite,
     decode_fcopy_request,
     fcopy_reply,
 )
@@ -126,14 +130,27 @@ class FcopyService:
         self.clock = clock
         self.recent: deque[dict[str, Any]] = deque(maxlen=settings.history)
         self._committed: Committed | None = None
+        self._pending_write: tuple[int, memoryview] | None = None
+        self._late_failure: int | None = None
         self._progress_dirty = False
         self.counts = {"ok": 0, "failed": 0}
 
     # -- one message -----------------------------------------------------------
 
     def handle(self, body: bytes, *, utf16: bool) -> int:
-        """One fcopy message (starting at the fcopy header) -> reply status."""
-        if len(body) >= WRITE_DATA_OFFSET and self.role.state is FcopyState.RECEIVING:
+        """One fcopy message (starting at the fcopy header) -> reply status.
+
+        WRITE fragments are written behind: a fragment the role accepts is answered
+        at once and written (and hashed) by ``after_reply()``, while the host
+        prepares the next one. A write that fails there is reported on the next
+        request of the transfer (WRITE or COMPLETE get its status, e.g.
+        HV_ERROR_DISK_FULL); COMPLETE is answered only after every byte is written
+        and synced, so the host never sees success for data that did not land.
+        """
+        if self._pending_write is not None:
+            self._flush_pending()
+        state = self.role.state
+        if len(body) >= WRITE_DATA_OFFSET and state is FcopyState.RECEIVING:
             op, offset, size = _WRITE_HEAD.unpack_from(body)
             if (
                 op == FcopyOp.WRITE_TO_FILE
@@ -141,38 +158,47 @@ class FcopyService:
                 and WRITE_DATA_OFFSET + size <= len(body)
                 and self.role.accept_write(offset, size)
             ):
-                return self._write_fast(body, offset, size)
+                data = memoryview(body)[WRITE_DATA_OFFSET : WRITE_DATA_OFFSET + size]
+                self._pending_write = (offset, data)
+                self._progress_dirty = True
+                return HvStatus.HV_S_OK
         now = self.clock()
+        late_kind = False
         try:
             request = decode_fcopy_request(body, utf16=utf16)
         except WireError as exc:
             log.warning("fcopy: malformed message (%d bytes): %s", len(body), exc)
             step = self.role.bad_request(exc, now)
         else:
+            late_kind = isinstance(request, FcopyWrite | FcopyComplete)
             step = self.role.handle(request, now)
         status = self._run(step, now)
+        if self._late_failure is not None:
+            if late_kind and state is FcopyState.FAILED and status == HvStatus.HV_E_FAIL:
+                status = self._late_failure
+            if self.role.state is not FcopyState.FAILED:
+                self._late_failure = None
         if self.role.finished:
             self._record_finished()
         elif self.role.state is FcopyState.RECEIVING:
             self._progress_dirty = True
         return status
 
-    def _write_fast(self, body: bytes, offset: int, size: int) -> int:
-        """A WRITE the role accepted without a Step: the bulk of every transfer."""
-        try:
-            self.writer.write(
-                offset, memoryview(body)[WRITE_DATA_OFFSET : WRITE_DATA_OFFSET + size]
-            )
-        except TransferRefused as exc:
-            status = self.role.write_failed(offset, exc.status, self.clock(), str(exc))
-            self._record_finished()
-            return status
-        self._progress_dirty = True
-        return HvStatus.HV_S_OK
-
     def after_reply(self) -> None:
-        """The reply is on its way: catch up on work that need not delay it."""
-        self.writer.flush_hash()
+        """The reply is on its way: write the fragment it acknowledged."""
+        if self._pending_write is not None:
+            self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        assert self._pending_write is not None
+        offset, data = self._pending_write
+        self._pending_write = None
+        try:
+            self.writer.write(offset, data)
+        except TransferRefused as exc:
+            self._late_failure = exc.status
+            self.role.write_failed(offset, exc.status, self.clock(), str(exc))
+            self._record_finished()
 
     def _run(self, step: Step, now: float) -> int:
         status: int = HvStatus.HV_S_OK
@@ -212,6 +238,8 @@ class FcopyService:
 
     def abort(self, reason: str) -> None:
         """The channel is gone (stop, device reopened): drop any open transfer."""
+        self._pending_write = None
+        self._late_failure = None
         for action in self.role.abort(reason, self.clock()):
             self._act(action)
         self.writer.discard(reason)

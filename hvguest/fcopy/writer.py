@@ -71,7 +71,6 @@ class FileWriter:
         self._temp_name: str | None = None  # None: O_TMPFILE (no name at all)
         self._overwrite = False
         self._hash = hashlib.sha256()
-        self._unhashed: bytes | memoryview | None = None
         self._size = 0
 
     @property
@@ -99,15 +98,12 @@ class FileWriter:
         self.target = target
         self._overwrite = overwrite
         self._hash = hashlib.sha256()
-        self._unhashed = None
         self._size = 0
         log.debug("receiving %s (temporary %s)", target.path, self._temp_name or "O_TMPFILE")
         return target
 
-    def write(self, offset: int, data: bytes | memoryview, *, defer_hash: bool = False) -> None:
-        """Write ``data`` at ``offset``. With ``defer_hash`` the checksum update waits
-        for ``flush_hash()`` (the daemon calls it after sending its reply, so hashing
-        overlaps the host's next step instead of delaying this reply)."""
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        """Write ``data`` at ``offset`` and add it to the checksum."""
         fd = self._fd
         if fd < 0:
             raise TransferRefused("no file is open for writing")
@@ -127,17 +123,8 @@ class FileWriter:
                 f"writing {len(data)} bytes at offset {offset} of {path} failed: {exc.strerror}",
                 _status_for(exc),
             ) from exc
-        self.flush_hash()
-        if defer_hash:
-            self._unhashed = data
-        else:
-            self._hash.update(data)
+        self._hash.update(data)
         self._size = max(self._size, offset + len(data))
-
-    def flush_hash(self) -> None:
-        if self._unhashed is not None:
-            self._hash.update(self._unhashed)
-            self._unhashed = None
 
     def commit(self) -> Committed:
         target = self.target
@@ -159,7 +146,6 @@ class FileWriter:
             ) from exc
         with contextlib.suppress(OSError):
             os.fsync(target.dir_fd)
-        self.flush_hash()
         done = Committed(target.path, self._size, self._hash.hexdigest())
         self._close()
         return done
@@ -175,13 +161,11 @@ class FileWriter:
 
     @property
     def sha256(self) -> str:
-        self.flush_hash()
         return self._hash.hexdigest()
 
     # -- internals -------------------------------------------------------------
 
     def _close(self) -> None:
-        self._unhashed = None
         if self._fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._fd)

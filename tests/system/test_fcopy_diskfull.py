@@ -63,9 +63,11 @@ def test_disk_full(small_fs, tmp_path, tmpfile):
         offset += len(data)
     assert status == HvStatus.HV_ERROR_DISK_FULL
     assert 0 < offset < size
-    # The host gives up; whatever it sends next is refused without writing.
-    assert service.handle(FcopyWrite(offset, data).encode(), utf16=False) == HvStatus.HV_E_FAIL
-    assert service.handle(FcopyComplete().encode(), utf16=False) == HvStatus.HV_E_FAIL
+    # Whatever the host sends next for this transfer is refused with the same
+    # status, without writing.
+    full = HvStatus.HV_ERROR_DISK_FULL
+    assert service.handle(FcopyWrite(offset, data).encode(), utf16=False) == full
+    assert service.handle(FcopyComplete().encode(), utf16=False) == full
     assert sorted(os.listdir(small_fs)) == ["lost+found"]
     assert free_bytes(small_fs) >= before - (64 << 10)
     assert service.recent[-1]["result"] == "HV_ERROR_DISK_FULL"

@@ -282,11 +282,37 @@ def test_disk_full_mid_transfer(service, root, monkeypatch):
     def full(fd, data, offset):
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    # Fragments are written behind their reply: the one that does not fit is
+    # reported on the next request, and every later WRITE/COMPLETE of the transfer
+    # gets the same status.
     monkeypatch.setattr(os, "pwrite", full)
     status = service.handle(FcopyWrite(10, b"0123456789").encode(), utf16=False)
     assert status == HvStatus.HV_ERROR_DISK_FULL
     monkeypatch.undo()
-    assert service.handle(FcopyWrite(20, b"0123456789").encode(), utf16=False) == FAIL
+    full_ = HvStatus.HV_ERROR_DISK_FULL
+    assert service.handle(FcopyWrite(20, b"0123456789").encode(), utf16=False) == full_
+    assert service.handle(FcopyComplete().encode(), utf16=False) == full_
+    # A new transfer starts clean.
+    assert set(send_file(service, str(root), "g", b"fits")) == {OK}
+    (root / "g").unlink()
+    assert tree(root) == []
+    assert service.recent[-2]["result"] == "HV_ERROR_DISK_FULL"
+
+
+def test_last_fragment_failure_fails_complete(service, root, monkeypatch):
+    import errno
+
+    assert service.handle(FcopyStart("f", str(root), 0, 10).encode(), utf16=False) == OK
+    assert service.handle(FcopyWrite(0, b"0123456789").encode(), utf16=False) == OK
+    monkeypatch.setattr(os, "pwrite", lambda *a: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
     assert service.handle(FcopyComplete().encode(), utf16=False) == FAIL
     assert tree(root) == []
-    assert service.recent[-1]["result"] == "HV_ERROR_DISK_FULL"
+
+
+def test_write_behind_after_reply(service, root):
+    assert service.handle(FcopyStart("f", str(root), 0, 4).encode(), utf16=False) == OK
+    assert service.handle(FcopyWrite(0, b"data").encode(), utf16=False) == OK
+    service.after_reply()  # the daemon calls this once the reply is sent
+    assert service.writer.sha256 == hashlib.sha256(b"data").hexdigest()
+    assert service.handle(FcopyComplete().encode(), utf16=False) == OK
+    assert (root / "f").read_bytes() == b"data"
