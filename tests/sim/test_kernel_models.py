@@ -557,3 +557,15 @@ def test_suspend_fakes_fcopy_cancel() -> None:
     rig.kernel.suspend()
     assert rig.read(6196) == struct.pack("<I", 3) + bytes(32)
     assert rig.dev.write(D, bytes(4)) == -errno.EINVAL
+
+
+def test_kvp_unread_message_blocks_the_next_request() -> None:
+    rig = kvp_rig()
+    rig.request("get", kvp_get_body(0, "first"))  # the daemon never reads it
+    rig.advance(31)
+    assert rig.replies[-1].status == HV_E_FAIL
+    rig.request("get", kvp_get_body(0, "second"))
+    # The first message still occupies the transport's only slot: failed at once.
+    assert rig.replies[-1].status == HV_E_FAIL and len(rig.replies) == 2
+    assert rig.kernel.state == State.READY
+    assert rig.read()[16:22] == b"first\0"
