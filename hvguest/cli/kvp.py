@@ -50,6 +50,11 @@ def register(sub: Any) -> None:
     ls = ksub.add_parser("list", help="items of one pool or of all pools")
     ls.add_argument("--pool", type=_pool_arg, help="only this pool (0-4)")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.add_argument(
+        "--generated",
+        action="store_true",
+        help="with pool 2: also the items hvguest-kvpd generates (FQDN, addresses, OS)",
+    )
     add_root_options(ls)
     ls.set_defaults(func=cmd_list)
 
@@ -124,6 +129,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             "items": [{"key": k, "value": v} for k, v in items],
             "unreadable_records": _skipped(store, n, items),
         }
+        if n == 2 and args.generated:
+            doc[str(n)]["generated"] = [{"key": k, "value": v} for k, v in _generated(store.paths)]
     if args.json:
         json.dump({"pools": doc}, sys.stdout, indent=2, ensure_ascii=False)
         print()
@@ -134,6 +141,10 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"# pool {n}: {entry['name']}, {len(entry['items'])} item(s)")
         for item in entry["items"]:
             print(f"{item['key']}={item['value']}")
+        if "generated" in entry:
+            print("# generated for the host by hvguest-kvpd:")
+            for item in entry["generated"]:
+                print(f"{item['key']}={item['value']}")
         if entry["unreadable_records"]:
             print(
                 f"# pool {n}: {entry['unreadable_records']} record(s) skipped"
@@ -141,6 +152,30 @@ def cmd_list(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     return 0
+
+
+def _generated(paths: Paths) -> list[tuple[str, str]]:
+    """Pool 2 as the host enumerates it, computed here the way hvguest-kvpd does."""
+    from hvguest.kvp.autopool import AutoPool, Fqdn
+    from hvguest.kvp.settings import KvpSettings, nic_excluded, nic_rank
+    from hvguest.state import read_state
+
+    try:
+        settings = load_config(paths.config_file).get(KvpSettings)
+    except (HvGuestError, KeyError):
+        settings = KvpSettings()
+    state = read_state(paths, "kvp") or {}
+    version = (state.get("details") or {}).get("protocol_version")
+    fqdn = Fqdn()
+    fqdn.refresh(wait=settings.fqdn_timeout)
+    auto = AutoPool(
+        paths,
+        version=lambda: version,
+        exclude=lambda name: nic_excluded(settings, name),
+        rank=lambda name: nic_rank(settings, name),
+        fqdn=fqdn,
+    )
+    return auto.items()
 
 
 def cmd_get(args: argparse.Namespace) -> int:

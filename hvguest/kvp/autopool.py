@@ -109,11 +109,11 @@ class Fqdn:
 
     def __init__(
         self,
-        resolve: Callable[[str], str] = canonical_name,
-        hostname: Callable[[], str] = socket.gethostname,
+        resolve: Callable[[str], str] | None = None,
+        hostname: Callable[[], str] | None = None,
     ) -> None:
-        self._resolve = resolve
-        self._hostname = hostname
+        self._resolve = resolve or canonical_name
+        self._hostname = hostname or socket.gethostname
         self._lock = threading.Lock()
         self._busy = False
         self.value = ""

@@ -100,3 +100,27 @@ def test_watch_reports_another_writers_change(capsys, pooldir):
     assert code == 0
     lines = [line.split(" ", 1)[1] for line in out.splitlines()]
     assert "pool 1 ~ a=2" in lines and "pool 1 + b=3" in lines
+
+
+def test_list_generated_auto_items(capsys, pooldir, monkeypatch):
+    from hvguest.kvp import autopool
+
+    monkeypatch.setattr(autopool, "canonical_name", lambda host: host + ".example")
+
+    class NoNet:
+        def snapshot(self):
+            from hvguest.kvp.netlink import Snapshot
+
+            return Snapshot()
+
+    monkeypatch.setattr(autopool, "NetlinkReader", NoNet)
+    code, out, _ = run(
+        capsys, "list", "--pool", "2", "--generated", "--json", "--pool-dir", pooldir
+    )
+    assert code == 0
+    generated = json.loads(out)["pools"]["2"]["generated"]
+    assert [g["key"] for g in generated][:2] == [
+        "FullyQualifiedDomainName",
+        "IntegrationServicesVersion",
+    ]
+    assert generated[0]["value"].endswith(".example")
