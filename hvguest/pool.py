@@ -226,22 +226,32 @@ class PoolFile:
     def locked(self) -> Iterator[int]:
         """Hold flock and the fcntl whole-file lock (exclusive when writable)."""
         with self._mutex:
-            fd = self._current_fd()
             deadline = time.monotonic() + self.lock_timeout
-            exclusive = self._writable
-            self._acquire(fd, exclusive, deadline, posix=False)
-            try:
-                self._acquire(fd, exclusive, deadline, posix=True)
-            except BaseException:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                raise
+            for _attempt in range(3):
+                fd = self._current_fd()
+                exclusive = self._writable
+                self._acquire(fd, exclusive, deadline, posix=False)
+                try:
+                    self._acquire(fd, exclusive, deadline, posix=True)
+                except BaseException:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    raise
+                # Replaced while we waited for the locks? Then they guard a file nobody
+                # reads any more: start over on the new one.
+                if os.fstat(fd).st_nlink > 0 or _attempt == 2:
+                    break
+                self._unlock(fd)
             try:
                 yield fd
             finally:
-                with contextlib.suppress(OSError):
-                    fcntl.lockf(fd, fcntl.LOCK_UN)
-                with contextlib.suppress(OSError):
-                    fcntl.flock(fd, fcntl.LOCK_UN)
+                self._unlock(fd)
+
+    @staticmethod
+    def _unlock(fd: int) -> None:
+        with contextlib.suppress(OSError):
+            fcntl.lockf(fd, fcntl.LOCK_UN)
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _acquire(self, fd: int, exclusive: bool, deadline: float, *, posix: bool) -> None:
         mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
