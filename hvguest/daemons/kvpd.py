@@ -125,7 +125,13 @@ class KvpService:
 
     def start(self) -> None:
         """Open the pools, look up the FQDN (bounded), register. TransportError if absent."""
-        self.store.open_all()
+        try:
+            self.store.open_all()
+        except HvGuestError as exc:
+            # Still serve what needs no pool file (pool 2, IP information); pool
+            # requests fail one by one until the directory is usable.
+            log.error("%s; pool requests will fail until this is fixed", exc)
+            self.state.record_error(str(exc), f"make {self.paths.pool_dir} writable by root")
         self.auto.fqdn.refresh(wait=self.settings.fqdn_timeout)
         self.transport.open()
         self._registered()

@@ -176,3 +176,26 @@ def test_unexpected_error_still_replies(env, monkeypatch):
     transport.inbox.append(KvpGet(0, "k").encode())
     service.on_readable()
     assert status(transport.sent[-1]) == 0x80004005
+
+
+def test_unusable_pool_directory_still_serves_the_rest(tmp_path, monkeypatch):
+    from hvguest.wire.kvp import KvpEnumerate
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    paths = Paths(pool_dir=str(blocker / "hyperv"), run=str(tmp_path / "run"))
+    settings = load_config_text("kvp:\n  fqdn_timeout: 0.5\n").get(KvpSettings)
+    runtime = Runtime("hvguest-kvpd")
+    transport = FakeTransport()
+    service = KvpService(paths, settings, runtime, transport=transport)
+    try:
+        service.start()
+        transport.inbox += [KvpEnumerate(2, 0).encode(), KvpSet(0, "k", "v").encode()]
+        service.on_readable()
+        service.on_readable()
+        assert [status(r) for r in transport.sent] == [0, 0x80004005]
+        assert "cannot create pool directory" in service.state.doc["last_error"]["message"]
+    finally:
+        runtime.close()
+        poolmod.close_all()
