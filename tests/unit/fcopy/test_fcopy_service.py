@@ -316,3 +316,17 @@ def test_write_behind_after_reply(service, root):
     assert service.writer.sha256 == hashlib.sha256(b"data").hexdigest()
     assert service.handle(FcopyComplete().encode(), utf16=False) == OK
     assert (root / "f").read_bytes() == b"data"
+
+
+def test_errors_published_with_remedy(service, root, tmp_path):
+    paths = Paths(run=str(tmp_path / "run"))
+    assert service.handle(FcopyStart("passwd", "/etc", 0, 1).encode(), utf16=False) == FAIL
+    err = read_state(paths, "fcopy")["last_error"]
+    assert "outside the allowed roots" in err["message"]
+    assert "hvguestctl fcopy check" in err["remedy"]
+    assert set(send_file(service, str(root), "ok", b"ok")) == {OK}
+    assert read_state(paths, "fcopy")["last_error"] is None
+    # A host-initiated CANCEL is not an error.
+    assert service.handle(FcopyStart("c", str(root), 0, 5).encode(), utf16=False) == OK
+    assert service.handle(FcopyCancel().encode(), utf16=False) == OK
+    assert read_state(paths, "fcopy")["last_error"] is None
