@@ -297,12 +297,13 @@ class FcopyService:
             self.publisher.record_op(
                 "copy", transfer.result, f"{transfer.target}: {transfer.detail}"
             )
-            if not ok:
-                self.publisher.record_error(
-                    f"{transfer.target}: {transfer.result}: {transfer.detail}"
-                )
-            else:
+            if ok:
                 self.publisher.clear_error()
+            elif transfer.result not in ("cancelled", "superseded"):
+                self.publisher.record_error(
+                    f"{transfer.target}: {transfer.result}: {transfer.detail}",
+                    _remedy(transfer.result, transfer.detail),
+                )
 
     def progress(self) -> dict[str, Any] | None:
         transfer = self.role.transfer
@@ -334,6 +335,20 @@ class FcopyService:
     def tick(self) -> None:
         """Periodic: publish the bytes done of a running transfer."""
         self._publish_progress()
+
+
+def _remedy(result: str, detail: str) -> str:
+    if result == "HV_ERROR_DISK_FULL":
+        return "free space in the target filesystem, then copy again"
+    if result == "HV_ERROR_ALREADY_EXISTS":
+        return "the file exists: copy with Copy-VMFile -Force to replace it"
+    policy_words = ("allowed roots", "symbolic link", "'..'", "absolute path", "CREATE_PATH")
+    if any(word in detail for word in policy_words):
+        return (
+            "hvguestctl fcopy check PATH explains the refusal; allowed roots are set by "
+            "fcopy.allowed_roots in /etc/hvguest/hvguest.yaml"
+        )
+    return "journalctl -u hvguest-fcopy.service"
 
 
 # -- UIO / IC framing --------------------------------------------------------------
