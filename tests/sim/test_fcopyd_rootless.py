@@ -156,6 +156,8 @@ def test_device_loss_mid_transfer_leaves_nothing(env):
 
 
 def test_not_offered_exits_1(tmp_path, capsys):
+    config = tmp_path / "hvguest.yaml"
+    config.write_text("")
     empty = tmp_path / "empty"
     rc = main(
         [
@@ -166,7 +168,7 @@ def test_not_offered_exits_1(tmp_path, capsys):
             "--run-dir",
             str(tmp_path / "r"),
             "--config",
-            "/dev/null",
+            str(config),
             "--log-target",
             "stderr",
         ]
