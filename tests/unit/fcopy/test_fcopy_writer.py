@@ -145,3 +145,20 @@ def test_hidden_temp_name_is_hidden(root):
     assert w.temp_path == f"{root}/{name}"
     w.discard("x")
     assert os.listdir(root) == []
+
+
+def test_writeback_started_every_window(root, monkeypatch):
+    import hvguest.fcopy.writer as writer_module
+
+    calls = []
+    monkeypatch.setattr(writer_module, "WRITEBACK_WINDOW", 10)
+    monkeypatch.setattr(
+        os, "posix_fadvise", lambda fd, off, length, advice: calls.append((off, length))
+    )
+    w = FileWriter(PathPolicy([str(root)]))
+    w.open(str(root), "f", overwrite=False, create_path=False)
+    for i in range(5):
+        w.write(i * 6, b"abcdef")
+    w.commit()
+    assert calls == [(0, 12), (12, 12)]
+    assert (root / "f").read_bytes() == b"abcdef" * 5
