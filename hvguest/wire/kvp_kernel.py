@@ -92,12 +92,9 @@ def kernel_utf16_to_utf8(
     return bytes(out)
 
 
-def kernel_utf8_to_utf16(data: bytes, maxout: int) -> bytes:
-    """``utf8s_to_utf16s(s, strlen(s), LE, out, maxout units)`` as UTF-16LE bytes.
-
-    WireError (field "utf8") where the kernel returns -EINVAL: an invalid UTF-8 sequence
-    met before the output is full.
-    """
+def _utf8_to_utf16(data: bytes, maxout: int) -> tuple[bytes, int | None]:
+    """The units ``utf8s_to_utf16s`` stores, and the offset of the invalid byte where it
+    returns -EINVAL (None on success)."""
     raw = cut_nul(data)
     invalid_at: int | None = None
     try:
@@ -110,14 +107,38 @@ def kernel_utf8_to_utf16(data: bytes, maxout: int) -> bytes:
     for char in text:
         need = 2 if ord(char) >= 0x10000 else 1
         if units >= maxout or units + need > maxout:
-            return bytes(out)
+            return bytes(out), None
         out += char.encode("utf-16-le")
         units += need
     if invalid_at is not None and units < maxout:
+        return bytes(out), invalid_at
+    return bytes(out), None
+
+
+def kernel_utf8_to_utf16(data: bytes, maxout: int) -> bytes:
+    """``utf8s_to_utf16s(s, strlen(s), LE, out, maxout units)`` as UTF-16LE bytes.
+
+    WireError (field "utf8") where the kernel returns -EINVAL: an invalid UTF-8 sequence
+    met before the output is full.
+    """
+    out, invalid_at = _utf8_to_utf16(data, maxout)
+    if invalid_at is not None:
         raise WireError(
             f"string is not valid UTF-8 at byte {invalid_at}", field="utf8", limit="UTF-8"
         )
-    return bytes(out)
+    return out
+
+
+def kernel_utf8_to_utf16_partial(data: bytes, maxout: int) -> tuple[bytes, bool]:
+    """``utf8s_to_utf16s`` as the kernel leaves its buffer: the units stored and whether
+    the conversion succeeded.
+
+    On -EINVAL the kernel has already stored the units before the invalid sequence, and
+    ``hv_kvp.c`` sends them to the host along with HV_E_FAIL; a caller reproducing the
+    host's bytes on failure needs them, which the raising form cannot give.
+    """
+    out, invalid_at = _utf8_to_utf16(data, maxout)
+    return out, invalid_at is None
 
 
 def _utf16_into(host: bytearray, offset: int, size: int, text: bytes) -> None:
@@ -125,8 +146,12 @@ def _utf16_into(host: bytearray, offset: int, size: int, text: bytes) -> None:
     put(host, offset, text[:size])
 
 
-def kvp_host_to_daemon(host_body: bytes) -> bytes:
-    """The 7432-byte message the kernel queues to the daemon for a host KVP body."""
+def kvp_host_to_daemon(host_body: bytes, *, skip_oversized: bool = False) -> bytes:
+    """The 7432-byte message the kernel queues to the daemon for a host KVP body.
+
+    ``skip_oversized`` picks the older kernels' string conversion (see
+    ``kernel_utf16_to_utf8``).
+    """
     host = bytes(host_body[:KVP_MSG_SIZE]).ljust(KVP_MSG_SIZE, b"\0")
     op, pool = host[OP_OFFSET], host[POOL_OFFSET]
     msg = bytearray(KVP_MSG_SIZE)
@@ -134,7 +159,12 @@ def kvp_host_to_daemon(host_body: bytes) -> bytes:
 
     def key_from(size_offset: int, key_offset: int, out_size: int, out_key: int) -> None:
         inlen = get_uint(host, size_offset, 4)
-        key = kernel_utf16_to_utf8(host[key_offset:], inlen, HV_KVP_EXCHANGE_MAX_KEY_SIZE - 1)
+        key = kernel_utf16_to_utf8(
+            host[key_offset:],
+            inlen,
+            HV_KVP_EXCHANGE_MAX_KEY_SIZE - 1,
+            skip_oversized=skip_oversized,
+        )
         put(msg, out_key, key)
         put(msg, out_size, pack_uint(len(key) + 1, 4, "key_size"))
 
@@ -143,7 +173,10 @@ def kvp_host_to_daemon(host_body: bytes) -> bytes:
         fields = IP_STRING_FIELDS if op == KvpOp.SET_IP_INFO else (IP_ADAPTER_ID,)
         for spec in fields:
             text = kernel_utf16_to_utf8(
-                host[spec.host_offset :], spec.kernel_limit, spec.kernel_limit
+                host[spec.host_offset :],
+                spec.kernel_limit,
+                spec.kernel_limit,
+                skip_oversized=skip_oversized,
             )
             put(msg, spec.daemon_offset, text[: spec.size])
         if op == KvpOp.SET_IP_INFO:
@@ -155,7 +188,10 @@ def kvp_host_to_daemon(host_body: bytes) -> bytes:
         if vtype == RegType.REG_SZ:
             inlen = get_uint(host, GET_VALUE_SIZE_OFFSET, 4)
             value = kernel_utf16_to_utf8(
-                host[GET_VALUE_OFFSET:], inlen, HV_KVP_EXCHANGE_MAX_VALUE_SIZE - 1
+                host[GET_VALUE_OFFSET:],
+                inlen,
+                HV_KVP_EXCHANGE_MAX_VALUE_SIZE - 1,
+                skip_oversized=skip_oversized,
             )
         elif vtype == RegType.REG_U32:
             value = str(get_uint(host, GET_VALUE_OFFSET, 4)).encode()

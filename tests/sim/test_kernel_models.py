@@ -28,11 +28,12 @@ from hvguest.sim.host import (
 )
 from hvguest.sim.kernel.fcopy import FcopyKernel
 from hvguest.sim.kernel.kvp import KvpKernel
-from hvguest.sim.kernel.nls import utf8_to_utf16, utf16_to_utf8
 from hvguest.sim.kernel.service import State, UtilService
 from hvguest.sim.kernel.timers import FakeClock, TimerQueue
 from hvguest.sim.kernel.transport import UtilTransport
 from hvguest.sim.kernel.vss import VssKernel
+from hvguest.wire.kvp_kernel import kernel_utf8_to_utf16_partial as utf8_to_utf16
+from hvguest.wire.kvp_kernel import kernel_utf16_to_utf8
 
 HV_S_OK, HV_E_FAIL, HV_S_CONT = 0, 0x80004005, 0x80070103
 KVP = 7432
@@ -391,6 +392,11 @@ def test_negotiation_failure_returns_zero_counts() -> None:
     rig.host.submit("nego", {}, build_negotiate_request([IcVersion(1, 0)], [IcVersion(5, 0)]),
                     lambda p: {"counts": p[28:32].hex()}, rig.replies.append)
     assert rig.replies[-1].fields["counts"] == "00000000"
+
+
+def utf16_to_utf8(data: bytes, inlen: int, maxout: int) -> bytes:
+    """Host UTF-16 -> UTF-8 as the simulator's kernel models convert it by default."""
+    return kernel_utf16_to_utf8(data, inlen, maxout, skip_oversized=UtilService.nls_skip_oversized)
 
 
 def test_utf16_to_utf8_quirks() -> None:

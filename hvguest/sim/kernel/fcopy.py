@@ -12,8 +12,8 @@ import errno
 import struct
 
 from hvguest.sim.kernel.channel import HV_E_FAIL, ICMSG_HDR, ICMSGTYPE_FCOPY, msgtype
-from hvguest.sim.kernel.nls import utf16_to_utf8
 from hvguest.sim.kernel.service import HV_UTIL_TIMEOUT, State, Txn, UtilService
+from hvguest.wire.kvp_kernel import kernel_utf16_to_utf8
 
 FCOPY_HDR_SIZE = 36
 START_SIZE = 1088
@@ -68,7 +68,9 @@ class FcopyKernel(UtilService):
             msg = bytearray(START_SIZE)
             struct.pack_into("<I", msg, 0, op)
             for off in (FILE_NAME_OFF, PATH_NAME_OFF):
-                name = utf16_to_utf8(host[off:], W_MAX_PATH, W_MAX_PATH - 1)
+                name = kernel_utf16_to_utf8(
+                    host[off:], W_MAX_PATH, W_MAX_PATH - 1, skip_oversized=self.nls_skip_oversized
+                )
                 msg[off : off + len(name)] = name
             msg[FLAGS_OFF:START_SIZE] = host[FLAGS_OFF:START_SIZE]
             out = bytes(msg)

@@ -56,6 +56,10 @@ class UtilService:
     recv_size = 8192
     fw_versions: list[int] = [0x30000]
     srv_versions: list[int] = []
+    # String conversion of host UTF-16 (fs/nls utf16s_to_utf8s): True models kernels
+    # before the late-2025 NLS fix, which skipped a character that did not fit and went
+    # on; False models later kernels, which stop there. Set per instance to pick one.
+    nls_skip_oversized = True
 
     def __init__(self, timers: TimerQueue, channel: HostChannel | None = None) -> None:
         self.timers = timers
