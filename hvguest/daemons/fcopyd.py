@@ -164,6 +164,7 @@ class FcopyService:
                 return HvStatus.HV_S_OK
         now = self.clock()
         late_kind = False
+        transfer_before = self.role.transfer
         try:
             request = decode_fcopy_request(body, utf16=utf16)
         except WireError as exc:
@@ -181,7 +182,11 @@ class FcopyService:
         if self.role.finished:
             self._record_finished()
         elif self.role.state is FcopyState.RECEIVING:
+            # A new transfer is published at once: its temporary file's name must
+            # be on disk before a crash could leave that file behind.
             self._progress_dirty = True
+            if self.role.transfer is not transfer_before:
+                self._publish_progress(force=True)
         return status
 
     def after_reply(self) -> None:
@@ -230,7 +235,6 @@ class FcopyService:
                 create_path=action.create_path,
             )
             self._committed = None
-            self._publish_progress(force=True)
         elif isinstance(action, CommitTarget):
             self._committed = self.writer.commit()
         elif isinstance(action, DiscardTarget):

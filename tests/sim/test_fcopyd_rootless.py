@@ -193,3 +193,23 @@ def test_detect_transport(tmp_path):
     (tmp_path / "dev" / "vmbus").mkdir(parents=True)
     (tmp_path / "dev" / "vmbus" / "hv_fcopy").write_bytes(b"")
     assert detect_transport(paths) == "legacy"
+
+
+def test_restart_sweeps_hidden_temporary_file(tmp_path):
+    """A daemon killed mid-transfer on a filesystem without O_TMPFILE leaves its
+    hidden temporary file; the next start removes it (its name is in the state)."""
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    paths = Paths(dev=str(tmp_path / "dev"), run=str(tmp_path / "run"))
+    config = load_config_text(f"fcopy:\n  allowed_roots: ['{incoming}']\n")
+    first = FcopyDaemon(paths, config, Runtime("a"), "legacy")
+    first.service.writer.use_tmpfile = False
+    assert first.service.handle(FcopyStart("f", str(incoming), 0, 10).encode(), utf16=False) == OK
+    [leftover] = os.listdir(incoming)
+    assert leftover.startswith(".hvguest-fcopy.")
+    # "killed": nothing is cleaned up; a new instance starts.
+    second = FcopyDaemon(paths, config, Runtime("b"), "legacy")
+    second.prepare()
+    assert os.listdir(incoming) == []
+    first.runtime.close()
+    second.runtime.close()

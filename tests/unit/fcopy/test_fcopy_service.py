@@ -330,3 +330,15 @@ def test_errors_published_with_remedy(service, root, tmp_path):
     assert service.handle(FcopyStart("c", str(root), 0, 5).encode(), utf16=False) == OK
     assert service.handle(FcopyCancel().encode(), utf16=False) == OK
     assert read_state(paths, "fcopy")["last_error"] is None
+
+
+def test_start_publishes_the_temporary_name(root, tmp_path):
+    settings = FcopySettings(allowed_roots=[str(root)])
+    paths = Paths(run=str(tmp_path / "run2"))
+    service = FcopyService(settings, StatePublisher("fcopy", paths))
+    service.writer.use_tmpfile = False
+    assert service.handle(FcopyStart("f", str(root), 0, 5).encode(), utf16=False) == OK
+    current = read_state(paths, "fcopy")["details"]["in_progress"]
+    assert current["name"] == f"{root}/f"
+    assert os.path.basename(current["temp"]).startswith(".hvguest-fcopy.")
+    assert os.path.exists(current["temp"])
