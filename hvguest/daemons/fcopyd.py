@@ -98,6 +98,9 @@ PROGRESS_PERIOD = 1.0
 # hv_do_fcopy up to its data: operation @0, offset @40, size @48.
 _WRITE_HEAD = struct.Struct("<I36xQI")
 _REPLIES = {s.value: fcopy_reply(s) for s in HvStatus}
+# Plain ints for the per-fragment path (enum attribute lookups cost more).
+_OP_WRITE = int(FcopyOp.WRITE_TO_FILE)
+_S_OK = int(HvStatus.HV_S_OK)
 _LOOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 REOPEN_DELAY = 2.0
 
@@ -153,7 +156,7 @@ class FcopyService:
         if len(body) >= WRITE_DATA_OFFSET and state is FcopyState.RECEIVING:
             op, offset, size = _WRITE_HEAD.unpack_from(body)
             if (
-                op == FcopyOp.WRITE_TO_FILE
+                op == _OP_WRITE
                 and size <= DATA_FRAGMENT
                 and WRITE_DATA_OFFSET + size <= len(body)
                 and self.role.accept_write(offset, size)
@@ -161,7 +164,7 @@ class FcopyService:
                 data = memoryview(body)[WRITE_DATA_OFFSET : WRITE_DATA_OFFSET + size]
                 self._pending_write = (offset, data)
                 self._progress_dirty = True
-                return HvStatus.HV_S_OK
+                return _S_OK
         now = self.clock()
         late_kind = False
         transfer_before = self.role.transfer
