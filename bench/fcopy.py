@@ -188,4 +188,13 @@ def main(argv: list[str]) -> int:
         cpu = statistics.median(r.cpu_per_mb) * 1000
         flag = "" if r.ok else f"  FAILED: {r.note}"
         print(f"{name:<10} {med[name]:8.1f} {vs_ref:>8} {vs_ceil:>11} {cpu:10.2f}{flag}")
+    # Load changes from minute to minute: the ratio within each round (daemons run
+    # back to back) is steadier than the ratio of medians.
+    for other in ("reference", "null"):
+        if other in results and len(results[other].mbps) == len(results["hvguest"].mbps):
+            ratios = [
+                h / o for h, o in zip(results["hvguest"].mbps, results[other].mbps, strict=True)
+            ]
+            shown = " ".join(f"{r:.2f}" for r in ratios)
+            print(f"hvguest / {other} per round: {shown}; median {statistics.median(ratios):.2f}")
     return 0 if all(r.ok for r in results.values()) else 1
