@@ -22,7 +22,7 @@ from hvguest.wire.icmsg import (
     parse_negotiate_response,
 )
 from hvguest.wire.status import HvStatus
-from hvguest.wire.vmbus import build_inband_packet, packet_trailer
+from hvguest.wire.vmbus import RING_HEADER_SIZE, build_inband_packet, packet_trailer
 
 RING = 0x5000
 
@@ -44,9 +44,9 @@ class MemoryUio:
 
     def host_send_raw(self, packet: bytes) -> None:
         w = self.rx.write_index
-        data = self.rx._data  # test access to the data area
-        data[w : w + len(packet)] = packet
-        data[w + len(packet) : w + len(packet) + 8] = packet_trailer(w)
+        start = RING + RING_HEADER_SIZE + w  # RX data area in the shared buffer; no wrap here
+        self.mem[start : start + len(packet)] = packet
+        self.mem[start + len(packet) : start + len(packet) + 8] = packet_trailer(w)
         self.rx.write_index = w + len(packet) + 8
 
     def host_replies(self) -> list[tuple[int, bytes]]:
