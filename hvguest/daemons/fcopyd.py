@@ -631,11 +631,11 @@ class FcopyDaemon:
         and keep serving. False when the ring indices themselves are corrupt; the
         channel is then reopened, which resets the rings."""
         rx = getattr(self.transport, "rx", None)
-        if rx is None or exc.field in ("write_index", "read_index") and "beyond" in str(exc):
+        if rx is None:
             return False
         try:
             w = rx.write_index
-            if w >= rx.dsize:
+            if w >= rx.dsize or rx.read_index >= rx.dsize:
                 return False
             dropped = rx.available
             rx.read_index = w
