@@ -448,7 +448,7 @@ class UioGuest:
     def close(self) -> None:
         self.dev.release(D)
         for ring in (self.tx, self.rx):
-            ring.mem.release()
+            ring.release()
         self.map.close()
         os.close(self.fd)
 

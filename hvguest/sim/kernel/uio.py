@@ -307,8 +307,8 @@ class UioFcopy:
             if timer is not None:
                 timer.cancel()
         try:
-            self.tx.mem.release()
-            self.rx.mem.release()
+            self.tx.release()
+            self.rx.release()
             self._map.close()
         except (BufferError, ValueError):
             pass
