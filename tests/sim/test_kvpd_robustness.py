@@ -173,3 +173,10 @@ def test_sigterm_mid_operation(tmp_path: pytest.TempPathFactory) -> None:
         assert statuses[:-1] == [HV_S_OK] * (len(statuses) - 1)
     with open(os.path.join(simdir, "sim.log")) as f:
         assert "daemon exited with 0" in f.read()
+
+
+def test_value_size_zero_stores_an_empty_value(sim: SimClient) -> None:
+    """value_size 0 is what the kernel sends for a value of unknown type: an empty value."""
+    reply = sim.kvp_raw(msg(1, 3, s=(8, u32(6) + u32(0)), k=(16, b"empty\0"), v=(528, b"junk\0")))
+    assert struct.unpack_from("<I", reply)[0] == HV_S_OK
+    assert sim.kvp_get(3, "empty") == (HV_S_OK, "")
