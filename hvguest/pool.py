@@ -16,7 +16,10 @@ Writes never rewrite the whole file:
 
 A crash in the middle of a delete can leave the last moved record twice, never a record
 mixed from two others. A trailing partial record (torn append) is ignored when reading
-and cut off under the lock before the next write.
+and cut off under the lock before the next write. The one window left: the kernel
+copies a write page by page, so SIGKILL or power loss landing between the two pages of
+an in-place update that straddles a page boundary could mix old and new bytes of that
+one value; the shared format has no checksum that would let a reader notice.
 
 Caching: each file is parsed once and re-read only when its (inode, size, mtime) changed.
 Timestamps have a coarse granularity, so two writes in one clock tick could leave the
