@@ -32,6 +32,10 @@ class Device(Protocol):
     """
 
     name: str
+    # Optional (front ends read it with getattr, default False): True if a read with
+    # nothing queued fails with EAGAIN for an O_NONBLOCK opener (uio_hv_generic). The
+    # hv_utils_transport misc devices block even then, so the front end parks the read.
+    honours_nonblock: bool
 
     def open(self, handle: int) -> int:
         """0 on success or -errno (e.g. -EBUSY for a second opener)."""

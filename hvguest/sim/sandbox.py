@@ -494,8 +494,16 @@ class Sandbox:
             raise FileNotFoundError(path)
         return done.stdout
 
-    def syslog(self) -> list[str]:
-        """Every message received on the sandbox's /dev/log so far."""
+    def syslog_fileno(self) -> int | None:
+        """The sandbox's /dev/log socket, for an event loop that calls ``drain_syslog()``
+        when it is readable; None while no sandbox runs."""
+        sock = self._syslog_sock
+        return None if sock is None else sock.fileno()
+
+    def drain_syslog(self) -> None:
+        """Take every message queued on the sandbox's /dev/log now. Callers with their
+        own loop do this as messages arrive: an unread datagram queue (10 messages)
+        blocks the daemon's syslog() calls and stalls it."""
         sock = self._syslog_sock
         while sock is not None:
             try:
@@ -503,6 +511,10 @@ class Sandbox:
             except (BlockingIOError, OSError):
                 break
             self._syslog_lines.append(data.decode("utf-8", "replace").rstrip("\n\0"))
+
+    def syslog(self) -> list[str]:
+        """Every message received on the sandbox's /dev/log so far."""
+        self.drain_syslog()
         return list(self._syslog_lines)
 
     # -- cleanup ----------------------------------------------------------------------

@@ -292,6 +292,9 @@ class SimServer:
     def _serve_once(self, max_wait: float) -> None:
         fds: dict[int, Callable[[], None]] = {}
         for server, _path in self.fuse_mounts:
+            # A disconnected server's fd stays readable: select() would spin on it.
+            if server.disconnected:
+                continue
             try:
                 fds[server.fileno()] = server.process
             except OSError:
@@ -306,9 +309,9 @@ class SimServer:
             fds[self._pidfd] = self._reap
         # Drain the daemon's /dev/log as messages arrive: an unread datagram queue (10
         # messages) would block the daemon's syslog() calls and stall it.
-        log_fd = self._syslog_fd()
+        log_fd = self.sandbox.syslog_fileno() if self.sandbox is not None else None
         if log_fd is not None:
-            fds[log_fd] = self.sandbox.syslog
+            fds[log_fd] = self.sandbox.drain_syslog
         if self.uio is not None:
             ufd = self.uio.host_fileno()
             if ufd is not None:
@@ -347,13 +350,6 @@ class SimServer:
             fn()
         except Exception:  # noqa: BLE001
             log.exception("simulator event handler failed")
-
-    def _syslog_fd(self) -> int | None:
-        sock = getattr(self.sandbox, "_syslog_sock", None)  # no public accessor yet
-        try:
-            return None if sock is None else int(sock.fileno())
-        except (OSError, ValueError):
-            return None
 
     def _conn_reader(self, conn: _Conn) -> Callable[[], None]:
         return lambda: self._read_conn(conn)

@@ -168,6 +168,12 @@ class PlainProcess:
     def syslog(self) -> list[str]:
         return []  # the daemon logs to its stderr here
 
+    def syslog_fileno(self) -> int | None:
+        return None  # no /dev/log to drain
+
+    def drain_syslog(self) -> None:
+        pass
+
     def stop(self, timeout: float = 10) -> int | None:
         procs = [p for p in [self._proc, *self._spawned] if p is not None]
         for proc in procs:

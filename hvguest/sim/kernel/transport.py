@@ -33,6 +33,8 @@ class Mode(IntEnum):
 class UtilTransport:
     """Implements ``hvguest.sim.device.Device`` for ``/dev/vmbus/<name>``."""
 
+    honours_nonblock = False  # hvt_op_read() blocks even for O_NONBLOCK openers
+
     def __init__(
         self,
         name: str,
