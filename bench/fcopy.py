@@ -120,6 +120,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--runs", type=int, default=3, help="alternating rounds (default 3)")
     p.add_argument("--transport", choices=("legacy", "uio"), default="legacy")
     p.add_argument("--workdir", help="keep simulator logs here (default: a temporary dir)")
+    p.add_argument(
+        "--no-checksum",
+        action="store_true",
+        help="run hvguest-fcopyd with fcopy.checksum: false (no sha256 per file)",
+    )
     args = p.parse_args(argv)
 
     if os.geteuid() != 0:
@@ -131,8 +136,19 @@ def main(argv: list[str]) -> int:
     source = os.path.join(workdir, "source.bin")
     digest = _make_source(source, size)
 
+    config = os.path.join(workdir, "hvguest.yaml")
+    with open(config, "w", encoding="ascii") as f:
+        f.write(f"fcopy:\n  checksum: {'false' if args.no_checksum else 'true'}\n")
     daemons: dict[str, list[str]] = {
-        "hvguest": [sys.executable, "-m", "hvguest.daemons.fcopyd", "--log-target", "stderr"],
+        "hvguest": [
+            sys.executable,
+            "-m",
+            "hvguest.daemons.fcopyd",
+            "--log-target",
+            "stderr",
+            "--config",
+            config,
+        ],
     }
     if args.reference:
         if args.transport != "legacy":

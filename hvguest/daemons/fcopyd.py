@@ -126,7 +126,11 @@ class FcopyService:
             gid=settings.gid,
         )
         self.writer = FileWriter(
-            self.policy, file_mode=settings.file_mode_bits, uid=settings.uid, gid=settings.gid
+            self.policy,
+            file_mode=settings.file_mode_bits,
+            uid=settings.uid,
+            gid=settings.gid,
+            checksum=settings.checksum,
         )
         self.role = FcopyRole(settings.max_file_size)
         self.publisher = publisher
@@ -282,12 +286,13 @@ class FcopyService:
             "HVGUEST_FCOPY_RESULT": transfer.result,
         }
         if ok:
-            fields["HVGUEST_FCOPY_SHA256"] = record["sha256"]
+            if record["sha256"]:
+                fields["HVGUEST_FCOPY_SHA256"] = record["sha256"]
             log.info(
                 "received %s: %d bytes, sha256 %s, %.2f s",
                 transfer.target,
                 transfer.bytes_done,
-                record["sha256"],
+                record["sha256"] or "not computed",
                 record["duration"],
                 extra=fields,
             )

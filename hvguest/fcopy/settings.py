@@ -96,6 +96,9 @@ class FcopySettings:
     history: int = setting(
         20, help="finished transfers kept for hvguestctl fcopy recent", min=1, max=1000
     )
+    checksum: bool = setting(
+        True, help="compute the sha256 of every received file (logged and shown by hvguestctl)"
+    )
     create_roots: bool = setting(
         True, help="create missing allowed roots (mode dir_mode) when the daemon starts"
     )

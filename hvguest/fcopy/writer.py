@@ -43,7 +43,7 @@ def _status_for(exc: OSError) -> HvStatus:
 class Committed:
     path: str
     size: int
-    sha256: str
+    sha256: str | None  # None when checksums are off
 
 
 class FileWriter:
@@ -61,12 +61,14 @@ class FileWriter:
         uid: int = -1,
         gid: int = -1,
         use_tmpfile: bool = True,
+        checksum: bool = True,
     ) -> None:
         self.policy = policy
         self.file_mode = file_mode
         self.uid = uid
         self.gid = gid
         self.use_tmpfile = use_tmpfile
+        self.checksum = checksum
         self.target: Target | None = None
         self._fd = -1
         self._temp_name: str | None = None  # None: O_TMPFILE (no name at all)
@@ -126,7 +128,8 @@ class FileWriter:
                 f"writing {len(data)} bytes at offset {offset} of {path} failed: {exc.strerror}",
                 _status_for(exc),
             ) from exc
-        self._hash.update(data)
+        if self.checksum:
+            self._hash.update(data)
         end = offset + len(data)
         self._size = max(self._size, end)
         if end - self._flushed >= WRITEBACK_WINDOW:
@@ -152,7 +155,7 @@ class FileWriter:
             ) from exc
         with contextlib.suppress(OSError):
             os.fsync(target.dir_fd)
-        done = Committed(target.path, self._size, self._hash.hexdigest())
+        done = Committed(target.path, self._size, self.sha256)
         self._close()
         return done
 
@@ -166,8 +169,8 @@ class FileWriter:
         self._close()
 
     @property
-    def sha256(self) -> str:
-        return self._hash.hexdigest()
+    def sha256(self) -> str | None:
+        return self._hash.hexdigest() if self.checksum else None
 
     # -- internals -------------------------------------------------------------
 

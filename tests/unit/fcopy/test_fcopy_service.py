@@ -342,3 +342,10 @@ def test_start_publishes_the_temporary_name(root, tmp_path):
     assert current["name"] == f"{root}/f"
     assert os.path.basename(current["temp"]).startswith(".hvguest-fcopy.")
     assert os.path.exists(current["temp"])
+
+
+def test_checksum_can_be_turned_off(root):
+    service = FcopyService(FcopySettings(allowed_roots=[str(root)], checksum=False))
+    assert set(send_file(service, str(root), "f", b"data")) == {OK}
+    assert service.recent[-1]["sha256"] is None
+    assert (root / "f").read_bytes() == b"data"
