@@ -100,23 +100,28 @@ def utf8_text(raw: bytes, field: str) -> str:
         ) from exc
 
 
-def utf8_bytes(text: str, field: str, max_bytes: int) -> bytes:
-    """UTF-8 bytes of ``text`` without NUL; WireError if longer than ``max_bytes``.
-
-    ``max_bytes`` excludes the terminating NUL the caller appends.
-    """
+def _encode(text: str, field: str, codec: str, label: str) -> bytes:
+    """``text`` in ``codec``; WireError for a non-str, a NUL inside or a lone surrogate."""
     if not isinstance(text, str):
         raise WireError(f"{field} must be str, got {type(text).__name__}", field=field)
     if "\0" in text:
         raise WireError(f"{field} contains a NUL character", field=field, limit="no NUL")
     try:
-        raw = text.encode("utf-8")
+        return text.encode(codec)
     except UnicodeEncodeError as exc:
         raise WireError(
-            f"{field} cannot be encoded as UTF-8 (lone surrogate at {exc.start})",
+            f"{field} cannot be encoded as {label} (lone surrogate at {exc.start})",
             field=field,
-            limit="UTF-8",
+            limit=label,
         ) from exc
+
+
+def utf8_bytes(text: str, field: str, max_bytes: int) -> bytes:
+    """UTF-8 bytes of ``text`` without NUL; WireError if longer than ``max_bytes``.
+
+    ``max_bytes`` excludes the terminating NUL the caller appends.
+    """
+    raw = _encode(text, field, "utf-8", "UTF-8")
     if len(raw) > max_bytes:
         raise WireError(
             f"{field} is {len(raw)} bytes of UTF-8, limit {max_bytes} plus the NUL",
@@ -166,18 +171,7 @@ def utf16_text(raw: bytes, field: str, *, require_nul: bool = True) -> str:
 
 def utf16_bytes(text: str, field: str, max_units: int) -> bytes:
     """UTF-16LE bytes of ``text`` without NUL; WireError beyond ``max_units`` code units."""
-    if not isinstance(text, str):
-        raise WireError(f"{field} must be str, got {type(text).__name__}", field=field)
-    if "\0" in text:
-        raise WireError(f"{field} contains a NUL character", field=field, limit="no NUL")
-    try:
-        raw = text.encode("utf-16-le")
-    except UnicodeEncodeError as exc:
-        raise WireError(
-            f"{field} cannot be encoded as UTF-16 (lone surrogate at {exc.start})",
-            field=field,
-            limit="UTF-16",
-        ) from exc
+    raw = _encode(text, field, "utf-16-le", "UTF-16")
     if len(raw) // 2 > max_units:
         raise WireError(
             f"{field} is {len(raw) // 2} UTF-16 code units, limit {max_units} plus the NUL",

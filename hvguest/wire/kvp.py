@@ -164,6 +164,12 @@ def _key_bytes(key: str) -> bytes:
     return utf8_bytes(key, "key", HV_KVP_EXCHANGE_MAX_KEY_SIZE - 1)
 
 
+def _put_sized(buf: bytearray, size_offset: int, offset: int, raw: bytes, size_field: str) -> None:
+    """A string and its size field, which counts the NUL the zero-filled buffer supplies."""
+    put(buf, size_offset, pack_uint(len(raw) + 1, 4, size_field))
+    put(buf, offset, raw)
+
+
 @dataclass(frozen=True)
 class KvpGet:
     pool: int
@@ -172,8 +178,7 @@ class KvpGet:
     def encode(self) -> bytes:
         raw = _key_bytes(self.key)
         buf = new_message(KvpOp.GET, self.pool)
-        put(buf, GET_KEY_SIZE_OFFSET, pack_uint(len(raw) + 1, 4, "key_size"))
-        put(buf, GET_KEY_OFFSET, raw)
+        _put_sized(buf, GET_KEY_SIZE_OFFSET, GET_KEY_OFFSET, raw, "key_size")
         return bytes(buf)
 
 
@@ -187,10 +192,8 @@ class KvpSet:
         raw_key = _key_bytes(self.key)
         raw_value = utf8_bytes(self.value, "value", HV_KVP_EXCHANGE_MAX_VALUE_SIZE - 1)
         buf = new_message(KvpOp.SET, self.pool)
-        put(buf, GET_KEY_SIZE_OFFSET, pack_uint(len(raw_key) + 1, 4, "key_size"))
-        put(buf, GET_VALUE_SIZE_OFFSET, pack_uint(len(raw_value) + 1, 4, "value_size"))
-        put(buf, GET_KEY_OFFSET, raw_key)
-        put(buf, GET_VALUE_OFFSET, raw_value)
+        _put_sized(buf, GET_KEY_SIZE_OFFSET, GET_KEY_OFFSET, raw_key, "key_size")
+        _put_sized(buf, GET_VALUE_SIZE_OFFSET, GET_VALUE_OFFSET, raw_value, "value_size")
         return bytes(buf)
 
 
@@ -202,8 +205,7 @@ class KvpDelete:
     def encode(self) -> bytes:
         raw = _key_bytes(self.key)
         buf = new_message(KvpOp.DELETE, self.pool)
-        put(buf, DELETE_KEY_SIZE_OFFSET, pack_uint(len(raw) + 1, 4, "key_size"))
-        put(buf, DELETE_KEY_OFFSET, raw)
+        _put_sized(buf, DELETE_KEY_SIZE_OFFSET, DELETE_KEY_OFFSET, raw, "key_size")
         return bytes(buf)
 
 
@@ -350,7 +352,7 @@ def _sized_key(buf: bytes, size_offset: int, key_offset: int) -> str:
     return utf8_text(raw, "key")
 
 
-def _set_value(buf: bytes) -> str:
+def _value_size(buf: bytes) -> int:
     value_size = get_uint(buf, GET_VALUE_SIZE_OFFSET, 4)
     if value_size > HV_KVP_EXCHANGE_MAX_VALUE_SIZE:
         raise WireError(
@@ -358,6 +360,11 @@ def _set_value(buf: bytes) -> str:
             field="value_size",
             limit=HV_KVP_EXCHANGE_MAX_VALUE_SIZE,
         )
+    return value_size
+
+
+def _set_value(buf: bytes) -> str:
+    value_size = _value_size(buf)
     if value_size == 0:  # the kernel forwards an unknown value_type as an empty value
         return ""
     raw = terminated(bytes(buf[GET_VALUE_OFFSET : GET_VALUE_OFFSET + value_size]), "value")
@@ -387,14 +394,7 @@ def decode_kvp_request(buf: bytes) -> KvpRequest:
         )
     pool = KvpPool(pool_number)
     if op == KvpOp.GET:
-        # value_size is not filled by the kernel for GET but must still be sane.
-        value_size = get_uint(buf, GET_VALUE_SIZE_OFFSET, 4)
-        if value_size > HV_KVP_EXCHANGE_MAX_VALUE_SIZE:
-            raise WireError(
-                f"KVP value_size is {value_size}, limit {HV_KVP_EXCHANGE_MAX_VALUE_SIZE}",
-                field="value_size",
-                limit=HV_KVP_EXCHANGE_MAX_VALUE_SIZE,
-            )
+        _value_size(buf)  # not filled by the kernel for GET but must still be sane
         return KvpGet(pool, _sized_key(buf, GET_KEY_SIZE_OFFSET, GET_KEY_OFFSET))
     if op == KvpOp.SET:
         key = _sized_key(buf, GET_KEY_SIZE_OFFSET, GET_KEY_OFFSET)

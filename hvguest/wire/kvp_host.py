@@ -155,32 +155,23 @@ class HostKvpMessage:
         def text(offset: int, size: int, field: str) -> str:
             return utf16_text(bytes(data[offset : offset + size]), field, require_nul=False)
 
+        def item(
+            key_offset: int, type_offset: int, value_offset: int
+        ) -> tuple[str, str | int, int]:
+            """Key, value and value type of a GET/SET or ENUMERATE body (key checked first)."""
+            key = text(key_offset, HV_KVP_EXCHANGE_MAX_KEY_SIZE, "key")
+            vtype = get_uint(data, type_offset, 4)
+            value_raw = bytes(data[value_offset : value_offset + HV_KVP_EXCHANGE_MAX_VALUE_SIZE])
+            return key, _host_value(value_raw, vtype), vtype
+
         if op == KvpOp.DELETE:
             return cls(op, pool, key=text(DELETE_KEY_OFFSET, HV_KVP_EXCHANGE_MAX_KEY_SIZE, "key"))
         if op == KvpOp.ENUMERATE:
-            vtype = get_uint(data, ENUM_VALUE_TYPE_OFFSET, 4)
-            value_raw = bytes(
-                data[ENUM_VALUE_OFFSET : ENUM_VALUE_OFFSET + HV_KVP_EXCHANGE_MAX_VALUE_SIZE]
-            )
-            return cls(
-                op,
-                pool,
-                key=text(ENUM_KEY_OFFSET, HV_KVP_EXCHANGE_MAX_KEY_SIZE, "key"),
-                value=_host_value(value_raw, vtype),
-                value_type=vtype,
-                index=get_uint(data, ENUM_INDEX_OFFSET, 4),
-            )
-        vtype = get_uint(data, GET_VALUE_TYPE_OFFSET, 4)
-        value_raw = bytes(
-            data[GET_VALUE_OFFSET : GET_VALUE_OFFSET + HV_KVP_EXCHANGE_MAX_VALUE_SIZE]
-        )
-        return cls(
-            op,
-            pool,
-            key=text(GET_KEY_OFFSET, HV_KVP_EXCHANGE_MAX_KEY_SIZE, "key"),
-            value=_host_value(value_raw, vtype),
-            value_type=vtype,
-        )
+            key, value, vtype = item(ENUM_KEY_OFFSET, ENUM_VALUE_TYPE_OFFSET, ENUM_VALUE_OFFSET)
+            index = get_uint(data, ENUM_INDEX_OFFSET, 4)
+            return cls(op, pool, key=key, value=value, value_type=vtype, index=index)
+        key, value, vtype = item(GET_KEY_OFFSET, GET_VALUE_TYPE_OFFSET, GET_VALUE_OFFSET)
+        return cls(op, pool, key=key, value=value, value_type=vtype)
 
 
 @dataclass(frozen=True)

@@ -157,14 +157,12 @@ def kvp_host_to_daemon(host_body: bytes, *, skip_oversized: bool = False) -> byt
     msg = bytearray(KVP_MSG_SIZE)
     msg[OP_OFFSET], msg[POOL_OFFSET] = op, pool
 
+    def to_utf8(offset: int, inlen: int, maxout: int) -> bytes:
+        return kernel_utf16_to_utf8(host[offset:], inlen, maxout, skip_oversized=skip_oversized)
+
     def key_from(size_offset: int, key_offset: int, out_size: int, out_key: int) -> None:
         inlen = get_uint(host, size_offset, 4)
-        key = kernel_utf16_to_utf8(
-            host[key_offset:],
-            inlen,
-            HV_KVP_EXCHANGE_MAX_KEY_SIZE - 1,
-            skip_oversized=skip_oversized,
-        )
+        key = to_utf8(key_offset, inlen, HV_KVP_EXCHANGE_MAX_KEY_SIZE - 1)
         put(msg, out_key, key)
         put(msg, out_size, pack_uint(len(key) + 1, 4, "key_size"))
 
@@ -172,12 +170,7 @@ def kvp_host_to_daemon(host_body: bytes, *, skip_oversized: bool = False) -> byt
         # Host layout is hv_kvp_ip_msg: every field sits 2 bytes lower.
         fields = IP_STRING_FIELDS if op == KvpOp.SET_IP_INFO else (IP_ADAPTER_ID,)
         for spec in fields:
-            text = kernel_utf16_to_utf8(
-                host[spec.host_offset :],
-                spec.kernel_limit,
-                spec.kernel_limit,
-                skip_oversized=skip_oversized,
-            )
+            text = to_utf8(spec.host_offset, spec.kernel_limit, spec.kernel_limit)
             put(msg, spec.daemon_offset, text[: spec.size])
         if op == KvpOp.SET_IP_INFO:
             msg[IP_DHCP_ENABLED_OFFSET] = host[IP_DHCP_ENABLED_OFFSET - 2]
@@ -187,12 +180,7 @@ def kvp_host_to_daemon(host_body: bytes, *, skip_oversized: bool = False) -> byt
         value: bytes | None = None
         if vtype == RegType.REG_SZ:
             inlen = get_uint(host, GET_VALUE_SIZE_OFFSET, 4)
-            value = kernel_utf16_to_utf8(
-                host[GET_VALUE_OFFSET:],
-                inlen,
-                HV_KVP_EXCHANGE_MAX_VALUE_SIZE - 1,
-                skip_oversized=skip_oversized,
-            )
+            value = to_utf8(GET_VALUE_OFFSET, inlen, HV_KVP_EXCHANGE_MAX_VALUE_SIZE - 1)
         elif vtype == RegType.REG_U32:
             value = str(get_uint(host, GET_VALUE_OFFSET, 4)).encode()
         elif vtype == RegType.REG_U64:
