@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from hvguest.kvp import autopool
 from hvguest.sim.client import SimClient
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse, pytest.mark.reference, pytest.mark.system]
@@ -13,18 +14,8 @@ pytestmark = [pytest.mark.root, pytest.mark.fuse, pytest.mark.reference, pytest.
 HV_S_OK = 0
 HV_S_CONT = 0x80070103
 HV_E_FAIL = 0x80004005
-AUTO_KEYS = [
-    "FullyQualifiedDomainName",
-    "IntegrationServicesVersion",
-    "NetworkAddressIPv4",
-    "NetworkAddressIPv6",
-    "OSBuildNumber",
-    "OSName",
-    "OSMajorVersion",
-    "OSMinorVersion",
-    "OSVersion",
-    "ProcessorArchitecture",
-]
+# hvguest's AUTO pool promises hv_kvp_daemon's keys in its order: one list for both.
+AUTO_KEYS = list(autopool.AUTO_KEYS)
 
 
 @pytest.fixture(scope="module")
