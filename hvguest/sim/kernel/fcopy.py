@@ -36,9 +36,7 @@ class FcopyKernel(UtilService):
 
     def on_channel(self) -> None:
         while self.state <= State.READY:
-            if self._start_raw():
-                return
-            got = self._take_packet()
+            got = self._next_host_packet()
             if got is None:
                 return
             trans_id, length = got
@@ -78,12 +76,7 @@ class FcopyKernel(UtilService):
             out = host[:DO_FCOPY_SIZE]
         else:
             out = host[:length]
-        self.state = State.USERSPACE_REQ
-        if self.transport.send(out) != 0:
-            self.klog("failed to communicate to the daemon")
-            if self.cancel_timeout():
-                self.respond_status(HV_E_FAIL)
-                self.state = State.READY
+        self._send_to_daemon(out)
 
     def on_msg(self, data: bytes) -> int:
         if len(data) != 4:
@@ -108,7 +101,3 @@ class FcopyKernel(UtilService):
             return -errno.EINVAL
         self.dm_reg_value = version
         return 0
-
-    def _register_done(self) -> None:
-        self.klog("userspace daemon registered")
-        self.poll_wrapper()

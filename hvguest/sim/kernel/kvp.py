@@ -79,9 +79,7 @@ class KvpKernel(UtilService):
                 self._nego_timer = self.timers.call_later(HV_UTIL_NEGO_TIMEOUT, self.on_channel)
             return
         while self.state == State.READY:
-            if self._start_raw():
-                return
-            got = self._take_packet()
+            got = self._next_host_packet()
             if got is None:
                 return
             trans_id, length = got
@@ -105,13 +103,7 @@ class KvpKernel(UtilService):
         # The whole message size is read, like the kernel does: bytes past the host's
         # packet are whatever the receive buffer still holds.
         host = bytes(self.recv_buffer[ICMSG_HDR : ICMSG_HDR + KVP_MSG_SIZE])
-        msg = kvp_host_to_daemon(host, skip_oversized=self.nls_skip_oversized)
-        self.state = State.USERSPACE_REQ
-        if self.transport.send(msg) != 0:
-            self.klog("failed to communicate to the daemon")
-            if self.cancel_timeout():
-                self.respond(None, HV_E_FAIL)
-                self.state = State.READY
+        self._send_to_daemon(kvp_host_to_daemon(host, skip_oversized=self.nls_skip_oversized))
 
     def respond(self, reply: bytes | None, error: int) -> None:
         """kvp_respond_to_host: convert the daemon's reply into the host's buffer."""
@@ -223,5 +215,4 @@ class KvpKernel(UtilService):
         if self._nego_timer is not None:
             self._nego_timer.cancel()
             self._nego_timer = None
-        self.klog("userspace daemon registered")
-        self.poll_wrapper()
+        super()._register_done()

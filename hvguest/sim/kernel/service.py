@@ -152,6 +152,28 @@ class UtilService:
     def raw_timeout(self) -> float:
         return HV_UTIL_TIMEOUT
 
+    def _next_host_packet(self) -> tuple[int, int] | None:
+        """The next host packet in recv_buffer as (trans_id, length); None when there is
+        none, or when a queued raw transaction was started instead (it goes first)."""
+        if self._start_raw():
+            return None
+        return self._take_packet()
+
+    def _send_to_daemon(self, msg: bytes) -> None:
+        """Queue the open transaction's message for the daemon. If that fails, the host
+        is answered HV_E_FAIL at once, unless the timeout has already answered it."""
+        self.state = State.USERSPACE_REQ
+        if self.transport.send(msg) != 0:
+            self.klog("failed to communicate to the daemon")
+            if self.cancel_timeout():
+                self.respond_status(HV_E_FAIL)
+                self.state = State.READY
+
+    def _register_done(self) -> None:
+        """The daemon read the registration echo: the channel is served from now on."""
+        self.klog("userspace daemon registered")
+        self.poll_wrapper()
+
     def _finish_raw(self, reply: bytes) -> bool:
         """Deliver an accepted daemon reply to a raw transaction."""
         txn = self.txn

@@ -35,9 +35,7 @@ class VssKernel(UtilService):
 
     def on_channel(self) -> None:
         while self.state <= State.READY:
-            if self._start_raw():
-                return
-            got = self._take_packet()
+            got = self._next_host_packet()
             if got is None:
                 return
             trans_id, length = got
@@ -70,15 +68,8 @@ class VssKernel(UtilService):
             self._send_buffer(trans_id, length)
 
     def _send_op(self, op: int) -> None:
-        msg = bytearray(VSS_MSG_SIZE)
-        msg[0] = op
-        self.state = State.USERSPACE_REQ
         self.arm(VSS_FREEZE_TIMEOUT if op == OP_FREEZE else HV_UTIL_TIMEOUT)
-        if self.transport.send(bytes(msg)) != 0:
-            self.klog("failed to communicate to the daemon")
-            if self.cancel_timeout():
-                self.respond_status(HV_E_FAIL)
-                self.state = State.READY
+        self._send_to_daemon(bytes([op]) + bytes(VSS_MSG_SIZE - 1))
 
     def raw_timeout(self) -> float:
         return VSS_FREEZE_TIMEOUT
@@ -115,7 +106,3 @@ class VssKernel(UtilService):
                 return -errno.EFAULT
         self.dm_reg_value = op
         return 0
-
-    def _register_done(self) -> None:
-        self.klog("userspace daemon registered")
-        self.poll_wrapper()
