@@ -155,7 +155,10 @@ def test_device_loss_mid_transfer_leaves_nothing(env):
     assert (incoming / "partial").read_bytes() == b"again"
 
 
-def test_not_offered_exits_1(tmp_path, capsys):
+def test_not_offered_exits_1(tmp_path, capsys, monkeypatch):
+    # Logging set-up is global; keep it out of the rest of the session.
+    monkeypatch.setattr("hvguest.daemons.common.setup_logging", lambda *a, **k: None)
+    monkeypatch.setattr("hvguest.daemons.common.set_level", lambda *a, **k: None)
     config = tmp_path / "hvguest.yaml"
     config.write_text("")
     empty = tmp_path / "empty"
