@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
 
 import pytest
+from logging_state import SERVICE_MANAGER_ENV, root_logging_restored, unset_env
 
-from hvguest import log as hvlog
 from hvguest.paths import Paths
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "sysfs"))
@@ -35,14 +34,6 @@ def machine(tmp_path: str) -> Callable[..., Paths]:
 
 @pytest.fixture(autouse=True)
 def restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
-    monkeypatch.delenv("INVOCATION_ID", raising=False)
-    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for h in list(root.handlers):
-        if h not in handlers:
-            root.removeHandler(h)
-    root.setLevel(level)
-    hvlog._buffer = None
+    unset_env(monkeypatch, SERVICE_MANAGER_ENV)
+    with root_logging_restored():
+        yield

@@ -8,24 +8,17 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from logging_state import root_logging_restored, unset_env
 
-from hvguest import log as hvlog
 from hvguest.daemons.common import daemon_arg_parser, daemon_ident, paths_from_args, start_daemon
 from hvguest.paths import Paths
 
 
 @pytest.fixture(autouse=True)
 def restore_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
-    monkeypatch.delenv("INVOCATION_ID", raising=False)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for h in list(root.handlers):
-        if h not in handlers:
-            root.removeHandler(h)
-    root.setLevel(level)
-    hvlog._buffer = None
+    unset_env(monkeypatch, ("JOURNAL_STREAM", "INVOCATION_ID"))
+    with root_logging_restored():
+        yield
 
 
 def test_parser_defaults_and_paths() -> None:

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from logging_state import root_logging_restored
 
 from hvguest import log as hvlog
 from hvguest.log import MemoryLogBuffer, Throttle, setup_logging
@@ -14,14 +15,8 @@ from hvguest.log import MemoryLogBuffer, Throttle, setup_logging
 
 @pytest.fixture(autouse=True)
 def restore_root() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for h in list(root.handlers):
-        if h not in handlers:
-            root.removeHandler(h)
-    root.setLevel(level)
-    hvlog._buffer = None
+    with root_logging_restored():
+        yield
 
 
 class ListHandler(logging.Handler):
