@@ -104,6 +104,35 @@ class SandboxSpec:
     workdir: str | None = None
 
 
+def _popen_to_files(
+    args: list[str],
+    *,
+    pass_fds: Sequence[int],
+    stdout: str | None,
+    stderr: str | None,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``args`` in a new session, stdin from /dev/null, stdout and stderr appended
+    to the named files (inherited otherwise). Our copies of the files are closed at
+    once: the child keeps its own."""
+    out = open(stdout, "ab") if stdout else None  # noqa: SIM115
+    err = open(stderr, "ab") if stderr else None  # noqa: SIM115
+    try:
+        return subprocess.Popen(
+            args,
+            pass_fds=pass_fds,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+    finally:
+        for fh in (out, err):
+            if fh is not None:
+                fh.close()
+
+
 class Sandbox:
     """One command in its own namespaces; a context manager that stops it on exit."""
 
@@ -226,21 +255,14 @@ class Sandbox:
         fd = os.open(self._spec_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(child_spec, f)
-        out = open(self.spec.stdout, "ab") if self.spec.stdout else None  # noqa: SIM115
-        err = open(self.spec.stderr, "ab") if self.spec.stderr else None  # noqa: SIM115
         try:
-            self._proc = subprocess.Popen(
+            self._proc = _popen_to_files(
                 [sys.executable, "-m", "hvguest.sim.netns", self._spec_path],
                 pass_fds=[status_w, go_r, sock.fileno()] + [m["fd"] for m in fuse],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
+                stdout=self.spec.stdout,
+                stderr=self.spec.stderr,
             )
         finally:
-            for fh in (out, err):
-                if fh is not None:
-                    fh.close()
             os.close(status_w)
             os.close(go_r)
         try:
@@ -465,22 +487,7 @@ class Sandbox:
         args, fds = self._nsenter(cmd)
         if env is None:
             env = self.spec.env if self.spec.env is not None else dict(os.environ)
-        out = open(stdout, "ab") if stdout else None  # noqa: SIM115
-        err = open(stderr, "ab") if stderr else None  # noqa: SIM115
-        try:
-            proc = subprocess.Popen(
-                args,
-                pass_fds=fds,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-            )
-        finally:
-            for fh in (out, err):
-                if fh is not None:
-                    fh.close()
+        proc = _popen_to_files(args, pass_fds=fds, stdout=stdout, stderr=stderr, env=env)
         self._stragglers.append(proc)
         return proc
 
