@@ -58,20 +58,39 @@ def test_timers_run_in_order_and_stop_returns_code(rt: Runtime) -> None:
     assert calls == ["a", "b"]
 
 
-def test_call_every_repeats_until_cancelled(rt: Runtime) -> None:
-    ticks: list[float] = []
+class SteppingClock:
+    """Time that moves only when read, ``step`` seconds per reading: the loop still
+    sleeps in poll(), but which timers are due, and when, no longer depends on how
+    long a loaded machine took to wake it. The default step is a power of two (sums
+    stay exact) and well under the 1 ms tolerance the spacing check allows."""
 
-    def tick() -> None:
-        ticks.append(rt.clock())
-        if len(ticks) == 3:
-            timer.cancel()
-            rt.call_later(0.03, rt.stop)
+    def __init__(self, step: float = 2**-11) -> None:
+        self.now = 0.0
+        self.step = step
 
-    timer = rt.call_every(0.01, tick)
-    rt.call_later(10, lambda: rt.stop(9))
-    assert rt.run() == 0
-    assert len(ticks) == 3
-    assert all(b - a >= 0.009 for a, b in zip(ticks, ticks[1:], strict=False))
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_call_every_repeats_until_cancelled() -> None:
+    rt = Runtime("test", clock=SteppingClock())
+    try:
+        ticks: list[float] = []
+
+        def tick() -> None:
+            ticks.append(rt.clock())
+            if len(ticks) == 3:
+                timer.cancel()
+                rt.call_later(0.03, rt.stop)
+
+        timer = rt.call_every(0.01, tick)
+        rt.call_later(10, lambda: rt.stop(9))
+        assert rt.run() == 0
+        assert len(ticks) == 3
+        assert all(b - a >= 0.009 for a, b in zip(ticks, ticks[1:], strict=False))
+    finally:
+        rt.close()
 
 
 def test_call_every_with_fake_clock(rt: Runtime) -> None:
