@@ -33,6 +33,7 @@ from hvguest.pool import OwnKeys, PoolStore, close_all
 from hvguest.roles.kvp import ApplyIpConfig, KvpRole, Log, PoolChanged, Result
 from hvguest.state import StatePublisher
 from hvguest.transport.chardev import kvp_transport
+from hvguest.vss.record import read_record, record_path
 from hvguest.wire.kvp import KvpIpInfo, KvpPool, kvp_reply
 from hvguest.wire.pool import POOL_RECORD_SIZE
 from hvguest.wire.status import HvStatus
@@ -45,7 +46,10 @@ REOPEN_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 STATE_PERIOD = 1.0
 STATUS_PERIOD = 5.0
 LOG_PERIOD = 60.0
-READ_SIZE = 16384  # the kernel's own KVP receive buffer
+READ_SIZE = 16384
+FREEZE_RECORD_MAX_AGE = (
+    20 * 60.0
+)  # VSS freezes end within 15 min (kernel limit)  # the kernel's own KVP receive buffer
 
 
 class DaemonData:
@@ -60,11 +64,40 @@ class DaemonData:
         return self.store.get(pool, key)
 
     def set(self, pool: int, key: str, value: str) -> None:
+        self.check_not_frozen()
         # The host may store what a record can hold; host-safe limits are for us.
         self.store.set(pool, key, value, unsafe=True)
 
     def delete(self, pool: int, key: str) -> bool:
+        self.check_not_frozen()
         return self.store.delete(pool, key)
+
+    def check_not_frozen(self) -> None:
+        """Refuse a write at once while a backup holds the pool directory's filesystem
+        frozen: the write would block until the thaw, far past the kernel's 30 s."""
+        paths = self.store.paths
+        try:
+            st = os.stat(record_path(paths))
+        except OSError:
+            return  # the usual case: one failed stat()
+        if time.time() - st.st_mtime > FREEZE_RECORD_MAX_AGE:
+            return  # left over from a crash long ago; freezes never last this long
+        record = read_record(paths) or {}
+        try:
+            pool_dev = os.stat(paths.pool_dir).st_dev
+        except OSError:
+            return
+        for mount in record.get("mounts") or []:
+            point = mount.get("mount_point") if isinstance(mount, dict) else None
+            try:
+                frozen = point is not None and os.stat(point).st_dev == pool_dev
+            except OSError:
+                continue
+            if frozen:
+                raise HvGuestError(
+                    f"KVP pool directory {paths.pool_dir} is on {point}, frozen for a backup;"
+                    " not writing until it is thawed"
+                )
 
     def item(self, pool: int, index: int) -> tuple[str, str] | None:
         return self.store.item(pool, index)

@@ -199,3 +199,23 @@ def test_unusable_pool_directory_still_serves_the_rest(tmp_path, monkeypatch):
     finally:
         runtime.close()
         poolmod.close_all()
+
+
+def test_writes_refused_at_once_while_the_pool_filesystem_is_frozen(env):
+    from hvguest.vss.record import clear_record, write_record
+
+    service, transport, _runtime, _sock, paths = env
+    service.start()
+    # vssd's record of a freeze covering the filesystem of the pool directory
+    write_record(
+        paths,
+        {"pid": 1, "started": "now", "mounts": [{"mount_point": paths.pool_dir, "dev": "0:0"}]},
+    )
+    transport.inbox += [KvpSet(0, "k", "v").encode(), KvpGet(0, "k").encode()]
+    service.on_readable()
+    service.on_readable()
+    assert [status(r) for r in transport.sent] == [0x80004005, 0x80070103]
+    clear_record(paths)
+    transport.inbox.append(KvpSet(0, "k", "v").encode())
+    service.on_readable()
+    assert status(transport.sent[-1]) == 0
