@@ -52,6 +52,29 @@ FREEZE_RECORD_MAX_AGE = (
 )  # VSS freezes end within 15 min (kernel limit)  # the kernel's own KVP receive buffer
 
 
+def frozen_mount(paths: Paths, path: str) -> str | None:
+    """The mount point holding ``path`` if hvguest-vssd has it frozen right now."""
+    try:
+        st = os.stat(record_path(paths))
+    except OSError:
+        return None  # the usual case: one failed stat()
+    if time.time() - st.st_mtime > FREEZE_RECORD_MAX_AGE:
+        return None  # left over from a crash long ago; freezes never last this long
+    record = read_record(paths) or {}
+    try:
+        dev = os.stat(path).st_dev
+    except OSError:
+        return None
+    for mount in record.get("mounts") or []:
+        point = mount.get("mount_point") if isinstance(mount, dict) else None
+        try:
+            if isinstance(point, str) and os.stat(point).st_dev == dev:
+                return point
+        except OSError:
+            continue
+    return None
+
+
 class DaemonData:
     """The KvpData the role looks things up in: pools, AUTO items, adapters."""
 
@@ -75,29 +98,12 @@ class DaemonData:
     def check_not_frozen(self) -> None:
         """Refuse a write at once while a backup holds the pool directory's filesystem
         frozen: the write would block until the thaw, far past the kernel's 30 s."""
-        paths = self.store.paths
-        try:
-            st = os.stat(record_path(paths))
-        except OSError:
-            return  # the usual case: one failed stat()
-        if time.time() - st.st_mtime > FREEZE_RECORD_MAX_AGE:
-            return  # left over from a crash long ago; freezes never last this long
-        record = read_record(paths) or {}
-        try:
-            pool_dev = os.stat(paths.pool_dir).st_dev
-        except OSError:
-            return
-        for mount in record.get("mounts") or []:
-            point = mount.get("mount_point") if isinstance(mount, dict) else None
-            try:
-                frozen = point is not None and os.stat(point).st_dev == pool_dev
-            except OSError:
-                continue
-            if frozen:
-                raise HvGuestError(
-                    f"KVP pool directory {paths.pool_dir} is on {point}, frozen for a backup;"
-                    " not writing until it is thawed"
-                )
+        point = frozen_mount(self.store.paths, self.store.paths.pool_dir)
+        if point is not None:
+            raise HvGuestError(
+                f"KVP pool directory {self.store.paths.pool_dir} is on {point}, frozen for"
+                " a backup; not writing until it is thawed"
+            )
 
     def item(self, pool: int, index: int) -> tuple[str, str] | None:
         return self.store.item(pool, index)
@@ -332,6 +338,8 @@ class KvpService:
     # -- periodic ------------------------------------------------------------
 
     def _republish(self) -> None:
+        if frozen_mount(self.paths, self.paths.pool_dir) is not None:
+            return  # after the thaw
         try:
             self.own.check()
         except HvGuestError as exc:
@@ -384,6 +392,8 @@ class KvpService:
         self._dirty = False
 
     def _publish_if_dirty(self) -> None:
+        if frozen_mount(self.paths, self.paths.run) is not None:
+            return  # writing the state file would block until the thaw
         if self._dirty or self.role.counters.requests != self.state.doc["details"].get("requests"):
             self._publish()
 
