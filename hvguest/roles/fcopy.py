@@ -19,7 +19,8 @@ Decisions (the reference daemons differ; see docs of hvguest-fcopyd):
 * WRITE/COMPLETE without a transfer: HV_E_FAIL, nothing written. CANCEL without a
   transfer: HV_S_OK (the kernel sends one on suspend whether or not a copy runs).
 * After any failed WRITE the transfer is FAILED: its file is discarded at once, later
-  WRITEs and COMPLETE get HV_E_FAIL, CANCEL or a new START clears it.
+  WRITEs and COMPLETE are refused (HV_E_FAIL here; the daemon repeats the failed
+  write's own status, e.g. HV_ERROR_DISK_FULL), CANCEL or a new START clears it.
 """
 
 from __future__ import annotations
