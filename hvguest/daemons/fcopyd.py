@@ -85,6 +85,7 @@ from hvguest.wire.icmsg import (
     negotiate_response,
 )
 from hvguest.wire.status import HvStatus, status_name
+from hvguest.wire.vmbus import VM_PKT_DATA_INBAND
 
 log = logging.getLogger(__name__)
 
@@ -620,6 +621,11 @@ class FcopyDaemon:
                 if got is None:
                     break
                 descriptor, payload = got
+                if descriptor.type != VM_PKT_DATA_INBAND:
+                    # IC traffic is in-band data only; a completion or other type
+                    # asks for no answer.
+                    log.warning("fcopy: VMBus packet type %d ignored", descriptor.type)
+                    continue
                 reply = ic_reply(self.service, payload)
                 if reply is not None:
                     transport.tx.write_packet(reply, descriptor.trans_id)

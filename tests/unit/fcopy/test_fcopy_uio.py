@@ -179,3 +179,13 @@ def test_transport_error_is_not_fatal(daemon, monkeypatch):
     monkeypatch.setattr(daemon.runtime, "remove_reader", lambda fd: None)
     daemon.on_uio_readable()  # logs, schedules a retry; does not raise
     assert t.closed
+
+
+def test_non_inband_packet_ignored(daemon):
+    t = daemon.transport
+    packet = bytearray(build_inband_packet(ic(FcopyComplete().encode()), 4))
+    struct.pack_into("<H", packet, 0, 11)  # VM_PKT_COMP
+    t.host_send_raw(bytes(packet))
+    t.host_send(ic(FcopyComplete().encode()), 5)
+    daemon.on_uio_readable()
+    assert [tid for tid, _ in t.host_replies()] == [5]
