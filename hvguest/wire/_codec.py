@@ -61,6 +61,17 @@ def pack_status(status: int, field: str = "status") -> bytes:
     return struct.pack("<I", status & 0xFFFFFFFF)
 
 
+def registration_echo(buf: bytes, expected: int, what: str) -> int:
+    """The kernel's 4-byte registration echo: a u32 that must equal ``expected``."""
+    check_length(buf, 4, what)
+    version = get_uint(buf, 0, 4)
+    if version != expected:
+        raise WireError(
+            f"{what} is {version}, expected {expected}", field="version", limit=expected
+        )
+    return version
+
+
 def put(buf: bytearray, offset: int, data: bytes) -> None:
     """Copy ``data`` into ``buf`` at ``offset`` (caller guarantees it fits)."""
     buf[offset : offset + len(data)] = data

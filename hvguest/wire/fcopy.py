@@ -15,11 +15,11 @@ from typing import Self
 
 from hvguest.errors import WireError
 from hvguest.wire._codec import (
-    check_length,
     check_min_length,
     get_uint,
     pack_status,
     pack_uint,
+    registration_echo,
     terminated,
     utf8_bytes,
     utf8_text,
@@ -214,12 +214,4 @@ def fcopy_reply(status: int) -> bytes:
 
 def decode_fcopy_register_reply(buf: bytes) -> int:
     """Check the kernel's registration echo (4 bytes, u32 1) and return the version."""
-    check_length(buf, FCOPY_REPLY_SIZE, "fcopy registration reply")
-    version = get_uint(buf, 0, 4)
-    if version != FCOPY_CURRENT_VERSION:
-        raise WireError(
-            f"fcopy registration reply is {version}, expected {FCOPY_CURRENT_VERSION}",
-            field="version",
-            limit=FCOPY_CURRENT_VERSION,
-        )
-    return version
+    return registration_echo(buf, FCOPY_CURRENT_VERSION, "fcopy registration reply")

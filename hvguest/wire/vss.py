@@ -11,7 +11,13 @@ from enum import IntEnum
 from typing import Self
 
 from hvguest.errors import WireError
-from hvguest.wire._codec import check_length, get_uint, pack_status, pack_uint
+from hvguest.wire._codec import (
+    check_length,
+    get_uint,
+    pack_status,
+    pack_uint,
+    registration_echo,
+)
 
 VSS_MSG_SIZE = 12
 VSS_OP_REGISTER = 128
@@ -77,12 +83,4 @@ VSS_REGISTER_MSG = bytes([VSS_OP_REGISTER1]) + bytes(VSS_MSG_SIZE - 1)
 
 def decode_vss_register_reply(buf: bytes) -> int:
     """Check the kernel's registration echo (4 bytes, u32 129) and return the version."""
-    check_length(buf, VSS_REGISTER_REPLY_SIZE, "VSS registration reply")
-    version = get_uint(buf, 0, 4)
-    if version != VSS_OP_REGISTER1:
-        raise WireError(
-            f"VSS registration reply is {version}, expected {VSS_OP_REGISTER1}",
-            field="version",
-            limit=VSS_OP_REGISTER1,
-        )
-    return version
+    return registration_echo(buf, VSS_OP_REGISTER1, "VSS registration reply")
