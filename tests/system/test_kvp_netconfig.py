@@ -79,7 +79,7 @@ def test_hanging_tool_is_cut_off_inside_the_deadline(roots):
     out = configurator(roots, timeout=3.0).apply(CONFIG)
     elapsed = time.monotonic() - started
     assert out.status == HvStatus.HV_E_FAIL and "timed out" in out.detail
-    assert elapsed < 3.5
+    assert elapsed < 3.0 + 1.5  # the deadline, plus process start-up slack
     assert not stanza(roots).exists()
 
 
@@ -89,4 +89,4 @@ def test_helper_processes_of_a_hanging_tool_are_killed_too(roots):
     started = time.monotonic()
     out = configurator(roots, timeout=3.0).apply(CONFIG)
     assert out.status == HvStatus.HV_E_FAIL
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 3.0 + 1.5
