@@ -38,6 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from loop_images import ext4_images
 
 from hvguest.sim.client import SimClient
 
@@ -51,17 +52,6 @@ REFERENCE = ["/usr/sbin/hv_vss_daemon", "-n"]
 Scenario = Callable[[SimClient], dict[str, Any]]
 
 
-def _images(workdir: str) -> list[tuple[str, str, str]]:
-    out = []
-    for name, mnt in (("a", MNT_A), ("b", MNT_B)):
-        image = os.path.join(workdir, f"{name}.img")
-        with open(image, "wb") as f:
-            f.truncate(64 << 20)
-        subprocess.run(["mkfs.ext4", "-q", "-F", image], check=True, timeout=60)
-        out.append((image, "ext4", mnt))
-    return out
-
-
 def unfreeze(sim: SimClient, mnt: str) -> bool:
     """fsfreeze -u inside the sandbox; True if the filesystem was frozen."""
     return sim.exec(["fsfreeze", "--unfreeze", mnt]).returncode == 0
@@ -72,7 +62,7 @@ def run_scenario(command: list[str], scenario: Scenario, workdir: str) -> dict[s
     with SimClient.start(
         command,
         services=("vss",),
-        loop_filesystems=_images(workdir),
+        loop_filesystems=ext4_images(workdir, (MNT_A, MNT_B)),
         network=False,
         workdir=workdir,
     ) as sim:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from loop_images import ext4_images
 
 from hvguest.sim.client import SimClient
 
@@ -26,16 +27,7 @@ def vssd(config: str | None = None) -> list[str]:
 
 
 def images(workdir: str, n: int = 2) -> list[tuple[str, str, str]]:
-    out = []
-    for name, mnt in zip("ab", (MNT_A, MNT_B), strict=False):
-        if len(out) == n:
-            break
-        image = os.path.join(workdir, f"{name}.img")
-        with open(image, "wb") as f:
-            f.truncate(64 << 20)
-        subprocess.run(["mkfs.ext4", "-q", "-F", image], check=True, timeout=60)
-        out.append((image, "ext4", mnt))
-    return out
+    return ext4_images(workdir, (MNT_A, MNT_B)[:n])
 
 
 def start(workdir: str, config_text: str | None = None) -> SimClient:
