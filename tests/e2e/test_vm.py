@@ -60,6 +60,9 @@ def test_vm_udev_activation_and_host_operations(scratch_root: Path, deb: Path,
     for name in ("boot-without-devices", "udev-started-units", "kvp-set-get",
                  "vss-freeze-thaw", "fcopy-copy", "status-healthy", "remove-stops-units",
                  "readd-starts-units", "upgrade-restarts", "remove-package",
-                 "install-with-devices"):
+                 "install-with-devices", "shutdown-hooks-armed"):
         assert checks.get(name) == "ok", (name, checks)
+    # The poweroff that ended the VM ran the pre-shutdown hook, told it was a poweroff.
+    after = boot.output.split("E2E_RC=", 1)[-1]
+    assert "E2E_SHUTDOWN_HOOK action=poweroff env=poweroff" in after, report[-3000:]
     print(report)  # shown with pytest -s or -rP: the timings and status lines
