@@ -197,6 +197,37 @@ class FcopyService:
                 self._publish_progress(force=True)
         return status
 
+    def write_through(self, message: memoryview, length: int) -> int | None:
+        """The device loop's path for a WRITE that continues the open transfer: the
+        fragment in ``message[:length]`` is written (and hashed) before the reply,
+        whose status is returned; None when the message is anything else (pass it
+        to ``handle()``).
+
+        Writing first costs the host nothing here: it waits for the reply either
+        way, and a reply sent before the write would only move the write in front
+        of our next read, where it delays the next fragment just as much. A failed
+        write is reported at once, and every later WRITE/COMPLETE of the transfer
+        gets the same status (``handle()``)."""
+        if self._pending_write is not None:
+            self._flush_pending()
+        if length < WRITE_DATA_OFFSET or self.role.state is not FcopyState.RECEIVING:
+            return None
+        op, offset, size = _WRITE_HEAD.unpack_from(message)
+        if (
+            op != _OP_WRITE
+            or size > DATA_FRAGMENT
+            or WRITE_DATA_OFFSET + size > length
+            or not self.role.accept_write(offset, size)
+        ):
+            return None
+        self._progress_dirty = True
+        try:
+            self.writer.write(offset, message[WRITE_DATA_OFFSET : WRITE_DATA_OFFSET + size])
+        except TransferRefused as exc:
+            self._write_failed(offset, exc)
+            return exc.status
+        return _S_OK
+
     def after_reply(self) -> None:
         """The reply is on its way: write the fragment it acknowledged."""
         if self._pending_write is not None:
@@ -209,9 +240,12 @@ class FcopyService:
         try:
             self.writer.write(offset, data)
         except TransferRefused as exc:
-            self._late_failure = exc.status
-            self.role.write_failed(offset, exc.status, self.clock(), str(exc))
-            self._record_finished()
+            self._write_failed(offset, exc)
+
+    def _write_failed(self, offset: int, exc: TransferRefused) -> None:
+        self._late_failure = exc.status
+        self.role.write_failed(offset, exc.status, self.clock(), str(exc))
+        self._record_finished()
 
     def _run(self, step: Step, now: float) -> int:
         status: int = HvStatus.HV_S_OK
@@ -521,18 +555,28 @@ class FcopyDaemon:
 
     def _legacy_worker(self, transport: Any) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, _LOOP_SIGNALS)  # they belong to the loop
+        # Every message is read into the same buffer: a WRITE is written to its file
+        # straight from there before the next read, without a copy or an allocation.
+        buffer = bytearray(FCOPY_READ_SIZE)
+        view = memoryview(buffer)
+        service, lock = self.service, self.lock
         while not self.stopping:
             try:
-                message = self._read_legacy(transport)
-                if not message:
+                length = self._read_legacy(transport, buffer)
+                if not length:
                     continue
-                with self.lock:
+                with lock:
                     if self.stopping:
                         return
-                    status = self.service.handle(message, utf16=False)
+                    status = service.write_through(view, length)
+                if status is not None:
+                    transport.write_packet(_REPLIES.get(status) or fcopy_reply(status))
+                    continue
+                with lock:
+                    status = service.handle(bytes(view[:length]), utf16=False)
                 transport.write_packet(_REPLIES.get(status) or fcopy_reply(status))
-                with self.lock:
-                    self.service.after_reply()
+                with lock:
+                    service.after_reply()
             except TransportError as exc:
                 if not self.stopping:
                     self.runtime.call_soon_threadsafe(functools.partial(self._lost, exc))
@@ -543,21 +587,22 @@ class FcopyDaemon:
                     transport.write_packet(fcopy_reply(HvStatus.HV_E_FAIL))
 
     @staticmethod
-    def _read_legacy(transport: Any) -> bytes:
-        """Block until the kernel queues a message (read() ignores O_NONBLOCK)."""
+    def _read_legacy(transport: Any, buffer: bytearray) -> int:
+        """Block until the kernel queues a message (read() ignores O_NONBLOCK); the
+        message goes to ``buffer``, its length is returned."""
         try:
-            data = os.read(transport.fileno(), FCOPY_READ_SIZE)
+            length = os.readv(transport.fileno(), (buffer,))
         except (BlockingIOError, InterruptedError):
-            return b""  # woken with nothing queued (EAGAIN)
+            return 0  # woken with nothing queued (EAGAIN)
         except OSError as exc:
             if exc.errno == errno.EINVAL:
                 raise TransportError(
                     f"{transport.path}: queued message is larger than {FCOPY_READ_SIZE} bytes"
                 ) from exc
             raise TransportError(f"{transport.path}: read failed: {exc.strerror}") from exc
-        if not data and getattr(transport, "is_socket", False):
+        if not length and getattr(transport, "is_socket", False):
             raise TransportError(f"{transport.path}: peer closed the connection")
-        return data
+        return length
 
     # -- UIO ring ----------------------------------------------------------------
 
