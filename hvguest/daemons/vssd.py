@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 SERVICE = "vss"
 
+# Back-off between attempts to re-register after the device failed.
+REOPEN_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
 
 def hook_dirs(paths: Paths) -> list[str]:
     """/etc first: a hook there replaces the packaged one of the same name."""
@@ -91,6 +94,7 @@ class VssService:
         self.hooks: HookRunner | None = None
         self._auto_timer: Timer | None = None
         self._last_freeze: dict[str, Any] | None = None
+        self._reopen_attempt = 0
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -137,11 +141,26 @@ class VssService:
             self.execute(self.role.on_stop())
         log.warning("%s; re-registering", exc)
         self.runtime.remove_reader(self.transport)
+        self._reopen_attempt = 0
+        self._reopen()
+
+    def _reopen(self) -> None:
         try:
             self.transport.reopen()
         except TransportError as again:
-            log.error("cannot re-register: %s", again)
-            self.runtime.stop(1)
+            path = getattr(self.transport, "path", None)
+            if path and not os.path.exists(path):
+                # The host withdrew the service (or hv_utils went away): nothing to
+                # serve, and not a failure of this daemon. systemd's BindsTo stops
+                # the unit too; exiting 0 keeps it from showing as failed.
+                log.info("%s is gone: the host no longer offers VSS; exiting", path)
+                self.runtime.stop(0)
+                return
+            delay = REOPEN_DELAYS[min(self._reopen_attempt, len(REOPEN_DELAYS) - 1)]
+            self._reopen_attempt += 1
+            log.error("cannot re-register: %s; retrying in %g s", again, delay)
+            self.state.record_error(str(again), "the VSS device is back once hv_utils is loaded")
+            self.runtime.call_later(delay, self._reopen)
             return
         self.runtime.add_reader(self.transport, self.on_readable)
 

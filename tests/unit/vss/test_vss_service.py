@@ -211,3 +211,52 @@ def test_record_refined_when_run_dir_is_elsewhere(env):
     assert '"state": "frozen"' in record
     assert _send(service, transport, 6) == 0
     hvlog.flush()
+
+
+def _fail_reads(transport, reopen):
+    from hvguest.errors import TransportError
+
+    def broken():
+        raise TransportError("read failed: Bad file descriptor")
+
+    transport.read_packet = broken
+    transport.reopen = reopen
+
+
+def test_device_gone_exits_cleanly(env, tmp_path):
+    from hvguest.errors import TransportError
+
+    service, transport, ops, now, runtime, paths = env
+    transport.path = str(tmp_path / "dev" / "vmbus" / "hv_vss")  # does not exist
+
+    def reopen():
+        raise TransportError("device absent")
+
+    _fail_reads(transport, reopen)
+    service.on_readable()
+    # The host withdrew the service: stop with status 0, not as a failure.
+    assert runtime._exit_code == 0
+
+
+def test_device_busy_is_retried_with_backoff(env, tmp_path):
+    from hvguest.errors import TransportError
+
+    service, transport, ops, now, runtime, paths = env
+    device = tmp_path / "hv_vss"
+    device.write_bytes(b"")
+    transport.path = str(device)
+    attempts = []
+
+    def reopen():
+        attempts.append(now[0])
+        if len(attempts) < 3:
+            raise TransportError("busy")
+
+    _fail_reads(transport, reopen)
+    service.on_readable()
+    assert len(attempts) == 1 and runtime._exit_code is None
+    for _ in range(2):
+        now[0] += 60
+        runtime.run_once(0)
+    assert len(attempts) == 3 and runtime._exit_code is None
+    assert service.state.doc["last_error"]["message"] == "busy"
