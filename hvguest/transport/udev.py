@@ -192,3 +192,91 @@ class UdevWatcher:
     def close(self) -> None:
         """Release the socket (pyudev closes it when the last reference goes)."""
         self._monitor = None
+
+
+class _Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+class _Loop(Protocol):
+    """The part of ``hvguest.daemon.Runtime`` the trigger needs."""
+
+    def add_reader(self, fd: Any, callback: Callable[[], Any]) -> None: ...
+
+    def remove_reader(self, fd: Any) -> None: ...
+
+    def call_later(self, delay: float, callback: Callable[[], Any]) -> Any: ...
+
+    def on_stop(self, callback: Callable[[], Any]) -> None: ...
+
+
+class EventSource(Protocol):
+    def fileno(self) -> int: ...
+
+    def drain(self) -> list[UdevEvent]: ...
+
+    def close(self) -> None: ...
+
+
+class EventTrigger:
+    """Runs ``callback`` once, ``delay`` seconds after the first relevant event.
+
+    Events that arrive while the call is pending join it: a burst (a device's channels,
+    its driver binding, its device nodes) costs one call. The delay is counted from the
+    first event, not the last, so a steady stream of events cannot postpone the call
+    for ever. A watcher that fails is closed; the caller's periodic work goes on.
+    """
+
+    def __init__(
+        self,
+        loop: _Loop,
+        watcher: EventSource,
+        callback: Callable[[], Any],
+        *,
+        delay: float,
+        wanted: Callable[[UdevEvent], bool] = lambda event: True,
+        what: str = "device changes",
+    ) -> None:
+        self.loop = loop
+        self.watcher: EventSource | None = watcher
+        self.callback = callback
+        self.delay = delay
+        self.wanted = wanted
+        self.what = what
+        self.pending: _Timer | None = None
+        self.events = 0
+        self.calls = 0
+        loop.add_reader(watcher, self.on_readable)
+        loop.on_stop(self.close)
+
+    def on_readable(self) -> None:
+        if self.watcher is None:
+            return
+        try:
+            events = self.watcher.drain()
+        except TransportError as exc:
+            log.warning("%s; noticing %s at the periodic poll only", exc, self.what)
+            self.close()
+            return
+        relevant = [e for e in events if e.action == OVERFLOW or self.wanted(e)]
+        for e in relevant:
+            log.debug("uevent: %s %s %s", e.action, e.subsystem, e.sys_name or e.sys_path)
+        if not relevant:
+            return
+        self.events += len(relevant)
+        if self.pending is None:
+            self.pending = self.loop.call_later(self.delay, self._fire)
+
+    def _fire(self) -> None:
+        self.pending = None
+        self.calls += 1
+        self.callback()
+
+    def close(self) -> None:
+        if self.pending is not None:
+            self.pending.cancel()
+            self.pending = None
+        if self.watcher is not None:
+            self.loop.remove_reader(self.watcher)
+            self.watcher.close()
+            self.watcher = None

@@ -228,3 +228,65 @@ def test_real_kernel_event_in_a_private_network_namespace() -> None:
     props = next(p for a, n, p in out["added"] if a == "add" and n == "hvg0")
     assert props["INTERFACE"] == "hvg0" and props["IFINDEX"].isdigit()
     assert ("remove", "hvg0") in [(a, n) for a, n, _ in out["removed"]]
+
+
+# -- EventTrigger ----------------------------------------------------------------------
+
+
+class FakeLoop:
+    def __init__(self) -> None:
+        self.readers: dict[Any, Callable[[], Any]] = {}
+        self.later: list[tuple[float, Callable[[], Any], SimpleNamespace]] = []
+        self.stops: list[Callable[[], Any]] = []
+
+    def add_reader(self, fd: Any, callback: Callable[[], Any]) -> None:
+        self.readers[fd] = callback
+
+    def remove_reader(self, fd: Any) -> None:
+        self.readers.pop(fd, None)
+
+    def call_later(self, delay: float, callback: Callable[[], Any]) -> SimpleNamespace:
+        timer = SimpleNamespace(cancelled=False)
+        timer.cancel = lambda: setattr(timer, "cancelled", True)
+        self.later.append((delay, callback, timer))
+        return timer
+
+    def on_stop(self, callback: Callable[[], Any]) -> None:
+        self.stops.append(callback)
+
+    def fire(self) -> None:
+        due, self.later = self.later, []
+        for _, callback, timer in due:
+            if not timer.cancelled:
+                callback()
+
+
+def test_trigger_calls_once_per_burst_of_wanted_events() -> None:
+    from hvguest.transport.udev import EventTrigger
+
+    w, m = watcher(("net",))
+    loop, calls = FakeLoop(), []
+    trig = EventTrigger(loop, w, lambda: calls.append(1), delay=2.0,
+                        wanted=lambda e: e.action in ("add", "remove", "move"))
+    assert loop.readers[w] == trig.on_readable and loop.stops == [trig.close]
+    m.queue = [device("change", "net", "eth0")]
+    trig.on_readable()
+    assert loop.later == []  # not wanted: nothing scheduled
+    m.queue = [device("add", "net", "eth1"), device("move", "net", "enp1s0")]
+    trig.on_readable()
+    m.queue = [device("remove", "net", "eth2")]
+    trig.on_readable()
+    assert [d for d, _, _ in loop.later] == [2.0]
+    loop.fire()
+    assert calls == [1] and trig.events == 3 and trig.pending is None
+    # Overflow always counts, whatever the filter says.
+    m.queue = [OSError(errno.ENOBUFS, "No buffer space available")]
+    trig.on_readable()
+    loop.fire()
+    assert calls == [1, 1]
+    # Stop: the pending call is cancelled and the watcher closed.
+    m.queue = [device("add", "net", "eth3")]
+    trig.on_readable()
+    trig.close()
+    loop.fire()
+    assert calls == [1, 1] and w.closed and loop.readers == {}
