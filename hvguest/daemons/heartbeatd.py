@@ -6,6 +6,11 @@ advancing, host clock offset), publishes the guest's application health to
 the host as KVP items in pool 1, and publishes its state as service
 "heartbeat" for ``hvguestctl status``. Repeating failures are logged once per
 ``log_period``, not once per poll.
+
+Device events (a channel offered or rescinded, a driver bound, a device node or
+interface created) bring the next poll forward to half a second after the first
+event; the periodic poll stays, for the changes no event announces (counters,
+health, the clock) and for machines where events cannot be received.
 """
 
 from __future__ import annotations
@@ -35,16 +40,23 @@ from hvguest.heartbeat.health import (
 )
 from hvguest.heartbeat.inventory import Inventory, scan
 from hvguest.heartbeat.liveness import CONTACT, NO_CONTACT, Liveness
+from hvguest.heartbeat.offers import offer_changes, offered_services
 from hvguest.heartbeat.report import systemd_running
 from hvguest.heartbeat.settings import HeartbeatSettings
 from hvguest.heartbeat.shutdown import list_hooks
 from hvguest.log import Throttle
 from hvguest.paths import Paths
 from hvguest.state import StatePublisher, utc_now
+from hvguest.transport.udev import EventSource, EventTrigger, UdevWatcher
 
 log = logging.getLogger(__name__)
 
 SERVICE = "heartbeat"
+# vmbus: channels offered and rescinded, drivers bound; misc: /dev/vmbus/hv_* nodes;
+# uio: fcopy on uio_hv_generic; ptp: the host clock; net: synthetic network adapters.
+WATCHED_SUBSYSTEMS = ("vmbus", "misc", "net", "ptp", "uio")
+# Long enough for a burst (a device's channels, driver and nodes) to end in one scan.
+RESCAN_DELAY = 0.5
 
 
 class HeartbeatDaemon:
@@ -80,6 +92,7 @@ class HeartbeatDaemon:
         self.health: Health | None = None
         self.failing: set[str] = set()
         self.polls = 0
+        self.offered: frozenset[str] | None = None  # None until the first scan
 
     def reconfigure(self, settings: HeartbeatSettings) -> None:
         """New settings (SIGHUP); liveness and failure history are kept."""
@@ -111,6 +124,7 @@ class HeartbeatDaemon:
     def poll(self) -> None:
         self.polls += 1
         inv = scan(self.paths)
+        self._note_offers(inv)
         details: dict[str, Any] = {
             "heartbeat": self._heartbeat(inv),
             "shutdown": self._shutdown(inv),
@@ -125,6 +139,15 @@ class HeartbeatDaemon:
         self.publisher.update(state=state, device=device.path if device else None,
                               details=details)
         self.publisher.publish()
+
+    def _note_offers(self, inv: Inventory) -> None:
+        """Log each service the host started or stopped offering since the last scan."""
+        offered = offered_services(inv)
+        if self.offered is not None:
+            for line in offer_changes(self.offered, offered):
+                log.info("%s", line)
+                self.publisher.record_op("offer", "changed", line)
+        self.offered = offered
 
     def _channel(self, inv: Inventory, service: str) -> dict[str, Any]:
         dev = inv.service_device(service)
@@ -238,6 +261,23 @@ def _no_chronyc(cmd: list[str], timeout: float) -> tuple[int, str]:
     return 1, "not asked by the daemon"
 
 
+def watch_devices(runtime: Runtime, watcher: EventSource | None,
+                  tick: Callable[[], None]) -> EventTrigger | None:
+    """Device events bring ``tick`` forward; None: the periodic poll alone."""
+    if watcher is None:
+        return None
+    return EventTrigger(runtime, watcher, tick, delay=RESCAN_DELAY,
+                        what="offered services and drivers")
+
+
+def open_watcher(paths: Paths) -> UdevWatcher | None:
+    # Events describe this machine's /sys: another --sys-root (a fixture tree, the
+    # simulator's) has none to hear.
+    if os.path.realpath(paths.sys) != "/sys":
+        return None
+    return UdevWatcher.open(WATCHED_SUBSYSTEMS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = daemon_arg_parser("hvguest-heartbeatd", "Watch heartbeat, shutdown and time sync; "
                           "publish application health to the Hyper-V host.")
@@ -274,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
 
     daemon.poll()
     timer = runtime.call_every(settings.poll_interval, tick)
+    if watch_devices(runtime, open_watcher(paths), tick) is None:
+        log.debug("no device events: changes are noticed every %g s", settings.poll_interval)
     config_path = args.config or paths.config_file
 
     def reload() -> None:
