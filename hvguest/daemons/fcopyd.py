@@ -78,7 +78,10 @@ from hvguest.wire.fcopy import (
 from hvguest.wire.icmsg import (
     FCOPY_FW_VERSIONS,
     FCOPY_SRV_VERSIONS,
+    ICMSG_FLAGS_OFFSET,
     ICMSG_HDR_SIZE,
+    ICMSG_RESPONSE_FLAGS,
+    ICMSG_STATUS_OFFSET,
     IcHeader,
     IcMsgType,
     ic_response,
@@ -102,6 +105,11 @@ _REPLIES = {s.value: fcopy_reply(s) for s in HvStatus}
 # Plain ints for the per-fragment path (enum attribute lookups cost more).
 _OP_WRITE = int(FcopyOp.WRITE_TO_FILE)
 _S_OK = int(HvStatus.HV_S_OK)
+# The IC header fields the per-packet path reads and writes (see IcHeader).
+_IC_MSGTYPE = struct.Struct("<H")
+_IC_MSGTYPE_OFFSET = 12
+_IC_STATUS = struct.Struct("<I")
+_MSG_FCOPY = int(IcMsgType.FCOPY)
 _LOOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 REOPEN_DELAY = 2.0
 
@@ -155,21 +163,9 @@ class FcopyService:
         HV_ERROR_DISK_FULL); COMPLETE is answered only after every byte is written
         and synced, so the host never sees success for data that did not land.
         """
-        if self._pending_write is not None:
-            self._flush_pending()
+        if self.accept(body, len(body)):
+            return _S_OK
         state = self.role.state
-        if len(body) >= WRITE_DATA_OFFSET and state is FcopyState.RECEIVING:
-            op, offset, size = _WRITE_HEAD.unpack_from(body)
-            if (
-                op == _OP_WRITE
-                and size <= DATA_FRAGMENT
-                and WRITE_DATA_OFFSET + size <= len(body)
-                and self.role.accept_write(offset, size)
-            ):
-                data = memoryview(body)[WRITE_DATA_OFFSET : WRITE_DATA_OFFSET + size]
-                self._pending_write = (offset, data)
-                self._progress_dirty = True
-                return _S_OK
         now = self.clock()
         late_kind = False
         transfer_before = self.role.transfer
@@ -197,21 +193,16 @@ class FcopyService:
                 self._publish_progress(force=True)
         return status
 
-    def write_through(self, message: memoryview, length: int) -> int | None:
-        """The device loop's path for a WRITE that continues the open transfer: the
-        fragment in ``message[:length]`` is written (and hashed) before the reply,
-        whose status is returned; None when the message is anything else (pass it
-        to ``handle()``).
-
-        Writing first costs the host nothing here: it waits for the reply either
-        way, and a reply sent before the write would only move the write in front
-        of our next read, where it delays the next fragment just as much. A failed
-        write is reported at once, and every later WRITE/COMPLETE of the transfer
-        gets the same status (``handle()``)."""
+    def accept(self, message: bytes | memoryview, length: int) -> bool:
+        """The common request without building a request object: a WRITE that
+        continues the open transfer within its limits. True: its status is HV_S_OK
+        or, after ``write_now()``, the write's; the fragment stays in ``message``
+        until it is written (``write_now()``, ``after_reply()`` or the next request
+        at the latest). False: pass the message to ``handle()``."""
         if self._pending_write is not None:
             self._flush_pending()
         if length < WRITE_DATA_OFFSET or self.role.state is not FcopyState.RECEIVING:
-            return None
+            return False
         op, offset, size = _WRITE_HEAD.unpack_from(message)
         if (
             op != _OP_WRITE
@@ -219,12 +210,27 @@ class FcopyService:
             or WRITE_DATA_OFFSET + size > length
             or not self.role.accept_write(offset, size)
         ):
-            return None
+            return False
+        data = memoryview(message)[WRITE_DATA_OFFSET : WRITE_DATA_OFFSET + size]
+        self._pending_write = (offset, data)
         self._progress_dirty = True
+        return True
+
+    def write_now(self) -> int:
+        """Write the fragment ``accept()`` took, before its reply: the status to
+        send. The daemon loops do this rather than write behind the reply: the host
+        waits for the reply either way, and a write after it would only sit in
+        front of our next read, delaying the next fragment just as much, while
+        here a failure reaches the host on the very request that caused it (and,
+        as for a write behind, on every later WRITE/COMPLETE of the transfer)."""
+        pending = self._pending_write
+        if pending is None:
+            return _S_OK
+        self._pending_write = None
         try:
-            self.writer.write(offset, message[WRITE_DATA_OFFSET : WRITE_DATA_OFFSET + size])
+            self.writer.write(*pending)
         except TransferRefused as exc:
-            self._write_failed(offset, exc)
+            self._write_failed(pending[0], exc)
             return exc.status
         return _S_OK
 
@@ -401,12 +407,18 @@ def _remedy(result: str, detail: str) -> str:
 # -- UIO / IC framing --------------------------------------------------------------
 
 
-def ic_reply(service: FcopyService, payload: bytes) -> bytes | None:
+def ic_reply(service: FcopyService, payload: bytes) -> bytes | bytearray | None:
     """The response to one IC packet from the ring, or None when it cannot be
     answered (too short to carry an IC header)."""
     if len(payload) < ICMSG_HDR_SIZE:
         log.warning("fcopy: %d-byte packet has no IC header; skipped", len(payload))
         return None
+    (msgtype,) = _IC_MSGTYPE.unpack_from(payload, _IC_MSGTYPE_OFFSET)
+    if msgtype == _MSG_FCOPY:
+        body = memoryview(payload)[ICMSG_HDR_SIZE:]
+        if service.accept(body, len(body)):
+            return _ic_answer(payload, service.write_now())
+        return _ic_answer(payload, service.handle(bytes(body), utf16=True))
     header = IcHeader.decode(payload)
     if header.msgtype == IcMsgType.NEGOTIATE:
         reply, fw, srv = negotiate_response(payload, FCOPY_FW_VERSIONS, FCOPY_SRV_VERSIONS)
@@ -415,11 +427,17 @@ def ic_reply(service: FcopyService, payload: bytes) -> bytes | None:
         else:
             log.info("fcopy: negotiated framework %s, service %s", fw, srv)
         return reply
-    if header.msgtype == IcMsgType.FCOPY:
-        status = service.handle(payload[ICMSG_HDR_SIZE:], utf16=True)
-        return ic_response(payload, status)
     log.warning("fcopy: IC message type %d is not file copy; answered HV_E_FAIL", header.msgtype)
     return ic_response(payload, HvStatus.HV_E_FAIL)
+
+
+def _ic_answer(payload: bytes, status: int) -> bytearray:
+    """``ic_response()`` with one copy of the packet instead of two: a WRITE's
+    response carries its whole 6 KiB fragment back."""
+    out = bytearray(payload)
+    _IC_STATUS.pack_into(out, ICMSG_STATUS_OFFSET, status & 0xFFFFFFFF)
+    out[ICMSG_FLAGS_OFFSET] = ICMSG_RESPONSE_FLAGS
+    return out
 
 
 # -- transport detection -------------------------------------------------------------
@@ -556,7 +574,8 @@ class FcopyDaemon:
     def _legacy_worker(self, transport: Any) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, _LOOP_SIGNALS)  # they belong to the loop
         # Every message is read into the same buffer: a WRITE is written to its file
-        # straight from there before the next read, without a copy or an allocation.
+        # straight from there (before the reply, see ``write_now``), without a copy
+        # or an allocation per message.
         buffer = bytearray(FCOPY_READ_SIZE)
         view = memoryview(buffer)
         service, lock = self.service, self.lock
@@ -568,7 +587,7 @@ class FcopyDaemon:
                 with lock:
                     if self.stopping:
                         return
-                    status = service.write_through(view, length)
+                    status = service.write_now() if service.accept(view, length) else None
                 if status is not None:
                     transport.write_packet(_REPLIES.get(status) or fcopy_reply(status))
                     continue

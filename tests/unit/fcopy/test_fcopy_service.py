@@ -309,6 +309,52 @@ def test_last_fragment_failure_fails_complete(service, root, monkeypatch):
     assert tree(root) == []
 
 
+def test_write_before_reply_reports_its_own_failure(service, root, monkeypatch):
+    """The device loops write an accepted fragment before answering it
+    (accept + write_now): a failure goes back on that WRITE itself, and every later
+    WRITE/COMPLETE of the transfer repeats it."""
+    import errno
+
+    assert service.handle(FcopyStart("f", str(root), 0, 30).encode(), utf16=False) == OK
+    first = bytearray(FcopyWrite(0, b"0123456789").encode())
+    assert service.accept(memoryview(first), len(first))
+    assert service.write_now() == OK
+    monkeypatch.setattr(
+        os, "pwrite", lambda *a: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full"))
+    )
+    second = bytearray(FcopyWrite(10, b"0123456789").encode())
+    assert service.accept(memoryview(second), len(second))
+    full = HvStatus.HV_ERROR_DISK_FULL
+    assert service.write_now() == full
+    monkeypatch.undo()
+    third = bytearray(FcopyWrite(20, b"0123456789").encode())
+    assert not service.accept(memoryview(third), len(third))  # the transfer failed
+    assert service.handle(bytes(third), utf16=False) == full
+    assert service.handle(FcopyComplete().encode(), utf16=False) == full
+    assert tree(root) == []
+    assert service.recent[-1]["result"] == "HV_ERROR_DISK_FULL"
+    assert service.recent[-1]["size"] == 10
+
+
+def test_ic_write_failure_answered_on_that_packet(service, root, monkeypatch):
+    import errno
+
+    start = FcopyStart("f", str(root), 0, 20).encode(utf16=True)
+    assert IcHeader.decode(ic_reply(service, ic_packet(start))).status == OK
+    write = ic_packet(FcopyWrite(0, b"0123456789").encode())
+    reply = ic_reply(service, write)
+    assert IcHeader.decode(reply).status == OK
+    # The response is the request with status and flags set, as before.
+    assert len(reply) == len(write) and reply[28:] == write[28:]
+    monkeypatch.setattr(os, "pwrite", lambda *a: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
+    reply = ic_reply(service, ic_packet(FcopyWrite(10, b"0123456789").encode()))
+    assert IcHeader.decode(reply).status == FAIL
+    monkeypatch.undo()
+    reply = ic_reply(service, ic_packet(FcopyComplete().encode()))
+    assert IcHeader.decode(reply).status == FAIL
+    assert tree(root) == []
+
+
 def test_write_behind_after_reply(service, root):
     assert service.handle(FcopyStart("f", str(root), 0, 4).encode(), utf16=False) == OK
     assert service.handle(FcopyWrite(0, b"data").encode(), utf16=False) == OK
