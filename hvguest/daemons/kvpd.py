@@ -33,6 +33,7 @@ from hvguest.pool import OwnKeys, PoolStore, close_all
 from hvguest.roles.kvp import ApplyIpConfig, KvpRole, Log, PoolChanged, Result
 from hvguest.state import StatePublisher
 from hvguest.transport.chardev import kvp_transport
+from hvguest.transport.udev import EventSource, EventTrigger, UdevEvent, UdevWatcher
 from hvguest.vss.record import read_record, record_path
 from hvguest.wire.kvp import KvpIpInfo, KvpPool, kvp_reply
 from hvguest.wire.pool import POOL_RECORD_SIZE
@@ -47,6 +48,12 @@ STATE_PERIOD = 1.0
 STATUS_PERIOD = 5.0
 LOG_PERIOD = 60.0
 READ_SIZE = 16384
+# Interfaces coming, going or renamed may change what the host name resolves to. The
+# first refresh follows the burst of events; the second catches the address and DNS
+# search domain a DHCP client configures some seconds after the interface appeared
+# (address changes are rtnetlink notifications, not device events).
+FQDN_EVENT_DELAY = 2.0
+FQDN_FOLLOW_UP = 30.0
 FREEZE_RECORD_MAX_AGE = (
     20 * 60.0
 )  # VSS freezes end within 15 min (kernel limit)  # the kernel's own KVP receive buffer
@@ -129,7 +136,10 @@ class KvpService:
         *,
         transport: Any = None,
         clock: Callable[[], float] = time.monotonic,
+        udev: EventSource | None = None,
     ) -> None:
+        """``udev``: network interface events (``net_watcher()``), or None: the FQDN is
+        then refreshed every ``fqdn_refresh`` seconds only."""
         self.paths = paths
         self.settings = settings
         self.runtime = runtime
@@ -159,6 +169,9 @@ class KvpService:
         self._reopen_timer: Timer | None = None
         self._dirty = True
         self._stopping = False
+        self.udev = udev
+        self.interface_events: EventTrigger | None = None
+        self._fqdn_follow_up: Timer | None = None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -176,6 +189,10 @@ class KvpService:
         self._registered()
         self.runtime.on_stop(self.stop)
         self.runtime.call_every(self.settings.fqdn_refresh, self.auto.fqdn.refresh)
+        if self.udev is not None:
+            self.interface_events = EventTrigger(
+                self.runtime, self.udev, self._interfaces_changed, delay=FQDN_EVENT_DELAY,
+                wanted=_interface_event, what="interface changes for the FQDN")
         self.runtime.call_every(self.settings.republish_interval, self._republish)
         self.runtime.call_every(STATE_PERIOD, self._publish_if_dirty)
         self.runtime.call_every(STATUS_PERIOD, self._notify_status)
@@ -337,6 +354,16 @@ class KvpService:
 
     # -- periodic ------------------------------------------------------------
 
+    def _interfaces_changed(self) -> None:
+        # Fqdn.refresh() looks up on a thread of its own: the loop never waits for DNS.
+        self.auto.fqdn.refresh()
+        if self._fqdn_follow_up is None:
+            self._fqdn_follow_up = self.runtime.call_later(FQDN_FOLLOW_UP, self._follow_up)
+
+    def _follow_up(self) -> None:
+        self._fqdn_follow_up = None
+        self.auto.fqdn.refresh()
+
     def _republish(self) -> None:
         if frozen_mount(self.paths, self.paths.pool_dir) is not None:
             return  # after the thaw
@@ -401,17 +428,28 @@ class KvpService:
         self.runtime.status(self.status_text())
 
 
+def _interface_event(event: UdevEvent) -> bool:
+    return event.action in ("add", "remove", "move")
+
+
+def net_watcher() -> UdevWatcher | None:
+    """Network interface events, or None where they cannot be received."""
+    return UdevWatcher.open(["net"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = daemon_arg_parser("hvguest-kvpd", "Hyper-V Data Exchange (KVP) daemon.")
     args = parser.parse_args(argv)
     paths, config = start_daemon(SERVICE, args)
     settings = config.get(KvpSettings)
     runtime = Runtime("hvguest-kvpd")
-    service = KvpService(paths, settings, runtime)
+    service = KvpService(paths, settings, runtime, udev=net_watcher())
     try:
         service.start()
     except (TransportError, HvGuestError) as exc:
         log.error("%s", exc)
+        if service.udev is not None:
+            service.udev.close()
         service.state.record_error(str(exc))
         service.state.update(state="failed")
         service.state.publish()
