@@ -8,9 +8,10 @@ the host as KVP items in pool 1, and publishes its state as service
 ``log_period``, not once per poll.
 
 Device events (a channel offered or rescinded, a driver bound, a device node or
-interface created) bring the next poll forward to half a second after the first
-event; the periodic poll stays, for the changes no event announces (counters,
-health, the clock) and for machines where events cannot be received.
+interface created) bring a scan of the channels forward to half a second after the
+first event; the periodic poll stays, for what no event announces (heartbeat
+counters, unit health, the clock's drift) and for machines where events cannot be
+received.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ class HeartbeatDaemon:
         self.health: Health | None = None
         self.failing: set[str] = set()
         self.polls = 0
+        self.rescans = 0  # scans brought forward by device events
         self.offered: frozenset[str] | None = None  # None until the first scan
 
     def reconfigure(self, settings: HeartbeatSettings) -> None:
@@ -121,15 +123,24 @@ class HeartbeatDaemon:
 
     # -- one round --------------------------------------------------------------------
 
-    def poll(self) -> None:
-        self.polls += 1
+    def poll(self, *, full: bool = True) -> None:
+        """One round. ``full=False`` is a scan brought forward by a device event: the
+        channels, drivers, offers and clock are read again, but the heartbeat counters
+        are not compared and the units are not asked. Stalls are counted in poll
+        intervals (an early look would count a host that has simply not sent its next
+        heartbeat yet), and a stream of events (a container host's veth interfaces)
+        must not cost a systemctl each."""
+        if full:
+            self.polls += 1
+        else:
+            self.rescans += 1
         inv = scan(self.paths)
         self._note_offers(inv)
         details: dict[str, Any] = {
-            "heartbeat": self._heartbeat(inv),
+            "heartbeat": self._heartbeat(inv, measure=full),
             "shutdown": self._shutdown(inv),
             "timesync": self._timesync(inv),
-            "health": self._health(),
+            "health": self._health() if full else self.publisher.doc["details"].get("health"),
             "polls": self.polls,
         }
         state = "running"
@@ -156,7 +167,11 @@ class HeartbeatDaemon:
         return {"offered": True, "driver": dev.driver, "instance": dev.instance,
                 "channel_state": dev.state}
 
-    def _heartbeat(self, inv: Inventory) -> dict[str, Any]:
+    def rescan(self) -> None:
+        """A device changed: look again now (see ``poll``)."""
+        self.poll(full=False)
+
+    def _heartbeat(self, inv: Inventory, *, measure: bool = True) -> dict[str, Any]:
         out = self._channel(inv, "heartbeat")
         dev = inv.service_device("heartbeat")
         primary = dev.primary if dev is not None else None
@@ -164,7 +179,7 @@ class HeartbeatDaemon:
         if primary is not None and "interrupts" in primary.counters:
             counters = (primary.counters["interrupts"], primary.counters.get("events", 0))
         before = self.liveness.state
-        state = self.liveness.update(counters, self.now())
+        state = self.liveness.update(counters, self.now()) if measure else before
         out.update(self.liveness.as_dict())
         if counters is not None:
             out["interrupts"], out["events"] = counters
@@ -176,6 +191,8 @@ class HeartbeatDaemon:
                       "modprobe hv_utils")
         else:
             self.recover("heartbeat-channel", "heartbeat channel is back")
+        if not measure:
+            return out
         if state == NO_CONTACT:
             self.fail("heartbeat-contact",
                       f"no contact: heartbeat counters have not moved for "
@@ -262,11 +279,11 @@ def _no_chronyc(cmd: list[str], timeout: float) -> tuple[int, str]:
 
 
 def watch_devices(runtime: Runtime, watcher: EventSource | None,
-                  tick: Callable[[], None]) -> EventTrigger | None:
-    """Device events bring ``tick`` forward; None: the periodic poll alone."""
+                  rescan: Callable[[], None]) -> EventTrigger | None:
+    """Device events call ``rescan`` (debounced); None: the periodic poll alone."""
     if watcher is None:
         return None
-    return EventTrigger(runtime, watcher, tick, delay=RESCAN_DELAY,
+    return EventTrigger(runtime, watcher, rescan, delay=RESCAN_DELAY,
                         what="offered services and drivers")
 
 
@@ -312,9 +329,13 @@ def main(argv: list[str] | None = None) -> int:
         daemon.poll()
         runtime.status(daemon.status_text())
 
+    def rescan() -> None:
+        daemon.rescan()
+        runtime.status(daemon.status_text())
+
     daemon.poll()
     timer = runtime.call_every(settings.poll_interval, tick)
-    if watch_devices(runtime, open_watcher(paths), tick) is None:
+    if watch_devices(runtime, open_watcher(paths), rescan) is None:
         log.debug("no device events: changes are noticed every %g s", settings.poll_interval)
     config_path = args.config or paths.config_file
 

@@ -83,7 +83,11 @@ class FakeClock:
 
 
 class FakeProbe:
+    def __init__(self) -> None:
+        self.asked = 0
+
     def failed_units(self) -> list[str]:
+        self.asked += 1
         return []
 
     def unit_states(self, units: Any) -> dict[str, str]:
@@ -170,7 +174,7 @@ def test_event_burst_brings_one_scan_forward(machine: Callable[..., Paths],
     d = make(paths)
     d.poll()
     watcher = FakeWatcher()
-    trigger = heartbeatd.watch_devices(runtime, watcher, d.poll)
+    trigger = heartbeatd.watch_devices(runtime, watcher, d.rescan)
     assert trigger is not None
     caplog.set_level(logging.INFO, logger="hvguest.daemons.heartbeatd")
     withdraw_vss(paths)
@@ -179,23 +183,49 @@ def test_event_burst_brings_one_scan_forward(machine: Callable[..., Paths],
     runtime.run_once(0)
     watcher.push(UdevEvent("remove", "misc", "vmbus!hv_vss", "/sys/devices/virtual/misc/x"))
     runtime.run_once(0)
-    assert d.polls == 1, "debounced: no scan before the delay"
+    assert d.rescans == 0, "debounced: no scan before the delay"
     mono.t += heartbeatd.RESCAN_DELAY
     runtime.run_once(0)
-    assert d.polls == 2 and trigger.calls == 1 and trigger.events == 3
+    assert d.rescans == 1 and trigger.calls == 1 and trigger.events == 3
     assert [r.getMessage() for r in caplog.records
             if r.getMessage().startswith("host ")] == ["host withdrew Backup (VSS)"]
     # Quiet afterwards: no further scan without a new event.
     mono.t += 5
     runtime.run_once(0)
-    assert d.polls == 2
+    assert d.rescans == 1
     # A lost-events marker is reason enough to look again.
     watcher.push(UdevEvent(OVERFLOW, "", "", ""))
     runtime.run_once(0)
     mono.t += heartbeatd.RESCAN_DELAY
     runtime.run_once(0)
-    assert d.polls == 3
+    assert d.rescans == 2
     watcher.close()
+
+
+def test_rescan_neither_counts_stalls_nor_asks_the_units(machine: Callable[..., Paths]) -> None:
+    """Stalls are counted in poll intervals; an early look must not add one, or a
+    stream of device events would report a live host as out of contact."""
+    paths = machine()
+    d = make(paths)
+    d.settings = HeartbeatSettings(stall_threshold=2)
+    d.liveness.threshold = 2
+    d.poll()
+    d.poll()  # the fixture's counters never move: one stall
+    probe = d.probe
+    assert isinstance(probe, FakeProbe)
+    asked = probe.asked
+    for _ in range(5):
+        d.rescan()
+    assert d.liveness.stalls == 1 and d.liveness.state != "no-contact"
+    assert probe.asked == asked and d.polls == 2 and d.rescans == 5
+    doc = read_state(paths, "heartbeat")
+    assert doc is not None and doc["state"] == "running"
+    assert doc["details"]["health"]["level"] == "ok"  # the last full poll's answer
+    withdraw_vss(paths)
+    d.rescan()
+    assert "vss" not in (d.offered or ())
+    d.poll()  # the next full poll counts the stall again
+    assert d.liveness.state == "no-contact"
 
 
 def test_failed_watcher_falls_back_to_the_periodic_poll(
@@ -204,7 +234,7 @@ def test_failed_watcher_falls_back_to_the_periodic_poll(
     runtime, mono = loop
     d = make(machine())
     watcher = FakeWatcher()
-    trigger = heartbeatd.watch_devices(runtime, watcher, d.poll)
+    trigger = heartbeatd.watch_devices(runtime, watcher, d.rescan)
     assert trigger is not None
     runtime.call_every(10, d.poll)
     watcher.broken = True
