@@ -151,6 +151,10 @@ class HeartbeatDaemon:
                               details=details)
         self.publisher.publish()
 
+    def rescan(self) -> None:
+        """A device changed: look again now (see ``poll``)."""
+        self.poll(full=False)
+
     def _note_offers(self, inv: Inventory) -> None:
         """Log each service the host started or stopped offering since the last scan."""
         offered = offered_services(inv)
@@ -166,10 +170,6 @@ class HeartbeatDaemon:
             return {"offered": False, "driver": None}
         return {"offered": True, "driver": dev.driver, "instance": dev.instance,
                 "channel_state": dev.state}
-
-    def rescan(self) -> None:
-        """A device changed: look again now (see ``poll``)."""
-        self.poll(full=False)
 
     def _heartbeat(self, inv: Inventory, *, measure: bool = True) -> dict[str, Any]:
         out = self._channel(inv, "heartbeat")
