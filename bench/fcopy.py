@@ -8,7 +8,9 @@ a lot; only back-to-back ratios mean something):
 * hvguest-fcopyd,
 * the reference hv_fcopy_daemon (``--reference``; legacy transport only),
 * a null daemon that registers and answers HV_S_OK without touching a file: the
-  ceiling the harness allows.
+  ceiling the harness allows,
+* with ``--floor``, two minimal Python daemons that pwrite each fragment (one also
+  hashes it): what the file work alone costs a Python daemon here.
 
 Printed per daemon: median MB/s, ratio to the reference and to the ceiling, and the
 daemon's CPU seconds per MB (utime + stime from /proc/PID/stat).
@@ -44,6 +46,31 @@ ok = bytes(4)
 while True:
     if os.read(fd, 6196):
         os.write(fd, ok)
+"""
+
+
+# The floor for any daemon written in Python (``--floor``): the null daemon plus
+# what storing a fragment needs at the least, without a single check: pwrite from
+# the message (no copy) and, as hvguest's per-file checksum, sha256. The gap to the
+# null daemon is the cost of the file work itself in this harness; the gap from
+# here to hvguest-fcopyd is what its checks, state and structure cost.
+FLOOR_DAEMON = r"""
+import hashlib, os, struct, sys
+fd = os.open("/dev/vmbus/hv_fcopy", os.O_RDWR)
+os.write(fd, struct.pack("<i", 1))
+os.read(fd, 6196)
+ok = bytes(4)
+digest = hashlib.sha256() if sys.argv[1] == "sha256" else None
+out = os.open("/tmp/bench.bin", os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+while True:
+    m = os.read(fd, 8192)
+    if len(m) == 6196 and m[0] == 1:
+        offset, size = struct.unpack_from("<QI", m, 40)
+        data = memoryview(m)[52 : 52 + size]
+        os.pwrite(out, data, offset)
+        if digest is not None:
+            digest.update(data)
+    os.write(fd, ok)
 """
 
 
@@ -119,6 +146,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--size-mib", type=int, default=256, help="file size (default 256)")
     p.add_argument("--runs", type=int, default=3, help="alternating rounds (default 3)")
     p.add_argument("--transport", choices=("legacy", "uio"), default="legacy")
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run minimal Python daemons that only pwrite (+ sha256) each fragment",
+    )
     p.add_argument("--workdir", help="keep simulator logs here (default: a temporary dir)")
     p.add_argument(
         "--no-checksum",
@@ -163,6 +195,15 @@ def main(argv: list[str]) -> int:
             )
             return 1
         daemons["reference"] = [REFERENCE, "-n"]
+    if args.floor:
+        if args.transport != "legacy":
+            print("bench fcopy: the floor daemons speak only the legacy device", file=sys.stderr)
+            return 1
+        floor_path = os.path.join(workdir, "floor_fcopy_daemon.py")
+        with open(floor_path, "w", encoding="ascii") as f:
+            f.write(FLOOR_DAEMON)
+        daemons["py-write"] = [sys.executable, floor_path, "-"]
+        daemons["py-w+sha"] = [sys.executable, floor_path, "sha256"]
     if args.transport == "legacy":
         null_path = os.path.join(workdir, "null_fcopy_daemon.py")
         with open(null_path, "w", encoding="ascii") as f:
@@ -206,7 +247,7 @@ def main(argv: list[str]) -> int:
         print(f"{name:<10} {med[name]:8.1f} {vs_ref:>8} {vs_ceil:>11} {cpu:10.2f}{flag}")
     # Load changes from minute to minute: the ratio within each round (daemons run
     # back to back) is steadier than the ratio of medians.
-    for other in ("reference", "null"):
+    for other in ("reference", "null", "py-write", "py-w+sha"):
         if other in results and len(results[other].mbps) == len(results["hvguest"].mbps):
             ratios = [
                 h / o for h, o in zip(results["hvguest"].mbps, results[other].mbps, strict=True)
