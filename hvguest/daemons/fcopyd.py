@@ -18,8 +18,9 @@ upstream UIO daemon):
   fsync: CANCEL, a failed WRITE, a restart or a lost channel leave nothing behind;
 * a full disk is HV_ERROR_DISK_FULL, and WRITE sizes and offsets are checked: a gap,
   an overlap, a size beyond the data or beyond ``file_size`` is refused;
-* fragments are written behind their reply (a failure is reported on the next
-  request of the transfer); COMPLETE succeeds only once everything is written;
+* a fragment is written before its reply: a failed write is answered with its
+  status on that WRITE and on every later WRITE/COMPLETE of the transfer;
+  COMPLETE succeeds only once everything is written;
 * START during a transfer abandons the old one; WRITE/COMPLETE without START are
   refused; CANCEL works over UIO too; UTF-16 names are decoded strictly;
 * on UIO every queued packet is served per interrupt, responses echo the request's
@@ -156,12 +157,13 @@ class FcopyService:
     def handle(self, body: bytes, *, utf16: bool) -> int:
         """One fcopy message (starting at the fcopy header) -> reply status.
 
-        WRITE fragments are written behind: a fragment the role accepts is answered
-        at once and written (and hashed) by ``after_reply()``, while the host
-        prepares the next one. A write that fails there is reported on the next
-        request of the transfer (WRITE or COMPLETE get its status, e.g.
-        HV_ERROR_DISK_FULL); COMPLETE is answered only after every byte is written
-        and synced, so the host never sees success for data that did not land.
+        A WRITE fragment the role accepts is answered HV_S_OK here and written
+        (and hashed) by ``after_reply()``, or by the next request at the latest. A
+        write that fails there is reported on the next request of the transfer
+        (WRITE or COMPLETE get its status, e.g. HV_ERROR_DISK_FULL); COMPLETE is
+        answered only after every byte is written and synced, so the host never
+        sees success for data that did not land. The device loops instead write
+        an accepted fragment before its reply (``accept()`` + ``write_now()``).
         """
         if self.accept(body, len(body)):
             return _S_OK
