@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from hvguest.daemons.fcopyd import FcopyService
+from hvguest.daemons.fcopy_service import FcopyService
 from hvguest.fcopy.settings import FcopySettings
 from hvguest.wire.fcopy import DATA_FRAGMENT, FcopyComplete, FcopyStart, FcopyWrite
 from hvguest.wire.status import HvStatus

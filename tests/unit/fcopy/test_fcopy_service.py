@@ -13,7 +13,7 @@ import struct
 
 import pytest
 
-from hvguest.daemons.fcopyd import FcopyService, ic_reply
+from hvguest.daemons.fcopy_service import FcopyService, ic_reply
 from hvguest.fcopy.settings import FcopySettings
 from hvguest.paths import Paths
 from hvguest.state import StatePublisher, read_state

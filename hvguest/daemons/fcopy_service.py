@@ -1,0 +1,396 @@
+"""The transfer service behind hvguest-fcopyd, shared by both transports.
+
+``FcopyService`` runs the protocol role (hvguest.roles.fcopy) against the file
+writer and the path policy, keeps the per-transfer records for ``hvguestctl fcopy``
+and answers each message with a status. ``ic_reply`` wraps it for the raw VMBus
+ring (kernels >= 6.10), where hvguest also answers the IC version negotiation.
+The per-fragment WRITE path avoids decoding whole messages: it is the hot path of
+a Copy-VMFile transfer.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from hvguest.errors import WireError
+from hvguest.fcopy.policy import PathPolicy, TransferRefused
+from hvguest.fcopy.settings import FcopySettings
+from hvguest.fcopy.writer import Committed, FileWriter
+from hvguest.roles.fcopy import (
+    Action,
+    CommitTarget,
+    DiscardTarget,
+    FcopyRole,
+    FcopyState,
+    OpenTarget,
+    Step,
+    Transfer,
+    WriteData,
+)
+from hvguest.state import StatePublisher, utc_now
+from hvguest.wire.fcopy import (
+    DATA_FRAGMENT,
+    WRITE_DATA_OFFSET,
+    FcopyComplete,
+    FcopyOp,
+    FcopyWrite,
+    decode_fcopy_request,
+)
+from hvguest.wire.icmsg import (
+    FCOPY_FW_VERSIONS,
+    FCOPY_SRV_VERSIONS,
+    ICMSG_FLAGS_OFFSET,
+    ICMSG_HDR_SIZE,
+    ICMSG_RESPONSE_FLAGS,
+    ICMSG_STATUS_OFFSET,
+    IcHeader,
+    IcMsgType,
+    ic_response,
+    negotiate_response,
+)
+from hvguest.wire.status import HvStatus, status_name
+
+log = logging.getLogger(__name__)
+
+# hv_do_fcopy up to its data: operation @0, offset @40, size @48.
+_WRITE_HEAD = struct.Struct("<I36xQI")
+# Plain ints for the per-fragment path (enum attribute lookups cost more).
+_OP_WRITE = int(FcopyOp.WRITE_TO_FILE)
+_S_OK = int(HvStatus.HV_S_OK)
+# The IC header fields the per-packet path reads and writes (see IcHeader).
+_IC_MSGTYPE = struct.Struct("<H")
+_IC_MSGTYPE_OFFSET = 12
+_IC_STATUS = struct.Struct("<I")
+_MSG_FCOPY = int(IcMsgType.FCOPY)
+
+
+# -- the service shared by both transports -------------------------------------------
+
+
+class FcopyService:
+    """Role + writer + published state for one channel."""
+
+    def __init__(
+        self,
+        settings: FcopySettings,
+        publisher: StatePublisher | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.policy = PathPolicy(
+            settings.allowed_roots,
+            dir_mode=settings.dir_mode_bits,
+            uid=settings.uid,
+            gid=settings.gid,
+        )
+        self.writer = FileWriter(
+            self.policy,
+            file_mode=settings.file_mode_bits,
+            uid=settings.uid,
+            gid=settings.gid,
+            checksum=settings.checksum,
+        )
+        self.role = FcopyRole(settings.max_file_size)
+        self.publisher = publisher
+        self.clock = clock
+        self.recent: deque[dict[str, Any]] = deque(maxlen=settings.history)
+        self._committed: Committed | None = None
+        self._pending_write: tuple[int, memoryview] | None = None
+        self._late_failure: int | None = None
+        self._progress_dirty = False
+        self.counts = {"ok": 0, "failed": 0}
+
+    # -- one message -----------------------------------------------------------
+
+    def handle(self, body: bytes, *, utf16: bool) -> int:
+        """One fcopy message (starting at the fcopy header) -> reply status.
+
+        A WRITE fragment the role accepts is answered HV_S_OK here and written
+        (and hashed) by ``after_reply()``, or by the next request at the latest. A
+        write that fails there is reported on the next request of the transfer
+        (WRITE or COMPLETE get its status, e.g. HV_ERROR_DISK_FULL); COMPLETE is
+        answered only after every byte is written and synced, so the host never
+        sees success for data that did not land. The device loops instead write
+        an accepted fragment before its reply (``accept()`` + ``write_now()``).
+        """
+        if self.accept(body, len(body)):
+            return _S_OK
+        state = self.role.state
+        now = self.clock()
+        late_kind = False
+        transfer_before = self.role.transfer
+        try:
+            request = decode_fcopy_request(body, utf16=utf16)
+        except WireError as exc:
+            log.warning("fcopy: malformed message (%d bytes): %s", len(body), exc)
+            step = self.role.bad_request(exc, now)
+        else:
+            late_kind = isinstance(request, FcopyWrite | FcopyComplete)
+            step = self.role.handle(request, now)
+        status = self._run(step, now)
+        if self._late_failure is not None:
+            if late_kind and state is FcopyState.FAILED and status == HvStatus.HV_E_FAIL:
+                status = self._late_failure
+            if self.role.state is not FcopyState.FAILED:
+                self._late_failure = None
+        if self.role.finished:
+            self._record_finished()
+        elif self.role.state is FcopyState.RECEIVING:
+            # A new transfer is published at once: its temporary file's name must
+            # be on disk before a crash could leave that file behind.
+            self._progress_dirty = True
+            if self.role.transfer is not transfer_before:
+                self._publish_progress(force=True)
+        return status
+
+    def accept(self, message: bytes | memoryview, length: int) -> bool:
+        """The common request without building a request object: a WRITE that
+        continues the open transfer within its limits. True: its status is HV_S_OK
+        or, after ``write_now()``, the write's; the fragment stays in ``message``
+        until it is written (``write_now()``, ``after_reply()`` or the next request
+        at the latest). False: pass the message to ``handle()``."""
+        if self._pending_write is not None:
+            self._flush_pending()
+        if length < WRITE_DATA_OFFSET or self.role.state is not FcopyState.RECEIVING:
+            return False
+        op, offset, size = _WRITE_HEAD.unpack_from(message)
+        if (
+            op != _OP_WRITE
+            or size > DATA_FRAGMENT
+            or WRITE_DATA_OFFSET + size > length
+            or not self.role.accept_write(offset, size)
+        ):
+            return False
+        data = memoryview(message)[WRITE_DATA_OFFSET : WRITE_DATA_OFFSET + size]
+        self._pending_write = (offset, data)
+        self._progress_dirty = True
+        return True
+
+    def write_now(self) -> int:
+        """Write the fragment ``accept()`` took, before its reply: the status to
+        send. The daemon loops do this rather than write behind the reply: the host
+        waits for the reply either way, and a write after it would only sit in
+        front of our next read, delaying the next fragment just as much, while
+        here a failure reaches the host on the very request that caused it (and,
+        as for a write behind, on every later WRITE/COMPLETE of the transfer)."""
+        pending = self._pending_write
+        if pending is None:
+            return _S_OK
+        self._pending_write = None
+        try:
+            self.writer.write(*pending)
+        except TransferRefused as exc:
+            self._write_failed(pending[0], exc)
+            return exc.status
+        return _S_OK
+
+    def after_reply(self) -> None:
+        """The reply is on its way: write the fragment it acknowledged."""
+        if self._pending_write is not None:
+            self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        assert self._pending_write is not None
+        offset, data = self._pending_write
+        self._pending_write = None
+        try:
+            self.writer.write(offset, data)
+        except TransferRefused as exc:
+            self._write_failed(offset, exc)
+
+    def _write_failed(self, offset: int, exc: TransferRefused) -> None:
+        self._late_failure = exc.status
+        self.role.write_failed(offset, exc.status, self.clock(), str(exc))
+        self._record_finished()
+
+    def _run(self, step: Step, now: float) -> int:
+        status: int = HvStatus.HV_S_OK
+        detail = ""
+        for action in step.actions:
+            try:
+                self._act(action)
+            except TransferRefused as exc:
+                status, detail = exc.status, str(exc)
+                log.debug("fcopy: %s (%s)", exc, status_name(status))
+                break
+            except OSError as exc:  # not foreseen by the writer: still answer
+                status, detail = HvStatus.HV_E_FAIL, f"unexpected error: {exc}"
+                log.error("fcopy: %s", detail)
+                self.writer.discard(detail)
+                break
+        if step.reply is not None:
+            return step.reply
+        return self.role.finish(status, self.clock(), detail)
+
+    def _act(self, action: Action) -> None:
+        if isinstance(action, WriteData):
+            self.writer.write(action.offset, action.data)
+        elif isinstance(action, OpenTarget):
+            self.writer.open(
+                action.path_name,
+                action.file_name,
+                overwrite=action.overwrite,
+                create_path=action.create_path,
+            )
+            self._committed = None
+        elif isinstance(action, CommitTarget):
+            self._committed = self.writer.commit()
+        elif isinstance(action, DiscardTarget):
+            self.writer.discard(action.reason)
+
+    def abort(self, reason: str) -> None:
+        """The channel is gone (stop, device reopened): drop any open transfer."""
+        self._pending_write = None
+        self._late_failure = None
+        for action in self.role.abort(reason, self.clock()):
+            self._act(action)
+        self.writer.discard(reason)
+        if self.role.finished:
+            self._record_finished()
+
+    # -- records ---------------------------------------------------------------
+
+    def _record_finished(self) -> None:
+        for transfer in self.role.finished:
+            self._record(transfer)
+        self.role.finished.clear()
+        self._publish_progress(force=True)
+
+    def _record(self, transfer: Transfer) -> None:
+        ok = transfer.result == "ok"
+        committed = self._committed if ok else None
+        record = {
+            "name": transfer.target,
+            "size": transfer.bytes_done,
+            "file_size": transfer.file_size,
+            "sha256": committed.sha256 if committed else None,
+            "result": transfer.result,
+            "detail": transfer.detail,
+            "duration": round(transfer.duration(self.clock()), 3),
+            "finished": utc_now(),
+        }
+        self.counts["ok" if ok else "failed"] += 1
+        self.recent.append(record)
+        fields = {
+            "HVGUEST_FCOPY_TARGET": transfer.target,
+            "HVGUEST_FCOPY_SIZE": transfer.bytes_done,
+            "HVGUEST_FCOPY_RESULT": transfer.result,
+        }
+        if ok:
+            if record["sha256"]:
+                fields["HVGUEST_FCOPY_SHA256"] = record["sha256"]
+            log.info(
+                "received %s: %d bytes, sha256 %s, %.2f s",
+                transfer.target,
+                transfer.bytes_done,
+                record["sha256"] or "not computed",
+                record["duration"],
+                extra=fields,
+            )
+        else:
+            log.warning(
+                "transfer of %s %s after %d bytes: %s",
+                transfer.target,
+                transfer.result,
+                transfer.bytes_done,
+                transfer.detail or "-",
+                extra=fields,
+            )
+        if self.publisher is not None:
+            self.publisher.record_op(
+                "copy", transfer.result, f"{transfer.target}: {transfer.detail}"
+            )
+            if ok:
+                self.publisher.clear_error()
+            elif transfer.result not in ("cancelled", "superseded"):
+                self.publisher.record_error(
+                    f"{transfer.target}: {transfer.result}: {transfer.detail}",
+                    _remedy(transfer.result, transfer.detail),
+                )
+
+    def progress(self) -> dict[str, Any] | None:
+        transfer = self.role.transfer
+        if self.role.state is not FcopyState.RECEIVING or transfer is None:
+            return None
+        return {
+            "name": transfer.target,
+            "bytes_done": transfer.bytes_done,
+            "file_size": transfer.file_size,
+            "seconds": round(transfer.duration(self.clock()), 1),
+            "temp": self.writer.temp_path,
+        }
+
+    def _publish_progress(self, force: bool = False) -> None:
+        if self.publisher is None or not (force or self._progress_dirty):
+            return
+        self._progress_dirty = False
+        self.publisher.update(
+            state="receiving" if self.role.state is FcopyState.RECEIVING else "ready",
+            details={
+                "in_progress": self.progress(),
+                "recent_transfers": list(self.recent),
+                "transfers_ok": self.counts["ok"],
+                "transfers_failed": self.counts["failed"],
+            },
+        )
+        self.publisher.publish()
+
+    def tick(self) -> None:
+        """Periodic: publish the bytes done of a running transfer."""
+        self._publish_progress()
+
+
+def _remedy(result: str, detail: str) -> str:
+    if result == "HV_ERROR_DISK_FULL":
+        return "free space in the target filesystem, then copy again"
+    if result == "HV_ERROR_ALREADY_EXISTS":
+        return "the file exists: copy with Copy-VMFile -Force to replace it"
+    policy_words = ("allowed roots", "symbolic link", "'..'", "absolute path", "CREATE_PATH")
+    if any(word in detail for word in policy_words):
+        return (
+            "hvguestctl fcopy check PATH explains the refusal; allowed roots are set by "
+            "fcopy.allowed_roots in /etc/hvguest/hvguest.yaml"
+        )
+    return "journalctl -u hvguest-fcopy.service"
+
+
+# -- UIO / IC framing --------------------------------------------------------------
+
+
+def ic_reply(service: FcopyService, payload: bytes) -> bytes | bytearray | None:
+    """The response to one IC packet from the ring, or None when it cannot be
+    answered (too short to carry an IC header)."""
+    if len(payload) < ICMSG_HDR_SIZE:
+        log.warning("fcopy: %d-byte packet has no IC header; skipped", len(payload))
+        return None
+    (msgtype,) = _IC_MSGTYPE.unpack_from(payload, _IC_MSGTYPE_OFFSET)
+    if msgtype == _MSG_FCOPY:
+        body = memoryview(payload)[ICMSG_HDR_SIZE:]
+        if service.accept(body, len(body)):
+            return _ic_answer(payload, service.write_now())
+        return _ic_answer(payload, service.handle(bytes(body), utf16=True))
+    header = IcHeader.decode(payload)
+    if header.msgtype == IcMsgType.NEGOTIATE:
+        reply, fw, srv = negotiate_response(payload, FCOPY_FW_VERSIONS, FCOPY_SRV_VERSIONS)
+        if fw is None or srv is None:
+            log.warning("fcopy: version negotiation failed (host offered no 3.0 / 1.1)")
+        else:
+            log.info("fcopy: negotiated framework %s, service %s", fw, srv)
+        return reply
+    log.warning("fcopy: IC message type %d is not file copy; answered HV_E_FAIL", header.msgtype)
+    return ic_response(payload, HvStatus.HV_E_FAIL)
+
+
+def _ic_answer(payload: bytes, status: int) -> bytearray:
+    """``ic_response()`` with one copy of the packet instead of two: a WRITE's
+    response carries its whole 6 KiB fragment back."""
+    out = bytearray(payload)
+    _IC_STATUS.pack_into(out, ICMSG_STATUS_OFFSET, status & 0xFFFFFFFF)
+    out[ICMSG_FLAGS_OFFSET] = ICMSG_RESPONSE_FLAGS
+    return out
