@@ -179,3 +179,18 @@ def read_all_states(paths: Paths) -> dict[str, dict[str, Any]]:
         if doc is not None:
             result[service] = doc
     return result
+
+
+def pid_alive(paths: Paths, pid: object) -> bool:
+    """The published pid still runs an hvguest program (guards against pid reuse)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    pdir = os.path.join(paths.proc, str(pid))
+    if not os.path.isdir(pdir):
+        return False
+    try:
+        with open(os.path.join(pdir, "cmdline"), "rb") as f:
+            cmdline = f.read()
+    except OSError:
+        return True  # exists but unreadable: believe it
+    return not cmdline or b"hvguest" in cmdline

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any, TextIO
 
@@ -18,7 +17,7 @@ from hvguest.config import load_config
 from hvguest.fcopy.policy import PathPolicy
 from hvguest.fcopy.settings import FcopySettings
 from hvguest.heartbeat.roots import add_root_options, paths_from_cli
-from hvguest.state import read_state
+from hvguest.state import pid_alive, read_state
 
 
 def register(sub: Any) -> None:
@@ -76,19 +75,6 @@ def _size(n: int | None) -> str:
     return f"{value:.1f} GiB"
 
 
-def _daemon_alive(doc: dict[str, Any]) -> bool:
-    pid = doc.get("pid")
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def run_status(args: argparse.Namespace) -> int:
     paths = paths_from_cli(args)
     doc = read_state(paths, "fcopy")
@@ -102,7 +88,7 @@ def run_status(args: argparse.Namespace) -> int:
                 "Interface enabled on the host?)"
             )
         return 2
-    alive = _daemon_alive(doc) and doc.get("state") not in ("stopped", "failed")
+    alive = pid_alive(paths, doc.get("pid")) and doc.get("state") not in ("stopped", "failed")
     details = doc.get("details") or {}
     if args.json:
         json.dump({"running": alive, **doc}, sys.stdout, indent=2)

@@ -15,7 +15,7 @@ from hvguest.config import load_config
 from hvguest.errors import ConfigError, HvGuestError
 from hvguest.heartbeat.roots import add_root_options, paths_from_cli
 from hvguest.paths import Paths
-from hvguest.state import read_state
+from hvguest.state import pid_alive, read_state
 from hvguest.vss.freeze import FITHAW
 from hvguest.vss.hooks import discover
 from hvguest.vss.mounts import SysfsBlock, build_plan, read_mountinfo
@@ -71,18 +71,6 @@ def _paths(args: argparse.Namespace) -> Paths:
     return paths
 
 
-def _pid_alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # -- status ---------------------------------------------------------------------------
 
 
@@ -103,8 +91,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 1
     details = doc.get("details") or {}
     last = details.get("last_freeze")
-    daemon_alive = _pid_alive(doc.get("pid")) and doc.get("state") != "stopped"
-    degraded = bool(record is not None and not _pid_alive(record.get("pid")))
+    daemon_alive = pid_alive(paths, doc.get("pid")) and doc.get("state") != "stopped"
+    degraded = bool(record is not None and not pid_alive(paths, record.get("pid")))
     degraded = degraded or bool(last and not last.get("ok"))
     degraded = degraded or bool(last and last.get("thaw") and not last["thaw"].get("ok"))
     if args.json:
@@ -116,7 +104,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if record is not None:
         mounts = ", ".join(m.get("mount_point", "?") for m in record.get("mounts", []))
         print(f"frozen now: yes, since {record.get('started')}: {mounts}")
-        if not _pid_alive(record.get("pid")):
+        if not pid_alive(paths, record.get("pid")):
             _print_record_warning(record)
     else:
         print("frozen now: no")
@@ -174,7 +162,7 @@ def cmd_thaw(args: argparse.Namespace) -> int:
         if not args.if_frozen:
             print(f"nothing recorded as frozen by hvguest ({record_path(paths)} absent)")
         return 0
-    alive = _pid_alive(record.get("pid"))
+    alive = pid_alive(paths, record.get("pid"))
     if alive and not args.if_frozen:
         print(
             f"note: hvguest-vssd (pid {record.get('pid')}) is running and holds this freeze;"

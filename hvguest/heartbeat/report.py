@@ -22,7 +22,7 @@ from hvguest.heartbeat import shutdown as shutdown_hooks
 from hvguest.heartbeat.inventory import SERVICE_CLASS, Inventory, VmbusDevice, scan
 from hvguest.heartbeat.timesync import Runner, run_command
 from hvguest.paths import Paths
-from hvguest.state import state_file, utc_now
+from hvguest.state import pid_alive, state_file, utc_now
 
 SCHEMA_VERSION = 1
 SERVICES = ("heartbeat", "shutdown", "timesync", "kvp", "vss", "fcopy")
@@ -37,8 +37,12 @@ HOST_NAMES = {
 }
 # The kernel answers heartbeat, shutdown and time sync; hvguest-heartbeatd watches them.
 DAEMON = {
-    "heartbeat": "heartbeat", "shutdown": "heartbeat", "timesync": "heartbeat",
-    "kvp": "kvp", "vss": "vss", "fcopy": "fcopy",
+    "heartbeat": "heartbeat",
+    "shutdown": "heartbeat",
+    "timesync": "heartbeat",
+    "kvp": "kvp",
+    "vss": "vss",
+    "fcopy": "fcopy",
 }
 # Character devices of the kernel transport (fcopy's only up to 6.9).
 CHARDEV = {"kvp": "hv_kvp", "vss": "hv_vss"}
@@ -63,8 +67,10 @@ def program_name(daemon: str) -> str:
 
 
 def enable_remedy(service: str) -> str:
-    return (f"Enable-VMIntegrationService -VMName <vm> -Name '{HOST_NAMES[service]}' "
-            "(on the Hyper-V host)")
+    return (
+        f"Enable-VMIntegrationService -VMName <vm> -Name '{HOST_NAMES[service]}' "
+        "(on the Hyper-V host)"
+    )
 
 
 @dataclass(frozen=True)
@@ -88,21 +94,6 @@ def systemd_running(paths: Paths) -> bool:
             return f.read().strip() == "systemd"
     except OSError:
         return False
-
-
-def pid_alive(paths: Paths, pid: object) -> bool:
-    """The published pid still runs an hvguest program (guards against pid reuse)."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    pdir = os.path.join(paths.proc, str(pid))
-    if not os.path.isdir(pdir):
-        return False
-    try:
-        with open(os.path.join(pdir, "cmdline"), "rb") as f:
-            cmdline = f.read()
-    except OSError:
-        return True  # exists but unreadable: believe it
-    return not cmdline or b"hvguest" in cmdline
 
 
 def _mount_ns(paths: Paths, pid: str) -> str | None:
@@ -157,7 +148,11 @@ def _read_state(paths: Paths, daemon: str, unreadable: list[str]) -> dict[str, A
 
 
 def daemon_info(
-    paths: Paths, daemon: str, doc: dict[str, Any] | None, use_systemd: bool, runner: Runner,
+    paths: Paths,
+    daemon: str,
+    doc: dict[str, Any] | None,
+    use_systemd: bool,
+    runner: Runner,
     unreadable_state: bool = False,
 ) -> dict[str, Any]:
     info: dict[str, Any] = {
@@ -207,7 +202,9 @@ def _kernel_at_least(release: str | None, major: int, minor: int) -> bool | None
     parts = release.split(".")
     try:
         return (int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)) >= (
-            major, minor)
+            major,
+            minor,
+        )
     except (IndexError, ValueError):
         return None
 
@@ -220,18 +217,24 @@ def _driver_problem(service: str, dev: VmbusDevice, paths: Paths) -> Problem | N
         if new is False:
             remedy = "modprobe hv_utils"
         else:
-            remedy = ("systemctl start hvguest-fcopy.service (it binds uio_hv_generic), or: "
-                      f"modprobe uio_hv_generic && echo {FCOPY_CLASS} > "
-                      "/sys/bus/vmbus/drivers/uio_hv_generic/new_id")
-        return Problem(service, "error",
-                       f"fcopy device {dev.instance} has no driver bound", remedy)
+            remedy = (
+                "systemctl start hvguest-fcopy.service (it binds uio_hv_generic), or: "
+                f"modprobe uio_hv_generic && echo {FCOPY_CLASS} > "
+                "/sys/bus/vmbus/drivers/uio_hv_generic/new_id"
+            )
+        return Problem(service, "error", f"fcopy device {dev.instance} has no driver bound", remedy)
     if dev.driver == "hv_utils":
         return None
     if dev.driver is None:
-        return Problem(service, "error", f"{service} device {dev.instance} has no driver bound "
-                       "(hv_utils not loaded?)", "modprobe hv_utils")
-    return Problem(service, "warning",
-                   f"{service} device is bound to {dev.driver}, expected hv_utils")
+        return Problem(
+            service,
+            "error",
+            f"{service} device {dev.instance} has no driver bound (hv_utils not loaded?)",
+            "modprobe hv_utils",
+        )
+    return Problem(
+        service, "warning", f"{service} device is bound to {dev.driver}, expected hv_utils"
+    )
 
 
 def _proto_version(doc: dict[str, Any] | None) -> str | None:
@@ -263,7 +266,8 @@ class Collector:
         self.runner = runner
         self.use_systemd = systemd_running(paths) if use_systemd is None else use_systemd
         self.timesync_check = timesync_check or (
-            lambda p: timesync.check(p, warn_offset_ms=warn_offset_ms))
+            lambda p: timesync.check(p, warn_offset_ms=warn_offset_ms)
+        )
         self.now = now
         self.kernel_versions: dict[str, str] = {}
 
@@ -286,16 +290,21 @@ class Collector:
         }
         if not inv.present:
             doc["overall"] = "not-hyperv"
-            doc["summary"] = (f"not a Hyper-V guest ({inv.root} does not exist): "
-                              "nothing to do")
+            doc["summary"] = f"not a Hyper-V guest ({inv.root} does not exist): nothing to do"
             for service in SERVICES:
                 doc["services"][service] = self._absent_entry(service)
             return doc
         self.kernel_versions = kmsg.ic_versions(paths, unreadable)
         states = {d: _read_state(paths, d, unreadable) for d in sorted(set(DAEMON.values()))}
         daemons = {
-            d: daemon_info(paths, d, states[d], self.use_systemd, self.runner,
-                           any(u.startswith(state_file(paths, d) + ":") for u in unreadable))
+            d: daemon_info(
+                paths,
+                d,
+                states[d],
+                self.use_systemd,
+                self.runner,
+                any(u.startswith(state_file(paths, d) + ":") for u in unreadable),
+            )
             for d in states
         }
         procs = process_names(paths)
@@ -306,13 +315,16 @@ class Collector:
             problems.extend(found)
         doc["problems"] = [{"service": p.service, **p.as_dict()} for p in problems]
         severities = {p.severity for p in problems}
-        overall = "error" if "error" in severities else (
-            "degraded" if "warning" in severities else "ok")
+        overall = (
+            "error" if "error" in severities else ("degraded" if "warning" in severities else "ok")
+        )
         doc["overall"] = overall
         doc["exit_code"] = LEVEL_EXIT[overall]
         count = sum(1 for p in problems if p.severity in ("error", "warning"))
-        doc["summary"] = (f"{overall}: {len(inv.devices)} VMBus devices, "
-                          f"{count} problem{'s' if count != 1 else ''}")
+        doc["summary"] = (
+            f"{overall}: {len(inv.devices)} VMBus devices, "
+            f"{count} problem{'s' if count != 1 else ''}"
+        )
         return doc
 
     # -- entries -------------------------------------------------------------------------
@@ -362,8 +374,10 @@ class Collector:
             entry["health"] = "off"
             msg = f"the host does not offer {HOST_NAMES[service]}"
             if service == "vss":
-                msg = ("VSS: hv_vss device missing: enable 'Backup (volume shadow copy)' in "
-                       "the VM's integration services; production checkpoints need it")
+                msg = (
+                    "VSS: hv_vss device missing: enable 'Backup (volume shadow copy)' in "
+                    "the VM's integration services; production checkpoints need it"
+                )
             elif service == "fcopy":
                 msg = "Guest Service Interface is disabled on the host: Copy-VMFile cannot work"
             problems.append(Problem(service, "info", msg, enable_remedy(service)))
@@ -387,8 +401,13 @@ class Collector:
         entry["problems"] = [p.as_dict() for p in problems]
         severities = {p.severity for p in problems}
         if dev is not None:
-            entry["health"] = ("error" if "error" in severities else
-                               "degraded" if "warning" in severities else "ok")
+            entry["health"] = (
+                "error"
+                if "error" in severities
+                else "degraded"
+                if "warning" in severities
+                else "ok"
+            )
         return entry, problems
 
     def _chardev_problems(self, service: str, dev: VmbusDevice, procs: set[str]) -> list[Problem]:
@@ -398,19 +417,31 @@ class Collector:
             comm, units = ref
             running = comm[:15] in procs or (service == "fcopy" and FCOPY_UIO_COMM in procs)
             if running:
-                held = (f"/dev/vmbus/{CHARDEV[service]}" if service in CHARDEV
-                        else "the fcopy device")
-                out.append(Problem(service, "error",
-                                   f"another {comm} holds {held}",
-                                   f"systemctl disable --now {units}"))
+                held = (
+                    f"/dev/vmbus/{CHARDEV[service]}" if service in CHARDEV else "the fcopy device"
+                )
+                out.append(
+                    Problem(
+                        service,
+                        "error",
+                        f"another {comm} holds {held}",
+                        f"systemctl disable --now {units}",
+                    )
+                )
         node = CHARDEV.get(service)
         if node is None and service == "fcopy" and dev.driver == "hv_utils":
             node = "hv_fcopy"
         if node and dev.driver == "hv_utils":
             path = self.paths.vmbus_device(node)
             if not os.path.exists(path):
-                out.append(Problem(service, "error", f"{path} does not exist although "
-                                   "hv_utils is bound", "check udev: udevadm trigger"))
+                out.append(
+                    Problem(
+                        service,
+                        "error",
+                        f"{path} does not exist although hv_utils is bound",
+                        "check udev: udevadm trigger",
+                    )
+                )
         return out
 
     def _daemon_problems(
@@ -421,9 +452,14 @@ class Collector:
         out: list[Problem] = []
         name, unit = dinfo["name"], dinfo["unit"]
         if dinfo["source"] == "unreadable":
-            return [Problem(service, "warning",
-                            f"cannot tell whether {name} runs: its state file is unreadable",
-                            "run hvguestctl status as root")]
+            return [
+                Problem(
+                    service,
+                    "warning",
+                    f"cannot tell whether {name} runs: its state file is unreadable",
+                    "run hvguestctl status as root",
+                )
+            ]
         if not dinfo["running"]:
             # The kernel answers heartbeats on its own; only the health report is lost.
             severity = "warning" if service == "heartbeat" else "error"
@@ -433,24 +469,51 @@ class Collector:
                 "fcopy": "Copy-VMFile fails",
                 "heartbeat": "application health is not reported to the host",
             }[service]
-            state = f" (unit {dinfo['active_state']}/{dinfo['sub_state']})" \
-                if dinfo["source"] == "systemd" else ""
-            out.append(Problem(service, severity, f"{name} is not running{state}: {why}",
-                               f"systemctl start {unit}; journalctl -u {unit}"))
+            state = (
+                f" (unit {dinfo['active_state']}/{dinfo['sub_state']})"
+                if dinfo["source"] == "systemd"
+                else ""
+            )
+            out.append(
+                Problem(
+                    service,
+                    severity,
+                    f"{name} is not running{state}: {why}",
+                    f"systemctl start {unit}; journalctl -u {unit}",
+                )
+            )
             return out
         if doc is None:
-            out.append(Problem(service, "warning", f"{name} runs but published no state",
-                               f"journalctl -u {unit}"))
+            out.append(
+                Problem(
+                    service,
+                    "warning",
+                    f"{name} runs but published no state",
+                    f"journalctl -u {unit}",
+                )
+            )
             return out
         if doc.get("state") in ("failed", "error"):
             err = doc.get("last_error") or {}
-            out.append(Problem(service, "error", f"{name}: {err.get('message') or 'failed'}",
-                               err.get("remedy") or f"journalctl -u {unit}"))
+            out.append(
+                Problem(
+                    service,
+                    "error",
+                    f"{name}: {err.get('message') or 'failed'}",
+                    err.get("remedy") or f"journalctl -u {unit}",
+                )
+            )
         elif doc.get("last_error"):
             err = doc["last_error"]
             when = f" at {err['time']}" if err.get("time") else ""
-            out.append(Problem(service, "warning", f"last error{when}: {err.get('message')}",
-                               err.get("remedy") or f"journalctl -u {unit}"))
+            out.append(
+                Problem(
+                    service,
+                    "warning",
+                    f"last error{when}: {err.get('message')}",
+                    err.get("remedy") or f"journalctl -u {unit}",
+                )
+            )
         return out
 
     # -- details ---------------------------------------------------------------------------
@@ -468,15 +531,25 @@ class Collector:
         if service == "vss":
             frozen = bool(published.get("frozen"))
             if frozen:
-                problems.append(Problem(service, "info", "filesystems are frozen now "
-                                        "(a checkpoint is in progress)"))
+                problems.append(
+                    Problem(
+                        service, "info", "filesystems are frozen now (a checkpoint is in progress)"
+                    )
+                )
             return {"frozen": frozen, **_without(published, "frozen")}
         if service == "fcopy":
             transport = published.get("transport") or (
-                "uio" if dev is not None and dev.driver == "uio_hv_generic" else
-                "legacy" if dev is not None and dev.driver == "hv_utils" else None)
-            return {"transport": transport, "in_progress": published.get("in_progress"),
-                    **_without(published, "transport", "in_progress")}
+                "uio"
+                if dev is not None and dev.driver == "uio_hv_generic"
+                else "legacy"
+                if dev is not None and dev.driver == "hv_utils"
+                else None
+            )
+            return {
+                "transport": transport,
+                "in_progress": published.get("in_progress"),
+                **_without(published, "transport", "in_progress"),
+            }
         hb: dict[str, Any] = published.get(service) or {}
         if service == "heartbeat":
             return self._heartbeat_details(dev, doc, hb, problems)
@@ -485,7 +558,10 @@ class Collector:
         return self._timesync_details(dev, hb, problems)
 
     def _heartbeat_details(
-        self, dev: VmbusDevice | None, doc: dict[str, Any] | None, hb: dict[str, Any],
+        self,
+        dev: VmbusDevice | None,
+        doc: dict[str, Any] | None,
+        hb: dict[str, Any],
         problems: list[Problem],
     ) -> dict[str, Any]:
         primary = dev.primary if dev is not None else None
@@ -497,34 +573,55 @@ class Collector:
             "health": (doc or {}).get("details", {}).get("health"),
         }
         if dev is not None and hb.get("contact") == "no-contact":
-            problems.append(Problem("heartbeat", "warning",
-                                    f"no heartbeat from the host since {hb.get('last_contact')}",
-                                    "check the VM's Heartbeat service on the host"))
+            problems.append(
+                Problem(
+                    "heartbeat",
+                    "warning",
+                    f"no heartbeat from the host since {hb.get('last_contact')}",
+                    "check the VM's Heartbeat service on the host",
+                )
+            )
         health = out["health"]
         if isinstance(health, dict) and health.get("level") in ("degraded", "critical"):
-            problems.append(Problem("heartbeat", "warning",
-                                    f"application health {health['level']}: "
-                                    f"{health.get('reason', '')}",
-                                    "systemctl --failed"))
+            problems.append(
+                Problem(
+                    "heartbeat",
+                    "warning",
+                    f"application health {health['level']}: {health.get('reason', '')}",
+                    "systemctl --failed",
+                )
+            )
         return out
 
     def _shutdown_details(self, hb: dict[str, Any], problems: list[Problem]) -> dict[str, Any]:
         hooks = shutdown_hooks.list_hooks(self.paths)
         for hook in hooks:
             if not hook.usable:
-                problems.append(Problem("shutdown", "warning",
-                                        f"shutdown hook {hook.path} will be skipped: "
-                                        f"{hook.problem}",
-                                        f"chown root:root {hook.path}; chmod 0755 {hook.path}"))
+                problems.append(
+                    Problem(
+                        "shutdown",
+                        "warning",
+                        f"shutdown hook {hook.path} will be skipped: {hook.problem}",
+                        f"chown root:root {hook.path}; chmod 0755 {hook.path}",
+                    )
+                )
         last = shutdown_hooks.load_results(self.paths)
         if last:
             results = last.get("results")
-            bad = [r for r in (results if isinstance(results, list) else [])
-                   if isinstance(r, dict) and r.get("result") in ("failed", "timeout")]
+            bad = [
+                r
+                for r in (results if isinstance(results, list) else [])
+                if isinstance(r, dict) and r.get("result") in ("failed", "timeout")
+            ]
             for r in bad:
-                problems.append(Problem("shutdown", "warning",
-                                        f"shutdown hook {r.get('hook')} {r.get('result')} "
-                                        f"at the last shutdown: {r.get('detail', '')}"[:300]))
+                problems.append(
+                    Problem(
+                        "shutdown",
+                        "warning",
+                        f"shutdown hook {r.get('hook')} {r.get('result')} "
+                        f"at the last shutdown: {r.get('detail', '')}"[:300],
+                    )
+                )
         return {
             "hook_dir": shutdown_hooks.hook_dir(self.paths),
             "hooks": [{"name": h.name, "usable": h.usable, "problem": h.problem} for h in hooks],
@@ -548,28 +645,46 @@ class Collector:
                 live["read_error"] = None
         live["source"] = source if live.get("offset_ms") is not None else None
         if st.ptp is None and dev.driver == "hv_utils":
-            problems.append(Problem("timesync", "warning",
-                                    "no PTP clock named 'hyperv' although hv_utils is bound",
-                                    "the kernel needs CONFIG_PTP_1588_CLOCK; check dmesg"))
+            problems.append(
+                Problem(
+                    "timesync",
+                    "warning",
+                    "no PTP clock named 'hyperv' although hv_utils is bound",
+                    "the kernel needs CONFIG_PTP_1588_CLOCK; check dmesg",
+                )
+            )
         if live.get("read_error"):
             problems.append(Problem("timesync", "warning", str(live["read_error"])))
         if live.get("offset_exceeded"):
-            problems.append(Problem(
-                "timesync", "warning",
-                f"guest clock is {live['offset_ms']:+.1f} ms off the host's "
-                f"(limit {st.warn_offset_ms:g} ms)",
-                "hvguestctl timesync setup (chrony with the host clock as refclock)"))
+            problems.append(
+                Problem(
+                    "timesync",
+                    "warning",
+                    f"guest clock is {live['offset_ms']:+.1f} ms off the host's "
+                    f"(limit {st.warn_offset_ms:g} ms)",
+                    "hvguestctl timesync setup (chrony with the host clock as refclock)",
+                )
+            )
         state = live.get("chrony_source_state")
         if st.chrony_refclock and state not in (None, "selected", "combined"):
-            problems.append(Problem(
-                "timesync", "warning",
-                f"chrony is configured to use the host clock but its source is {state}",
-                "chronyc sources -v; journalctl -u chrony"))
+            problems.append(
+                Problem(
+                    "timesync",
+                    "warning",
+                    f"chrony is configured to use the host clock but its source is {state}",
+                    "chronyc sources -v; journalctl -u chrony",
+                )
+            )
         if st.ptp is not None and not st.chrony_refclock:
             clients = ", ".join(st.ntp_clients) or "none running"
-            problems.append(Problem("timesync", "info",
-                                    f"no NTP client uses the host clock (NTP clients: {clients})",
-                                    "hvguestctl timesync setup"))
+            problems.append(
+                Problem(
+                    "timesync",
+                    "info",
+                    f"no NTP client uses the host clock (NTP clients: {clients})",
+                    "hvguestctl timesync setup",
+                )
+            )
         return live
 
 

@@ -4,21 +4,40 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+
+import pytest
 
 from hvguest.cli.main import main
 from hvguest.paths import Paths
 from hvguest.state import StatePublisher
 
 
-def publish(run_dir, **details):
+@pytest.fixture
+def daemon_pid():
+    """A live process that looks like hvguest-fcopyd: status believes a published pid
+    only while it runs an hvguest program (a recycled pid is not the daemon)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "hvguest-fcopyd"]
+    )
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def publish(run_dir, pid=None, **details):
     pub = StatePublisher("fcopy", Paths(run=str(run_dir)))
     pub.update(state="receiving", device="/dev/vmbus/hv_fcopy", details=details)
+    if pid is not None:
+        pub.update(pid=pid)
     pub.publish()
 
 
-def test_status_shows_progress(tmp_path, capsys):
+def test_status_shows_progress(tmp_path, capsys, daemon_pid):
     publish(
         tmp_path,
+        daemon_pid,
         transport="legacy",
         in_progress={
             "name": "/tmp/big.iso",
