@@ -149,7 +149,8 @@ def _activity(service: str, entry: dict[str, Any]) -> str:
     pools = d.get("pools") if service == "kvp" else None
     if isinstance(pools, dict) and pools:
         keys = sum(int(v.get("records", 0)) for v in pools.values() if isinstance(v, dict))
-        text = f"{keys} keys; {text}" if text else f"{keys} keys"
+        count = f"{keys} key" if keys == 1 else f"{keys} keys"
+        text = f"{count}; {text}" if text else count
     return text or "no operation yet"
 
 
