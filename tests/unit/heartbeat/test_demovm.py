@@ -43,6 +43,6 @@ def test_status_screen_with_a_running_daemon(tmp_path: Any,
     assert rc == 0, out
     assert out.startswith("$ hvguestctl status\nhvguest status:  OK")
     lines = {line.split()[0]: line for line in out.splitlines()[3:9]}
-    assert "running" in lines["kvp"] and "1 keys" in lines["kvp"]
+    assert "running" in lines["kvp"] and "1 key" in lines["kvp"] and "1 keys" not in lines["kvp"]
     assert "running" in lines["heartbeat"]  # the real hvguest-heartbeatd against the tree
     assert lines["vss"].split()[1] == "off"
