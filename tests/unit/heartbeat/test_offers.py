@@ -10,12 +10,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from fake_udev import FakeWatcher
 
 from hvguest import pool
 from hvguest.daemon import Runtime
 from hvguest.daemons import heartbeatd
 from hvguest.daemons.heartbeatd import HeartbeatDaemon
-from hvguest.errors import TransportError
 from hvguest.heartbeat.inventory import scan
 from hvguest.heartbeat.offers import SERVICE_TITLES, offer_changes, offered_services
 from hvguest.heartbeat.settings import HeartbeatSettings
@@ -60,7 +60,8 @@ def test_offered_services_from_a_scan(machine: Callable[..., Paths]) -> None:
     assert offered_services(scan(machine())) == ALL
     # Offered but not bound to a driver is still offered.
     assert offered_services(scan(machine(omit=["vss", "fcopy"], unbind=["kvp"]))) == (
-        ALL - {"vss", "fcopy"})
+        ALL - {"vss", "fcopy"}
+    )
 
 
 # -- the daemon ------------------------------------------------------------------------
@@ -96,16 +97,18 @@ class FakeProbe:
 
 def make(paths: Paths) -> HeartbeatDaemon:
     os.makedirs(paths.pool_dir, exist_ok=True)
-    return HeartbeatDaemon(paths, HeartbeatSettings(), probe=FakeProbe(),
-                           clock_opener=lambda dev: FakeClock())
+    return HeartbeatDaemon(
+        paths, HeartbeatSettings(), probe=FakeProbe(), clock_opener=lambda dev: FakeClock()
+    )
 
 
 def withdraw_vss(paths: Paths) -> None:
     shutil.rmtree(os.path.join(paths.vmbus_devices, VSS_INSTANCE))
 
 
-def test_poll_logs_each_change_once(machine: Callable[..., Paths],
-                                    caplog: pytest.LogCaptureFixture) -> None:
+def test_poll_logs_each_change_once(
+    machine: Callable[..., Paths], caplog: pytest.LogCaptureFixture
+) -> None:
     paths = machine()
     d = make(paths)
     caplog.set_level(logging.INFO, logger="hvguest.daemons.heartbeatd")
@@ -121,39 +124,6 @@ def test_poll_logs_each_change_once(machine: Callable[..., Paths],
     assert doc["last_op"]["op"] == "offer" and doc["last_op"]["detail"] == lines[0]
 
 
-class FakeWatcher:
-    """A UdevWatcher stand-in: a pipe made readable whenever events are queued."""
-
-    def __init__(self) -> None:
-        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.queue: list[UdevEvent] = []
-        self.broken = False
-        self.closed = False
-
-    def push(self, *events: UdevEvent) -> None:
-        self.queue.extend(events)
-        os.write(self.w, b"x")
-
-    def fileno(self) -> int:
-        return self.r
-
-    def drain(self) -> list[UdevEvent]:
-        try:
-            os.read(self.r, 4096)
-        except BlockingIOError:
-            pass
-        if self.broken:
-            raise TransportError("reading udev events failed: [Errno 9] Bad file descriptor")
-        out, self.queue = self.queue, []
-        return out
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            os.close(self.r)
-            os.close(self.w)
-
-
 def vmbus_event(action: str) -> UdevEvent:
     return UdevEvent(action, "vmbus", VSS_INSTANCE, f"/sys/bus/vmbus/devices/{VSS_INSTANCE}")
 
@@ -166,9 +136,9 @@ def loop() -> Iterator[tuple[Runtime, Mono]]:
     runtime.close()
 
 
-def test_event_burst_brings_one_scan_forward(machine: Callable[..., Paths],
-                                             loop: tuple[Runtime, Mono],
-                                             caplog: pytest.LogCaptureFixture) -> None:
+def test_event_burst_brings_one_scan_forward(
+    machine: Callable[..., Paths], loop: tuple[Runtime, Mono], caplog: pytest.LogCaptureFixture
+) -> None:
     runtime, mono = loop
     paths = machine()
     d = make(paths)
@@ -187,8 +157,9 @@ def test_event_burst_brings_one_scan_forward(machine: Callable[..., Paths],
     mono.t += heartbeatd.RESCAN_DELAY
     runtime.run_once(0)
     assert d.rescans == 1 and trigger.calls == 1 and trigger.events == 3
-    assert [r.getMessage() for r in caplog.records
-            if r.getMessage().startswith("host ")] == ["host withdrew Backup (VSS)"]
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("host ")] == [
+        "host withdrew Backup (VSS)"
+    ]
     # Quiet afterwards: no further scan without a new event.
     mono.t += 5
     runtime.run_once(0)
@@ -229,8 +200,8 @@ def test_rescan_neither_counts_stalls_nor_asks_the_units(machine: Callable[..., 
 
 
 def test_failed_watcher_falls_back_to_the_periodic_poll(
-        machine: Callable[..., Paths], loop: tuple[Runtime, Mono],
-        caplog: pytest.LogCaptureFixture) -> None:
+    machine: Callable[..., Paths], loop: tuple[Runtime, Mono], caplog: pytest.LogCaptureFixture
+) -> None:
     runtime, mono = loop
     d = make(machine())
     watcher = FakeWatcher()

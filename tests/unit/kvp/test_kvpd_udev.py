@@ -10,13 +10,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fake_udev import FakeWatcher
 
 from hvguest import pool as poolmod
 from hvguest.config import load_config_text
 from hvguest.daemon import Runtime
 from hvguest.daemons import kvpd
 from hvguest.daemons.kvpd import KvpService
-from hvguest.errors import TransportError
 from hvguest.kvp.autopool import Fqdn
 from hvguest.kvp.settings import KvpSettings
 from hvguest.paths import Paths
@@ -49,37 +49,6 @@ class FakeTransport:
             self.is_open = False
             os.close(self._r)
             os.close(self._w)
-
-
-class FakeWatcher:
-    def __init__(self) -> None:
-        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.queue: list[UdevEvent] = []
-        self.broken = False
-        self.closed = False
-
-    def push(self, *events: UdevEvent) -> None:
-        self.queue.extend(events)
-        os.write(self.w, b"x")
-
-    def fileno(self) -> int:
-        return self.r
-
-    def drain(self) -> list[UdevEvent]:
-        try:
-            os.read(self.r, 4096)
-        except BlockingIOError:
-            pass
-        if self.broken:
-            raise TransportError("reading udev events failed: [Errno 105] No buffer")
-        out, self.queue = self.queue, []
-        return out
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            os.close(self.r)
-            os.close(self.w)
 
 
 class CountingResolver:
@@ -123,8 +92,9 @@ def env(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     mono = Mono()
     runtime = Runtime("hvguest-kvpd", clock=mono)
     watcher = FakeWatcher()
-    service = KvpService(paths, settings, runtime, transport=FakeTransport(), clock=mono,
-                         udev=watcher)
+    service = KvpService(
+        paths, settings, runtime, transport=FakeTransport(), clock=mono, udev=watcher
+    )
     resolver = CountingResolver()
     service.auto.fqdn = Fqdn(resolve=resolver, hostname=lambda: "vm1")
     service.start()
@@ -172,8 +142,9 @@ def test_failing_watcher_is_dropped_and_the_daemon_goes_on(env: Any) -> None:
     assert service.transport.is_open
 
 
-def test_without_a_watcher_nothing_is_registered(tmp_path: Any,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_a_watcher_nothing_is_registered(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     paths = Paths(pool_dir=str(tmp_path / "hyperv"), run=str(tmp_path / "run"))
     settings = load_config_text("kvp:\n  fqdn_timeout: 0.5\n").get(KvpSettings)
