@@ -185,6 +185,14 @@ class SimClient:
         r = self.call("kvp_enumerate_all", pool=pool)
         return [(k, v) for k, v in r["items"]]
 
+    def kvp_batch(self, steps: list[dict[str, Any]]) -> list[int | None]:
+        """Queue host requests back to back (``{"op": "set", "pool": 0, "key": ...,
+        "value": ...}``, ``get``, ``delete``, ``enumerate`` with ``index``); the host
+        statuses in order (None where the host got no answer)."""
+        wait = max(self.timeout, 30.0 + 0.05 * len(steps))
+        result = self.call("kvp_batch", _wait=wait, steps=steps)
+        return [None if s is None else int(s) for s in result["statuses"]]
+
     def kvp_get_ip_info(self, adapter_id: str, addr_family: int = 0) -> tuple[int, dict[str, Any]]:
         r = self.call("kvp_get_ip_info", adapter_id=adapter_id, addr_family=addr_family)
         return int(r["status"]), r["fields"]

@@ -229,6 +229,45 @@ def _kvp_enum_all(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
     step(0)
 
 
+@op("kvp_batch")
+def _kvp_batch(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    """Host requests queued back to back, one reply with every status.
+
+    The host still sends one transaction at a time; only the control round trip per
+    request goes away, so a benchmark measures the daemon and the device path.
+    """
+    host = _host(server, "kvp")
+    steps: list[dict[str, Any]] = list(req["steps"])
+    prepared = [_kvp_step(step) for step in steps]  # refuse a bad batch before sending any
+    statuses: list[int | None] = []  # None: the host got no answer at all
+    if not prepared:
+        reply({"statuses": statuses})
+        return
+
+    def done(r: h.HostReply) -> None:
+        statuses.append(r.status)
+        if len(statuses) == len(prepared):
+            reply({"statuses": statuses})
+
+    for step, (body, decode) in zip(steps, prepared, strict=True):
+        request = {k: v for k, v in step.items() if k != "op"}
+        host.submit(step["op"], request, host.ic_payload(body), decode, done)
+
+
+def _kvp_step(step: dict[str, Any]) -> tuple[bytes, h.Decoder | None]:
+    kind, pool = step.get("op"), int(step["pool"])
+    if kind == "set":
+        value_type = step.get("value_type", "REG_SZ")
+        return h.kvp_set_body(pool, step["key"], step["value"], value_type), None
+    if kind == "get":
+        return h.kvp_get_body(pool, step["key"]), h.decode_kvp_get
+    if kind == "delete":
+        return h.kvp_delete_body(pool, step["key"]), None
+    if kind == "enumerate":
+        return h.kvp_enumerate_body(pool, int(step["index"])), h.decode_kvp_enumerate
+    raise ValueError(f"kvp_batch: unknown step {kind!r} (set, get, delete, enumerate)")
+
+
 @op("kvp_get_ip_info")
 def _kvp_get_ip(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
     body = h.kvp_ip_body(4, req["adapter_id"], addr_family=int(req.get("addr_family", 0)))

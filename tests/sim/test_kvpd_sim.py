@@ -224,3 +224,25 @@ def test_undecodable_record_is_skipped_not_fatal(sim: SimClient) -> None:
     assert items[-2:] == [("before", "1"), ("after", "2")]
     assert not [k for k, _v in items if k.startswith("bad")]
     assert sim.kvp_get(4, "after") == (HV_S_OK, "2")
+
+
+def test_batch_queues_host_requests_in_order(sim: SimClient) -> None:
+    from hvguest.sim.client import SimError
+    from hvguest.wire.status import HvStatus
+
+    steps = [
+        {"op": "set", "pool": 0, "key": "batch.a", "value": "1"},
+        {"op": "set", "pool": 0, "key": "batch.b", "value": "2"},
+        {"op": "get", "pool": 0, "key": "batch.b"},
+        {"op": "delete", "pool": 0, "key": "batch.a"},
+        {"op": "get", "pool": 0, "key": "batch.a"},
+        {"op": "enumerate", "pool": 0, "index": 10_000},
+    ]
+    assert sim.kvp_batch(steps) == [0, 0, 0, 0, HvStatus.HV_S_CONT, HvStatus.HV_S_CONT]
+    assert sim.kvp_get(0, "batch.b") == (0, "2")
+    # A bad step refuses the whole batch before anything reaches the daemon.
+    with pytest.raises(SimError, match="unknown step 'rename'"):
+        sim.kvp_batch([{"op": "set", "pool": 0, "key": "batch.c", "value": "3"},
+                       {"op": "rename", "pool": 0}])
+    assert sim.kvp_get(0, "batch.c")[0] == HvStatus.HV_S_CONT
+    sim.kvp_delete(0, "batch.b")
