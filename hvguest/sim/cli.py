@@ -60,12 +60,6 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _client(args: argparse.Namespace) -> object:
-    from hvguest.sim.client import SimClient
-
-    return SimClient(args.control)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hvguest-sim", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
