@@ -197,10 +197,14 @@ class PathPolicy:
             target.created.append(child)
             log.info("created directory %s", child)
             fd = os.open(part, _DIR_FLAGS, dir_fd=dir_fd)
-            # mkdir is subject to the umask; set the configured mode and owner exactly.
-            os.fchmod(fd, self.dir_mode)
-            if self.uid >= 0 or self.gid >= 0:
-                os.fchown(fd, self.uid, self.gid)
+            try:
+                # mkdir is subject to the umask; set the configured mode and owner exactly.
+                os.fchmod(fd, self.dir_mode)
+                if self.uid >= 0 or self.gid >= 0:
+                    os.fchown(fd, self.uid, self.gid)
+            except BaseException:
+                os.close(fd)
+                raise
             return fd
         raise TransferRefused(f"directory {child} keeps changing while it is created")
 

@@ -113,6 +113,18 @@ def test_create_path_creates_the_whole_chain_including_last(root):
         assert stat.S_IMODE(os.stat(root / d).st_mode) == 0o750
 
 
+def test_failed_chown_of_a_created_directory_closes_its_fd(root, monkeypatch):
+    def refuse(fd: int, uid: int, gid: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    policy = PathPolicy([str(root)], uid=12345)
+    monkeypatch.setattr(os, "fchown", refuse)
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(PermissionError):
+        policy.resolve(f"{root}/new", "f", create=True)
+    assert set(os.listdir("/proc/self/fd")) <= before
+
+
 def test_deepest_root_wins_and_slash_root_needs_listing(tmp_path):
     inner = tmp_path / "a" / "b"
     inner.mkdir(parents=True)
