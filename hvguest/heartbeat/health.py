@@ -22,7 +22,6 @@ KEY_HEALTH = "hvguest.health"
 KEY_REASON = "hvguest.health.reason"
 HEALTH_POOL = 1
 REASON_MAX = 200  # well under the 1022-byte safe value limit
-LEVELS = ("ok", "degraded", "critical")
 
 
 class HealthUnavailable(Exception):

@@ -39,8 +39,6 @@ from hvguest.wire.status import HvStatus
 
 log = logging.getLogger(__name__)
 
-STACKS = ("networkmanager", "networkd", "netplan", "ifupdown")
-
 
 class IpConfigLike(Protocol):
     """A validated SET_IP_INFO request (hvguest.roles.kvp.IpConfig)."""
