@@ -171,7 +171,6 @@ class PoolFile:
         flags = os.O_RDWR | os.O_CLOEXEC
         try:
             fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o644)
-            os.fchmod(fd, 0o644)  # independent of the umask, like hv_kvp_daemon's files
         except FileExistsError:
             try:
                 fd = os.open(self.path, flags)
@@ -179,6 +178,11 @@ class PoolFile:
                 fd = -1
         except PermissionError:
             fd = -1
+        else:
+            # 0644 independent of the umask, like hv_kvp_daemon's files. The file is
+            # ours and open: a refusal here (an LSM) must not lose the descriptor.
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, 0o644)
         if fd >= 0:
             self._writable = True
             return fd
