@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -87,3 +88,38 @@ def _fmt(value: object) -> str:
             return "-"
         return f"{value:.2f}" if value < 100 else f"{value:.0f}"
     return str(value)
+
+
+def null_chardev_command(device: str, register: bytes, size: int) -> list[str]:
+    """The command of a null daemon for a hv_utils character device: the harness's
+    own ceiling. Run by file: the sandbox's working directory is not this checkout."""
+    return [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--null-daemon",
+        device,
+        register.hex(),
+        str(size),
+    ]
+
+
+def null_chardev_daemon(device: str, register: bytes, size: int) -> int:
+    """Register on ``device`` and answer every ``size``-byte request at once with
+    status 0 over its first 4 bytes, the rest echoed (KVP and VSS reply that way)."""
+    import select
+
+    fd = os.open(device, os.O_RDWR)
+    os.write(fd, register)
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    poller.poll()
+    os.read(fd, size)  # the registration echo
+    while True:
+        poller.poll()
+        msg = os.read(fd, size)
+        if msg:
+            os.write(fd, bytes(4) + msg[4:size].ljust(size - 4, b"\0"))
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--null-daemon"]:
+    sys.exit(null_chardev_daemon(sys.argv[2], bytes.fromhex(sys.argv[3]), int(sys.argv[4])))

@@ -24,28 +24,13 @@ import tempfile
 import time
 from typing import Any
 
+from bench.common import null_chardev_command
+
 HVGUEST_CONFIG = "kvp:\n  publish_version: false\n"
 REFERENCE = ["/usr/sbin/hv_kvp_daemon", "-n"]
 MEASURES = ("SET", "GET", "ENUMERATE")
 TARGETS = {"SET": 5.0, "GET": 3.5, "ENUMERATE": 2.0}
 RSS_TARGET_MB = 20.0
-
-
-def null_daemon() -> int:
-    """Register on /dev/vmbus/hv_kvp and answer every request with status 0."""
-    import select
-
-    fd = os.open("/dev/vmbus/hv_kvp", os.O_RDWR)
-    os.write(fd, bytes([100]) + bytes(7431))
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    poller.poll()
-    os.read(fd, 7432)
-    while True:
-        poller.poll()
-        msg = os.read(fd, 7432)
-        if msg:
-            os.write(fd, bytes(4) + msg[4:])
 
 
 def commands(workdir: str) -> dict[str, list[str]]:
@@ -55,8 +40,7 @@ def commands(workdir: str) -> dict[str, list[str]]:
     return {
         "hvguest": [sys.executable, "-m", "hvguest.daemons.kvpd", "--config", config],
         "reference": REFERENCE,
-        # by file: the sandbox's working directory is not this checkout
-        "null": [sys.executable, os.path.abspath(__file__), "--null-daemon"],
+        "null": null_chardev_command("/dev/vmbus/hv_kvp", bytes([100]) + bytes(7431), 7432),
     }
 
 
@@ -105,8 +89,6 @@ def _check(status: int | None) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["--null-daemon"]:
-        return null_daemon()
     from bench.common import median, schedule, spread, table
 
     parser = argparse.ArgumentParser(prog="python -m bench kvp", description=__doc__.split("\n")[0])

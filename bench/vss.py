@@ -15,34 +15,18 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 
+from bench.common import null_chardev_command
+
 MOUNTS = ("/mnt/bench-1", "/mnt/bench-2", "/mnt/bench-3")
 DIRTY_MB = 4
 HVGUEST = [sys.executable, "-m", "hvguest.daemons.vssd", "--log-target", "stderr"]
 REFERENCE = ["/usr/sbin/hv_vss_daemon", "-n"]
-NULL = [sys.executable, os.path.abspath(__file__), "--null-daemon"]
-
-
-def null_daemon() -> int:
-    """Register on /dev/vmbus/hv_vss and answer everything with status 0."""
-    import select
-
-    fd = os.open("/dev/vmbus/hv_vss", os.O_RDWR)
-    os.write(fd, bytes([129]) + bytes(11))
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    poller.poll()
-    os.read(fd, 12)
-    while True:
-        poller.poll()
-        msg = os.read(fd, 12)
-        if msg:
-            os.write(fd, struct.pack("<I", 0) + msg[4:12].ljust(8, b"\0"))
+NULL = null_chardev_command("/dev/vmbus/hv_vss", bytes([129]) + bytes(11), 12)
 
 
 def _images(workdir: str) -> list[tuple[str, str, str]]:
@@ -107,8 +91,6 @@ def measure(command: list[str], cycles: int, workdir: str) -> tuple[list[float],
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["--null-daemon"]:
-        return null_daemon()
     p = argparse.ArgumentParser(
         prog="python -m bench vss",
         description=__doc__,
