@@ -18,29 +18,26 @@ import os
 import select
 import socket
 import stat
-import struct
 import time
 from collections.abc import Callable
 from typing import Self
 
-from hvguest.errors import TransportError
+from hvguest.errors import TransportError, WireError
 from hvguest.paths import Paths
+from hvguest.wire.fcopy import FCOPY_REGISTER_MSG, decode_fcopy_register_reply
+from hvguest.wire.kvp import (
+    KVP_MSG_SIZE,
+    KVP_OP_REGISTER1,
+    KVP_REGISTER_MSG,
+    REGISTER_VERSION_OFFSET,
+    REGISTER_VERSION_SIZE,
+)
+from hvguest.wire.vss import VSS_MSG_SIZE, VSS_REGISTER_MSG, decode_vss_register_reply
 
 log = logging.getLogger(__name__)
 
 REGISTER_TIMEOUT = 10.0
 
-KVP_MSG_SIZE = 7432
-KVP_OP_REGISTER1 = 100
-KVP_VERSION_OFFSET = 4
-KVP_VERSION_SIZE = 512
-
-VSS_MSG_SIZE = 12
-VSS_OP_REGISTER1 = 129
-VSS_ECHO_SIZE = 4
-
-FCOPY_CURRENT_VERSION = 1
-FCOPY_ECHO_SIZE = 4
 # hv_do_fcopy is 6196 bytes, but COMPLETE/CANCEL carry the host's whole IC
 # payload; the kernel's receive buffer (8192) bounds every message, so a read of
 # that size never fails with EINVAL (which would leave the message queued).
@@ -262,39 +259,28 @@ def check_kvp_echo(echo: bytes) -> str:
         raise TransportError(
             f"KVP registration reply has operation {echo[0]}, expected {KVP_OP_REGISTER1}"
         )
-    raw = echo[KVP_VERSION_OFFSET : KVP_VERSION_OFFSET + KVP_VERSION_SIZE]
+    raw = echo[REGISTER_VERSION_OFFSET : REGISTER_VERSION_OFFSET + REGISTER_VERSION_SIZE]
     return raw.split(b"\0", 1)[0].decode("ascii", "replace")
 
 
 def check_vss_echo(echo: bytes) -> str:
-    if len(echo) != VSS_ECHO_SIZE:
-        raise TransportError(
-            f"VSS registration reply is {len(echo)} bytes, expected {VSS_ECHO_SIZE}"
-        )
-    (version,) = struct.unpack("<I", echo)
-    if version != VSS_OP_REGISTER1:
-        raise TransportError(f"VSS registration reply is {version}, expected {VSS_OP_REGISTER1}")
-    return str(version)
+    try:
+        return str(decode_vss_register_reply(echo))
+    except WireError as exc:
+        raise TransportError(str(exc)) from exc
 
 
 def check_fcopy_echo(echo: bytes) -> str:
-    if len(echo) != FCOPY_ECHO_SIZE:
-        raise TransportError(
-            f"fcopy registration reply is {len(echo)} bytes, expected {FCOPY_ECHO_SIZE}"
-        )
-    (version,) = struct.unpack("<I", echo)
-    if version != FCOPY_CURRENT_VERSION:
-        raise TransportError(
-            f"fcopy registration reply is {version}, expected {FCOPY_CURRENT_VERSION}"
-        )
-    return str(version)
+    try:
+        return str(decode_fcopy_register_reply(echo))
+    except WireError as exc:
+        raise TransportError(str(exc)) from exc
 
 
 def kvp_transport(paths: Paths) -> CharDevTransport:
-    register = bytes([KVP_OP_REGISTER1]) + bytes(KVP_MSG_SIZE - 1)
     return CharDevTransport(
         paths.vmbus_device("hv_kvp"),
-        register=register,
+        register=KVP_REGISTER_MSG,
         read_size=KVP_MSG_SIZE,
         check_echo=check_kvp_echo,
         name="kvp",
@@ -303,10 +289,9 @@ def kvp_transport(paths: Paths) -> CharDevTransport:
 
 
 def vss_transport(paths: Paths) -> CharDevTransport:
-    register = bytes([VSS_OP_REGISTER1]) + bytes(VSS_MSG_SIZE - 1)
     return CharDevTransport(
         paths.vmbus_device("hv_vss"),
-        register=register,
+        register=VSS_REGISTER_MSG,
         # Host FREEZE messages reach the daemon as 12-byte hv_vss_msg; the C
         # daemon reads the 4-byte echo with a 12-byte buffer too.
         read_size=VSS_MSG_SIZE,
@@ -319,7 +304,7 @@ def vss_transport(paths: Paths) -> CharDevTransport:
 def fcopy_transport(paths: Paths) -> CharDevTransport:
     return CharDevTransport(
         paths.vmbus_device("hv_fcopy"),
-        register=struct.pack("<i", FCOPY_CURRENT_VERSION),
+        register=FCOPY_REGISTER_MSG,
         read_size=FCOPY_READ_SIZE,
         check_echo=check_fcopy_echo,
         name="fcopy",
