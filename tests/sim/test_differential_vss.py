@@ -39,6 +39,7 @@ from typing import Any
 
 import pytest
 from loop_images import ext4_images
+from procstate import freeze_blocked
 
 from hvguest.sim.client import SimClient
 
@@ -89,8 +90,7 @@ def freeze_thaw(sim: SimClient) -> dict[str, Any]:
     w = sim.spawn(
         ["dd", "if=/dev/zero", f"of={MNT_A}/w", "bs=4096", "count=1", "conv=fsync", "status=none"]
     )
-    time.sleep(0.8)
-    held = w.poll() is None
+    held = freeze_blocked(w.pid)
     thaw = sim.vss_thaw()
     done = w.wait(20) == 0
     return {
@@ -121,11 +121,13 @@ def double_freeze(sim: SimClient) -> dict[str, Any]:
 
 def unknown_op(sim: SimClient) -> dict[str, Any]:
     reply = sim.vss_raw(bytes([99, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]))
-    time.sleep(0.3)
+    # The next request answered is the proof that the daemon lived through it.
+    serves_after = sim.vss_hot_backup()[0]
     return {
         "status": _status(reply),
         "len": len(reply),
         "tail": reply[4:].hex(),
+        "serves_after": serves_after,
         "alive": sim.daemon_alive(),
     }
 
@@ -156,7 +158,7 @@ def sigkill_while_frozen(sim: SimClient) -> dict[str, Any]:
     w = sim.spawn(
         ["dd", "if=/dev/zero", f"of={MNT_A}/k", "bs=4096", "count=1", "conv=fsync", "status=none"]
     )
-    time.sleep(0.5)
+    held = freeze_blocked(w.pid)
     sim.signal_daemon(signal.SIGKILL)
     try:
         w.wait(5)
@@ -165,7 +167,12 @@ def sigkill_while_frozen(sim: SimClient) -> dict[str, Any]:
         writer_done = False
     left = [unfreeze(sim, m) for m in (MNT_A, MNT_B)]  # rescue, as an admin would
     w.wait(20)
-    return {"freeze": freeze, "writer_done_after_kill": writer_done, "left_frozen": left}
+    return {
+        "freeze": freeze,
+        "writer_held": held,
+        "writer_done_after_kill": writer_done,
+        "left_frozen": left,
+    }
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -179,7 +186,15 @@ SCENARIOS: dict[str, Scenario] = {
     "sigkill_while_frozen": sigkill_while_frozen,
 }
 
-# What each side must show; None = the scenario is the same on both sides.
+# What both sides show where they must agree: equal is not enough, both could fail.
+SAME: dict[str, dict[str, Any]] = {
+    "hot_backup": {"hot_backup": (OK, 0), "with_host_flags": (OK, 7)},
+    "freeze_thaw": {
+        "freeze": OK, "writer_held": True, "thaw": OK, "writer_done": True, "alive": True,
+    },
+}
+
+# What each side must show; None = the scenario is the same on both sides (see SAME).
 EXPECTED: dict[str, tuple[dict[str, Any], dict[str, Any]] | None] = {
     "hot_backup": None,
     "freeze_thaw": None,
@@ -188,7 +203,10 @@ EXPECTED: dict[str, tuple[dict[str, Any], dict[str, Any]] | None] = {
         {"second": OK},
         {"first": OK, "second": E_FAIL, "thaw": OK, "left_frozen": [False, False], "alive": True},
     ),
-    "unknown_op": ({"status": OK}, {"status": INVALIDARG, "len": 12, "alive": True}),
+    "unknown_op": (
+        {"status": OK, "serves_after": OK},
+        {"status": INVALIDARG, "len": 12, "serves_after": OK, "alive": True},
+    ),
     "short_message": (
         {"len": 0, "alive": True},  # no reply from the reference
         {"status": INVALIDARG, "len": 12, "alive": True, "serves_after": OK},
@@ -198,8 +216,13 @@ EXPECTED: dict[str, tuple[dict[str, Any], dict[str, Any]] | None] = {
         {"freeze": E_FAIL, "foreign_freeze_kept": True, "a_left_frozen": False},
     ),
     "sigkill_while_frozen": (
-        {"freeze": OK, "writer_done_after_kill": False},
-        {"freeze": OK, "writer_done_after_kill": True, "left_frozen": [False, False]},
+        {"freeze": OK, "writer_held": True, "writer_done_after_kill": False},
+        {
+            "freeze": OK,
+            "writer_held": True,
+            "writer_done_after_kill": True,
+            "left_frozen": [False, False],
+        },
     ),
 }
 
@@ -212,6 +235,7 @@ def test_differential(name: str, tmp_path) -> None:
     expected = EXPECTED[name]
     if expected is None:
         assert ours == ref, f"{name}: hvguest {ours} != reference {ref}"
+        assert ours == SAME[name], f"{name}: both sides agree on {ours}, expected {SAME[name]}"
         return
     want_ref, want_ours = expected
     for key, value in want_ref.items():

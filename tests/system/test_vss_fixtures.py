@@ -237,11 +237,6 @@ class Writer:
             return False
 
 
-def process_state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0]
-
-
 # -- a minimal kernel side of /dev/vmbus/hv_vss over SOCK_SEQPACKET --------------------
 
 

@@ -7,13 +7,13 @@ import shutil
 import time
 
 import pytest
+from procstate import freeze_blocked, process_state
 from test_vss_fixtures import (
     LoopSet,
     Writer,
     assert_only_test_loops,
     freeze_path,
     in_private_ns,
-    process_state,
     thaw_path,
 )
 
@@ -54,8 +54,8 @@ def test_freeze_blocks_writer_and_thaw_releases(tmp_path, fstype):
         try:
             assert outcome.ok, outcome.reason
             writer = Writer(os.path.join(fs.mountpoint, "file"))
-            blocked = not writer.done(1.0)
-            state = process_state(writer.proc.pid) if blocked else "exited"
+            blocked = freeze_blocked(writer.proc.pid)
+            state = process_state(writer.proc.pid) or "exited"
         finally:
             thawed = engine.thaw()
         finished = writer.done(10.0)
@@ -67,24 +67,38 @@ def test_freeze_blocks_writer_and_thaw_releases(tmp_path, fstype):
     assert thawed and finished
 
 
-def _vfat_mountable() -> bool:
+def _vfat_missing() -> str | None:
+    """Why a vfat filesystem cannot be made here, or None when it can."""
     if not shutil.which("mkfs.vfat"):
-        return False
+        return "needs mkfs.vfat (dosfstools)"
     with open("/proc/filesystems") as f:
-        return any(line.split()[-1] == "vfat" for line in f if line.strip())
+        if any(line.split()[-1] == "vfat" for line in f if line.strip()):
+            return None
+    return "this kernel has no vfat (not built in, no module)"
+
+
+def test_vfat_is_skipped_as_unfreezable(tmp_path):
+    reason = _vfat_missing()
+    if reason:
+        pytest.skip(reason)
+
+    def body(loops):
+        loops.make("a")
+        loops.make("fat", "vfat", 32)
+        plan = _plan(loops)
+        return {s.mount_point.rsplit("/", 1)[1]: s.reason for s in plan.skipped}
+
+    skipped = _scenario(tmp_path, body)
+    assert "vfat cannot be frozen" in skipped["fat"]
 
 
 def test_exclude_list_and_unfreezable_and_bind_dedup(tmp_path):
-    with_vfat = _vfat_mountable()
-
     def body(loops):
         a = loops.make("a")
         loops.make("b")
         loops.make("c")
         loops.make("ro", opts="ro")
         loops.tmpfs("mem")
-        if with_vfat:
-            loops.make("fat", "vfat", 32)
         loops.bind(a.mountpoint, "a-again")
         plan = _plan(loops, exclude=[os.path.join(loops.base, "mnt", "b")])
         engine = FreezeEngine()
@@ -103,8 +117,6 @@ def test_exclude_list_and_unfreezable_and_bind_dedup(tmp_path):
     assert "excluded" in skipped["b"]
     assert skipped["ro"] == "read-only filesystem"
     assert "pseudo or memory filesystem (tmpfs)" in skipped["mem"]
-    if with_vfat:
-        assert "vfat cannot be frozen" in skipped["fat"]
     assert len(also["a"]) == 1 and also["a"][0].endswith("a-again")
 
 
