@@ -111,8 +111,12 @@ def main(argv: list[str]) -> int:
     daemons["null daemon"] = NULL
     results: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in daemons}
     with tempfile.TemporaryDirectory(prefix="hvguest-bench-vss-") as tmp:
+        entries = list(daemons.items())
         for run in range(args.runs):
-            for name, command in daemons.items():
+            # Rotate the order run by run, so no daemon always goes first (cold caches)
+            # or last (a machine slowing down).
+            shift = run % len(entries)
+            for name, command in entries[shift:] + entries[:shift]:
                 workdir = os.path.join(tmp, f"{run}-{name.replace(' ', '-')}")
                 f, t = measure(command, args.cycles, workdir)
                 results[name][0].extend(f)
