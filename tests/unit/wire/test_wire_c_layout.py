@@ -2,7 +2,8 @@
 
 hv_kvp_msg, hv_vss_msg and the fcopy structs come from /usr/include/linux/hyperv.h;
 the kernel-internal IC and VMBus structs are declared here as replicas (protocol.md
-§1.4, §5.4). Skipped when gcc or the header is missing.
+§1.4, §5.4), and test_wire_kernel_btf checks the same codecs against a real kernel
+build's own layouts of those structs. Skipped when gcc or the header is missing.
 """
 
 from __future__ import annotations
