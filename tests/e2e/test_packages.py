@@ -41,7 +41,11 @@ def assert_booted_checks(boot: e2elib.Boot) -> None:
     )
     for unit in UNITS:
         assert checks.get(f"verify-{unit}.service") == "ok", checks
+    # A broken configuration leaves each daemon's unit failed after one report.
+    for daemon in ("kvp", "vss", "fcopy", "heartbeat"):
+        assert checks.get(f"config-error-{daemon}") == "ok", checks
     levels = exposure(boot.output)
+    print("exposure:", levels)  # shown with pytest -s or -rP
     for unit in UNITS:
         assert unit in levels, f"no security figure for {unit}\n{boot.output[-3000:]}"
         assert levels[unit] <= MAX_EXPOSURE[unit], (unit, levels[unit])
