@@ -16,6 +16,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Paths().config_file
 
+# Exit status of a daemon whose configuration is invalid: EX_CONFIG of sysexits.h.
+# Every unit lists it in RestartPreventExitStatus=, so systemd reports a bad file
+# once and leaves the unit failed instead of restarting it into the same error.
+EXIT_CONFIG = 78
+
 
 def daemon_arg_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """Options every daemon accepts; a daemon may add its own."""
@@ -64,8 +69,8 @@ def start_daemon(service: str, args: argparse.Namespace) -> tuple[Paths, Config]
     """Set up logging and load the configuration.
 
     ``service`` is the role ("kvp") or the program name ("hvguest-kvpd"). A bad
-    configuration prints one line to stderr and exits 1; a missing default
-    configuration file means defaults.
+    configuration prints one line to stderr (the journal, under systemd) and exits
+    with EXIT_CONFIG; a missing default configuration file means defaults.
     """
     ident = daemon_ident(service)
     debug = bool(getattr(args, "debug", False))
@@ -77,7 +82,7 @@ def start_daemon(service: str, args: argparse.Namespace) -> tuple[Paths, Config]
         config = load_config(path, missing_ok=explicit is None)
     except ConfigError as exc:
         print(f"{ident}: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
+        raise SystemExit(EXIT_CONFIG) from None
     if not debug:
         set_level(config.log.level)
     log.debug("%s: configuration %s, roots %s", ident, path, paths)

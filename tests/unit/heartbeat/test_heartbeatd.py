@@ -17,6 +17,7 @@ import pytest
 
 from hvguest import pool
 from hvguest.daemons import heartbeatd
+from hvguest.daemons.common import EXIT_CONFIG
 from hvguest.daemons.heartbeatd import HeartbeatDaemon
 from hvguest.heartbeat.health import KEY_HEALTH, KEY_REASON, HealthUnavailable
 from hvguest.heartbeat.settings import HeartbeatSettings
@@ -193,13 +194,13 @@ def test_malformed_config_one_line_naming_the_line(tmp_path: Any,
     cfg = os.path.join(str(tmp_path), "hvguest.yaml")
     with open(cfg, "w") as f:
         f.write("heartbeat:\n  poll_interval: 10\n  stall_threshold: lots\n")
-    assert heartbeatd.main(["--config", cfg, "--run-dir", str(tmp_path)]) == 1
+    assert heartbeatd.main(["--config", cfg, "--run-dir", str(tmp_path)]) == EXIT_CONFIG
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert f"{cfg}:3:" in err and "stall_threshold" in err
     with open(cfg, "w") as f:
         f.write("heartbeat:\n  poll_intervall: 10\n")
-    assert heartbeatd.main(["--config", cfg]) == 1
+    assert heartbeatd.main(["--config", cfg]) == EXIT_CONFIG
     assert f"{cfg}:2:" in capsys.readouterr().err
 
 

@@ -10,7 +10,13 @@ from collections.abc import Iterator
 import pytest
 from logging_state import root_logging_restored, unset_env
 
-from hvguest.daemons.common import daemon_arg_parser, daemon_ident, paths_from_args, start_daemon
+from hvguest.daemons.common import (
+    EXIT_CONFIG,
+    daemon_arg_parser,
+    daemon_ident,
+    paths_from_args,
+    start_daemon,
+)
 from hvguest.paths import Paths
 
 
@@ -72,7 +78,7 @@ def test_start_with_missing_default_config(
     assert config.log.level == "info"
 
 
-def test_bad_config_prints_one_line_and_exits_1(
+def test_bad_config_prints_one_line_and_exits_ex_config(
     tmp_path: os.PathLike[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = os.path.join(str(tmp_path), "hvguest.yaml")
@@ -83,7 +89,7 @@ def test_bad_config_prints_one_line_and_exits_1(
     )
     with pytest.raises(SystemExit) as exc:
         start_daemon("kvp", args)
-    assert exc.value.code == 1
+    assert exc.value.code == EXIT_CONFIG == 78
     err = capsys.readouterr().err
     assert err == (
         f"hvguest-kvpd: {path}:2: log.level: expected one of debug, info, warning, error,"
