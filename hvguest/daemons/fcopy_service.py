@@ -11,6 +11,7 @@ a Copy-VMFile transfer.
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import time
 from collections import deque
@@ -20,7 +21,7 @@ from typing import Any
 from hvguest.errors import WireError
 from hvguest.fcopy.policy import PathPolicy, TransferRefused
 from hvguest.fcopy.settings import FcopySettings
-from hvguest.fcopy.writer import Committed, FileWriter
+from hvguest.fcopy.writer import TEMP_PREFIX, Committed, FileWriter, sweep_stale
 from hvguest.roles.fcopy import (
     Action,
     CommitTarget,
@@ -243,6 +244,19 @@ class FcopyService:
             self._committed = self.writer.commit()
         elif isinstance(action, DiscardTarget):
             self.writer.discard(action.reason)
+
+    def sweep_stale(self, previous_temp: object = None) -> list[str]:
+        """At start: remove the hidden temporary files an instance that died
+        mid-transfer left in the allowed roots or in the directory of the temporary
+        file it last published (O_TMPFILE leaves nothing)."""
+        directories = list(self.policy.roots)
+        if isinstance(previous_temp, str) and os.path.basename(previous_temp).startswith(
+            TEMP_PREFIX
+        ):
+            directory = os.path.dirname(previous_temp)
+            if directory not in directories:
+                directories.append(directory)
+        return sweep_stale(self.policy, directories)
 
     def abort(self, reason: str) -> None:
         """The channel is gone (stop, device reopened): drop any open transfer."""

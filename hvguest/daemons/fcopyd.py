@@ -45,9 +45,7 @@ from hvguest.daemon import Runtime
 from hvguest.daemons.common import daemon_arg_parser, start_daemon
 from hvguest.daemons.fcopy_service import FcopyService, ic_reply
 from hvguest.errors import HvGuestError, TransportError
-from hvguest.fcopy.policy import TransferRefused
 from hvguest.fcopy.settings import FcopySettings
-from hvguest.fcopy.writer import TEMP_PREFIX
 from hvguest.log import Throttle
 from hvguest.paths import Paths
 from hvguest.state import StatePublisher, read_state
@@ -144,22 +142,7 @@ class FcopyDaemon:
         details = (previous or {}).get("details") or {}
         in_progress = details.get("in_progress") or {}
         temp = in_progress.get("temp") if isinstance(in_progress, dict) else None
-        if not isinstance(temp, str) or not os.path.basename(temp).startswith(TEMP_PREFIX):
-            return
-        directory, name = os.path.split(temp)
-        try:
-            target = self.service.policy.open_directory(directory, create=False)
-        except TransferRefused:
-            return
-        try:
-            os.unlink(name, dir_fd=target.dir_fd)
-            log.info(
-                "removed %s, left by an interrupted transfer of %s", temp, in_progress.get("name")
-            )
-        except OSError:
-            pass
-        finally:
-            target.close()
+        self.service.sweep_stale(temp)
 
     def open_transport(self) -> None:
         if self.kind == "legacy":

@@ -23,7 +23,7 @@ import secrets
 import stat
 from dataclasses import dataclass
 
-from hvguest.fcopy.policy import PathPolicy, Target, TransferRefused
+from hvguest.fcopy.policy import PathPolicy, Target, TransferRefused, foreign_file
 from hvguest.wire.status import HvStatus
 
 log = logging.getLogger(__name__)
@@ -94,13 +94,15 @@ class FileWriter:
             self.discard("a new transfer starts")
         target = self.policy.resolve(path_name, file_name, create=create_path)
         try:
-            self._check_existing(target, overwrite)
+            existed = self._check_existing(target, overwrite)
             self._create(target)
         except BaseException:
             target.close()
             raise
         self.target = target
-        self._overwrite = overwrite
+        # In a shared root a name that was free at START may be taken by another
+        # user before COMPLETE: link without replacing, as without OVER_WRITE.
+        self._overwrite = overwrite and (existed or not target.shared)
         self._hash = hashlib.sha256()
         self._size = 0
         self._flushed = 0
@@ -194,20 +196,24 @@ class FileWriter:
             self.target.close()
             self.target = None
 
-    def _check_existing(self, target: Target, overwrite: bool) -> None:
+    def _check_existing(self, target: Target, overwrite: bool) -> bool:
+        """Whether the target name exists; refuses what may not be replaced."""
         try:
             st = os.stat(target.name, dir_fd=target.dir_fd, follow_symlinks=False)
         except FileNotFoundError:
-            return
+            return False
         except OSError as exc:
             raise TransferRefused(f"cannot check {target.path}: {exc.strerror}") from exc
         if stat.S_ISDIR(st.st_mode):
             raise TransferRefused(f"{target.path} exists and is a directory")
+        if target.shared and st.st_uid not in target.trusted_uids:
+            raise TransferRefused(foreign_file(target.path, st.st_uid))
         if not overwrite:
             raise TransferRefused(
                 f"{target.path} exists and the host did not set OVER_WRITE",
                 HvStatus.HV_ERROR_ALREADY_EXISTS,
             )
+        return True
 
     def _create(self, target: Target) -> None:
         mode = self.file_mode & 0o777
@@ -284,20 +290,36 @@ class FileWriter:
         self._temp_name = None
 
 
-def sweep_stale(directories: list[str]) -> list[str]:
-    """Remove hidden temporary files left by a daemon that died mid-transfer."""
+def sweep_stale(policy: PathPolicy, directories: list[str]) -> list[str]:
+    """Remove hidden temporary files left by a daemon that died mid-transfer.
+
+    Runs at start (``FcopyService.sweep_stale``) over the allowed roots and the
+    directory of the last published temporary file. A directory is opened through
+    the policy (no links, nobody else's directory) and only regular files with our
+    prefix owned by a trusted user go: in a shared root like /tmp another user can
+    give a file or a link that name, and root could unlink it there.
+    """
     removed = []
     for directory in directories:
-        with contextlib.suppress(OSError):
-            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                for entry in os.listdir(dir_fd):
-                    if entry.startswith(TEMP_PREFIX):
-                        with contextlib.suppress(OSError):
-                            os.unlink(entry, dir_fd=dir_fd)
-                            removed.append(os.path.join(directory, entry))
-            finally:
-                os.close(dir_fd)
+        try:
+            target = policy.open_directory(directory, create=False)
+        except TransferRefused as exc:
+            log.debug("not sweeping %s: %s", directory, exc)
+            continue
+        try:
+            for entry in os.listdir(target.dir_fd):
+                if not entry.startswith(TEMP_PREFIX):
+                    continue
+                with contextlib.suppress(OSError):
+                    st = os.stat(entry, dir_fd=target.dir_fd, follow_symlinks=False)
+                    if not stat.S_ISREG(st.st_mode) or st.st_uid not in policy.trusted_uids:
+                        continue
+                    os.unlink(entry, dir_fd=target.dir_fd)
+                    removed.append(os.path.join(target.directory, entry))
+        except OSError as exc:
+            log.debug("not sweeping %s: %s", directory, exc.strerror)
+        finally:
+            target.close()
     for path in removed:
         log.info("removed %s, left by an interrupted transfer", path)
     return removed
