@@ -283,6 +283,8 @@ class FcopyService:
             "name": transfer.target,
             "size": transfer.bytes_done,
             "file_size": transfer.file_size,
+            "gaps": transfer.gaps,
+            "overlaps": transfer.overlaps,
             "sha256": committed.sha256 if committed else None,
             "result": transfer.result,
             "detail": transfer.detail,

@@ -16,8 +16,9 @@ upstream UIO daemon):
 * CREATE_PATH creates the whole missing chain, including the last component;
 * data goes to a temporary file that gets its final name only on COMPLETE, after
   fsync: CANCEL, a failed WRITE, a restart or a lost channel leave nothing behind;
-* a full disk is HV_ERROR_DISK_FULL, and WRITE sizes and offsets are checked: a gap,
-  an overlap, a size beyond the data or beyond ``file_size`` is refused;
+* a full disk is HV_ERROR_DISK_FULL; a WRITE may land anywhere below ``file_size``
+  (resends and gaps are counted and logged), a size beyond the data or beyond
+  ``file_size`` is refused, and COMPLETE needs the data to reach ``file_size``;
 * a fragment is written before its reply: a failed write is answered with its
   status on that WRITE and on every later WRITE/COMPLETE of the transfer;
   COMPLETE succeeds only once everything is written;

@@ -7,6 +7,10 @@ its final name, after ``fsync``: a cancelled or broken transfer leaves nothing a
 final name. Without OVER_WRITE the final step is ``linkat``, which fails if a file
 appeared meanwhile, so an existing file is never replaced by accident.
 
+The sha256 is computed as the data arrives while it arrives in order (the common
+case: no second pass over the file); a WRITE anywhere else (a resend, a gap) stops
+that, and COMPLETE reads the file back once to hash what is really in it.
+
 Every OS error is turned into the status the host expects: ENOSPC/EDQUOT/EFBIG ->
 HV_ERROR_DISK_FULL, an existing target without OVER_WRITE -> HV_ERROR_ALREADY_EXISTS,
 anything else -> HV_E_FAIL.
@@ -30,6 +34,7 @@ log = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".hvguest-fcopy."
 WRITEBACK_WINDOW = 32 << 20
+_REHASH_BLOCK = 1 << 20
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # Filesystems without O_TMPFILE answer one of these.
 _NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT)
@@ -74,6 +79,7 @@ class FileWriter:
         self._temp_name: str | None = None  # None: O_TMPFILE (no name at all)
         self._overwrite = False
         self._hash = hashlib.sha256()
+        self._hashed = 0  # the in-order hash covers [0, _hashed); -1: out of order
         self._size = 0
         self._flushed = 0
 
@@ -104,6 +110,7 @@ class FileWriter:
         # user before COMPLETE: link without replacing, as without OVER_WRITE.
         self._overwrite = overwrite and (existed or not target.shared)
         self._hash = hashlib.sha256()
+        self._hashed = 0
         self._size = 0
         self._flushed = 0
         log.debug("receiving %s (temporary %s)", target.path, self._temp_name or "O_TMPFILE")
@@ -114,6 +121,8 @@ class FileWriter:
         fd = self._fd
         if fd < 0:
             raise TransferRefused("no file is open for writing")
+        if not data:
+            return
         try:
             done = os.pwrite(fd, data, offset)
             if done < len(data):  # rare: finish a short write, or learn why not
@@ -130,9 +139,13 @@ class FileWriter:
                 f"writing {len(data)} bytes at offset {offset} of {path} failed: {exc.strerror}",
                 _status_for(exc),
             ) from exc
-        if self.checksum:
-            self._hash.update(data)
         end = offset + len(data)
+        if self._hashed == offset:
+            if self.checksum:
+                self._hash.update(data)
+            self._hashed = end
+        else:
+            self._hashed = -1  # hash the file at COMPLETE
         self._size = max(self._size, end)
         if end - self._flushed >= WRITEBACK_WINDOW:
             self._start_writeback(end)
@@ -146,6 +159,7 @@ class FileWriter:
             if self.uid >= 0 or self.gid >= 0:
                 os.fchown(self._fd, self.uid, self.gid)
             os.fsync(self._fd)
+            sha256 = self._digest()
             self._link_into_place(target)
         except TransferRefused:
             self.discard("completing failed")
@@ -157,7 +171,7 @@ class FileWriter:
             ) from exc
         with contextlib.suppress(OSError):
             os.fsync(target.dir_fd)
-        done = Committed(target.path, self._size, self.sha256)
+        done = Committed(target.path, self._size, sha256)
         self._close()
         return done
 
@@ -172,7 +186,25 @@ class FileWriter:
 
     @property
     def sha256(self) -> str | None:
-        return self._hash.hexdigest() if self.checksum else None
+        """The checksum of what is written so far (None when checksums are off)."""
+        return self._digest()
+
+    def _digest(self) -> str | None:
+        """The sha256 of the file's ``_size`` bytes: the in-order hash, or one pass
+        over the file when the data did not arrive in order."""
+        if not self.checksum:
+            return None
+        if self._hashed >= 0:
+            return self._hash.hexdigest()
+        h = hashlib.sha256()
+        offset = 0
+        while offset < self._size:
+            block = os.pread(self._fd, min(_REHASH_BLOCK, self._size - offset), offset)
+            if not block:  # cannot happen: the file is at least _size bytes
+                raise OSError(errno.EIO, f"file ends at {offset} of {self._size} bytes")
+            h.update(block)
+            offset += len(block)
+        return h.hexdigest()
 
     # -- internals -------------------------------------------------------------
 

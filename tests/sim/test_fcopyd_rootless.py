@@ -134,7 +134,13 @@ def test_robustness_sequence_keeps_serving(env):
     assert kernel.request(bytes(big)) == FAIL
     assert kernel.request(FcopyStart("g", str(incoming), 0, 10).encode()) == OK
     assert kernel.request(FcopyWrite(0, b"01234").encode()) == OK
-    assert kernel.request(FcopyWrite(7, b"789").encode()) == FAIL  # gap
+    assert kernel.request(FcopyWrite(7, b"789").encode()) == OK  # gap: a hole
+    assert kernel.request(FcopyComplete().encode()) == OK
+    assert (incoming / "g").read_bytes() == b"01234" + bytes(2) + b"789"
+    os.unlink(incoming / "g")
+    assert kernel.request(FcopyStart("g", str(incoming), 0, 10).encode()) == OK
+    assert kernel.request(FcopyWrite(0, b"01234").encode()) == OK
+    assert kernel.request(FcopyComplete().encode()) == FAIL  # short of file_size
     assert kernel.request(FcopyStart("h", str(incoming), 0, 10).encode()) == OK
     assert kernel.request(FcopyWrite(0, b"01234").encode()) == OK
     assert kernel.request(FcopyCancel().encode()) == OK
