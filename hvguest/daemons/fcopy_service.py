@@ -367,7 +367,16 @@ def _remedy(result: str, detail: str) -> str:
         return "free space in the target filesystem, then copy again"
     if result == "HV_ERROR_ALREADY_EXISTS":
         return "the file exists: copy with Copy-VMFile -Force to replace it"
-    policy_words = ("allowed roots", "symbolic link", "'..'", "absolute path", "CREATE_PATH")
+    policy_words = (
+        "allowed roots",
+        "symbolic link",
+        "'..'",
+        "absolute path",
+        "CREATE_PATH",
+        "other users control",
+        "another user's file",
+        "control character",
+    )
     if any(word in detail for word in policy_words):
         return (
             "hvguestctl fcopy check PATH explains the refusal; allowed roots are set by "

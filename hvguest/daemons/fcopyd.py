@@ -11,8 +11,9 @@ Where it deliberately differs from the reference daemons (hv_fcopy_daemon and th
 upstream UIO daemon):
 
 * files are created 0644 (``fcopy.file_mode``), not 0744, and directories 0755;
-* the target must be an absolute path inside ``fcopy.allowed_roots`` with no ``..``
-  and no symbolic link below the root; anything else is refused with HV_E_FAIL;
+* the target must be an absolute path inside ``fcopy.allowed_roots`` with no ``..``,
+  no symbolic link and no directory another user owns or can write below the root,
+  and names without control characters; anything else is refused with HV_E_FAIL;
 * CREATE_PATH creates the whole missing chain, including the last component;
 * data goes to a temporary file that gets its final name only on COMPLETE, after
   fsync: CANCEL, a failed WRITE, a restart or a lost channel leave nothing behind;

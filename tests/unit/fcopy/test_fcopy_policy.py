@@ -195,3 +195,14 @@ def test_printable_and_format_characters_stay_allowed(policy, root, name):
 def test_dir_mode_writable_by_others_is_refused(root):
     with pytest.raises(ValueError, match="group or others"):
         PathPolicy([str(root)], dir_mode=0o775)
+
+
+def test_config_refuses_a_group_or_world_writable_dir_mode():
+    from hvguest.config import load_config_text
+    from hvguest.errors import ConfigError
+    from hvguest.fcopy.settings import FcopySettings
+
+    with pytest.raises(ConfigError, match="group or others write"):
+        load_config_text("fcopy:\n  dir_mode: '0777'\n")
+    config = load_config_text("fcopy:\n  dir_mode: '0750'\n")
+    assert config.get(FcopySettings).dir_mode_bits == 0o750
