@@ -21,8 +21,11 @@ from dataclasses import dataclass
 
 import pytest
 
+from hvguest.daemons.fcopy_service import FcopyService
 from hvguest.fcopy.policy import PathPolicy, TransferRefused
+from hvguest.fcopy.settings import FcopySettings
 from hvguest.fcopy.writer import TEMP_PREFIX, FileWriter, sweep_stale
+from hvguest.wire.fcopy import CREATE_PATH, OVER_WRITE, FcopyStart
 from hvguest.wire.status import HvStatus
 
 pytestmark = [pytest.mark.root]
@@ -197,6 +200,19 @@ def test_dry_run_check_refuses_too(roots, name):
     directory, file_name = ATTACKS[name](roots)
     verdict = roots.policy().check(f"{directory}/{file_name}")
     assert not verdict.allowed, verdict.reason
+
+
+def test_refusal_is_recorded_and_logged_with_its_reason(roots, caplog):
+    as_nobody("mkdir", f"{roots.shared}/deploy")
+    service = FcopyService(FcopySettings(allowed_roots=[roots.shared, roots.incoming]))
+    start = FcopyStart("run.sh", f"{roots.shared}/deploy", CREATE_PATH | OVER_WRITE, 4)
+    assert service.handle(start.encode(), utf16=False) == HvStatus.HV_E_FAIL
+    record = service.recent[-1]
+    assert record["result"] == "HV_E_FAIL"
+    assert f"{roots.shared}/deploy is owned by uid {NOBODY}" in record["detail"]
+    assert any(
+        r.levelname == "WARNING" and record["detail"] in r.getMessage() for r in caplog.records
+    )
 
 
 def test_plain_copies_with_create_path_still_work(roots):

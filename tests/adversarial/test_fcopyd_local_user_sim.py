@@ -30,10 +30,10 @@ def run(sim: SimClient, *cmd: str, user: list[str] | None = None) -> None:
     assert r.returncode == 0, (cmd, r.stderr)
 
 
-@pytest.fixture
-def sim(tmp_path):
+@pytest.fixture(params=["legacy", "uio"])
+def sim(tmp_path, request):
     with SimClient.start(
-        DAEMON, services=("fcopy",), fcopy="legacy", workdir=str(tmp_path / "sim")
+        DAEMON, services=("fcopy",), fcopy=request.param, workdir=str(tmp_path / "sim")
     ) as s:
         if not s.call("wait_registered"):
             raise AssertionError(f"hvguest-fcopyd did not register: {s.state()}")
