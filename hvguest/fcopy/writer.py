@@ -286,6 +286,12 @@ class FileWriter:
             return
         raise TransferRefused(f"cannot find a free temporary name in {target.directory}")
 
+    @staticmethod
+    def _why_kept(target: Target) -> str:
+        if target.shared:
+            return "may belong to another user (shared directory): it is not replaced"
+        return "OVER_WRITE is not set"
+
     def _link_into_place(self, target: Target) -> None:
         name, dir_fd = target.name, target.dir_fd
         if self._temp_name is None:
@@ -299,7 +305,7 @@ class FileWriter:
                 os.link(proc_path, final, dst_dir_fd=dir_fd, follow_symlinks=True)
             except FileExistsError as exc:
                 raise TransferRefused(
-                    f"{target.path} appeared during the transfer and OVER_WRITE is not set",
+                    f"{target.path} appeared during the transfer and {self._why_kept(target)}",
                     HvStatus.HV_ERROR_ALREADY_EXISTS,
                 ) from exc
             if self._overwrite:
@@ -315,7 +321,7 @@ class FileWriter:
                 os.link(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
             except FileExistsError as exc:
                 raise TransferRefused(
-                    f"{target.path} appeared during the transfer and OVER_WRITE is not set",
+                    f"{target.path} appeared during the transfer and {self._why_kept(target)}",
                     HvStatus.HV_ERROR_ALREADY_EXISTS,
                 ) from exc
             os.unlink(temp, dir_fd=dir_fd)

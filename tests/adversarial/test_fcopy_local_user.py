@@ -248,8 +248,9 @@ def test_file_planted_during_transfer_in_shared_root_is_not_replaced(roots):
     writer.open(roots.shared, "late.txt", overwrite=True, create_path=True)
     writer.write(0, PAYLOAD)
     as_nobody("sh", "-c", f"printf mine > {roots.shared}/late.txt")
-    with pytest.raises(TransferRefused):
+    with pytest.raises(TransferRefused, match="another user") as info:
         writer.commit()
+    assert info.value.status == HvStatus.HV_ERROR_ALREADY_EXISTS
     with open(f"{roots.shared}/late.txt", "rb") as f:
         assert f.read() == b"mine"
     assert os.lstat(f"{roots.shared}/late.txt").st_uid == NOBODY
