@@ -11,7 +11,6 @@ a Copy-VMFile transfer.
 from __future__ import annotations
 
 import logging
-import os
 import struct
 import time
 from collections import deque
@@ -20,8 +19,9 @@ from typing import Any
 
 from hvguest.errors import WireError
 from hvguest.fcopy.policy import PathPolicy, TransferRefused
+from hvguest.fcopy.remedy import remedy
 from hvguest.fcopy.settings import FcopySettings
-from hvguest.fcopy.writer import TEMP_PREFIX, Committed, FileWriter, sweep_stale
+from hvguest.fcopy.writer import Committed, FileWriter, stale_directories, sweep_stale
 from hvguest.roles.fcopy import (
     Action,
     CommitTarget,
@@ -246,17 +246,8 @@ class FcopyService:
             self.writer.discard(action.reason)
 
     def sweep_stale(self, previous_temp: object = None) -> list[str]:
-        """At start: remove the hidden temporary files an instance that died
-        mid-transfer left in the allowed roots or in the directory of the temporary
-        file it last published (O_TMPFILE leaves nothing)."""
-        directories = list(self.policy.roots)
-        if isinstance(previous_temp, str) and os.path.basename(previous_temp).startswith(
-            TEMP_PREFIX
-        ):
-            directory = os.path.dirname(previous_temp)
-            if directory not in directories:
-                directories.append(directory)
-        return sweep_stale(self.policy, directories)
+        """At start: remove what an instance that died mid-transfer left behind."""
+        return sweep_stale(self.policy, stale_directories(self.policy, previous_temp))
 
     def abort(self, reason: str) -> None:
         """The channel is gone (stop, device reopened): drop any open transfer."""
@@ -327,7 +318,7 @@ class FcopyService:
             elif transfer.result not in ("cancelled", "superseded"):
                 self.publisher.record_error(
                     f"{transfer.target}: {transfer.result}: {transfer.detail}",
-                    _remedy(transfer.result, transfer.detail),
+                    remedy(transfer.result, transfer.detail),
                 )
 
     def progress(self) -> dict[str, Any] | None:
@@ -360,29 +351,6 @@ class FcopyService:
     def tick(self) -> None:
         """Periodic: publish the bytes done of a running transfer."""
         self._publish_progress()
-
-
-def _remedy(result: str, detail: str) -> str:
-    if result == "HV_ERROR_DISK_FULL":
-        return "free space in the target filesystem, then copy again"
-    if result == "HV_ERROR_ALREADY_EXISTS":
-        return "the file exists: copy with Copy-VMFile -Force to replace it"
-    policy_words = (
-        "allowed roots",
-        "symbolic link",
-        "'..'",
-        "absolute path",
-        "CREATE_PATH",
-        "other users control",
-        "another user's file",
-        "control character",
-    )
-    if any(word in detail for word in policy_words):
-        return (
-            "hvguestctl fcopy check PATH explains the refusal; allowed roots are set by "
-            "fcopy.allowed_roots in /etc/hvguest/hvguest.yaml"
-        )
-    return "journalctl -u hvguest-fcopy.service"
 
 
 # -- UIO / IC framing --------------------------------------------------------------

@@ -328,6 +328,18 @@ class FileWriter:
         self._temp_name = None
 
 
+def stale_directories(policy: PathPolicy, previous_temp: object = None) -> list[str]:
+    """Where a crashed instance may have left a hidden temporary file: the allowed
+    roots, and the directory of the temporary file it last published (from its
+    state; O_TMPFILE leaves nothing anywhere)."""
+    directories = list(policy.roots)
+    if isinstance(previous_temp, str) and os.path.basename(previous_temp).startswith(TEMP_PREFIX):
+        directory = os.path.dirname(previous_temp)
+        if directory not in directories:
+            directories.append(directory)
+    return directories
+
+
 def sweep_stale(policy: PathPolicy, directories: list[str]) -> list[str]:
     """Remove hidden temporary files left by a daemon that died mid-transfer.
 

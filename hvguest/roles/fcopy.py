@@ -7,14 +7,11 @@ writer. The daemon runs the actions and hands the writer's status back through
 
 Decisions (the reference daemons differ; see docs of hvguest-fcopyd):
 
-* WRITE_TO_FILE is accepted anywhere inside ``[0, file_size)``, as every guest
-  daemon that talks to real hosts does (they ``pwrite`` at the given offset): hosts
-  send fragments in order from offset 0, but nobody has shown that none ever
-  resends a fragment (e.g. after a late reply) or skips ahead. An exact or partial
-  resend overwrites, a gap leaves a hole that reads as zeros, a zero-length WRITE
-  changes nothing. Each gap and each overlap is counted in the transfer record and
-  the first of each kind is logged with its offsets, so real hosts tell us whether
-  it ever happens.
+* WRITE_TO_FILE is accepted anywhere inside ``[0, file_size)``, as by every guest
+  daemon that talks to real hosts (they ``pwrite`` at the offset): a resend (after a
+  late reply, say) overwrites, a gap reads as zeros, a zero-length WRITE changes
+  nothing. Gaps and overlaps are counted in the transfer record and the first of
+  each kind is logged with its offsets, so real hosts tell us if it ever happens.
 * ``offset + size`` may not exceed the announced ``file_size`` nor ``max_file_size``
   (HV_E_FAIL, transfer abandoned). COMPLETE_FCOPY succeeds only when the highest end
   written equals ``file_size``; otherwise it is refused and nothing replaces the
@@ -126,8 +123,7 @@ class Transfer:
 
     @property
     def target(self) -> str:
-        """The target for logs and records: host characters that could forge a line
-        or drive a terminal are escaped (such a name is refused anyway)."""
+        """The target for logs and records, control characters escaped."""
         return escape(self.path_name.rstrip("/") + "/" + self.file_name)
 
     def duration(self, now: float) -> float:
@@ -163,10 +159,9 @@ class FcopyRole:
 
     def accept_write(self, offset: int, size: int) -> bool:
         """Fast path for the common request: a WRITE that continues the open
-        transfer exactly where the data so far ends, within its limits. True: the
-        data may be written now (report a failure with ``write_failed``); False:
-        pass the request to ``handle()``, which accepts a resend or a gap or
-        refuses the request. Per fragment this avoids building a Step."""
+        transfer where its data ends, within its limits. True: write the data now
+        (report a failure with ``write_failed``); False: pass the request to
+        ``handle()`` (a resend, a gap, or a refusal). Saves building a Step."""
         transfer = self.transfer
         if (
             self.state is not FcopyState.RECEIVING
@@ -298,10 +293,8 @@ class FcopyRole:
         transfer = self.transfer
         assert transfer is not None
         if transfer.bytes_done != transfer.file_size:
-            detail = (
-                f"COMPLETE when the data ends at {transfer.bytes_done} of "
-                f"{transfer.file_size} announced bytes"
-            )
+            done, size = transfer.bytes_done, transfer.file_size
+            detail = f"COMPLETE when the data ends at {done} of {size} announced bytes"
             return self._abandon(detail, "incomplete", now, HvStatus.HV_E_FAIL, FcopyState.IDLE)
         self._pending = _Pending("complete")
         return Step((CommitTarget(),))
@@ -353,31 +346,19 @@ class FcopyRole:
 
 def _note_irregular(transfer: Transfer, offset: int, end: int) -> None:
     """Count a WRITE that does not continue where the data ends; log the first gap
-    and the first overlap of the transfer."""
+    and the first overlap of the transfer, with the offsets."""
     high = transfer.bytes_done
     if offset > high:
         transfer.gaps += 1
-        if transfer.gaps == 1:
-            log.warning(
-                "fcopy %s: WRITE at offset %d leaves a gap after %d (bytes %d-%d read as "
-                "zeros unless sent later); accepted, logged once per transfer",
-                transfer.target,
-                offset,
-                high,
-                high,
-                offset - 1,
-            )
+        first = transfer.gaps == 1
+        what = f"leaves a gap after {high} (bytes {high}-{offset - 1} read as zeros if never sent)"
     else:
         transfer.overlaps += 1
-        if transfer.overlaps == 1:
-            log.warning(
-                "fcopy %s: WRITE of bytes %d-%d overlaps data received up to %d (a resend?); "
-                "accepted, logged once per transfer",
-                transfer.target,
-                offset,
-                end - 1,
-                high,
-            )
+        first = transfer.overlaps == 1
+        what = f"overlaps the data received up to {high} (a resend?)"
+    if first:
+        log.warning("fcopy %s: WRITE of bytes %d-%d %s; accepted, logged once per transfer",
+                    transfer.target, offset, end - 1, what)
 
 
 def _result_name(status: int) -> str:

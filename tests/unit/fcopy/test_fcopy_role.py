@@ -106,8 +106,8 @@ def test_resend_gap_and_zero_length_are_accepted_counted_and_logged_once(caplog)
     assert (transfer.bytes_done, transfer.gaps, transfer.overlaps) == (10, 2, 3)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 2, warnings
-    assert "WRITE at offset 6 leaves a gap after 3" in warnings[1]
-    assert "bytes 0-1 overlaps data received up to 2" in warnings[0]
+    assert "WRITE of bytes 6-7 leaves a gap after 3 (bytes 3-5 read as zeros" in warnings[1]
+    assert "WRITE of bytes 0-1 overlaps the data received up to 2" in warnings[0]
     step = role.handle(FcopyComplete(), 0.0)
     assert step.actions == (CommitTarget(),)
     role.finish(OK, 1.0)
