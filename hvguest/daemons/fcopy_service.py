@@ -19,8 +19,9 @@ from typing import Any
 
 from hvguest.errors import WireError
 from hvguest.fcopy.policy import PathPolicy, TransferRefused
+from hvguest.fcopy.remedy import remedy
 from hvguest.fcopy.settings import FcopySettings
-from hvguest.fcopy.writer import Committed, FileWriter
+from hvguest.fcopy.writer import Committed, FileWriter, stale_directories, sweep_stale
 from hvguest.roles.fcopy import (
     Action,
     CommitTarget,
@@ -244,6 +245,10 @@ class FcopyService:
         elif isinstance(action, DiscardTarget):
             self.writer.discard(action.reason)
 
+    def sweep_stale(self, previous_temp: object = None) -> list[str]:
+        """At start: remove what an instance that died mid-transfer left behind."""
+        return sweep_stale(self.policy, stale_directories(self.policy, previous_temp))
+
     def abort(self, reason: str) -> None:
         """The channel is gone (stop, device reopened): drop any open transfer."""
         self._pending_write = None
@@ -269,6 +274,8 @@ class FcopyService:
             "name": transfer.target,
             "size": transfer.bytes_done,
             "file_size": transfer.file_size,
+            "gaps": transfer.gaps,
+            "overlaps": transfer.overlaps,
             "sha256": committed.sha256 if committed else None,
             "result": transfer.result,
             "detail": transfer.detail,
@@ -311,7 +318,7 @@ class FcopyService:
             elif transfer.result not in ("cancelled", "superseded"):
                 self.publisher.record_error(
                     f"{transfer.target}: {transfer.result}: {transfer.detail}",
-                    _remedy(transfer.result, transfer.detail),
+                    remedy(transfer.result, transfer.detail),
                 )
 
     def progress(self) -> dict[str, Any] | None:
@@ -344,20 +351,6 @@ class FcopyService:
     def tick(self) -> None:
         """Periodic: publish the bytes done of a running transfer."""
         self._publish_progress()
-
-
-def _remedy(result: str, detail: str) -> str:
-    if result == "HV_ERROR_DISK_FULL":
-        return "free space in the target filesystem, then copy again"
-    if result == "HV_ERROR_ALREADY_EXISTS":
-        return "the file exists: copy with Copy-VMFile -Force to replace it"
-    policy_words = ("allowed roots", "symbolic link", "'..'", "absolute path", "CREATE_PATH")
-    if any(word in detail for word in policy_words):
-        return (
-            "hvguestctl fcopy check PATH explains the refusal; allowed roots are set by "
-            "fcopy.allowed_roots in /etc/hvguest/hvguest.yaml"
-        )
-    return "journalctl -u hvguest-fcopy.service"
 
 
 # -- UIO / IC framing --------------------------------------------------------------

@@ -11,13 +11,15 @@ Where it deliberately differs from the reference daemons (hv_fcopy_daemon and th
 upstream UIO daemon):
 
 * files are created 0644 (``fcopy.file_mode``), not 0744, and directories 0755;
-* the target must be an absolute path inside ``fcopy.allowed_roots`` with no ``..``
-  and no symbolic link below the root; anything else is refused with HV_E_FAIL;
+* the target must be an absolute path inside ``fcopy.allowed_roots`` with no ``..``,
+  no symbolic link and no directory another user owns or can write below the root,
+  and names without control characters; anything else is refused with HV_E_FAIL;
 * CREATE_PATH creates the whole missing chain, including the last component;
 * data goes to a temporary file that gets its final name only on COMPLETE, after
   fsync: CANCEL, a failed WRITE, a restart or a lost channel leave nothing behind;
-* a full disk is HV_ERROR_DISK_FULL, and WRITE sizes and offsets are checked: a gap,
-  an overlap, a size beyond the data or beyond ``file_size`` is refused;
+* a full disk is HV_ERROR_DISK_FULL; a WRITE may land anywhere below ``file_size``
+  (resends and gaps are counted and logged), a size beyond the data or beyond
+  ``file_size`` is refused, and COMPLETE needs the data to reach ``file_size``;
 * a fragment is written before its reply: a failed write is answered with its
   status on that WRITE and on every later WRITE/COMPLETE of the transfer;
   COMPLETE succeeds only once everything is written;
@@ -45,9 +47,7 @@ from hvguest.daemon import Runtime
 from hvguest.daemons.common import daemon_arg_parser, start_daemon
 from hvguest.daemons.fcopy_service import FcopyService, ic_reply
 from hvguest.errors import HvGuestError, TransportError
-from hvguest.fcopy.policy import TransferRefused
 from hvguest.fcopy.settings import FcopySettings
-from hvguest.fcopy.writer import TEMP_PREFIX
 from hvguest.log import Throttle
 from hvguest.paths import Paths
 from hvguest.state import StatePublisher, read_state
@@ -144,22 +144,7 @@ class FcopyDaemon:
         details = (previous or {}).get("details") or {}
         in_progress = details.get("in_progress") or {}
         temp = in_progress.get("temp") if isinstance(in_progress, dict) else None
-        if not isinstance(temp, str) or not os.path.basename(temp).startswith(TEMP_PREFIX):
-            return
-        directory, name = os.path.split(temp)
-        try:
-            target = self.service.policy.open_directory(directory, create=False)
-        except TransferRefused:
-            return
-        try:
-            os.unlink(name, dir_fd=target.dir_fd)
-            log.info(
-                "removed %s, left by an interrupted transfer of %s", temp, in_progress.get("name")
-            )
-        except OSError:
-            pass
-        finally:
-            target.close()
+        self.service.sweep_stale(temp)
 
     def open_transport(self) -> None:
         if self.kind == "legacy":

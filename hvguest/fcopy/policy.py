@@ -1,4 +1,5 @@
-"""Where the host may put files: allowed roots, no ``..``, no symlinks.
+"""Where the host may put files: allowed roots, no ``..``, no symlinks, nothing
+another user controls.
 
 The host names a directory (``path_name``) and a file name. The reference daemons
 join them and open the result, so ``../../etc/passwd`` lands in /etc and a symlink
@@ -10,6 +11,17 @@ the walk cannot move us outside. Missing directories are created with ``mkdirat`
 when the host set CREATE_PATH: the whole chain, including the last component.
 
 The roots themselves are the administrator's choice and are opened normally.
+
+Ownership: a root-owned file landing in a directory that an unprivileged user owns
+or can write is theirs to swap before anyone uses it (``O_NOFOLLOW`` stops links,
+not ownership). So every directory below the root must be owned by a trusted user
+(root, the daemon's own user or ``fcopy.owner``) and not writable by group or
+others, checked with ``fstat`` on the descriptor the walk then uses. The root itself
+may also be shared like /tmp (trusted owner, sticky bit): there the file is linked
+in under its name without ever replacing a file of another user, and directories
+made for CREATE_PATH belong to us. Anything else is refused with HV_E_FAIL (the host
+knows no status for "access denied" in file copy) and the reason.
+Names with control characters or line separators are refused (hvguest.fcopy.names).
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from hvguest.errors import HostProtocolError
+from hvguest.fcopy.names import unsafe_reason
 from hvguest.wire.status import HvStatus
 
 log = logging.getLogger(__name__)
@@ -52,6 +65,10 @@ class Target:
     name: str
     root: str
     created: list[str] = field(default_factory=list)
+    # The directory is a shared (sticky, world-writable) root: never replace a name
+    # that another user may own or create.
+    shared: bool = False
+    trusted_uids: frozenset[int] = frozenset({0})
 
     @property
     def path(self) -> str:
@@ -91,6 +108,8 @@ def _components(path: str, what: str) -> list[str]:
 def check_file_name(file_name: str) -> None:
     if not file_name:
         raise TransferRefused("file name is empty")
+    if (why := unsafe_reason("file name", file_name)) is not None:
+        raise TransferRefused(why)
     if "/" in file_name:
         raise TransferRefused(f"file name {file_name!r} contains '/'")
     if file_name in (".", ".."):
@@ -110,6 +129,11 @@ class PathPolicy:
         uid: int = -1,
         gid: int = -1,
     ) -> None:
+        if dir_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise ValueError(
+                f"directory mode {dir_mode:04o} lets group or others write: directories "
+                "made for CREATE_PATH would be refused on the next copy"
+            )
         normalised = []
         for root in roots:
             if not os.path.isabs(root):
@@ -119,11 +143,17 @@ class PathPolicy:
         self.dir_mode = dir_mode
         self.uid = uid
         self.gid = gid
+        trusted = {0, os.geteuid()}
+        if uid >= 0:
+            trusted.add(uid)
+        self.trusted_uids = frozenset(trusted)
 
     # -- lookup --------------------------------------------------------------
 
     def split(self, path_name: str) -> tuple[str, list[str]]:
         """The allowed root holding ``path_name`` and the components below it."""
+        if (why := unsafe_reason("directory", path_name)) is not None:
+            raise TransferRefused(why)
         if not path_name.startswith("/"):
             raise TransferRefused(f"directory {path_name!r} is not an absolute path")
         if len(os.fsencode(path_name)) > PATH_MAX:
@@ -153,14 +183,17 @@ class PathPolicy:
             fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             raise TransferRefused(f"allowed root {root} cannot be opened: {exc.strerror}") from exc
-        target = Target(fd, root, "", root)
+        target = Target(fd, root, "", root, trusted_uids=self.trusted_uids)
         try:
+            target.shared = self.vet(fd, root, is_root=True)
             for part in rest:
                 child = os.path.join(target.directory, part)
                 new_fd = self._open_child(target.dir_fd, child, part, create, target)
                 os.close(target.dir_fd)
                 target.dir_fd = new_fd
                 target.directory = child
+                target.shared = False
+                self.vet(new_fd, child, is_root=False)
         except BaseException:
             target.close()
             raise
@@ -171,6 +204,25 @@ class PathPolicy:
         target = self.open_directory(path_name, create=create)
         target.name = file_name
         return target
+
+    def vet(self, dir_fd: int, path: str, *, is_root: bool) -> bool:
+        """Refuse a directory another user controls; True for a shared (sticky,
+        group/world-writable) root."""
+        st = os.fstat(dir_fd)
+        if st.st_uid not in self.trusted_uids:
+            raise TransferRefused(
+                f"{path} is owned by uid {st.st_uid}: fcopy does not write into "
+                "directories other users control"
+            )
+        if not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return False
+        if is_root and st.st_mode & stat.S_ISVTX:
+            return True
+        raise TransferRefused(
+            f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}): "
+            "fcopy does not write into directories other users control"
+            + ("" if is_root else "; only an allowed root may be shared like /tmp")
+        )
 
     def _open_child(self, dir_fd: int, child: str, part: str, create: bool, target: Target) -> int:
         for _attempt in range(3):
@@ -240,6 +292,10 @@ class PathPolicy:
             )
         current = root
         try:
+            try:
+                shared = self.vet(fd, root, is_root=True)
+            except TransferRefused as exc:
+                return Verdict(path, False, str(exc), root)
             for i, part in enumerate(rest):
                 current = os.path.join(current, part)
                 try:
@@ -251,6 +307,11 @@ class PathPolicy:
                     return Verdict(path, False, self._why_not_dir(fd, current, part, exc), root)
                 os.close(fd)
                 fd = new_fd
+                shared = False
+                try:
+                    self.vet(fd, current, is_root=False)
+                except TransferRefused as exc:
+                    return Verdict(path, False, str(exc), root)
             else:
                 try:
                     st = os.stat(name, dir_fd=fd, follow_symlinks=False)
@@ -258,6 +319,8 @@ class PathPolicy:
                     return Verdict(path, True, f"inside {root}", root)
                 if stat.S_ISDIR(st.st_mode):
                     return Verdict(path, False, f"{path} is a directory", root, exists=True)
+                if shared and st.st_uid not in self.trusted_uids:
+                    return Verdict(path, False, foreign_file(path, st.st_uid), root, exists=True)
                 if not overwrite:
                     return Verdict(
                         path, False, f"{path} exists and OVER_WRITE is not set", root, exists=True
@@ -286,3 +349,10 @@ class PathPolicy:
             root,
             tuple(missing),
         )
+
+
+def foreign_file(path: str, uid: int) -> str:
+    return (
+        f"{path} belongs to uid {uid} in a shared directory: fcopy never replaces "
+        "another user's file"
+    )

@@ -44,6 +44,15 @@ def _check_mode(value: int | str) -> str | None:
     return None
 
 
+def _check_dir_mode(value: int | str) -> str | None:
+    if parse_mode(value) & 0o022:
+        return (
+            f"directory mode {value!r} lets group or others write; fcopy refuses to copy "
+            "into such directories, so the ones it creates must not be (use e.g. '0755')"
+        )
+    return None
+
+
 def _check_owner(value: str) -> str | None:
     if value and not value.isdigit():
         try:
@@ -80,7 +89,9 @@ class FcopySettings:
         validate=_check_mode,
     )
     dir_mode: int | str = setting(
-        "0755", help="permission bits of directories made for CREATE_PATH", validate=_check_mode
+        "0755",
+        help="permission bits of directories made for CREATE_PATH (no group/other write)",
+        validate=_check_dir_mode,
     )
     owner: str = setting(
         "",

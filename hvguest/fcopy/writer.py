@@ -7,6 +7,10 @@ its final name, after ``fsync``: a cancelled or broken transfer leaves nothing a
 final name. Without OVER_WRITE the final step is ``linkat``, which fails if a file
 appeared meanwhile, so an existing file is never replaced by accident.
 
+The sha256 is computed as the data arrives while it arrives in order (the common
+case: no second pass over the file); a WRITE anywhere else (a resend, a gap) stops
+that, and COMPLETE reads the file back once to hash what is really in it.
+
 Every OS error is turned into the status the host expects: ENOSPC/EDQUOT/EFBIG ->
 HV_ERROR_DISK_FULL, an existing target without OVER_WRITE -> HV_ERROR_ALREADY_EXISTS,
 anything else -> HV_E_FAIL.
@@ -23,13 +27,14 @@ import secrets
 import stat
 from dataclasses import dataclass
 
-from hvguest.fcopy.policy import PathPolicy, Target, TransferRefused
+from hvguest.fcopy.policy import PathPolicy, Target, TransferRefused, foreign_file
 from hvguest.wire.status import HvStatus
 
 log = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".hvguest-fcopy."
 WRITEBACK_WINDOW = 32 << 20
+_REHASH_BLOCK = 1 << 20
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # Filesystems without O_TMPFILE answer one of these.
 _NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT)
@@ -74,6 +79,7 @@ class FileWriter:
         self._temp_name: str | None = None  # None: O_TMPFILE (no name at all)
         self._overwrite = False
         self._hash = hashlib.sha256()
+        self._hashed = 0  # the in-order hash covers [0, _hashed); -1: out of order
         self._size = 0
         self._flushed = 0
 
@@ -94,14 +100,17 @@ class FileWriter:
             self.discard("a new transfer starts")
         target = self.policy.resolve(path_name, file_name, create=create_path)
         try:
-            self._check_existing(target, overwrite)
+            existed = self._check_existing(target, overwrite)
             self._create(target)
         except BaseException:
             target.close()
             raise
         self.target = target
-        self._overwrite = overwrite
+        # In a shared root a name that was free at START may be taken by another
+        # user before COMPLETE: link without replacing, as without OVER_WRITE.
+        self._overwrite = overwrite and (existed or not target.shared)
         self._hash = hashlib.sha256()
+        self._hashed = 0
         self._size = 0
         self._flushed = 0
         log.debug("receiving %s (temporary %s)", target.path, self._temp_name or "O_TMPFILE")
@@ -112,6 +121,8 @@ class FileWriter:
         fd = self._fd
         if fd < 0:
             raise TransferRefused("no file is open for writing")
+        if not data:
+            return
         try:
             done = os.pwrite(fd, data, offset)
             if done < len(data):  # rare: finish a short write, or learn why not
@@ -128,9 +139,13 @@ class FileWriter:
                 f"writing {len(data)} bytes at offset {offset} of {path} failed: {exc.strerror}",
                 _status_for(exc),
             ) from exc
-        if self.checksum:
-            self._hash.update(data)
         end = offset + len(data)
+        if self._hashed == offset:
+            if self.checksum:
+                self._hash.update(data)
+            self._hashed = end
+        else:
+            self._hashed = -1  # hash the file at COMPLETE
         self._size = max(self._size, end)
         if end - self._flushed >= WRITEBACK_WINDOW:
             self._start_writeback(end)
@@ -144,6 +159,7 @@ class FileWriter:
             if self.uid >= 0 or self.gid >= 0:
                 os.fchown(self._fd, self.uid, self.gid)
             os.fsync(self._fd)
+            sha256 = self._digest()
             self._link_into_place(target)
         except TransferRefused:
             self.discard("completing failed")
@@ -155,7 +171,7 @@ class FileWriter:
             ) from exc
         with contextlib.suppress(OSError):
             os.fsync(target.dir_fd)
-        done = Committed(target.path, self._size, self.sha256)
+        done = Committed(target.path, self._size, sha256)
         self._close()
         return done
 
@@ -170,7 +186,25 @@ class FileWriter:
 
     @property
     def sha256(self) -> str | None:
-        return self._hash.hexdigest() if self.checksum else None
+        """The checksum of what is written so far (None when checksums are off)."""
+        return self._digest()
+
+    def _digest(self) -> str | None:
+        """The sha256 of the file's ``_size`` bytes: the in-order hash, or one pass
+        over the file when the data did not arrive in order."""
+        if not self.checksum:
+            return None
+        if self._hashed >= 0:
+            return self._hash.hexdigest()
+        h = hashlib.sha256()
+        offset = 0
+        while offset < self._size:
+            block = os.pread(self._fd, min(_REHASH_BLOCK, self._size - offset), offset)
+            if not block:  # cannot happen: the file is at least _size bytes
+                raise OSError(errno.EIO, f"file ends at {offset} of {self._size} bytes")
+            h.update(block)
+            offset += len(block)
+        return h.hexdigest()
 
     # -- internals -------------------------------------------------------------
 
@@ -194,20 +228,24 @@ class FileWriter:
             self.target.close()
             self.target = None
 
-    def _check_existing(self, target: Target, overwrite: bool) -> None:
+    def _check_existing(self, target: Target, overwrite: bool) -> bool:
+        """Whether the target name exists; refuses what may not be replaced."""
         try:
             st = os.stat(target.name, dir_fd=target.dir_fd, follow_symlinks=False)
         except FileNotFoundError:
-            return
+            return False
         except OSError as exc:
             raise TransferRefused(f"cannot check {target.path}: {exc.strerror}") from exc
         if stat.S_ISDIR(st.st_mode):
             raise TransferRefused(f"{target.path} exists and is a directory")
+        if target.shared and st.st_uid not in target.trusted_uids:
+            raise TransferRefused(foreign_file(target.path, st.st_uid))
         if not overwrite:
             raise TransferRefused(
                 f"{target.path} exists and the host did not set OVER_WRITE",
                 HvStatus.HV_ERROR_ALREADY_EXISTS,
             )
+        return True
 
     def _create(self, target: Target) -> None:
         mode = self.file_mode & 0o777
@@ -248,6 +286,12 @@ class FileWriter:
             return
         raise TransferRefused(f"cannot find a free temporary name in {target.directory}")
 
+    @staticmethod
+    def _why_kept(target: Target) -> str:
+        if target.shared:
+            return "may belong to another user (shared directory): it is not replaced"
+        return "OVER_WRITE is not set"
+
     def _link_into_place(self, target: Target) -> None:
         name, dir_fd = target.name, target.dir_fd
         if self._temp_name is None:
@@ -261,7 +305,7 @@ class FileWriter:
                 os.link(proc_path, final, dst_dir_fd=dir_fd, follow_symlinks=True)
             except FileExistsError as exc:
                 raise TransferRefused(
-                    f"{target.path} appeared during the transfer and OVER_WRITE is not set",
+                    f"{target.path} appeared during the transfer and {self._why_kept(target)}",
                     HvStatus.HV_ERROR_ALREADY_EXISTS,
                 ) from exc
             if self._overwrite:
@@ -277,27 +321,55 @@ class FileWriter:
                 os.link(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
             except FileExistsError as exc:
                 raise TransferRefused(
-                    f"{target.path} appeared during the transfer and OVER_WRITE is not set",
+                    f"{target.path} appeared during the transfer and {self._why_kept(target)}",
                     HvStatus.HV_ERROR_ALREADY_EXISTS,
                 ) from exc
             os.unlink(temp, dir_fd=dir_fd)
         self._temp_name = None
 
 
-def sweep_stale(directories: list[str]) -> list[str]:
-    """Remove hidden temporary files left by a daemon that died mid-transfer."""
+def stale_directories(policy: PathPolicy, previous_temp: object = None) -> list[str]:
+    """Where a crashed instance may have left a hidden temporary file: the allowed
+    roots, and the directory of the temporary file it last published (from its
+    state; O_TMPFILE leaves nothing anywhere)."""
+    directories = list(policy.roots)
+    if isinstance(previous_temp, str) and os.path.basename(previous_temp).startswith(TEMP_PREFIX):
+        directory = os.path.dirname(previous_temp)
+        if directory not in directories:
+            directories.append(directory)
+    return directories
+
+
+def sweep_stale(policy: PathPolicy, directories: list[str]) -> list[str]:
+    """Remove hidden temporary files left by a daemon that died mid-transfer.
+
+    Runs at start (``FcopyService.sweep_stale``) over the allowed roots and the
+    directory of the last published temporary file. A directory is opened through
+    the policy (no links, nobody else's directory) and only regular files with our
+    prefix owned by a trusted user go: in a shared root like /tmp another user can
+    give a file or a link that name, and root could unlink it there.
+    """
     removed = []
     for directory in directories:
-        with contextlib.suppress(OSError):
-            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                for entry in os.listdir(dir_fd):
-                    if entry.startswith(TEMP_PREFIX):
-                        with contextlib.suppress(OSError):
-                            os.unlink(entry, dir_fd=dir_fd)
-                            removed.append(os.path.join(directory, entry))
-            finally:
-                os.close(dir_fd)
+        try:
+            target = policy.open_directory(directory, create=False)
+        except TransferRefused as exc:
+            log.debug("not sweeping %s: %s", directory, exc)
+            continue
+        try:
+            for entry in os.listdir(target.dir_fd):
+                if not entry.startswith(TEMP_PREFIX):
+                    continue
+                with contextlib.suppress(OSError):
+                    st = os.stat(entry, dir_fd=target.dir_fd, follow_symlinks=False)
+                    if not stat.S_ISREG(st.st_mode) or st.st_uid not in policy.trusted_uids:
+                        continue
+                    os.unlink(entry, dir_fd=target.dir_fd)
+                    removed.append(os.path.join(target.directory, entry))
+        except OSError as exc:
+            log.debug("not sweeping %s: %s", directory, exc.strerror)
+        finally:
+            target.close()
     for path in removed:
         log.info("removed %s, left by an interrupted transfer", path)
     return removed

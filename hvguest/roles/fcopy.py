@@ -7,12 +7,15 @@ writer. The daemon runs the actions and hands the writer's status back through
 
 Decisions (the reference daemons differ; see docs of hvguest-fcopyd):
 
-* WRITE_TO_FILE must continue exactly where the previous one stopped. Hosts send
-  fragments sequentially from offset 0; a gap or an overlap is refused with HV_E_FAIL
-  and the transfer is abandoned (its temporary file discarded), because the file
-  could no longer match what the host sent.
-* ``offset + size`` may not exceed the announced ``file_size`` nor ``max_file_size``;
-  COMPLETE_FCOPY with fewer bytes than announced is refused and the file discarded.
+* WRITE_TO_FILE is accepted anywhere inside ``[0, file_size)``, as by every guest
+  daemon that talks to real hosts (they ``pwrite`` at the offset): a resend (after a
+  late reply, say) overwrites, a gap reads as zeros, a zero-length WRITE changes
+  nothing. Gaps and overlaps are counted in the transfer record and the first of
+  each kind is logged with its offsets, so real hosts tell us if it ever happens.
+* ``offset + size`` may not exceed the announced ``file_size`` nor ``max_file_size``
+  (HV_E_FAIL, transfer abandoned). COMPLETE_FCOPY succeeds only when the highest end
+  written equals ``file_size``; otherwise it is refused and nothing replaces the
+  target (Microsoft's own tests compare the guest file's size with the source's).
 * START_FILE_COPY while a transfer is open abandons the old transfer (nothing of it
   reaches its final name) and starts the new one: the host only starts a new copy
   after giving up on the previous one.
@@ -31,6 +34,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from hvguest.errors import WireError
+from hvguest.fcopy.names import escape
 from hvguest.wire.fcopy import (
     CREATE_PATH,
     OVER_WRITE,
@@ -110,14 +114,17 @@ class Transfer:
     file_size: int
     flags: int
     started: float
-    bytes_done: int = 0
+    bytes_done: int = 0  # the highest end written so far
+    gaps: int = 0  # WRITEs that started beyond bytes_done
+    overlaps: int = 0  # WRITEs that started before it (resends)
     result: str = "in progress"
     finished: float | None = None
     detail: str = ""
 
     @property
     def target(self) -> str:
-        return self.path_name.rstrip("/") + "/" + self.file_name
+        """The target for logs and records, control characters escaped."""
+        return escape(self.path_name.rstrip("/") + "/" + self.file_name)
 
     def duration(self, now: float) -> float:
         return (self.finished if self.finished is not None else now) - self.started
@@ -152,9 +159,9 @@ class FcopyRole:
 
     def accept_write(self, offset: int, size: int) -> bool:
         """Fast path for the common request: a WRITE that continues the open
-        transfer within its limits. True: the data may be written now (report a
-        failure with ``write_failed``); False: pass the request to ``handle()``,
-        which refuses it. Per fragment this avoids building a Step."""
+        transfer where its data ends, within its limits. True: write the data now
+        (report a failure with ``write_failed``); False: pass the request to
+        ``handle()`` (a resend, a gap, or a refusal). Saves building a Step."""
         transfer = self.transfer
         if (
             self.state is not FcopyState.RECEIVING
@@ -234,7 +241,7 @@ class FcopyRole:
             assert self.transfer is not None
             log.warning(
                 "START of %s while %s is open: abandoning the open transfer",
-                request.file_name,
+                escape(request.file_name),
                 self.transfer.target,
             )
             self._end(self.transfer, "superseded", now, "a new START arrived")
@@ -268,13 +275,6 @@ class FcopyRole:
         assert isinstance(request, FcopyWrite) and self.transfer is not None
         transfer = self.transfer
         end = request.offset + len(request.data)
-        if request.offset != transfer.bytes_done:
-            kind = "gap" if request.offset > transfer.bytes_done else "overlap"
-            detail = (
-                f"WRITE at offset {request.offset} leaves a {kind}: "
-                f"{transfer.bytes_done} bytes were written so far"
-            )
-            return self._abandon(detail, "refused", now, HvStatus.HV_E_FAIL)
         limit = min(transfer.file_size, self.max_file_size)
         if end > limit:
             detail = (
@@ -284,14 +284,17 @@ class FcopyRole:
                 else f"WRITE ends at {end}, beyond the limit {self.max_file_size}"
             )
             return self._abandon(detail, "refused", now, HvStatus.HV_E_FAIL)
-        self._pending = _Pending("write", end)
+        if request.data and request.offset != transfer.bytes_done:
+            _note_irregular(transfer, request.offset, end)
+        self._pending = _Pending("write", max(end, transfer.bytes_done))
         return Step((WriteData(request.offset, request.data),))
 
     def _complete(self, request: FcopyRequest, now: float) -> Step:
         transfer = self.transfer
         assert transfer is not None
         if transfer.bytes_done != transfer.file_size:
-            detail = f"COMPLETE after {transfer.bytes_done} of {transfer.file_size} announced bytes"
+            done, size = transfer.bytes_done, transfer.file_size
+            detail = f"COMPLETE when the data ends at {done} of {size} announced bytes"
             return self._abandon(detail, "incomplete", now, HvStatus.HV_E_FAIL, FcopyState.IDLE)
         self._pending = _Pending("complete")
         return Step((CommitTarget(),))
@@ -339,6 +342,23 @@ class FcopyRole:
         transfer.finished = now
         transfer.detail = detail
         self.finished.append(transfer)
+
+
+def _note_irregular(transfer: Transfer, offset: int, end: int) -> None:
+    """Count a WRITE that does not continue where the data ends; log the first gap
+    and the first overlap of the transfer, with the offsets."""
+    high = transfer.bytes_done
+    if offset > high:
+        transfer.gaps += 1
+        first = transfer.gaps == 1
+        what = f"leaves a gap after {high} (bytes {high}-{offset - 1} read as zeros if never sent)"
+    else:
+        transfer.overlaps += 1
+        first = transfer.overlaps == 1
+        what = f"overlaps the data received up to {high} (a resend?)"
+    if first:
+        log.warning("fcopy %s: WRITE of bytes %d-%d %s; accepted, logged once per transfer",
+                    transfer.target, offset, end - 1, what)
 
 
 def _result_name(status: int) -> str:

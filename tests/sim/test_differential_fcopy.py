@@ -9,8 +9,12 @@ deliberately differs, the scenario says so and asserts both sides:
   so a copy into a new directory fails there;
 * path refusals: a relative path, ``..`` or a path outside the allowed roots is refused
   (HV_E_FAIL); the reference writes wherever the joined path leads;
-* an incomplete or abandoned transfer leaves nothing behind (the reference keeps the
-  partial file on a failed WRITE; both remove it on CANCEL).
+* an incomplete or abandoned transfer leaves nothing behind: the reference keeps the
+  partial file when a WRITE failed (disk full) or COMPLETE comes before the data
+  reached ``file_size`` and the host does not cancel; both remove it on CANCEL.
+
+Resent fragments, gaps (holes), fragments out of order and zero-length WRITEs
+inside ``file_size`` give the same file and the same statuses from both.
 """
 
 from __future__ import annotations
@@ -26,7 +30,14 @@ from typing import Any
 import pytest
 
 from hvguest.sim.client import SimClient
-from hvguest.wire.fcopy import CREATE_PATH, OVER_WRITE, FcopyStart, FcopyWrite
+from hvguest.wire.fcopy import (
+    CREATE_PATH,
+    DATA_FRAGMENT,
+    OVER_WRITE,
+    FcopyComplete,
+    FcopyStart,
+    FcopyWrite,
+)
 from hvguest.wire.status import HvStatus
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse, pytest.mark.reference, pytest.mark.system]
@@ -34,6 +45,8 @@ pytestmark = [pytest.mark.root, pytest.mark.fuse, pytest.mark.reference, pytest.
 OK = HvStatus.HV_S_OK
 FAIL = HvStatus.HV_E_FAIL
 EXISTS = HvStatus.HV_ERROR_ALREADY_EXISTS
+DISK_FULL = HvStatus.HV_ERROR_DISK_FULL
+F = DATA_FRAGMENT
 
 HVGUEST = [sys.executable, "-m", "hvguest.daemons.fcopyd", "--log-target", "stderr"]
 REFERENCE = ["/usr/sbin/hv_fcopy_daemon", "-n"]
@@ -148,6 +161,66 @@ def start_twice(sim: SimClient, w: str) -> Outcome:
     return Outcome(statuses + [st], look(sim, "/tmp/second"))
 
 
+def raw_copy(
+    sim: SimClient, directory: str, name: str, data: bytes, ranges: list[tuple[int, int]]
+) -> list[int]:
+    """START, one WRITE per (start, end) range of ``data`` in the given order, COMPLETE:
+    what a host that resends or skips would send. Every status is kept."""
+    statuses = [sim.fcopy_raw(FcopyStart(name, directory, 0, len(data)).encode())]
+    for start, end in ranges:
+        statuses.append(sim.fcopy_raw(FcopyWrite(start, data[start:end]).encode()))
+    statuses.append(sim.fcopy_raw(FcopyComplete().encode()))
+    return statuses
+
+
+def _irregular(name: str, size: int, ranges: list[tuple[int, int]]) -> Scenario:
+    def scenario(sim: SimClient, w: str) -> Outcome:
+        data = pattern(size, 4)
+        statuses = raw_copy(sim, "/tmp", name, data, ranges)
+        return Outcome(statuses, look(sim, f"/tmp/{name}"))
+
+    scenario.__name__ = name
+    return scenario
+
+
+resend_fragment = _irregular(
+    "resend", 3 * F + 100, [(0, F), (F, 2 * F), (F, 2 * F), (2 * F, 3 * F), (3 * F, 3 * F + 100)]
+)
+partial_resend = _irregular(
+    "partial",
+    3 * F + 500,
+    [(0, F), (3000, 3000 + F), (3000 + F, 3000 + 2 * F), (3000 + 2 * F, 3 * F + 500)],
+)
+sparse_gap = _irregular("sparse", 4 * F, [(0, F), (2 * F, 3 * F), (3 * F, 4 * F)])
+out_of_order = _irregular(
+    "shuffled", 3 * F + 7, [(F, 2 * F), (0, F), (2 * F, 3 * F), (3 * F, 3 * F + 7)]
+)
+zero_length_writes = _irregular(
+    "zero",
+    2 * F + 9,
+    [(0, F), (F, F), (100, 100), (F, 2 * F), (2 * F, 2 * F + 9), (2 * F + 9, 2 * F + 9)],
+)
+
+
+def complete_short(sim: SimClient, w: str) -> Outcome:
+    statuses = raw_copy(sim, "/tmp", "short", pattern(3 * F, 5), [(0, F), (F, 2 * F)])
+    return Outcome(statuses, look(sim, "/tmp/short"))
+
+
+def failed_write_then_complete(sim: SimClient, w: str) -> Outcome:
+    """A WRITE fails (a 64 KiB filesystem fills up) and the host sends COMPLETE
+    instead of CANCEL."""
+    for cmd in (
+        ["mkdir", "/tmp/small"],
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "hvguest-small", "/tmp/small"],
+    ):
+        r = sim.exec(cmd)
+        assert r.returncode == 0, (cmd, r.stderr)
+    data = pattern(40 * F, 6)
+    statuses = raw_copy(sim, "/tmp/small", "full", data, [(o, o + F) for o in range(0, 40 * F, F)])
+    return Outcome(statuses, look(sim, "/tmp/small/full"))
+
+
 @dataclass(frozen=True)
 class Case:
     scenario: Scenario
@@ -156,11 +229,16 @@ class Case:
     differs: str | None = None
     check_hvguest: Callable[[Outcome], None] | None = None
     check_reference: Callable[[Outcome], None] | None = None
+    # For cases where both must match: what both must have done.
+    expect: Callable[[Outcome], None] | None = None
 
 
 def _mode_only(out_h: Outcome, out_r: Outcome) -> None:
-    """Same statuses and contents; modes are 0644 (hvguest) and 0744 (reference)."""
+    """Both succeed with the same statuses and contents; modes are 0644 (hvguest) and
+    0744 (reference)."""
     assert out_h.statuses == out_r.statuses
+    assert all(s == OK for s in out_h.statuses), [hex(s) for s in out_h.statuses]
+    assert out_h.files and all(v is not None for v in out_h.files.values()), out_h.files
     for path, got in out_h.files.items():
         ref = out_r.files[path]
         assert (got is None) == (ref is None), path
@@ -181,13 +259,58 @@ def _nothing(status: int) -> Callable[[Outcome], None]:
     return check
 
 
+def _statuses_and_files(statuses: list[int], files: dict[str, Any]) -> Callable[[Outcome], None]:
+    def check(out: Outcome) -> None:
+        assert out.statuses == statuses and out.files == files, out
+
+    return check
+
+
+def _partial_kept(out: Outcome) -> None:
+    """The reference answers every step but the failed WRITE with HV_S_OK and keeps
+    what it wrote."""
+    assert DISK_FULL in out.statuses and out.statuses[-1] == OK, out.statuses
+    [got] = out.files.values()
+    assert got is not None and 0 < len(got[0]) < 40 * F
+
+
+def _failed_nothing_left(out: Outcome) -> None:
+    assert DISK_FULL in out.statuses and out.statuses[-1] == DISK_FULL, out.statuses
+    assert all(v is None for v in out.files.values())
+
+
 CASES = {
     "plain_copy": Case(plain_copy, "mode"),
     "unicode_names": Case(unicode_names, "mode"),
     "empty_file": Case(empty_file, "mode"),
-    "existing_without_overwrite": Case(existing_without_overwrite),
-    "existing_with_overwrite": Case(existing_with_overwrite),
+    "existing_without_overwrite": Case(
+        existing_without_overwrite,
+        expect=_statuses_and_files([EXISTS], {"/tmp/exists": b"old"}),
+    ),
+    "existing_with_overwrite": Case(
+        existing_with_overwrite,
+        expect=_statuses_and_files([OK], {"/tmp/exists2": b"new contents"}),
+    ),
     "start_twice": Case(start_twice, "mode"),
+    "resend_fragment": Case(resend_fragment, "mode"),
+    "partial_resend": Case(partial_resend, "mode"),
+    "sparse_gap": Case(sparse_gap, "mode"),
+    "out_of_order": Case(out_of_order, "mode"),
+    "zero_length_writes": Case(zero_length_writes, "mode"),
+    "complete_short": Case(
+        complete_short,
+        "COMPLETE before the data reached file_size: hvguest fails it and keeps nothing; "
+        "the reference answers HV_S_OK and keeps the short file",
+        check_hvguest=_nothing(FAIL),
+        check_reference=_created,
+    ),
+    "failed_write_then_complete": Case(
+        failed_write_then_complete,
+        "a failed WRITE: hvguest repeats its status on COMPLETE and keeps nothing; the "
+        "reference answers COMPLETE with HV_S_OK and keeps the partial file",
+        check_hvguest=_failed_nothing_left,
+        check_reference=_partial_kept,
+    ),
     "create_path_one_level": Case(
         create_path_one_level,
         "CREATE_PATH: the reference never creates the last component of path_name",
@@ -212,7 +335,9 @@ CASES = {
         check_hvguest=_nothing(FAIL),
         check_reference=_created,
     ),
-    "cancel_mid_transfer": Case(cancel_mid_transfer),
+    "cancel_mid_transfer": Case(
+        cancel_mid_transfer, expect=_statuses_and_files([OK], {"/tmp/cancelled": None})
+    ),
 }
 
 
@@ -244,6 +369,8 @@ def test_differential(outcomes, name):
     case = CASES[name]
     out_h, out_r = hv[name], ref[name]
     if case.differs is None:
+        assert case.expect is not None, "a case where both must match says what they did"
+        case.expect(out_h)
         assert out_h.statuses == out_r.statuses
         assert out_h.files == out_r.files
     elif case.differs == "mode":

@@ -134,7 +134,13 @@ def test_robustness_sequence_keeps_serving(env):
     assert kernel.request(bytes(big)) == FAIL
     assert kernel.request(FcopyStart("g", str(incoming), 0, 10).encode()) == OK
     assert kernel.request(FcopyWrite(0, b"01234").encode()) == OK
-    assert kernel.request(FcopyWrite(7, b"789").encode()) == FAIL  # gap
+    assert kernel.request(FcopyWrite(7, b"789").encode()) == OK  # gap: a hole
+    assert kernel.request(FcopyComplete().encode()) == OK
+    assert (incoming / "g").read_bytes() == b"01234" + bytes(2) + b"789"
+    os.unlink(incoming / "g")
+    assert kernel.request(FcopyStart("g", str(incoming), 0, 10).encode()) == OK
+    assert kernel.request(FcopyWrite(0, b"01234").encode()) == OK
+    assert kernel.request(FcopyComplete().encode()) == FAIL  # short of file_size
     assert kernel.request(FcopyStart("h", str(incoming), 0, 10).encode()) == OK
     assert kernel.request(FcopyWrite(0, b"01234").encode()) == OK
     assert kernel.request(FcopyCancel().encode()) == OK
@@ -216,3 +222,33 @@ def test_restart_sweeps_hidden_temporary_file(tmp_path):
     assert os.listdir(incoming) == []
     first.runtime.close()
     second.runtime.close()
+
+
+def test_start_sweeps_only_our_leftovers_in_the_roots(tmp_path):
+    """A crash-left hidden temporary file is removed at start even when the state
+    that named it is gone (/run is a tmpfs); a file or link another user gave our
+    prefix, and anything else, stays."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file to another user")
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    ours = incoming / ".hvguest-fcopy.0123456789ab"
+    ours.write_bytes(b"left by a crash")
+    theirs = incoming / ".hvguest-fcopy.theirs"
+    theirs.write_bytes(b"not ours")
+    os.chown(theirs, 65534, 65534)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    os.symlink(victim, incoming / ".hvguest-fcopy.link")
+    (incoming / "keep.bin").write_bytes(b"keep")
+    paths = Paths(dev=str(tmp_path / "dev"), run=str(tmp_path / "run"))
+    config = load_config_text(f"fcopy:\n  allowed_roots: ['{incoming}']\n")
+    daemon = FcopyDaemon(paths, config, Runtime("c"), "legacy")
+    daemon.prepare()
+    assert sorted(os.listdir(incoming)) == [
+        ".hvguest-fcopy.link",
+        ".hvguest-fcopy.theirs",
+        "keep.bin",
+    ]
+    assert victim.read_bytes() == b"keep"
+    daemon.runtime.close()

@@ -149,15 +149,23 @@ def test_protocol_misuse_keeps_serving(sim, tmp_path, mode):
     bad = bytearray(FcopyWrite(0, b"x" * 16).encode())
     struct.pack_into("<I", bad, 48, 10000)
     assert raw(sim, mode, bytes(bad)) == FAIL
-    # An offset gap.
+    # A gap and a resend are accepted; a WRITE beyond file_size is not.
     assert raw(sim, mode, FcopyStart("four", incoming, 0, 100)) == OK
     assert raw(sim, mode, FcopyWrite(0, b"x" * 10)) == OK
-    assert raw(sim, mode, FcopyWrite(50, b"x" * 10)) == FAIL
+    assert raw(sim, mode, FcopyWrite(50, b"x" * 10)) == OK
+    assert raw(sim, mode, FcopyWrite(0, b"x" * 10)) == OK
+    assert raw(sim, mode, FcopyWrite(95, b"x" * 10)) == FAIL
     assert raw(sim, mode, FcopyCancel()) == OK
+    # Out of order with a hole, completed: holes read as zeros.
+    assert raw(sim, mode, FcopyStart("five", incoming, 0, 20)) == OK
+    assert raw(sim, mode, FcopyWrite(10, b"b" * 10)) == OK
+    assert raw(sim, mode, FcopyWrite(0, b"a" * 5)) == OK
+    assert raw(sim, mode, FcopyComplete()) == OK
     # Unknown operation.
     assert raw(sim, mode, struct.pack("<I", 42) + bytes(32)) == FAIL
-    assert sorted(os.listdir(f"{sim.root}{incoming}")) == ["two"]
+    assert sorted(os.listdir(f"{sim.root}{incoming}")) == ["five", "two"]
     assert open(f"{sim.root}{incoming}/two", "rb").read() == b"2222"
+    assert open(f"{sim.root}{incoming}/five", "rb").read() == b"a" * 5 + bytes(5) + b"b" * 10
     assert sim.daemon_alive()
     src = tmp_path / "after"
     src.write_bytes(b"after")

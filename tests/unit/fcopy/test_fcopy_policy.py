@@ -169,3 +169,40 @@ def test_check_dry_run(policy, root, tmp_path):
 def test_relative_root_rejected():
     with pytest.raises(ValueError):
         PathPolicy(["relative/dir"])
+
+
+CONTROL_CHARACTERS = ["\x00", "\x01", "\x07", "\t", "\n", "\r", "\x1b", "\x1f", "\x7f",
+                      "\x80", "\x85", "\x9b", "\x9f", "\u2028", "\u2029"]
+
+
+@pytest.mark.parametrize("char", CONTROL_CHARACTERS, ids=lambda c: f"U+{ord(c):04X}")
+def test_control_characters_in_names_are_refused(policy, root, char):
+    with pytest.raises(TransferRefused, match=f"U\\+{ord(char):04X}") as info:
+        policy.resolve(str(root), f"evil{char}name", create=True)
+    assert char not in str(info.value)
+    with pytest.raises(TransferRefused, match=f"U\\+{ord(char):04X}") as info:
+        policy.resolve(f"{root}/dir{char}x", "f", create=True)
+    assert char not in str(info.value)
+    assert not policy.check(f"{root}/a{char}b").allowed
+    assert os.listdir(root) == []
+
+
+@pytest.mark.parametrize("name", ["a\u00a0b", "~!@#$%^&()_+=,.;'[]{}", "\u00c0\u2027"])
+def test_printable_and_format_characters_stay_allowed(policy, root, name):
+    policy.resolve(str(root), name, create=False).close()
+
+
+def test_dir_mode_writable_by_others_is_refused(root):
+    with pytest.raises(ValueError, match="group or others"):
+        PathPolicy([str(root)], dir_mode=0o775)
+
+
+def test_config_refuses_a_group_or_world_writable_dir_mode():
+    from hvguest.config import load_config_text
+    from hvguest.errors import ConfigError
+    from hvguest.fcopy.settings import FcopySettings
+
+    with pytest.raises(ConfigError, match="group or others write"):
+        load_config_text("fcopy:\n  dir_mode: '0777'\n")
+    config = load_config_text("fcopy:\n  dir_mode: '0750'\n")
+    assert config.get(FcopySettings).dir_mode_bits == 0o750

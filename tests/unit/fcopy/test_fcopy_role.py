@@ -86,19 +86,42 @@ def test_start_twice_supersedes():
     assert role.transfer is not None and role.transfer.file_name == "g"
 
 
-@pytest.mark.parametrize("offset, kind", [(4, "gap"), (0, "overlap")])
-def test_gap_and_overlap_refused(offset, kind):
+def test_resend_gap_and_zero_length_are_accepted_counted_and_logged_once(caplog):
     role = started(10)
-    role.handle(FcopyWrite(0, b"ab"), 0.0)
+
+    def write(offset: int, data: bytes) -> None:
+        step = role.handle(FcopyWrite(offset, data), 0.0)
+        assert step.reply is None and step.actions == (WriteData(offset, data),)
+        assert role.finish(OK, 0.0) == OK
+
+    write(0, b"ab")
+    write(0, b"ab")  # exact resend
+    write(1, b"bc")  # partial resend
+    write(6, b"gh")  # gap: 3-5 stay a hole
+    write(1, b"b")  # overlap again
+    write(9, b"j")  # another gap
+    write(4, b"")  # zero-length: neither gap nor overlap
+    transfer = role.transfer
+    assert transfer is not None
+    assert (transfer.bytes_done, transfer.gaps, transfer.overlaps) == (10, 2, 3)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2, warnings
+    assert "WRITE of bytes 6-7 leaves a gap after 3 (bytes 3-5 read as zeros" in warnings[1]
+    assert "WRITE of bytes 0-1 overlaps the data received up to 2" in warnings[0]
+    step = role.handle(FcopyComplete(), 0.0)
+    assert step.actions == (CommitTarget(),)
+    role.finish(OK, 1.0)
+    assert role.finished[-1].result == "ok" and role.finished[-1].gaps == 2
+
+
+def test_complete_short_of_file_size_fails_after_a_gap():
+    role = started(10)
+    role.handle(FcopyWrite(5, b"fghij"[:4]), 0.0)  # ends at 9, one byte short
     role.finish(OK, 0.0)
-    step = role.handle(FcopyWrite(offset, b"cd"), 0.0)
+    step = role.handle(FcopyComplete(), 0.0)
     assert step.reply == FAIL and isinstance(step.actions[0], DiscardTarget)
-    assert kind in step.actions[0].reason
-    assert role.state is FcopyState.FAILED
-    # The transfer stays refused until CANCEL or a new START.
-    assert role.handle(FcopyWrite(2, b"cd"), 0.0).reply == FAIL
-    assert role.handle(FcopyComplete(), 0.0).reply == FAIL
-    assert role.state is FcopyState.IDLE
+    assert "ends at 9 of 10" in step.actions[0].reason
+    assert role.finished[-1].result == "incomplete"
 
 
 def test_write_beyond_file_size_refused():
@@ -166,12 +189,12 @@ def test_finish_without_pending_is_a_bug():
         role.handle(FcopyCancel(), 0.0)
 
 
-def test_fast_path_accepts_only_the_next_fragment():
+def test_fast_path_takes_only_the_next_fragment():
     role = started(10)
     assert role.accept_write(0, 4)
     assert role.transfer is not None and role.transfer.bytes_done == 4
-    assert not role.accept_write(0, 4)  # overlap: handle() refuses it
-    assert not role.accept_write(5, 1)  # gap
+    assert not role.accept_write(0, 4)  # overlap: for handle()
+    assert not role.accept_write(5, 1)  # gap: for handle()
     assert not role.accept_write(4, 7)  # beyond file_size
     assert role.accept_write(4, 6)
     assert FcopyRole(10).accept_write(0, 1) is False  # no transfer

@@ -147,12 +147,46 @@ def test_size_field_larger_than_payload(service, root):
     assert set(send_file(service, str(root), "g", b"fine")) == {OK}
 
 
-def test_offset_gap_refused_and_nothing_left(service, root):
-    assert service.handle(FcopyStart("f", str(root), 0, 20).encode(), utf16=False) == OK
-    assert service.handle(FcopyWrite(0, b"0123456789").encode(), utf16=False) == OK
-    assert service.handle(FcopyWrite(15, b"56789").encode(), utf16=False) == FAIL
+@pytest.mark.parametrize("utf16", [False, True], ids=["legacy", "uio"])
+def test_resends_and_gaps_land_like_pwrite(service, root, utf16):
+    """The host resends a fragment and skips ahead: the file is what pwrite at each
+    offset gives (holes read as zeros), the sha256 is the file's, the record counts."""
+
+    def req(message) -> int:
+        return service.handle(message.encode(utf16=utf16), utf16=utf16)
+
+    assert req(FcopyStart("f", str(root), 0, 20)) == OK
+    assert req(FcopyWrite(0, b"0123456789")) == OK
+    assert req(FcopyWrite(0, b"0123456789")) == OK
+    assert req(FcopyWrite(5, b"ABCDE")) == OK
+    assert req(FcopyWrite(15, b"vwxyz")) == OK
+    assert req(FcopyWrite(3, b"")) == OK
+    assert req(FcopyComplete()) == OK
+    expected = b"01234ABCDE" + bytes(5) + b"vwxyz"
+    assert (root / "f").read_bytes() == expected
+    record = service.recent[-1]
+    assert record["result"] == "ok" and (record["gaps"], record["overlaps"]) == (1, 2)
+    assert record["sha256"] == hashlib.sha256(expected).hexdigest()
+    assert record["size"] == 20
+
+
+def test_complete_short_of_file_size_replaces_nothing(service, root):
+    (root / "f").write_bytes(b"old")
+    assert service.handle(FcopyStart("f", str(root), OVER_WRITE, 20).encode(), utf16=False) == OK
+    assert service.handle(FcopyWrite(10, b"0123456789"[:9]).encode(), utf16=False) == OK
     assert service.handle(FcopyComplete().encode(), utf16=False) == FAIL
-    assert tree(root) == []
+    assert tree(root) == ["f"] and (root / "f").read_bytes() == b"old"
+    assert service.recent[-1]["result"] == "incomplete"
+
+
+def test_in_order_copy_is_hashed_without_reading_the_file_back(service, root, monkeypatch):
+    def no_pread(*args):
+        raise AssertionError("the in-order path read the file back")
+
+    monkeypatch.setattr(os, "pread", no_pread)
+    data = os.urandom(3 * DATA_FRAGMENT + 5)
+    assert set(send_file(service, str(root), "f", data)) == {OK}
+    assert service.recent[-1]["sha256"] == hashlib.sha256(data).hexdigest()
 
 
 def test_cancel_mid_transfer(service, root):
@@ -395,3 +429,21 @@ def test_checksum_can_be_turned_off(root):
     assert set(send_file(service, str(root), "f", b"data")) == {OK}
     assert service.recent[-1]["sha256"] is None
     assert (root / "f").read_bytes() == b"data"
+
+
+@pytest.mark.parametrize("utf16", [False, True], ids=["legacy", "uio"])
+def test_control_characters_in_names_refused_and_logged_escaped(service, root, utf16, caplog):
+    start = FcopyStart("x\x1b]0;owned\x07\n[fake] ok\u2028", str(root), CREATE_PATH, 1)
+    assert service.handle(start.encode(utf16=utf16), utf16=utf16) == FAIL
+    bad_dir = FcopyStart("f", f"{root}/d\x85", CREATE_PATH, 1)
+    assert service.handle(bad_dir.encode(utf16=utf16), utf16=utf16) == FAIL
+    assert tree(root) == []
+    for record in list(service.recent)[-2:]:
+        assert record["result"] == "HV_E_FAIL"
+        assert "control character" in record["detail"]
+        for text in (record["name"], record["detail"]):
+            assert not any(c in text for c in "\x1b\x07\n\x85\u2028"), text
+    assert "x\\x1b]0;owned\\x07\\x0a[fake] ok\\u2028" in service.recent[-2]["name"]
+    for r in caplog.records:
+        text = r.getMessage()
+        assert not any(c in text for c in "\x1b\x07\n\x85\u2028"), text
