@@ -39,6 +39,7 @@ class Daemon:
         config: str = "",
         hooks: dict[str, str] | None = None,
         lib_hooks: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         base = loops.base
         self.base = base
@@ -82,6 +83,7 @@ class Daemon:
             ],
             stdout=self.log,
             stderr=self.log,
+            env={**os.environ, **(env or {})},
         )
         self.kernel.accept()
 
