@@ -76,3 +76,23 @@ def test_guard_bookkeeping():
     finally:
         a.close()
         b.close()
+
+
+def test_guard_keeps_the_hooks_owed_across_arm_and_disarm():
+    a, b = socket.socketpair()
+    try:
+        guard = Guard(a, clock=lambda: 0.0)
+        owed = {"op": "hooks", "hooks": [["10-a", "/x/10-a"]], "argument": "freezefail",
+                "env": {}, "timeout": 5, "total": 12}
+        guard.handle(owed, [])
+        r, w = os.pipe()
+        guard.handle({"op": "arm", "bound": 62, "labels": ["/x"]}, [r])
+        guard.handle({"op": "disarm"}, [])
+        assert guard.owed == owed  # a freeze's end does not settle the hooks
+        guard.handle({**owed, "hooks": []}, [])
+        assert guard.owed is None
+        guard.deliver_hooks("test")  # nothing owed: nothing runs, nothing raised
+        os.close(w)
+    finally:
+        a.close()
+        b.close()
