@@ -211,6 +211,7 @@ class Outcome:
     output: str
     error: str = ""
     timed_out: bool = False
+    started: bool = True  # False: refused or not executable, nothing ran
 
     @property
     def ok(self) -> bool:
@@ -238,9 +239,9 @@ def run(
     try:
         fd = open_checked(hook.path, owner_uid=owner_uid)
     except Unsafe as exc:
-        return Outcome(None, 0.0, "", f"refused: {exc}")
+        return Outcome(None, 0.0, "", f"refused: {exc}", started=False)
     except OSError as exc:
-        return Outcome(None, 0.0, "", f"cannot open: {exc.strerror or exc}")
+        return Outcome(None, 0.0, "", f"cannot open: {exc.strerror or exc}", started=False)
     try:
         try:
             proc = subprocess.Popen(
@@ -256,12 +257,14 @@ def run(
             )
         except OSError as exc:
             return Outcome(None, time.monotonic() - start, "",
-                           f"cannot execute: {exc.strerror or exc}")
+                           f"cannot execute: {exc.strerror or exc}", started=False)
     finally:
         os.close(fd)
     assert proc.stdout is not None
     pipe = proc.stdout.fileno()
     os.set_blocking(pipe, False)
+    poller = select.poll()
+    poller.register(pipe, select.POLLIN)
     output = bytearray()
     deadline = start + timeout
     read_until: float | None = None  # set once the hook has exited or been killed
@@ -282,8 +285,7 @@ def run(
             wait = max(0.0, min(limit - now, 0.2))
             if read_until is not None and now >= read_until:
                 break
-            ready, _, _ = select.select([pipe], [], [], wait)
-            if ready:
+            if poller.poll(int(wait * 1000) + 1):
                 try:
                     chunk = os.read(pipe, 65536)
                 except BlockingIOError:

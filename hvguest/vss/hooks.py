@@ -48,6 +48,7 @@ class HookRun:
     returncode: int | None
     seconds: float
     error: str = ""
+    started: bool = True  # False: refused or not run, so owed nothing
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -70,7 +71,7 @@ def run_hook(
     error = out.error
     if error and out.output:
         error += ": " + out.output[-STDERR_TAIL:]
-    return HookRun(hook.name, argument, out.returncode, out.seconds, error)
+    return HookRun(hook.name, argument, out.returncode, out.seconds, error, out.started)
 
 
 def as_error(run: HookRun) -> HookError:
@@ -114,7 +115,8 @@ class HookRunner:
         budget = hookrun.budget(self.timeout, deadline - self.clock())
         if budget <= 0:
             run = HookRun(hook.name, argument, None, 0.0,
-                          f"not run: the {self.total_timeout:g} s budget of this phase is used up")
+                          f"not run: the {self.total_timeout:g} s budget of this phase is used up",
+                          started=False)
         else:
             run = run_hook(hook, argument, timeout=budget, env=env, owner_uid=self.owner_uid)
         self.runs.append(run)
@@ -130,6 +132,9 @@ class HookRunner:
             self.started.append(hook)
             self._tell(self.failure_argument)
             run = self._run(hook, "freeze", deadline, self.env)
+            if not run.started:
+                self.started.pop()  # never ran: owed nothing
+                self._tell(self.failure_argument)
             if run.error:
                 return as_error(run)
         self._tell("thaw")
