@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 GRACE = 2.0  # seconds after the auto-thaw bound before the guard acts
 STOP_GRACE = 3.0  # after SIGTERM, time for the daemon to thaw and disarm first
 MAX_FDS = 253  # SCM_MAX_FD
+MAX_MESSAGE = 65536  # what Guard.run reads of one message
 
 
 # -- daemon side ---------------------------------------------------------------
@@ -161,10 +162,14 @@ class GuardClient:
             except OSError as exc:
                 self.problems.append(f"cannot start the thaw guard: {exc.strerror or exc}")
                 return
-        self._send({
+        msg = {
             "op": "hooks", "hooks": [[h.name, h.path] for h in hooks], "argument": argument,
             "env": env, "timeout": timeout, "total": total,
-        })
+        }
+        if len(json.dumps(msg)) > MAX_MESSAGE // 2:
+            # A huge mount list must not make the message too big to be read.
+            msg["env"] = {k: v for k, v in env.items() if k != "HVGUEST_VSS_MOUNTS"}
+        self._send(msg)
 
 
 # -- guard side ------------------------------------------------------------------
