@@ -8,8 +8,8 @@ following a link at the last step:
   configured owner), executable, not writable by group or others;
 * its directory and every directory on the way up to ``/`` is owned by root
   (or the owner) and not writable by group or others. A symlink on the way is
-  followed only because the directory holding it passed the same check, and its
-  target path is checked the same way. One exception, for ancestors only: a
+  followed only if root owns it and the directory holding it passed the same
+  check, and its target path is checked the same way. One exception, for ancestors only: a
   root-owned directory with the sticky bit (``/tmp``) may be world-writable,
   because no other user can rename or remove root's entries in it.
 
@@ -109,6 +109,9 @@ def safe_directory(path: str, *, owner_uid: int = 0) -> str:
             candidate = os.path.join(current, part)
             st = os.lstat(candidate)
             if stat.S_ISLNK(st.st_mode):
+                if st.st_uid not in (0, owner_uid):
+                    # Its owner could re-point it (even inside a sticky /tmp).
+                    raise Unsafe(f"symbolic link {candidate} is owned by uid {st.st_uid}")
                 links[0] += 1
                 if links[0] > _MAX_LINKS:
                     raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)

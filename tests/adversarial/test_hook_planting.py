@@ -203,3 +203,21 @@ def test_hook_that_daemonizes_keeping_stdout_open_does_not_hang_the_runner(
             pass
     assert finished, "the runner waited for the daemonized child's output"
     assert _ran(marker)[:1] == ["daemonize"]
+
+
+def test_link_planted_by_a_user_in_a_sticky_directory_is_not_followed(
+    base: str, kind: tuple[str, Runner]
+) -> None:
+    """/tmp-like directories are accepted above a hook directory (nobody can move
+    root's entries there), but a link a user owns there can be re-pointed at will."""
+    subdir, run = kind
+    sticky = os.path.join(base, "tmp")
+    os.makedirs(sticky)
+    os.chmod(sticky, 0o1777)
+    marker = os.path.join(base, "ran")
+    _script(os.path.join(base, "sbin", subdir, "10-hook"), marker, "attacker")
+    link = os.path.join(sticky, "etc")
+    _as_nobody(lambda: os.symlink(os.path.join(base, "sbin"), link))
+    assert os.lstat(link).st_uid == NOBODY
+    run(link)
+    assert _ran(marker) == []
