@@ -234,7 +234,9 @@ class VssService:
             self._release_io()
             clear_record(self.paths)
             log.exception("FREEZE failed unexpectedly; everything thawed")
-            return self._freeze_failed(utc_now(), f"internal error: {exc!r}", [])
+            reason = f"internal error: {exc!r}"
+            self._unwind_hooks(reason)  # a hook that got freeze gets its freezefail
+            return self._freeze_failed(utc_now(), reason, [])
 
     def _do_freeze(self) -> list[Action]:
         started = utc_now()
@@ -296,6 +298,8 @@ class VssService:
             clear_record(self.paths)
             self._unwind_hooks(outcome.reason)
             return self._freeze_failed(started, outcome.reason, outcome.results, elapsed)
+        if self.hooks is not None:
+            self.hooks.frozen()
         self._last_freeze = self._summary(started, True, outcome.reason, outcome.results, elapsed)
         self._refine_record(started, plan, outcome.results)
         return self.role.freeze_result(True, outcome.reason, self.clock())

@@ -137,8 +137,12 @@ class HookRunner:
                 self._tell(self.failure_argument)
             if run.error:
                 return as_error(run)
-        self._tell("thaw")
         return None
+
+    def frozen(self) -> None:
+        """The filesystems are frozen: from now on the hooks are owed ``thaw``
+        (until then, a death means the freeze failed: ``freezefail``)."""
+        self._tell("thaw")
 
     def thaw(self) -> list[HookError]:
         return self._unwind("thaw")
