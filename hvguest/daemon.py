@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Protocol
@@ -149,6 +149,32 @@ class Runtime:
 
     def status(self, text: str) -> None:
         notify(f"STATUS={text}")
+
+    @contextlib.contextmanager
+    def keepalive(self, seconds: float) -> Iterator[None]:
+        """Feed the watchdog from a helper thread while the loop thread does
+        blocking work that bounds itself (hooks, FIFREEZE), for at most
+        ``seconds``: past that the pings stop, so a real hang is still caught."""
+        wd = watchdog_interval()
+        if wd is None:
+            yield
+            return
+        done = threading.Event()
+        end = time.monotonic() + seconds
+
+        def ping() -> None:
+            while time.monotonic() < end:
+                notify("WATCHDOG=1")
+                if done.wait(min(wd / 4, max(0.0, end - time.monotonic()))):
+                    return
+
+        thread = threading.Thread(target=ping, name=f"{self.name}-watchdog", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     # -- loop ------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from hvguest.state import StatePublisher, utc_now
 from hvguest.transport.chardev import vss_transport
 from hvguest.vss.freeze import FreezeEngine, FreezeObserver, FsOps, MountResult
 from hvguest.vss.guard import GuardClient
-from hvguest.vss.hooks import HookRunner, discover
+from hvguest.vss.hooks import Hook, HookRunner, discover
 from hvguest.vss.mounts import FreezePlan, SysfsBlock, build_plan, owner_of, read_mountinfo
 from hvguest.vss.record import clear_record, record_path, write_record
 from hvguest.vss.settings import VssSettings
@@ -234,7 +234,9 @@ class VssService:
             self._release_io()
             clear_record(self.paths)
             log.exception("FREEZE failed unexpectedly; everything thawed")
-            return self._freeze_failed(utc_now(), f"internal error: {exc!r}", [])
+            reason = f"internal error: {exc!r}"
+            self._unwind_hooks(reason)  # a hook that got freeze gets its freezefail
+            return self._freeze_failed(utc_now(), reason, [])
 
     def _do_freeze(self) -> list[Action]:
         started = utc_now()
@@ -256,10 +258,13 @@ class VssService:
         self.hooks = HookRunner(
             hooks.hooks if hooks else [],
             timeout=self.settings.hook_timeout,
+            total_timeout=self.settings.hook_phase_timeout,
             failure_argument=self.settings.failure_hook_argument,
             env=env,
+            observer=self._hooks_owed,
         )
-        hook_error = self.hooks.freeze()
+        with self._busy_with_hooks():
+            hook_error = self.hooks.freeze()
         if hook_error is not None:
             reason = f"freeze hook failed: {hook_error}"
             self._unwind_hooks(reason)
@@ -283,13 +288,18 @@ class VssService:
         self.state.publish()
         hvlog.hold()
         self.state.hold()
-        outcome = self.engine.freeze(plan)
+        # FIFREEZE syncs first, which may take long; the guard thaws after
+        # auto_thaw anyway, so that bounds the pings too.
+        with self.runtime.keepalive(self.settings.auto_thaw):
+            outcome = self.engine.freeze(plan)
         elapsed = (self.clock() - t0) * 1000
         if not outcome.ok:
             self._release_io()
             clear_record(self.paths)
             self._unwind_hooks(outcome.reason)
             return self._freeze_failed(started, outcome.reason, outcome.results, elapsed)
+        if self.hooks is not None:
+            self.hooks.frozen()
         self._last_freeze = self._summary(started, True, outcome.reason, outcome.results, elapsed)
         self._refine_record(started, plan, outcome.results)
         return self.role.freeze_result(True, outcome.reason, self.clock())
@@ -327,10 +337,27 @@ class VssService:
             log.warning("%s", problem)
         return self.role.freeze_result(False, reason, self.clock())
 
+    def _busy_with_hooks(self) -> Any:
+        """Hooks block the loop thread, each phase within hook_phase_timeout:
+        keep the watchdog fed meanwhile (plus a margin for the last reads)."""
+        return self.runtime.keepalive(self.settings.hook_phase_timeout + 5)
+
+    def _hooks_owed(self, hooks: list[Hook], argument: str) -> None:
+        """The guard learns which hooks are owed a thaw/freezefail at every step,
+        so that they get it even if this process dies (memory only: nothing is
+        written while filesystems may be frozen)."""
+        if self.guard is None or self.hooks is None:
+            return
+        self.guard.hooks_owed(
+            hooks, argument, dict(self.hooks.env), self.hooks.timeout, self.hooks.total_timeout
+        )
+
     def _unwind_hooks(self, reason: str) -> None:
         if self.hooks is None:
             return
-        for error in self.hooks.freeze_failed(reason):
+        with self._busy_with_hooks():
+            errors = self.hooks.freeze_failed(reason)
+        for error in errors:
             log.warning("%s", error)
         self._record_hooks()
 
@@ -370,7 +397,9 @@ class VssService:
             )
         elif why == "stop":
             log.warning("stopping while frozen: thawed %s", ", ".join(frozen) or "nothing")
-        for error in self.hooks.thaw() if self.hooks is not None else []:
+        with self._busy_with_hooks():
+            errors = self.hooks.thaw() if self.hooks is not None else []
+        for error in errors:
             log.warning("%s", error)
             self.state.record_error(f"thaw hook: {error}")
         self._record_hooks()

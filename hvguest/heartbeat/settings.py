@@ -6,6 +6,11 @@ from dataclasses import dataclass
 
 from hvguest.config import config_section, setting
 
+# hvguest-shutdown-hooks.service: TimeoutStopSec=120 for the whole ExecStop (a shell,
+# two systemctl calls, Python's start-up, then the hooks): 10 s are kept for those.
+UNIT_TIMEOUT_STOP = 120.0
+SHUTDOWN_HOOKS_MAX = 110.0
+
 
 def _unit_names(value: list[str]) -> str | None:
     for name in value:
@@ -46,10 +51,16 @@ class HeartbeatSettings:
         min=0.001, max=86_400_000,
     )
     shutdown_hook_timeout: float = setting(
-        30.0, help="seconds each pre-shutdown hook may run", min=1, max=3600
+        30.0, help="seconds each pre-shutdown hook may run", min=1, max=SHUTDOWN_HOOKS_MAX
     )
     shutdown_total_timeout: float = setting(
-        90.0, help="seconds all pre-shutdown hooks together may run", min=1, max=7200
+        90.0,
+        help=(
+            "seconds all pre-shutdown hooks together may run, kills included; at most\n"
+            "110: hvguest-shutdown-hooks.service stops them after TimeoutStopSec=120"
+        ),
+        min=1,
+        max=SHUTDOWN_HOOKS_MAX,
     )
     chrony_restart_timeout: float = setting(
         20.0, help="seconds 'hvguestctl timesync setup' waits for chrony to restart",

@@ -14,22 +14,18 @@ import contextlib
 import json
 import logging
 import os
-import signal
-import stat
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from hvguest import hookrun
 from hvguest.paths import Paths
 
 log = logging.getLogger(__name__)
 
 HOOK_DIR = "shutdown.d"
 RESULT_FILE = "shutdown-hooks.json"
-_SKIP_SUFFIXES = ("~", ".dpkg-old", ".dpkg-new", ".dpkg-dist", ".rpmnew", ".rpmsave", ".swp",
-                  ".disabled")
 _TAIL = 400
 
 
@@ -73,63 +69,16 @@ def hook_dir(paths: Paths) -> str:
 
 
 def list_hooks(paths: Paths, *, owner_uid: int = 0) -> list[Hook]:
-    """Every candidate in name order, with why an unusable one is skipped."""
-    directory = hook_dir(paths)
-    try:
-        names = sorted(os.listdir(directory))
-    except FileNotFoundError:
-        return []
-    hooks = []
-    for name in names:
-        if name.startswith(".") or name.endswith(_SKIP_SUFFIXES):
-            continue
-        path = os.path.join(directory, name)
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            hooks.append(Hook(path, False, f"cannot stat: {exc.strerror}"))
-            continue
-        if not stat.S_ISREG(st.st_mode):
-            continue
-        if st.st_uid != owner_uid:
-            hooks.append(Hook(path, False, f"owned by uid {st.st_uid}, not root"))
-        elif st.st_mode & (stat.S_IWOTH | stat.S_IWGRP):
-            hooks.append(Hook(path, False, "writable by group or others"))
-        elif not st.st_mode & stat.S_IXUSR:
-            hooks.append(Hook(path, False, "not executable"))
-        else:
-            hooks.append(Hook(path, True))
-    return hooks
+    """Every candidate in name order, with why an unusable one is skipped (the
+    rules are hvguest.hookrun's, the same as for the VSS hooks)."""
+    found = hookrun.discover([hook_dir(paths)], owner_uid=owner_uid)
+    hooks = [Hook(h.path, True) for h in found.hooks]
+    hooks += [Hook(r.path, False, r.reason) for r in found.refused]
+    return sorted(hooks, key=lambda h: h.name)
 
 
-def _run_one(path: str, action: str, budget: float) -> tuple[str, int | None, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
-    env["HVGUEST_SHUTDOWN_ACTION"] = action
-    try:
-        proc = subprocess.Popen(
-            [path, action], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, env=env, start_new_session=True, close_fds=True,
-        )
-    except OSError as exc:
-        return "failed", None, f"cannot start: {exc.strerror or exc}"
-    try:
-        out, _ = proc.communicate(timeout=budget)
-    except subprocess.TimeoutExpired:
-        # The hook may have started children: end its whole session.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        return "timeout", None, _tail(out) or f"still running after {budget:g} s, killed"
-    tail = _tail(out)
-    if proc.returncode == 0:
-        return "ok", 0, tail
-    return "failed", proc.returncode, tail
-
-
-def _tail(data: bytes | None) -> str:
-    if not data:
-        return ""
-    return data.decode("utf-8", "replace").strip()[-_TAIL:]
+def _tail(text: str) -> str:
+    return text[-_TAIL:]
 
 
 def run_hooks(
@@ -141,7 +90,8 @@ def run_hooks(
     owner_uid: int = 0,
     clock: Callable[[], float] = time.monotonic,
 ) -> list[HookResult]:
-    """Run the usable hooks; the result list follows name order."""
+    """Run the usable hooks; the result list follows name order. All of it,
+    kills and last reads included, ends within ``total_timeout``."""
     results: list[HookResult] = []
     deadline = clock() + total_timeout
     for hook in list_hooks(paths, owner_uid=owner_uid):
@@ -149,23 +99,30 @@ def run_hooks(
             log.warning("shutdown hook %s skipped: %s", hook.path, hook.problem)
             results.append(HookResult(hook.name, "skipped", None, 0.0, hook.problem))
             continue
-        remaining = deadline - clock()
-        if remaining <= 0:
+        budget = hookrun.budget(hook_timeout, deadline - clock())
+        if budget <= 0:
             log.warning("shutdown hook %s not run: total budget of %g s used up", hook.path,
                         total_timeout)
             results.append(HookResult(hook.name, "skipped", None, 0.0,
                                       f"total budget of {total_timeout:g} s used up"))
             continue
-        budget = min(hook_timeout, remaining)
         start = clock()
-        result, rc, detail = _run_one(hook.path, action, budget)
+        out = hookrun.run(
+            hookrun.Hook(hook.name, hook.path), [action], timeout=budget, owner_uid=owner_uid,
+            env={"HVGUEST_SHUTDOWN_ACTION": action},
+        )
         took = round(clock() - start, 3)
-        if result == "ok":
+        if out.ok:
+            result, detail = "ok", _tail(out.output)
             log.info("shutdown hook %s ok (%.1f s)", hook.path, took)
         else:
+            result = "timeout" if out.timed_out else "failed"
+            detail = _tail(out.output) or out.error
+            if out.timed_out and not out.output:
+                detail = f"still running after {budget:g} s, killed"
             log.error("shutdown hook %s %s%s: %s", hook.path, result,
-                      f" (exit {rc})" if rc is not None else "", detail)
-        results.append(HookResult(hook.name, result, rc, took, detail))
+                      f" (exit {out.returncode})" if out.returncode is not None else "", detail)
+        results.append(HookResult(hook.name, result, out.returncode, took, detail))
     return results
 
 

@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from hvguest import hookrun
 from hvguest.vss.freeze import FITHAW
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 GRACE = 2.0  # seconds after the auto-thaw bound before the guard acts
 STOP_GRACE = 3.0  # after SIGTERM, time for the daemon to thaw and disarm first
 MAX_FDS = 253  # SCM_MAX_FD
+MAX_MESSAGE = 65536  # what Guard.run reads of one message
 
 
 # -- daemon side ---------------------------------------------------------------
@@ -148,6 +150,27 @@ class GuardClient:
     def disarm(self) -> None:
         self._send({"op": "disarm"})
 
+    def hooks_owed(
+        self, hooks: list[hookrun.Hook], argument: str, env: dict[str, str],
+        timeout: float, total: float,
+    ) -> None:
+        """Which hooks are owed ``argument`` (thaw/freezefail) right now: the
+        guard runs them, in reverse, if the daemon dies before it does."""
+        if hooks and not self.alive():
+            try:
+                self.start()
+            except OSError as exc:
+                self.problems.append(f"cannot start the thaw guard: {exc.strerror or exc}")
+                return
+        msg = {
+            "op": "hooks", "hooks": [[h.name, h.path] for h in hooks], "argument": argument,
+            "env": env, "timeout": timeout, "total": total,
+        }
+        if len(json.dumps(msg)) > MAX_MESSAGE // 2:
+            # A huge mount list must not make the message too big to be read.
+            msg["env"] = {k: v for k, v in env.items() if k != "HVGUEST_VSS_MOUNTS"}
+        self._send(msg)
+
 
 # -- guard side ------------------------------------------------------------------
 
@@ -162,6 +185,7 @@ class Guard:
         self.deadline: float | None = None
         self.stopping_at: float | None = None
         self.record: str | None = None
+        self.owed: dict[str, Any] | None = None  # the last "hooks" message, if any owed
 
     def armed_and_frozen(self) -> list[int]:
         return [i for i, s in enumerate(self.states) if s in ("freezing", "frozen")]
@@ -180,6 +204,10 @@ class Guard:
             return
         for fd in fds:  # fds only come with "arm"
             os.close(fd)
+        if op == "hooks":
+            hooks = msg.get("hooks")
+            self.owed = msg if isinstance(hooks, list) and hooks else None
+            return
         if op == "disarm":
             self.release()
             return
@@ -215,6 +243,34 @@ class Guard:
                 os.unlink(self.record)
         self.release()
 
+    def deliver_hooks(self, why: str) -> None:
+        """Run the hooks the daemon still owed a thaw/freezefail (after thawing:
+        hooks never run while anything of ours is frozen)."""
+        owed, self.owed = self.owed, None
+        if owed is None:
+            return
+        try:
+            hooks = [hookrun.Hook(str(n), str(p)) for n, p in owed["hooks"]]
+            argument = str(owed["argument"])
+            env = {str(k): str(v) for k, v in dict(owed.get("env") or {}).items()}
+            timeout, total = float(owed["timeout"]), float(owed["total"])
+        except (KeyError, TypeError, ValueError):
+            log.error("thaw guard: unreadable hook list; hooks not run")
+            return
+        env["HVGUEST_VSS_OPERATION"] = argument
+        if argument != "thaw":
+            env.setdefault("HVGUEST_VSS_FAILURE", why)
+        deadline = self.clock() + total
+        for hook in reversed(hooks):
+            budget = hookrun.budget(timeout, deadline - self.clock())
+            if budget <= 0:
+                log.error("thaw guard: no time left to run hook %s %s", hook.name, argument)
+                continue
+            out = hookrun.run(hook, [argument], timeout=budget, env=env)
+            level = logging.WARNING if out.ok else logging.ERROR
+            log.log(level, "thaw guard: ran hook %s %s (%s): %s", hook.name, argument, why,
+                    out.error or "ok")
+
     def release(self) -> None:
         for fd in self.fds:
             with contextlib.suppress(OSError):
@@ -240,7 +296,7 @@ class Guard:
                 if fd == wake_fd:
                     with contextlib.suppress(OSError):
                         os.read(wake_fd, 64)
-                    if not self.states:
+                    if not self.states and self.owed is None:
                         return 0
                     if self.stopping_at is None:
                         self.stopping_at = now + STOP_GRACE
@@ -253,6 +309,7 @@ class Guard:
                     if self.armed_and_frozen():
                         self.thaw_all("hvguest-vssd went away while filesystems were frozen")
                     self.release()
+                    self.deliver_hooks("hvguest-vssd went away")
                     return 0
                 try:
                     msg = json.loads(data)
@@ -265,7 +322,11 @@ class Guard:
                 self.thaw_all("no thaw within the auto-thaw bound")
             if self.stopping_at is not None and now >= self.stopping_at:
                 self.thaw_all("stopped while filesystems were frozen")
-                return 0
+                if self.owed is None:
+                    return 0
+                # The daemon may still be running the thaw hooks: deliver only
+                # if it goes away without finishing them.
+                self.stopping_at = None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,34 +7,38 @@ gets ``freezefail`` (or ``thaw``, per configuration), in reverse order. A hook i
 /etc replaces a packaged hook of the same name. Hooks never run while anything is
 frozen: they could block writing to a frozen filesystem.
 
-A hook is run only if it is a regular executable file owned by root and not
-writable by group or others (a hook runs as root during every backup).
+Which files may run, and how, is hvguest.hookrun's business (the same rules as
+the pre-shutdown hooks). Each phase (freeze; thaw or freezefail) has a total
+budget besides the per-hook one, so that a stop in the middle of a backup ends
+within the unit's stop timeout. The runner tells an observer (the thaw guard)
+which hooks are owed a ``thaw``/``freezefail``, so that they get it even if the
+daemon dies.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import signal
-import stat
-import subprocess
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
+from hvguest import hookrun
 from hvguest.errors import HookError
+from hvguest.hookrun import Hook, HookSet, Refused
 
 log = logging.getLogger(__name__)
 
 STDERR_TAIL = 2000
-SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+__all__ = ["Hook", "HookRun", "HookRunner", "HookSet", "Refused", "discover", "run_hook"]
+
+# (hooks owed the argument, the argument): called whenever either changes.
+PendingObserver = Callable[[list[Hook], str], None]
 
 
-@dataclass(frozen=True)
-class Hook:
-    name: str
-    path: str
+def discover(dirs: Sequence[str], *, owner_uid: int = 0) -> HookSet:
+    """Hooks from ``dirs`` (pass /etc first: it wins), by name."""
+    return hookrun.discover(dirs, owner_uid=owner_uid)
 
 
 @dataclass
@@ -44,6 +48,7 @@ class HookRun:
     returncode: int | None
     seconds: float
     error: str = ""
+    started: bool = True  # False: refused or not run, so owed nothing
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -55,136 +60,18 @@ class HookRun:
         }
 
 
-@dataclass
-class Refused:
-    path: str
-    reason: str
-
-
-@dataclass
-class HookSet:
-    hooks: list[Hook]
-    refused: list[Refused] = field(default_factory=list)
-
-
-def _unsafe(path: str, st: os.stat_result, owner_uid: int) -> str | None:
-    if not stat.S_ISREG(st.st_mode):
-        return "not a regular file"
-    if not st.st_mode & stat.S_IXUSR:
-        return "not executable"
-    if st.st_uid != owner_uid:
-        return f"owned by uid {st.st_uid}, not root"
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return f"writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
-    return None
-
-
-def discover(dirs: Sequence[str], *, owner_uid: int = 0) -> HookSet:
-    """Hooks from ``dirs`` (later dirs lose to earlier: pass /etc first), by name.
-
-    Names starting with "." or ending in "~", ".dpkg-*", ".rpmnew", ".rpmsave",
-    ".disabled" or ".swp" are ignored (editor and package-manager leftovers). A hook
-    in an earlier dir that is refused still masks the same name in later dirs, so an
-    admin can disable a packaged hook with a non-executable file of the same name.
-    """
-    chosen: dict[str, Hook | None] = {}
-    refused: list[Refused] = []
-    for directory in dirs:
-        try:
-            names = sorted(os.listdir(directory))
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            refused.append(Refused(directory, f"cannot list: {exc.strerror}"))
-            continue
-        for name in names:
-            if name in chosen or _ignored(name):
-                continue
-            path = os.path.join(directory, name)
-            try:
-                st = os.stat(path)
-            except OSError as exc:
-                refused.append(Refused(path, f"cannot stat: {exc.strerror}"))
-                chosen[name] = None
-                continue
-            reason = _unsafe(path, st, owner_uid)
-            if reason is not None:
-                refused.append(Refused(path, reason))
-                chosen[name] = None
-                continue
-            chosen[name] = Hook(name, path)
-    hooks = [h for _, h in sorted(chosen.items()) if h is not None]
-    return HookSet(hooks, refused)
-
-
-def _ignored(name: str) -> bool:
-    return (
-        name.startswith(".")
-        or name.endswith(("~", ".rpmnew", ".rpmsave", ".rpmorig", ".disabled", ".swp"))
-        or ".dpkg-" in name
-        or name in ("README", "README.md")
-    )
-
-
 def run_hook(
-    hook: Hook,
-    argument: str,
-    *,
-    timeout: float,
-    env: Mapping[str, str],
+    hook: Hook, argument: str, *, timeout: float, env: Mapping[str, str], owner_uid: int = 0
 ) -> HookRun:
-    """Run one hook; never raises. A timeout kills its whole process group."""
-    start = time.monotonic()
-    full_env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", **env, "HVGUEST_VSS_OPERATION": argument}
-    try:
-        proc = subprocess.Popen(
-            [hook.path, argument],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=full_env,
-            cwd="/",
-            start_new_session=True,
-        )
-    except OSError as exc:
-        return HookRun(
-            hook.name, argument, None, time.monotonic() - start, f"cannot execute: {exc.strerror}"
-        )
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        # Children that kept the pipe open were killed with the group.
-        try:
-            output, _ = proc.communicate(timeout=2)
-        except subprocess.TimeoutExpired:
-            output = b""
-        return HookRun(
-            hook.name,
-            argument,
-            None,
-            time.monotonic() - start,
-            f"timed out after {timeout:g} s (process group killed)" + _tail(output),
-        )
-    seconds = time.monotonic() - start
-    if proc.returncode != 0:
-        what = (
-            f"killed by signal {-proc.returncode}"
-            if proc.returncode < 0
-            else f"exited with {proc.returncode}"
-        )
-        return HookRun(hook.name, argument, proc.returncode, seconds, what + _tail(output))
-    return HookRun(hook.name, argument, 0, seconds, "")
-
-
-def _tail(output: bytes | None) -> str:
-    if not output:
-        return ""
-    text = output.decode("utf-8", "replace").strip()
-    if not text:
-        return ""
-    return ": " + text[-STDERR_TAIL:]
+    """Run one hook; never raises."""
+    out = hookrun.run(
+        hook, [argument], timeout=timeout, owner_uid=owner_uid,
+        env={**env, "HVGUEST_VSS_OPERATION": argument},
+    )
+    error = out.error
+    if error and out.output:
+        error += ": " + out.output[-STDERR_TAIL:]
+    return HookRun(hook.name, argument, out.returncode, out.seconds, error, out.started)
 
 
 def as_error(run: HookRun) -> HookError:
@@ -201,27 +88,61 @@ class HookRunner:
         hooks: Sequence[Hook],
         *,
         timeout: float,
+        total_timeout: float | None = None,
         failure_argument: str = "freezefail",
         env: Mapping[str, str] | None = None,
+        observer: PendingObserver | None = None,
+        owner_uid: int = 0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.hooks = list(hooks)
         self.timeout = timeout
+        self.total_timeout = total_timeout if total_timeout is not None else timeout * max(
+            1, len(self.hooks)) + 2 * hookrun.GRACE * len(self.hooks)
         self.failure_argument = failure_argument
         self.env = dict(env or {})
+        self.observer = observer
+        self.owner_uid = owner_uid
+        self.clock = clock
         self.started: list[Hook] = []  # got "freeze", in order
         self.runs: list[HookRun] = []
+
+    def _tell(self, argument: str) -> None:
+        if self.observer is not None:
+            self.observer(list(self.started), argument)
+
+    def _run(self, hook: Hook, argument: str, deadline: float, env: Mapping[str, str]) -> HookRun:
+        budget = hookrun.budget(self.timeout, deadline - self.clock())
+        if budget <= 0:
+            run = HookRun(hook.name, argument, None, 0.0,
+                          f"not run: the {self.total_timeout:g} s budget of this phase is used up",
+                          started=False)
+        else:
+            run = run_hook(hook, argument, timeout=budget, env=env, owner_uid=self.owner_uid)
+        self.runs.append(run)
+        return run
 
     def freeze(self) -> HookError | None:
         """Run ``freeze`` in name order; stop at the first failure."""
         self.started = []
         self.runs = []
+        deadline = self.clock() + self.total_timeout
         for hook in self.hooks:
+            # Owed its freezefail from the moment it may have started quiescing.
             self.started.append(hook)
-            run = run_hook(hook, "freeze", timeout=self.timeout, env=self.env)
-            self.runs.append(run)
+            self._tell(self.failure_argument)
+            run = self._run(hook, "freeze", deadline, self.env)
+            if not run.started:
+                self.started.pop()  # never ran: owed nothing
+                self._tell(self.failure_argument)
             if run.error:
                 return as_error(run)
         return None
+
+    def frozen(self) -> None:
+        """The filesystems are frozen: from now on the hooks are owed ``thaw``
+        (until then, a death means the freeze failed: ``freezefail``)."""
+        self._tell("thaw")
 
     def thaw(self) -> list[HookError]:
         return self._unwind("thaw")
@@ -232,10 +153,13 @@ class HookRunner:
     def _unwind(self, argument: str, extra: Mapping[str, str] | None = None) -> list[HookError]:
         errors = []
         env = {**self.env, **(extra or {})}
-        for hook in reversed(self.started):
-            run = run_hook(hook, argument, timeout=self.timeout, env=env)
-            self.runs.append(run)
+        deadline = self.clock() + self.total_timeout
+        self._tell(argument)
+        while self.started:
+            hook = self.started[-1]
+            run = self._run(hook, argument, deadline, env)
+            self.started.pop()
+            self._tell(argument)
             if run.error:
                 errors.append(as_error(run))
-        self.started = []
         return errors

@@ -6,6 +6,13 @@ from dataclasses import dataclass
 
 from hvguest.config import config_section, setting
 
+# hvguest-vss.service has TimeoutStopSec=30. A stop that arrives while the freeze
+# hooks run waits for them, then thaws and runs the thaw hooks: two phases, plus
+# FITHAW and the exit, must fit. The daemon keeps the watchdog fed while hooks
+# run, so WatchdogSec does not bound them.
+UNIT_TIMEOUT_STOP = 30.0
+HOOK_PHASE_MAX = 12.0
+
 
 def _globs(value: list[str]) -> str | None:
     for pattern in value:
@@ -49,9 +56,22 @@ class VssSettings:
     )
     hook_timeout: float = setting(
         5.0,
-        help="seconds each hook may run; on timeout its process group is killed",
+        help=(
+            "seconds each hook may run; on timeout its process group is killed\n"
+            "(within hook_phase_timeout)"
+        ),
         min=0.1,
-        max=600,
+        max=HOOK_PHASE_MAX,
+    )
+    hook_phase_timeout: float = setting(
+        HOOK_PHASE_MAX,
+        help=(
+            "seconds all hooks of one phase together may run (the freeze hooks; then\n"
+            "the thaw or freezefail hooks), kills included. At most 12: a stop during\n"
+            "a backup runs both phases within the unit's TimeoutStopSec=30"
+        ),
+        min=0.1,
+        max=HOOK_PHASE_MAX,
     )
     hooks: bool = setting(
         True, help="run the hooks in /etc/hvguest/vss.d and /usr/lib/hvguest/vss.d"

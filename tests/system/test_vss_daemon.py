@@ -39,6 +39,8 @@ class Daemon:
         config: str = "",
         hooks: dict[str, str] | None = None,
         lib_hooks: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
+        as_installed: bool = False,
     ) -> None:
         base = loops.base
         self.base = base
@@ -82,8 +84,18 @@ class Daemon:
             ],
             stdout=self.log,
             stderr=self.log,
+            env=self._env(env, as_installed),
+            # As systemd starts it: from /, bytecode writing not turned off.
+            cwd="/" if as_installed else None,
         )
         self.kernel.accept()
+
+    @staticmethod
+    def _env(extra: dict[str, str] | None, as_installed: bool) -> dict[str, str]:
+        env = {**os.environ, **(extra or {})}
+        if as_installed:
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
+        return env
 
     def op(self, op: int, flags: int = 0, timeout: float = 60.0) -> tuple[int, int]:
         return self.kernel.op(op, flags, timeout)

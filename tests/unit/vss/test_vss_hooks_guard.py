@@ -76,3 +76,46 @@ def test_guard_bookkeeping():
     finally:
         a.close()
         b.close()
+
+
+def test_guard_keeps_the_hooks_owed_across_arm_and_disarm():
+    a, b = socket.socketpair()
+    try:
+        guard = Guard(a, clock=lambda: 0.0)
+        owed = {"op": "hooks", "hooks": [["10-a", "/x/10-a"]], "argument": "freezefail",
+                "env": {}, "timeout": 5, "total": 12}
+        guard.handle(owed, [])
+        r, w = os.pipe()
+        guard.handle({"op": "arm", "bound": 62, "labels": ["/x"]}, [r])
+        guard.handle({"op": "disarm"}, [])
+        assert guard.owed == owed  # a freeze's end does not settle the hooks
+        guard.handle({**owed, "hooks": []}, [])
+        assert guard.owed is None
+        guard.deliver_hooks("test")  # nothing owed: nothing runs, nothing raised
+        os.close(w)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_phase_budget_used_up_hook_not_run_is_owed_nothing(tmp_path):
+    from hvguest.vss.hooks import HookRunner
+
+    log = tmp_path / "log"
+    for name in ("10-a", "20-b"):
+        _write(tmp_path / "etc" / name, text=f'#!/bin/sh\necho "{name} $1" >> {log}\n')
+    found = discover([str(tmp_path / "etc")], owner_uid=os.getuid())
+    ticks = iter([0.0, 0.0, 100.0, 100.0, 100.0, 100.0])  # 20-b finds the phase over
+    told = []
+    runner = HookRunner(
+        found.hooks, timeout=5, total_timeout=12, owner_uid=os.getuid(),
+        observer=lambda hooks, arg: told.append(([h.name for h in hooks], arg)),
+        clock=lambda: next(ticks, 200.0),
+    )
+    error = runner.freeze()
+    assert error is not None and "budget of this phase is used up" in str(error)
+    assert [h.name for h in runner.started] == ["10-a"]
+    assert told[-1] == (["10-a"], "freezefail")
+    runner.freeze_failed("test")
+    assert log.read_text().split("\n")[:-1] == ["10-a freeze", "10-a freezefail"]
+    assert told[-1] == ([], "freezefail")

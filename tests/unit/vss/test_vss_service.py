@@ -260,3 +260,58 @@ def test_device_busy_is_retried_with_backoff(env, tmp_path):
         runtime.run_once(0)
     assert len(attempts) == 3 and runtime._exit_code is None
     assert service.state.doc["last_error"]["message"] == "busy"
+
+
+class _OwedRecorder:
+    """Stands in for the guard's end of the socket: what it was told is owed."""
+
+    pid = None
+    problems: list[str] = []
+
+    def __init__(self):
+        self.told: list[tuple[list[str], str]] = []
+
+    def hooks_owed(self, hooks, argument, env, timeout, total):
+        self.told.append(([h.name for h in hooks], argument))
+
+    def close(self):
+        pass
+
+
+def _with_hook(service, paths, tmp_path):
+    from dataclasses import replace
+
+    log = tmp_path / "hooks.log"
+    hook = os.path.join(paths.etc, "vss.d", "10-a")
+    os.makedirs(os.path.dirname(hook))
+    with open(hook, "w") as f:
+        f.write(f'#!/bin/sh\necho "10-a $1" >> {log}\n')
+    os.chmod(hook, 0o755)
+    service.settings = replace(service.settings, hooks=True)
+    service.guard = _OwedRecorder()
+    return log
+
+
+def test_guard_is_told_thaw_is_owed_only_once_frozen(env, tmp_path):
+    service, transport, ops, now, runtime, paths = env
+    log = _with_hook(service, paths, tmp_path)
+    assert _send(service, transport, 5) == 0
+    assert service.guard.told == [(["10-a"], "freezefail"), (["10-a"], "thaw")]
+    assert _send(service, transport, 6) == 0
+    assert service.guard.told[-1] == ([], "thaw")
+    assert log.read_text().split() == ["10-a", "freeze", "10-a", "thaw"]
+    hvlog.flush()
+
+
+def test_internal_error_during_freeze_still_gives_freezefail(env, tmp_path):
+    service, transport, ops, now, runtime, paths = env
+    log = _with_hook(service, paths, tmp_path)
+
+    def broken(plan):
+        raise RuntimeError("bug")
+
+    service.engine.freeze = broken
+    assert _send(service, transport, 5) == 0x80004005
+    assert log.read_text().split() == ["10-a", "freeze", "10-a", "freezefail"]
+    assert service.guard.told[-1] == ([], "freezefail")
+    hvlog.flush()
