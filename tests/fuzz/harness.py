@@ -41,16 +41,6 @@ def wire_error_ok(exc: WireError) -> None:
     assert str(exc), "WireError without a message"
 
 
-def refused(fn: Callable[[], object]) -> bool:
-    """Run a decoder: True if it returned, False if it raised a well-formed WireError."""
-    try:
-        fn()
-    except WireError as exc:
-        wire_error_ok(exc)
-        return False
-    return True
-
-
 def fit(data: bytes, *sizes: int) -> bytes:
     """Shape the input: a first byte below 0x80 passes the rest as is; otherwise the
     rest is zero-padded or cut to one of ``sizes``, so that mutations keep hitting the
