@@ -109,15 +109,28 @@ def _kvp_request(d: Draw) -> bytes:
     return requests[d.below(len(requests))]().encode()
 
 
-def _kvp_reply_ok(result: kr.Result, message: bytes) -> bool:
+def _kvp_reply_ok(result: kr.Result, message: bytes, fake: FakeKvpData) -> bool:
+    """Replies are well-formed; a successful one carries what the store holds."""
     assert result.reply is not None and len(result.reply) == KVP_MSG_SIZE, "KVP reply size"
     assert int.from_bytes(result.reply[:4], "little") == result.status, "status not in reply"
     try:
-        kvp.decode_kvp_request(message)
+        request = kvp.decode_kvp_request(message)
     except WireError:
         assert result.status not in (OK,), f"malformed request answered {result.status_name}"
         return False
-    return result.status in (OK, CONT)
+    if result.status != OK:
+        return result.status == CONT
+    stored = fake.pools.get(request.pool, {}) if hasattr(request, "pool") else {}
+    if isinstance(request, kvp.KvpSet):
+        assert stored.get(request.key) == request.value, "SET answered OK, value not stored"
+    elif isinstance(request, kvp.KvpGet):
+        value = kvp.decode_kvp_reply(kvp.KvpOp.GET, result.reply).value
+        auto = dict(fake.auto_items()) if request.pool == kvp.KvpPool.AUTO else {}
+        assert value in (stored.get(request.key), auto.get(request.key)), "GET: wrong value"
+    elif isinstance(request, kvp.KvpEnumerate) and request.pool != kvp.KvpPool.AUTO:
+        answer = kvp.decode_kvp_reply(kvp.KvpOp.ENUMERATE, result.reply)
+        assert (answer.key, answer.value) in stored.items(), "ENUMERATE: not a stored item"
+    return True
 
 
 def kvp_role_target(data: bytes) -> bool:
@@ -153,7 +166,7 @@ def kvp_role_target(data: bytes) -> bool:
                 served = True
                 continue
             assert role.counters.requests == requests + 1, "reply not counted once"
-            served |= _kvp_reply_ok(result, message)
+            served |= _kvp_reply_ok(result, message, fake)
     return served
 
 
@@ -177,7 +190,8 @@ _VSS_RESULTS: dict[vr.VssState, Callable[[vr.VssRole, bool, str, float], list[vr
 
 def vss_role_target(data: bytes) -> bool:
     """Every host message is answered exactly once: at once, or by the result of the
-    work it started; one arriving while work runs is refused at once."""
+    work it started; one arriving while work runs is refused at once. Accepted: an
+    input that got a FREEZE through to an OK reply."""
     d = Draw(data)
     role = vr.VssRole(auto_thaw=1 + d.below(60), hbu_flag_in_status=d.flag())
     now, outstanding, served = 0.0, False, False
@@ -189,7 +203,7 @@ def vss_role_target(data: bytes) -> bool:
             replies = _vss_replies(_VSS_RESULTS[role.state](role, d.flag(), d.text(10), now))
             assert len(replies) == (1 if outstanding else 0), "request not answered once"
             outstanding = False
-            served |= any(r.status == OK for r in replies)
+            served |= any(r.status == OK and r.op == "FREEZE" for r in replies)
         elif event in (5, 6):
             assert not _vss_replies(role.on_timer(now) if event == 5 else role.on_stop())
         else:
@@ -203,7 +217,6 @@ def vss_role_target(data: bytes) -> bool:
                 outstanding = True
             else:
                 assert len(replies) == 1, "more than one reply"
-                served |= replies[0].status == OK
         if role.state is vr.VssState.FROZEN:
             assert role.deadline is not None and role.frozen_at is not None
     return served
