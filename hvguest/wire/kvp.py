@@ -266,6 +266,7 @@ class KvpIpInfo:
         ``strict`` requires a NUL inside each field (requests from the kernel always
         have one); otherwise a field without NUL is taken whole.
         """
+        check_min_length(buf, KVP_MSG_SIZE, "KVP IP info message")
         texts: dict[str, str] = {}
         for spec in IP_STRING_FIELDS:
             raw = bytes(buf[spec.daemon_offset : spec.daemon_offset + spec.size])
