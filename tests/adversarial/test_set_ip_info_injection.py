@@ -269,7 +269,9 @@ RENDER_ATTACKS = {
     "str-address": dict(addresses=(f"fe80::20%x\n    pre-up {PWN}/64",)),
     "str-gateway": dict(gateways=("fe80::1%y\n[Match]\nName=*",)),
     "str-dns": dict(dns=(f"fe80::53%x\n    pre-up {PWN}",)),
-    "scoped-address": dict(addresses=(ipaddress.IPv6Interface("fe80::20%x\n    pre-up reboot/64"),)),
+    "scoped-address": dict(
+        addresses=(ipaddress.IPv6Interface("fe80::20%x\n    pre-up reboot/64"),)
+    ),
     "scoped-gateway": dict(gateways=(ipaddress.IPv6Address("fe80::1%y\n[Match]\nName=*"),)),
     "scoped-dns": dict(dns=(ipaddress.IPv6Address("fe80::53%x\n    pre-up reboot"),)),
     "plain-zone-dns": dict(dns=(ipaddress.IPv6Address("fe80::53%eth0"),)),
