@@ -12,6 +12,12 @@ netplan, ifupdown) and configured natively:
 * netplan: ``/etc/netplan/90-hvguest-<if>.yaml`` (mode 0600), ``netplan apply``;
 * ifupdown: ``/etc/network/interfaces.d/hvguest-<if>``, ``ifdown``/``ifup``.
 
+Nothing of the host's text reaches these files or commands: the KVP role turns the
+request into an ``IpConfig`` of typed, zone-free addresses (``hvguest.wire.ipconfig``),
+``hvguest.kvp.netrender`` writes each stack's file from those values only, the interface
+name and MAC from sysfs are checked the same way, and every command is an argv list
+run without a shell.
+
 Files are written atomically (temporary file, fsync, rename). If a command fails or
 runs out of time, the previous files are put back and the stack is reloaded again, so
 a bad push leaves the guest as it was. Every command gets a share of one deadline so

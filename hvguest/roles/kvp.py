@@ -9,7 +9,9 @@ Differences from hv_kvp_daemon, all deliberate (see tests/sim/test_differential_
 a bad pool byte, index, size or string gets a failure reply instead of a crash or a
 silently wrong answer; GET delivers the stored value (the C daemon's copy leaves it
 empty); GET on pool 2 also answers the generated items; unknown operations fail
-instead of "succeeding"; adapter MACs compare case-insensitively.
+instead of "succeeding"; adapter MACs compare case-insensitively; SET_IP_INFO strings go
+through one strict grammar (``hvguest.wire.ipconfig``: no zone ids, nothing outside the
+address alphabet) and anything else gets HV_INVALIDARG before any file is touched.
 """
 
 from __future__ import annotations
