@@ -185,6 +185,11 @@ def test_set_ip_info_zone_id_is_invalidarg_and_writes_nothing(
         if os.path.isdir(directory):
             written += [n for n in os.listdir(directory) if "hvguest" in n]
     assert written == []
+    # The daemon logged the refusal before it replied, with the value escaped.
+    with open(os.path.join(os.path.dirname(sim.control), "sim.stderr"), errors="replace") as f:
+        log = f.read()
+    assert f"SET_IP_INFO refused: {field} {ascii(value)}: character '%'" in log
+    assert not [line for line in log.splitlines() if line in ("    pre-up touch pwned", "[Match]")]
 
 
 def test_state_published(sim: SimClient) -> None:
