@@ -3,8 +3,8 @@
 Renderers take only typed values: an ``IpConfig`` (addresses as ``ipaddress`` objects
 without zone ids), a ``LinkName`` and a ``MacAddress`` (or None). Every address is
 written through ``hvguest.wire.ipconfig.text()``, so a file can only ever receive hex
-digits, dots, colons and one slash from the host; the ifupdown stanza, whose ``up``
-lines ifup runs through a shell, included.
+digits, dots, colons and one slash from the host (ifup substitutes the ifupdown values
+into the shell commands it runs: there too, nothing else can arrive).
 """
 
 from __future__ import annotations
@@ -121,19 +121,15 @@ def render_ifupdown(config: IpConfig, name: LinkName, mac: MacAddress | None) ->
         lines.append(f"iface {name} inet dhcp")
         lines += dns
         return "\n".join(lines) + "\n"
-    for family, addresses, gateways, up in (
-        ("inet", s.v4, s.gw4, "ip"),
-        ("inet6", s.v6, s.gw6, "ip -6"),
-    ):
-        if not addresses:
-            continue
-        lines += [f"iface {name} {family} static", f"    address {addresses[0]}"]
-        if gateways:
-            lines.append(f"    gateway {gateways[0]}")
-        lines += dns
-        dns = []
-        # ifup runs "up" lines through /bin/sh: only typed values and the checked name.
-        lines += [f"    up {up} addr add {a} dev {name}" for a in addresses[1:]]
+    # One stanza per address (ifupdown brings up every stanza of the interface, and
+    # takes each down again): no "up" command lines, which ifup would run in a shell.
+    for family, addresses, gateways in (("inet", s.v4, s.gw4), ("inet6", s.v6, s.gw6)):
+        for i, address in enumerate(addresses):
+            lines += [f"iface {name} {family} static", f"    address {address}"]
+            if i == 0 and gateways:
+                lines.append(f"    gateway {gateways[0]}")
+            lines += dns
+            dns = []
     return "\n".join(lines) + "\n"
 
 

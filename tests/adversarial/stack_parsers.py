@@ -159,7 +159,7 @@ def read_netplan(text: str) -> Settings:
 
 def read_ifupdown(text: str, name: str) -> Settings:
     """Every line must be one the renderer writes for ``name``; no other line, no
-    other option (ifup hands options to hook scripts and runs ``up`` lines in a shell)."""
+    other option (ifup hands options to hook scripts and the shell)."""
     out = Settings(name=name)
     lines = text.split("\n")
     if lines[-1] != "":
@@ -188,11 +188,6 @@ def read_ifupdown(text: str, name: str) -> Settings:
         m = re.fullmatch(rf"    dns-nameservers ({VALUE}(?: {VALUE})*)", line)
         if m:
             out.dns += m.group(1).split(" ")
-            continue
-        six = "-6 " if family == "inet6" else ""
-        m = re.fullmatch(rf"    up ip {six}addr add ({VALUE}) dev {n}", line)
-        if m:
-            out.addresses.append(m.group(1))
             continue
         raise Unexpected(f"stanza line {line!r}")
     return out

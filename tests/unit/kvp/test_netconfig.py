@@ -134,9 +134,19 @@ def test_netplan_is_valid_yaml(roots):
 
 def test_ifupdown_stanza():
     text = render_ifupdown(CONFIG, ETH0, None)
-    assert "iface eth0 inet static\n    address 192.0.2.20/24\n    gateway 192.0.2.1" in text
-    assert "up ip addr add 192.0.2.21/24 dev eth0" in text
-    assert "iface eth0 inet6 static\n    address 2001:db8::20/64" in text
+    assert text.split("\n")[1:] == [
+        "auto eth0",
+        "iface eth0 inet static",
+        "    address 192.0.2.20/24",
+        "    gateway 192.0.2.1",
+        "    dns-nameservers 192.0.2.53 2001:db8::53",
+        "iface eth0 inet static",  # one stanza per address: no shell "up" lines
+        "    address 192.0.2.21/24",
+        "iface eth0 inet6 static",
+        "    address 2001:db8::20/64",
+        "    gateway 2001:db8::1",
+        "",
+    ]
 
 
 def test_failure_restores_previous_file(roots):
