@@ -13,9 +13,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import struct
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from stack_parsers import READERS, Settings
 
 from hvguest.kvp.netconfig import NetConfigurator
@@ -290,3 +293,52 @@ def test_renderers_cannot_be_handed_raw_or_zoned_values(roots, stack, attack):
     with pytest.raises((TypeError, ValueError), match="IPv4|IPv6|zone"):
         plan = plan_for(stack, paths, IpConfig(**fields), "eth0", MAC)
         pytest.fail(f"rendered: {plan.text!r}")
+
+
+FIELD_BYTES = st.one_of(
+    st.binary(max_size=64),
+    st.text(st.sampled_from(list("0123456789abcdefABCDEF:./; %\n\t{}-") + ["\x85", "\u2028"]),
+            max_size=64).map(lambda t: t.encode()),
+)
+ADDRESS_BYTES = st.lists(
+    st.one_of(
+        st.integers(0, 2**32 - 1).map(lambda n: str(ipaddress.IPv4Address(n))),
+        st.integers(0, 2**128 - 1).map(lambda n: str(ipaddress.IPv6Address(n))),
+    ),
+    max_size=3,
+).map(lambda items: ";".join(items).encode())
+
+
+def field_bytes(field):
+    if field == "adapter_id":
+        return st.one_of(st.just(BASE["adapter_id"].encode()), FIELD_BYTES)
+    if field == "sub_net":
+        return st.one_of(st.just(b"24;24;24"), FIELD_BYTES)
+    return st.one_of(ADDRESS_BYTES, FIELD_BYTES)
+
+
+def test_any_bytes_get_invalidarg_or_only_plain_addresses():
+    seen = set()
+
+    @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.fixed_dictionaries({f: field_bytes(f) for f in FIELDS}), st.booleans())
+    def run(fields, dhcp):
+        buf = bytearray(message(dict.fromkeys(FIELDS, ""), dhcp=dhcp))
+        for spec in IP_STRING_FIELDS:
+            raw = fields[spec.name][: spec.size - 1]
+            buf[spec.daemon_offset : spec.daemon_offset + len(raw)] = raw
+        role = KvpRole(NoData())
+        role.registered("3.1")
+        result = role.handle(bytes(buf), 0.0)
+        applies = [a for a in result.actions if isinstance(a, ApplyIpConfig)]
+        if not applies:
+            seen.add("refused")
+            assert struct.unpack_from("<I", result.reply)[0] == HvStatus.HV_INVALIDARG
+            return
+        seen.add("accepted")
+        config = applies[0].config
+        for value in (*config.addresses, *config.gateways, *config.dns):
+            assert re.fullmatch(r"[0-9a-fA-F:./]+", value.compressed)
+
+    run()
+    assert seen == {"refused", "accepted"}  # both outcomes were exercised
