@@ -12,6 +12,12 @@ netplan, ifupdown) and configured natively:
 * netplan: ``/etc/netplan/90-hvguest-<if>.yaml`` (mode 0600), ``netplan apply``;
 * ifupdown: ``/etc/network/interfaces.d/hvguest-<if>``, ``ifdown``/``ifup``.
 
+Nothing of the host's text reaches these files or commands: the KVP role turns the
+request into an ``IpConfig`` of typed, zone-free addresses (``hvguest.wire.ipconfig``),
+``hvguest.kvp.netrender`` writes each stack's file from those values only, the interface
+name and MAC from sysfs are checked the same way, and every command is an argv list
+run without a shell.
+
 Files are written atomically (temporary file, fsync, rename). If a command fails or
 runs out of time, the previous files are put back and the stack is reloaded again, so
 a bad push leaves the guest as it was. Every command gets a share of one deadline so
@@ -21,7 +27,6 @@ the whole operation ends inside the kernel's 30 s window.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import os
 import shutil
@@ -31,28 +36,14 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from hvguest.kvp.ipinfo import run_root
+from hvguest.kvp.netrender import RENDERERS
 from hvguest.paths import Paths
+from hvguest.wire.ipconfig import IpConfig, LinkName, MacAddress, escaped
 from hvguest.wire.status import HvStatus
 
 log = logging.getLogger(__name__)
-
-
-class IpConfigLike(Protocol):
-    """A validated SET_IP_INFO request (hvguest.roles.kvp.IpConfig)."""
-
-    @property
-    def adapter_id(self) -> str: ...
-    @property
-    def dhcp(self) -> bool: ...
-    @property
-    def addresses(self) -> tuple[str, ...]: ...
-    @property
-    def gateways(self) -> tuple[str, ...]: ...
-    @property
-    def dns(self) -> tuple[str, ...]: ...
 
 
 @dataclass(frozen=True)
@@ -88,7 +79,8 @@ def run_command(argv: Sequence[str], timeout: float) -> tuple[int, str]:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.communicate(timeout=1.0)
         return 124, f"timed out after {timeout:.1f} s"
-    return proc.returncode, err.decode("utf-8", "replace").strip()[-300:]
+    # The tail goes into the host's log line: no control characters from the tool.
+    return proc.returncode, escaped(err.decode("utf-8", "replace").strip()[-300:])
 
 
 def find_interface(paths: Paths, guid: str) -> str | None:
@@ -109,12 +101,13 @@ def find_interface(paths: Paths, guid: str) -> str | None:
     return None
 
 
-def interface_mac(paths: Paths, name: str) -> str:
+def interface_mac(paths: Paths, name: str) -> MacAddress | None:
+    """The interface's MAC; None if sysfs has none readable (the files then go without)."""
     try:
         with open(os.path.join(paths.sys, "class", "net", name, "address"), encoding="ascii") as f:
-            return f.read().strip().upper()
-    except OSError:
-        return ""
+            return MacAddress.parse(f.read())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
 
 
 def detect_stack(paths: Paths, which: Callable[[str], str | None] = shutil.which) -> str | None:
@@ -142,129 +135,6 @@ def _listdir(path: str) -> list[str]:
         return []
 
 
-# -- renderers ---------------------------------------------------------------------
-
-
-def _split(
-    config: IpConfigLike,
-) -> tuple[list[str], list[str], list[str], list[str], list[str], list[str]]:
-    v4 = [a for a in config.addresses if ipaddress.ip_interface(a).version == 4]
-    v6 = [a for a in config.addresses if ipaddress.ip_interface(a).version == 6]
-    gw4 = [g for g in config.gateways if ipaddress.ip_address(g).version == 4]
-    gw6 = [g for g in config.gateways if ipaddress.ip_address(g).version == 6]
-    dns4 = [d for d in config.dns if ipaddress.ip_address(d).version == 4]
-    dns6 = [d for d in config.dns if ipaddress.ip_address(d).version == 6]
-    return v4, v6, gw4, gw6, dns4, dns6
-
-
-def render_nmconnection(config: IpConfigLike, name: str, mac: str) -> str:
-    v4, v6, gw4, gw6, dns4, dns6 = _split(config)
-    lines = [
-        "[connection]",
-        f"id=hvguest-{name}",
-        "type=ethernet",
-        f"interface-name={name}",
-        "autoconnect=true",
-        "",
-        "[ethernet]",
-    ]
-    if mac:
-        lines.append(f"mac-address={mac}")
-    lines += ["", "[ipv4]"]
-    if config.dhcp:
-        lines.append("method=auto")
-    elif v4:
-        lines.append("method=manual")
-        lines += [f"address{i}={a}" for i, a in enumerate(v4, 1)]
-    else:
-        lines.append("method=disabled")
-    if gw4 and not config.dhcp:
-        lines.append(f"gateway={gw4[0]}")
-    if dns4:
-        lines.append("dns=" + ";".join(dns4) + ";")
-    lines += ["", "[ipv6]"]
-    if v6 and not config.dhcp:
-        lines.append("method=manual")
-        lines += [f"address{i}={a}" for i, a in enumerate(v6, 1)]
-    else:
-        lines.append("method=auto")
-    if gw6 and not config.dhcp:
-        lines.append(f"gateway={gw6[0]}")
-    if dns6:
-        lines.append("dns=" + ";".join(dns6) + ";")
-    return "\n".join(lines) + "\n"
-
-
-def render_networkd(config: IpConfigLike, name: str, mac: str) -> str:
-    lines = [
-        "# Written by hvguest-kvpd from the Hyper-V host's SET_IP_INFO.",
-        "[Match]",
-        f"Name={name}",
-    ]
-    if mac:
-        lines.append(f"MACAddress={mac.lower()}")
-    lines += ["", "[Network]"]
-    if config.dhcp:
-        lines.append("DHCP=ipv4")
-    else:
-        lines += [f"Address={a}" for a in config.addresses]
-        lines += [f"Gateway={g}" for g in config.gateways]
-    lines += [f"DNS={d}" for d in config.dns]
-    return "\n".join(lines) + "\n"
-
-
-def render_netplan(config: IpConfigLike, name: str, mac: str) -> str:
-    # Flow style JSON is valid YAML and needs no YAML library here.
-    import json
-
-    eth: dict[str, object] = {}
-    if mac:
-        eth["match"] = {"macaddress": mac.lower()}
-        eth["set-name"] = name
-    if config.dhcp:
-        eth["dhcp4"] = True
-    else:
-        eth["dhcp4"] = False
-        if config.addresses:
-            eth["addresses"] = list(config.addresses)
-        routes = [{"to": "default", "via": g} for g in config.gateways]
-        if routes:
-            eth["routes"] = routes
-    if config.dns:
-        eth["nameservers"] = {"addresses": list(config.dns)}
-    doc = {"network": {"version": 2, "ethernets": {name: eth}}}
-    return (
-        "# Written by hvguest-kvpd from the Hyper-V host's SET_IP_INFO.\n"
-        + json.dumps(doc, indent=2)
-        + "\n"
-    )
-
-
-def render_ifupdown(config: IpConfigLike, name: str, mac: str) -> str:
-    v4, v6, gw4, gw6, dns4, dns6 = _split(config)
-    lines = ["# Written by hvguest-kvpd from the Hyper-V host's SET_IP_INFO.", f"auto {name}"]
-    if config.dhcp:
-        lines.append(f"iface {name} inet dhcp")
-    elif v4:
-        lines.append(f"iface {name} inet static")
-        lines.append(f"    address {v4[0]}")
-        if gw4:
-            lines.append(f"    gateway {gw4[0]}")
-        if config.dns:
-            lines.append("    dns-nameservers " + " ".join(config.dns))
-        for extra in v4[1:]:
-            lines.append(f"    up ip addr add {extra} dev {name}")
-    for i, a in enumerate(v6 if not config.dhcp else []):
-        if i == 0:
-            lines.append(f"iface {name} inet6 static")
-            lines.append(f"    address {a}")
-            if gw6:
-                lines.append(f"    gateway {gw6[0]}")
-        else:
-            lines.append(f"    up ip -6 addr add {a} dev {name}")
-    return "\n".join(lines) + "\n"
-
-
 # -- applying ------------------------------------------------------------------------
 
 
@@ -279,7 +149,12 @@ class Plan:
     restore: tuple[tuple[str, ...], ...]
 
 
-def plan_for(stack: str, paths: Paths, config: IpConfigLike, name: str, mac: str) -> Plan:
+def plan_for(
+    stack: str, paths: Paths, config: IpConfig, name: LinkName, mac: MacAddress | None
+) -> Plan:
+    if stack not in RENDERERS:
+        raise ValueError(f"unknown network stack {stack!r}")
+    text = RENDERERS[stack](config, name, mac)
     etc = paths.os_etc
     cmds: tuple[tuple[str, ...], ...]
     if stack == "networkmanager":
@@ -288,20 +163,20 @@ def plan_for(stack: str, paths: Paths, config: IpConfigLike, name: str, mac: str
         )
         cmds = (("nmcli", "connection", "reload"), ("nmcli", "connection", "up", f"hvguest-{name}"))
         # our profile may be gone again: let NetworkManager pick the best one left
-        restore = (("nmcli", "connection", "reload"), ("nmcli", "device", "connect", name))
-        return Plan(path, render_nmconnection(config, name, mac), 0o600, cmds, restore)
+        restore = (("nmcli", "connection", "reload"), ("nmcli", "device", "connect", name.value))
+        return Plan(path, text, 0o600, cmds, restore)
     if stack == "networkd":
         path = os.path.join(etc, "systemd", "network", f"10-hvguest-{name}.network")
-        cmds = (("networkctl", "reload"), ("networkctl", "reconfigure", name))
-        return Plan(path, render_networkd(config, name, mac), 0o644, cmds, cmds)
+        cmds = (("networkctl", "reload"), ("networkctl", "reconfigure", name.value))
+        return Plan(path, text, 0o644, cmds, cmds)
     if stack == "netplan":
         path = os.path.join(etc, "netplan", f"90-hvguest-{name}.yaml")
         cmds = (("netplan", "apply"),)
-        return Plan(path, render_netplan(config, name, mac), 0o600, cmds, cmds)
+        return Plan(path, text, 0o600, cmds, cmds)
     if stack == "ifupdown":
         path = os.path.join(etc, "network", "interfaces.d", f"hvguest-{name}")
-        cmds = (("ifdown", "--force", name), ("ifup", name))
-        return Plan(path, render_ifupdown(config, name, mac), 0o644, cmds, cmds)
+        cmds = (("ifdown", "--force", name.value), ("ifup", name.value))
+        return Plan(path, text, 0o644, cmds, cmds)
     raise ValueError(f"unknown network stack {stack!r}")
 
 
@@ -342,10 +217,10 @@ class NetConfigurator:
         self.which = which
         self.clock = clock
 
-    def apply(self, config: IpConfigLike) -> Outcome:
+    def apply(self, config: IpConfig) -> Outcome:
         deadline = self.clock() + self.timeout
-        name = find_interface(self.paths, config.adapter_id)
-        if name is None:
+        found = find_interface(self.paths, config.adapter_id)
+        if found is None:
             return Outcome(
                 HvStatus.HV_GUID_NOTFOUND, f"no network interface has VMBus id {config.adapter_id}"
             )
@@ -361,7 +236,11 @@ class NetConfigurator:
                 "no supported network stack found"
                 " (NetworkManager, systemd-networkd, netplan, ifupdown)",
             )
-        plan = plan_for(stack, self.paths, config, name, interface_mac(self.paths, name))
+        try:
+            name = LinkName(found)
+        except ValueError as exc:
+            return Outcome(HvStatus.HV_E_FAIL, str(exc))
+        plan = plan_for(stack, self.paths, config, name, interface_mac(self.paths, found))
         previous = _read_bytes(plan.path)
         try:
             atomic_write(plan.path, plan.text, plan.mode)

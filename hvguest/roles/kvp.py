@@ -9,12 +9,13 @@ Differences from hv_kvp_daemon, all deliberate (see tests/sim/test_differential_
 a bad pool byte, index, size or string gets a failure reply instead of a crash or a
 silently wrong answer; GET delivers the stored value (the C daemon's copy leaves it
 empty); GET on pool 2 also answers the generated items; unknown operations fail
-instead of "succeeding"; adapter MACs compare case-insensitively.
+instead of "succeeding"; adapter MACs compare case-insensitively; SET_IP_INFO strings go
+through one strict grammar (``hvguest.wire.ipconfig``: no zone ids, nothing outside the
+address alphabet) and anything else gets HV_INVALIDARG before any file is touched.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from enum import Enum
 from typing import Protocol
 
 from hvguest.errors import HvGuestError, LocalUsageError, WireError
+from hvguest.wire.ipconfig import HostValueError, IpConfig, parse_ip_config
 from hvguest.wire.kvp import (
     KVP_MSG_SIZE,
     KvpDelete,
@@ -97,17 +99,6 @@ class PoolChanged:
 
 
 @dataclass(frozen=True)
-class IpConfig:
-    """A validated SET_IP_INFO request, in plain data."""
-
-    adapter_id: str  # VMBus device GUID, lower case, without braces
-    dhcp: bool
-    addresses: tuple[str, ...]  # "ip/prefix", both families
-    gateways: tuple[str, ...]
-    dns: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class ApplyIpConfig:
     config: IpConfig
 
@@ -156,72 +147,6 @@ def normalise_mac(text: str) -> str | None:
         return None
     digits = digits.upper()
     return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
-
-
-def normalise_guid(text: str) -> str:
-    """A VMBus device GUID lower case without braces (sysfs ``device_id`` has braces)."""
-    return text.strip().strip("{}").lower()
-
-
-def split_list(text: str) -> list[str]:
-    """hv_kvp_daemon's list rule: ``;``-separated, leading spaces skipped, an empty
-    item ends the list (a trailing ``;`` is harmless)."""
-    items = []
-    for part in text.split(";"):
-        part = part.lstrip(" ").rstrip()
-        if not part:
-            break
-        items.append(part)
-    return items
-
-
-def _prefix(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, subnet: str) -> int:
-    """Prefix length from a dotted mask, ``64``, ``/64`` or an IPv6 mask."""
-    text = subnet.strip().lstrip("/")
-    if text.isdigit():
-        plen = int(text)
-    else:
-        mask = ipaddress.ip_network(f"0.0.0.0/{text}" if ip.version == 4 else f"::/{text}")
-        plen = mask.prefixlen
-    if not 0 <= plen <= ip.max_prefixlen:
-        raise ValueError(f"prefix {plen} out of range")
-    return plen
-
-
-def parse_ip_config(request: KvpSetIpInfo) -> IpConfig:
-    """Validate a SET_IP_INFO request; ValueError names the bad item."""
-    guid = normalise_guid(request.adapter_id)
-    if not guid:
-        raise ValueError("adapter_id is empty")
-    addresses: list[str] = []
-    if not request.dhcp_enabled:
-        ips = split_list(request.ip_addr)
-        subnets = split_list(request.sub_net)
-        if len(subnets) < len(ips):
-            raise ValueError(f"{len(ips)} addresses but {len(subnets)} subnets")
-        for ip_text, subnet in zip(ips, subnets, strict=False):
-            try:
-                ip = ipaddress.ip_address(ip_text)
-            except ValueError:
-                raise ValueError(f"ip_addr item {ip_text!r} is not an IP address") from None
-            try:
-                plen = _prefix(ip, subnet)
-            except ValueError:
-                raise ValueError(f"sub_net item {subnet!r} does not fit {ip_text}") from None
-            addresses.append(f"{ip}/{plen}")
-    gateways = []
-    for text in split_list(request.gate_way):
-        try:
-            gateways.append(str(ipaddress.ip_address(text)))
-        except ValueError:
-            raise ValueError(f"gate_way item {text!r} is not an IP address") from None
-    dns = []
-    for text in split_list(request.dns_addr):
-        try:
-            dns.append(str(ipaddress.ip_address(text)))
-        except ValueError:
-            raise ValueError(f"dns_addr item {text!r} is not an IP address") from None
-    return IpConfig(guid, request.dhcp_enabled, tuple(addresses), tuple(gateways), tuple(dns))
 
 
 class KvpRole:
@@ -382,7 +307,8 @@ class KvpRole:
     def _set_ip_info(self, raw: bytes, request: KvpSetIpInfo, now: float) -> Result:
         try:
             config = parse_ip_config(request)
-        except ValueError as exc:
+        except HostValueError as exc:
+            # str(exc) shows the offending value escaped and cut: safe for any log.
             self._move("request")
             return self._done(
                 kvp_reply(raw, HvStatus.HV_INVALIDARG),

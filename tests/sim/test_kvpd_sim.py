@@ -151,6 +151,47 @@ def test_set_ip_info_invalid_address(sim: SimClient) -> None:
     assert status == 0x80070057  # HV_INVALIDARG
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("dns_addr", "fe80::53%x\n    pre-up touch pwned"),
+        ("gate_way", "fe80::1%y\n[Match]\nName=*"),
+        ("dns_addr", "fe80::53%eth0"),
+    ],
+)
+def test_set_ip_info_zone_id_is_invalidarg_and_writes_nothing(
+    sim: SimClient, field: str, value: str
+) -> None:
+    # An adapter id the guest has not: before any check of the values, the old path
+    # answered HV_GUID_NOTFOUND, i.e. it had accepted them as addresses.
+    fields = {"gate_way": "192.0.2.1", "dns_addr": "192.0.2.53", field: value}
+    status = sim.kvp_set_ip_info(
+        "{f8615163-df3e-46c5-913f-f2d2f965ed0e}",
+        addr_family=3,
+        dhcp_enabled=False,
+        ip_addr="192.0.2.20",
+        sub_net="255.255.255.0",
+        **fields,
+    )
+    assert status == 0x80070057  # HV_INVALIDARG
+    written = []
+    for rel in (
+        "etc/network/interfaces.d",
+        "etc/systemd/network",
+        "etc/NetworkManager/system-connections",
+        "etc/netplan",
+    ):
+        directory = os.path.join(sim.root, rel)
+        if os.path.isdir(directory):
+            written += [n for n in os.listdir(directory) if "hvguest" in n]
+    assert written == []
+    # The daemon logged the refusal before it replied, with the value escaped.
+    with open(os.path.join(os.path.dirname(sim.control), "sim.stderr"), errors="replace") as f:
+        log = f.read()
+    assert f"SET_IP_INFO refused: {field} {ascii(value)}: character '%'" in log
+    assert not [line for line in log.splitlines() if line in ("    pre-up touch pwned", "[Match]")]
+
+
 def test_state_published(sim: SimClient) -> None:
     import json
 

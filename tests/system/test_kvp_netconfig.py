@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from ipaddress import ip_address, ip_interface
 
 import pytest
 
@@ -17,7 +18,13 @@ from hvguest.wire.status import HvStatus
 pytestmark = [pytest.mark.system]
 
 GUID = "a3c5e2f0-1111-2222-3333-444455556666"
-CONFIG = IpConfig(GUID, False, ("192.0.2.20/24",), ("192.0.2.1",), ("192.0.2.53",))
+CONFIG = IpConfig(
+    GUID,
+    False,
+    (ip_interface("192.0.2.20/24"),),
+    (ip_address("192.0.2.1"),),
+    (ip_address("192.0.2.53"),),
+)
 
 
 @pytest.fixture()

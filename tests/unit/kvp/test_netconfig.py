@@ -4,17 +4,32 @@ from __future__ import annotations
 
 import json
 import os
+from ipaddress import ip_address, ip_interface
 
 import pytest
 
-from hvguest.kvp.netconfig import NetConfigurator, detect_stack, render_ifupdown, render_networkd
+from hvguest.kvp.netconfig import NetConfigurator, detect_stack
+from hvguest.kvp.netrender import render_ifupdown, render_networkd
 from hvguest.paths import Paths
 from hvguest.roles.kvp import IpConfig
+from hvguest.wire.ipconfig import LinkName, MacAddress
 from hvguest.wire.status import HvStatus
 
 GUID = "a3c5e2f0-1111-2222-3333-444455556666"
-CONFIG = IpConfig(
-    GUID,
+ETH0 = LinkName("eth0")
+
+
+def config(dhcp=False, addresses=(), gateways=(), dns=(), guid=GUID):
+    return IpConfig(
+        guid,
+        dhcp,
+        tuple(ip_interface(a) for a in addresses),
+        tuple(ip_address(g) for g in gateways),
+        tuple(ip_address(d) for d in dns),
+    )
+
+
+CONFIG = config(
     False,
     ("192.0.2.20/24", "192.0.2.21/24", "2001:db8::20/64"),
     ("192.0.2.1", "2001:db8::1"),
@@ -52,7 +67,7 @@ def which_all(name):
 
 
 def test_unknown_adapter(roots):
-    cfg = IpConfig("00000000-0000-0000-0000-000000000000", True, (), (), ())
+    cfg = config(True, guid="00000000-0000-0000-0000-000000000000")
     out = NetConfigurator(paths(roots), runner=Recorder(), which=which_all).apply(cfg)
     assert out.status == HvStatus.HV_GUID_NOTFOUND
 
@@ -93,10 +108,11 @@ def test_networkmanager_keyfile(roots):
 
 def test_networkd_file_and_dhcp():
     text = render_networkd(
-        IpConfig(GUID, True, (), (), ("192.0.2.53",)), "eth0", "00:15:5D:00:00:01"
+        config(True, dns=("192.0.2.53",)), ETH0, MacAddress("00:15:5D:00:00:01")
     )
     assert "Name=eth0" in text and "DHCP=ipv4" in text and "DNS=192.0.2.53" in text
-    text = render_networkd(CONFIG, "eth0", "")
+    assert "MACAddress=00:15:5d:00:00:01" in text
+    text = render_networkd(CONFIG, ETH0, None)
     assert "Address=2001:db8::20/64" in text and "Gateway=192.0.2.1" in text
 
 
@@ -110,17 +126,27 @@ def test_netplan_is_valid_yaml(roots):
     assert out.status == HvStatus.HV_S_OK
     doc = yaml.safe_load((roots / "etc" / "netplan" / "90-hvguest-eth0.yaml").read_text())
     eth = doc["network"]["ethernets"]["eth0"]
-    assert eth["addresses"] == list(CONFIG.addresses)
+    assert eth["addresses"] == ["192.0.2.20/24", "192.0.2.21/24", "2001:db8::20/64"]
     assert {"to": "default", "via": "192.0.2.1"} in eth["routes"]
     assert runner.calls[0][0] == ("netplan", "apply")
     json.dumps(doc)
 
 
 def test_ifupdown_stanza():
-    text = render_ifupdown(CONFIG, "eth0", "")
-    assert "iface eth0 inet static\n    address 192.0.2.20/24\n    gateway 192.0.2.1" in text
-    assert "up ip addr add 192.0.2.21/24 dev eth0" in text
-    assert "iface eth0 inet6 static\n    address 2001:db8::20/64" in text
+    text = render_ifupdown(CONFIG, ETH0, None)
+    assert text.split("\n")[1:] == [
+        "auto eth0",
+        "iface eth0 inet static",
+        "    address 192.0.2.20/24",
+        "    gateway 192.0.2.1",
+        "    dns-nameservers 192.0.2.53 2001:db8::53",
+        "iface eth0 inet static",  # one stanza per address: no shell "up" lines
+        "    address 192.0.2.21/24",
+        "iface eth0 inet6 static",
+        "    address 2001:db8::20/64",
+        "    gateway 2001:db8::1",
+        "",
+    ]
 
 
 def test_failure_restores_previous_file(roots):

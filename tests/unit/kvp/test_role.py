@@ -15,8 +15,8 @@ from hvguest.roles.kvp import (
     PoolChanged,
     normalise_mac,
     parse_ip_config,
-    split_list,
 )
+from hvguest.wire.ipconfig import HostValueError
 from hvguest.wire.kvp import (
     KVP_MSG_SIZE,
     KvpDelete,
@@ -189,9 +189,9 @@ def test_set_ip_info_becomes_an_action_then_a_reply(role):
     assert isinstance(action, ApplyIpConfig)
     cfg = action.config
     assert cfg.adapter_id == "a3c5e2f0-1111-2222-3333-444455556666"
-    assert cfg.addresses == ("192.0.2.20/24", "2001:db8::20/64")
-    assert cfg.gateways == ("192.0.2.1",)
-    assert cfg.dns == ("192.0.2.53", "2001:db8::53")
+    assert [a.compressed for a in cfg.addresses] == ["192.0.2.20/24", "2001:db8::20/64"]
+    assert [g.compressed for g in cfg.gateways] == ["192.0.2.1"]
+    assert [d.compressed for d in cfg.dns] == ["192.0.2.53", "2001:db8::53"]
     done = role.ip_config_done(HvStatus.HV_GUID_NOTFOUND, "no such adapter", 1.0)
     assert status_of(done.reply) == HvStatus.HV_GUID_NOTFOUND
     assert role.state is KvpState.READY
@@ -216,14 +216,25 @@ def test_set_ip_info_invalid_is_invalidarg(role, kw):
     assert role.state is KvpState.READY
 
 
-def test_dhcp_ignores_addresses():
-    cfg = parse_ip_config(set_ip(dhcp_enabled=True, ip_addr="x", sub_net=""))
+def test_dhcp_ignores_addresses_but_still_checks_them():
+    cfg = parse_ip_config(set_ip(dhcp_enabled=True, ip_addr="192.0.2.20", sub_net=""))
     assert cfg.dhcp and cfg.addresses == ()
+    with pytest.raises(HostValueError, match="ip_addr 'x'"):
+        parse_ip_config(set_ip(dhcp_enabled=True, ip_addr="x", sub_net=""))
+
+
+def test_refusal_log_names_field_and_escaped_value(role):
+    res = role.handle(set_ip(dns_addr="fe80::53%x\n    pre-up reboot").encode(), 0)
+    assert res.status == INVAL
+    (log,) = res.actions
+    line = log.message % log.args
+    assert line == (
+        "SET_IP_INFO refused: dns_addr 'fe80::53%x\\n    pre-up reboot': character '%' at 8"
+        " is not allowed in an address list"
+    )
 
 
 def test_helpers():
-    assert split_list("a; b;;c") == ["a", "b"]
-    assert split_list("") == []
     assert normalise_mac("00155d000001") == "00:15:5D:00:00:01"
     assert normalise_mac("00:15:5d:00:00") is None
 

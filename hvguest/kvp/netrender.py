@@ -1,0 +1,141 @@
+"""The configuration file of each network stack for a host-pushed IP configuration.
+
+Renderers take only typed values: an ``IpConfig`` (addresses as ``ipaddress`` objects
+without zone ids), a ``LinkName`` and a ``MacAddress`` (or None). Every address is
+written through ``hvguest.wire.ipconfig.text()``, so a file can only ever receive hex
+digits, dots, colons and one slash from the host (ifup substitutes the ifupdown values
+into the shell commands it runs: there too, nothing else can arrive).
+"""
+
+from __future__ import annotations
+
+import json
+
+from hvguest.wire.ipconfig import IpConfig, LinkName, MacAddress, text
+
+HEADER = "# Written by hvguest-kvpd from the Hyper-V host's SET_IP_INFO."
+
+
+class Split:
+    """The request's values by family, as text."""
+
+    def __init__(self, config: IpConfig, name: LinkName, mac: MacAddress | None) -> None:
+        # A raw str must not get this far: the types are the guarantee, so check them.
+        if not isinstance(config, IpConfig):
+            raise TypeError(f"an IpConfig is needed, not {type(config).__name__}")
+        if not isinstance(name, LinkName):
+            raise TypeError(f"a LinkName is needed, not {type(name).__name__}")
+        if mac is not None and not isinstance(mac, MacAddress):
+            raise TypeError(f"a MacAddress or None is needed, not {type(mac).__name__}")
+        self.v4 = [text(a) for a in config.addresses if a.version == 4]
+        self.v6 = [text(a) for a in config.addresses if a.version == 6]
+        self.gw4 = [text(g) for g in config.gateways if g.version == 4]
+        self.gw6 = [text(g) for g in config.gateways if g.version == 6]
+        self.dns4 = [text(d) for d in config.dns if d.version == 4]
+        self.dns6 = [text(d) for d in config.dns if d.version == 6]
+        self.addresses = [text(a) for a in config.addresses]
+        self.gateways = [text(g) for g in config.gateways]
+        self.dns = [text(d) for d in config.dns]
+
+
+def render_nmconnection(config: IpConfig, name: LinkName, mac: MacAddress | None) -> str:
+    s = Split(config, name, mac)
+    lines = [
+        "[connection]",
+        f"id=hvguest-{name}",
+        "type=ethernet",
+        f"interface-name={name}",
+        "autoconnect=true",
+        "",
+        "[ethernet]",
+    ]
+    if mac is not None:
+        lines.append(f"mac-address={mac}")
+    lines += ["", "[ipv4]"]
+    if config.dhcp:
+        lines.append("method=auto")
+    elif s.v4:
+        lines.append("method=manual")
+        lines += [f"address{i}={a}" for i, a in enumerate(s.v4, 1)]
+    else:
+        lines.append("method=disabled")
+    if s.gw4 and not config.dhcp:
+        lines.append(f"gateway={s.gw4[0]}")
+    if s.dns4:
+        lines.append("dns=" + ";".join(s.dns4) + ";")
+    lines += ["", "[ipv6]"]
+    if s.v6 and not config.dhcp:
+        lines.append("method=manual")
+        lines += [f"address{i}={a}" for i, a in enumerate(s.v6, 1)]
+    else:
+        lines.append("method=auto")
+    if s.gw6 and not config.dhcp:
+        lines.append(f"gateway={s.gw6[0]}")
+    if s.dns6:
+        lines.append("dns=" + ";".join(s.dns6) + ";")
+    return "\n".join(lines) + "\n"
+
+
+def render_networkd(config: IpConfig, name: LinkName, mac: MacAddress | None) -> str:
+    s = Split(config, name, mac)
+    lines = [HEADER, "[Match]", f"Name={name}"]
+    if mac is not None:
+        lines.append(f"MACAddress={mac.lower}")
+    lines += ["", "[Network]"]
+    if config.dhcp:
+        lines.append("DHCP=ipv4")
+    else:
+        lines += [f"Address={a}" for a in s.addresses]
+        lines += [f"Gateway={g}" for g in s.gateways]
+    lines += [f"DNS={d}" for d in s.dns]
+    return "\n".join(lines) + "\n"
+
+
+def render_netplan(config: IpConfig, name: LinkName, mac: MacAddress | None) -> str:
+    # Flow-style JSON is valid YAML and needs no YAML library here.
+    s = Split(config, name, mac)
+    eth: dict[str, object] = {}
+    if mac is not None:
+        eth["match"] = {"macaddress": mac.lower}
+        eth["set-name"] = str(name)
+    if config.dhcp:
+        eth["dhcp4"] = True
+    else:
+        eth["dhcp4"] = False
+        if s.addresses:
+            eth["addresses"] = s.addresses
+        if s.gateways:
+            eth["routes"] = [{"to": "default", "via": g} for g in s.gateways]
+    if s.dns:
+        eth["nameservers"] = {"addresses": s.dns}
+    doc = {"network": {"version": 2, "ethernets": {str(name): eth}}}
+    return HEADER + "\n" + json.dumps(doc, indent=2, ensure_ascii=True) + "\n"
+
+
+def render_ifupdown(config: IpConfig, name: LinkName, mac: MacAddress | None) -> str:
+    s = Split(config, name, mac)
+    lines = [HEADER, f"auto {name}"]
+    # resolvconf's dns-nameservers option goes in the first stanza, whatever its method.
+    dns = ["    dns-nameservers " + " ".join(s.dns)] if s.dns else []
+    if config.dhcp:
+        lines.append(f"iface {name} inet dhcp")
+        lines += dns
+        return "\n".join(lines) + "\n"
+    # One stanza per address (ifupdown brings up every stanza of the interface, and
+    # takes each down again): no "up" command lines, which ifup would run in a shell.
+    for family, addresses, gateways in (("inet", s.v4, s.gw4), ("inet6", s.v6, s.gw6)):
+        for i, address in enumerate(addresses):
+            lines += [f"iface {name} {family} static", f"    address {address}"]
+            if i == 0 and gateways:
+                lines.append(f"    gateway {gateways[0]}")
+            lines += dns
+            dns = []
+    return "\n".join(lines) + "\n"
+
+
+RENDERERS = {
+    "networkmanager": render_nmconnection,
+    "networkd": render_networkd,
+    "netplan": render_netplan,
+    "ifupdown": render_ifupdown,
+}
