@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hvguest.errors import WireError
-from hvguest.wire import fcopy, icmsg, kvp, kvp_kernel, pool, vmbus, vss
+from hvguest.wire import fcopy, icmsg, ipconfig, kvp, kvp_kernel, pool, vmbus, vss
 from hvguest.wire.kvp_layout import KVP_IP_MSG_SIZE, KVP_MSG_SIZE
 
 from .harness import Target, fit, raw_seed, take_u32, wire_error_ok
@@ -259,6 +259,7 @@ def _targets() -> list[Target]:
         decoder("vmbus_timesync_ref", vmbus.TimesyncRefMsg.decode, 22, seeds=VMBUS_SEEDS,
                 again=lambda m: vmbus.TimesyncRefMsg.decode(m.encode())),
         decoder("vmbus_filetime", _filetime),
+        Target("ip_config_strings", _ip_strings, IP_SEEDS, max_len=1100),
     ]
     for cls in (fcopy.FcopyStart, fcopy.FcopyWrite, fcopy.FcopyComplete, fcopy.FcopyCancel):
         for utf16 in (False, True):
@@ -266,6 +267,31 @@ def _targets() -> list[Target]:
             t.append(decoder(name, _class_decode(cls, utf16), *FC, seeds=FCOPY_SEEDS,
                              again=_fcopy(utf16)))
     return t
+
+
+RENDERED = frozenset("0123456789abcdefABCDEF:./")
+IP_SEEDS = (b"\x00192.168.1.10;10.0.0.1", b"\x01fe80::1", b"\x0224", b"\x03255.255.255.0",
+            b"\x04ffff:ffff::", b"\x00fe80::1%eth0\n", b"\x01fe80::1%eth0\n")
+
+
+def _ip_strings(data: bytes) -> bool:
+    """The host's SET_IP_INFO strings: refused with HostValueError, or parsed into
+    values whose rendering holds nothing but address characters."""
+    which, text = data[:1], data[1:].decode("utf-8", "surrogateescape")
+    try:
+        if which in (b"\x00", b""):
+            values = ipconfig.parse_addresses("ip_addr", text)
+            rendered = [ipconfig.text(v) for v in values]
+        elif which == b"\x01":
+            rendered = [ipconfig.text(ipconfig.parse_address("gate_way", text))]
+        else:
+            rendered = [str(ipconfig.parse_prefix("sub_net", text, 4 if which[0] % 2 else 6))]
+    except ipconfig.HostValueError as exc:
+        assert "\n" not in str(exc) and "\x1b" not in str(exc), f"unescaped: {exc!s}"
+        return False
+    for item in rendered:
+        assert item and RENDERED.issuperset(item), f"rendered {item!r} from {text!r}"
+    return True
 
 
 def _class_decode(cls: Any, utf16: bool) -> Callable[[bytes], Any]:
