@@ -1,4 +1,8 @@
-"""hvguestctl vss: status of live backups, emergency thaw, and the freeze plan."""
+"""hvguestctl vss: status of live backups, emergency thaw, and the freeze plan.
+
+The emergency thaw may run with the filesystem holding this package frozen: this
+module imports at the top only what the thaw needs; "plan" imports the rest.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +15,13 @@ import os
 import sys
 from typing import Any
 
-from hvguest.config import load_config
-from hvguest.errors import ConfigError, HvGuestError
+from hvguest.errors import HvGuestError
 from hvguest.heartbeat.roots import add_root_options, paths_from_cli
 from hvguest.paths import Paths
 from hvguest.state import pid_alive, read_state
 from hvguest.vss.freeze import FITHAW
-from hvguest.vss.hooks import discover
-from hvguest.vss.mounts import SysfsBlock, build_plan, read_mountinfo
+from hvguest.vss.mounts import read_mountinfo
 from hvguest.vss.record import clear_record, read_record, record_path
-from hvguest.vss.settings import VssSettings
 
 
 def register(sub: Any) -> None:
@@ -217,6 +218,12 @@ def cmd_thaw(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from hvguest.config import load_config
+    from hvguest.errors import ConfigError
+    from hvguest.vss.hooks import discover
+    from hvguest.vss.mounts import SysfsBlock, build_plan
+    from hvguest.vss.settings import VssSettings
+
     paths = _paths(args)
     path = args.config or paths.config_file
     try:
