@@ -17,6 +17,7 @@ py3compile). Nothing of this is visible outside the namespace.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -139,6 +140,8 @@ def scenario(layout: str, base: str, package: Path | None) -> dict[str, object]:
             cwd="/", env=systemd_env(), stdout=log, stderr=log,
         )
         kernel.accept()
+        with open(os.path.join(run_dir, "vss.json")) as f:
+            result["guard_state"] = json.load(f)["details"].get("guard", {}).get("state")
         before = bytecode_files(tree)
         status, _flags = kernel.op(FREEZE)
         result["freeze"] = status
@@ -208,5 +211,5 @@ def test_emergency_thaw_with_the_package_tree_frozen(layout, built, tmp_path):
     assert r["writer_done"]
     assert r["new_bytecode"] == [], r["new_bytecode"]
     # The guard was running (killed above), so the freeze had its safety net.
-    assert r["guard_killed"] == 1, report
+    assert r["guard_state"] == "running" and r["guard_killed"] == 1, report
     print(f"{layout}: emergency thaw in {r['thaw_seconds']} s")
