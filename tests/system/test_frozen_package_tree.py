@@ -140,6 +140,10 @@ def scenario(layout: str, base: str, package: Path | None) -> dict[str, object]:
             cwd="/", env=systemd_env(), stdout=log, stderr=log,
         )
         kernel.accept()
+        deadline = time.monotonic() + 20
+        while not os.path.exists(os.path.join(run_dir, "vss.json")):
+            assert time.monotonic() < deadline, "no state published"
+            time.sleep(0.05)  # published just after registration
         with open(os.path.join(run_dir, "vss.json")) as f:
             result["guard_state"] = json.load(f)["details"].get("guard", {}).get("state")
         before = bytecode_files(tree)
