@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
         c.set_defaults(func=_run_client)
 
     d = sub.add_parser("demo", help="play a short host scenario against the daemons")
-    d.add_argument("--workdir", default=None)
+    d.add_argument("--workdir", default=None, metavar="DIR",
+                   help="keep the files here: DIR must not exist; it is created (mode 0700)")
     d.add_argument("--reference", action="store_true", help="use the reference C daemons")
     d.set_defaults(func=_demo)
     return p
