@@ -19,7 +19,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 def prepare_vm_root(root: Path, deb: Path) -> None:
     shutil.copy(deb, root / "var/tmp/hvguest.deb")
-    e2elib.nspawn_run(root, ["dpkg", "-i", "/var/tmp/hvguest.deb"])
+    shutil.copy(e2elib.sim_package(deb), root / "var/tmp/hvguest-sim.deb")
+    e2elib.nspawn_run(root, ["dpkg", "-i", "/var/tmp/hvguest.deb", "/var/tmp/hvguest-sim.deb"])
     (root / "etc/fstab").write_text("/dev/vda / ext4 rw,errors=remount-ro 0 1\n")
     # Results go to the serial console: no login prompt on it.
     masked = root / "etc/systemd/system/serial-getty@ttyS0.service"
@@ -57,7 +58,8 @@ def test_vm_udev_activation_and_host_operations(scratch_root: Path, deb: Path,
     assert boot.returncode == 0 and not failed, (
         f"E2E_RC={boot.returncode}, failed {failed}\n{report[-12000:]}"
     )
-    for name in ("boot-without-devices", "udev-started-units", "kvp-set-get",
+    for name in ("boot-without-devices", "sim-devices-ignored-by-default",
+                 "udev-started-units", "kvp-set-get",
                  "vss-freeze-thaw", "fcopy-copy", "status-healthy", "remove-stops-units",
                  "readd-starts-units", "upgrade-restarts", "remove-package",
                  "install-with-devices", "shutdown-hooks-armed"):
