@@ -96,6 +96,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     degraded = bool(record is not None and not pid_alive(paths, record.get("pid")))
     degraded = degraded or bool(last and not last.get("ok"))
     degraded = degraded or bool(last and last.get("thaw") and not last["thaw"].get("ok"))
+    guard = details.get("guard") or {}
+    # No guard, no FREEZE: backups fail until it runs again.
+    degraded = degraded or bool(daemon_alive and guard.get("state") in ("failed", "died"))
     if args.json:
         return 2 if degraded else 0
     print(
@@ -109,9 +112,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             _print_record_warning(record)
     else:
         print("frozen now: no")
+    guard_note = f", {guard['reason']}" if guard.get("reason") else ""
     print(
         f"auto-thaw bound: {details.get('auto_thaw')} s;"
-        f" thaw guard pid: {details.get('guard_pid') or 'none'}"
+        f" thaw guard: {guard.get('state', '?')} (pid {details.get('guard_pid') or 'none'}"
+        f"{guard_note})"
     )
     if not last:
         print("last freeze: none since the daemon started")

@@ -84,8 +84,14 @@ def scenario(base: str) -> dict[str, object]:
             doc = json.load(f)
         with open(log_path, errors="replace") as f:
             output = f.read()
+        status_cmd = subprocess.run(
+            [sys.executable, "-B", "-m", "hvguest.cli.main", "vss", "status",
+             "--run-dir", run_dir, "--proc-root", loops.fake_proc()],
+            capture_output=True, text=True, timeout=60, cwd=str(REPO),
+        )
         return {"first": first, "second": second, "failed": failed, "freeze": status,
-                "not_frozen": not_frozen, "doc": doc, "output": output}
+                "not_frozen": not_frozen, "doc": doc, "output": output,
+                "status": (status_cmd.returncode, status_cmd.stdout)}
     finally:
         for mounted in loops.mounted:
             thaw_path(mounted.mountpoint)
@@ -113,3 +119,5 @@ def test_guard_death_is_reported_and_freeze_refused_without_a_guard(tmp_path):
     assert "no thaw guard" in doc["last_op"]["detail"], doc  # type: ignore[index]
     assert "thaw guard" in doc["last_error"]["message"], doc  # type: ignore[index]
     assert doc["details"]["guard_pid"] is None  # type: ignore[index]
+    rc, text = r["status"]  # type: ignore[misc]
+    assert rc == 2 and "thaw guard: failed" in text, text
