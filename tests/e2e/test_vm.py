@@ -62,7 +62,7 @@ def test_vm_udev_activation_and_host_operations(scratch_root: Path, deb: Path,
                  "udev-started-units", "kvp-set-get",
                  "vss-freeze-thaw", "fcopy-copy", "status-healthy", "remove-stops-units",
                  "readd-starts-units", "upgrade-restarts", "remove-package",
-                 "install-with-devices", "shutdown-hooks-armed"):
+                 "install-with-devices", "vss-sigkill-while-frozen", "shutdown-hooks-armed"):
         assert checks.get(name) == "ok", (name, checks)
     # The poweroff that ended the VM ran the pre-shutdown hook, told it was a poweroff.
     after = boot.output.split("E2E_RC=", 1)[-1]
