@@ -48,7 +48,10 @@ def test_vm_udev_activation_and_host_operations(scratch_root: Path, deb: Path,
     shutil.rmtree(scratch_root)  # the image holds it now
     serial = tmp_path / "serial.log"
     try:
-        boot = e2elib.qemu_boot(boot_files / "vmlinuz", boot_files / "initrd.img", image, serial)
+        # A hang bound only: software emulation on a busy 2-core machine runs the
+        # whole script (sim start/stop twice, three package operations) in up to ~10 min.
+        boot = e2elib.qemu_boot(boot_files / "vmlinuz", boot_files / "initrd.img", image, serial,
+                                timeout=900)
     finally:
         image.unlink(missing_ok=True)
     checks = boot.checks()
