@@ -17,7 +17,7 @@ from hvguest.errors import HvGuestError
 SUBCOMMANDS = ("status", "vmbus", "kvp", "vss", "fcopy", "timesync")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(subcommands: tuple[str, ...] = SUBCOMMANDS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hvguestctl",
         description="Inspect and control the hvguest Hyper-V integration services.",
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hvguestctl {__version__}")
     parser.add_argument("--root-dir", default="/", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMANDS:
+    for name in subcommands:
         try:
             module = importlib.import_module(f"hvguest.cli.{name}")
         except ModuleNotFoundError as exc:
@@ -36,8 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def is_thaw_command(argv: list[str]) -> bool:
+    """True for "[--root-dir DIR] vss thaw ...", the unit's emergency thaw."""
+    words = list(argv)
+    while words and words[0].startswith("--root-dir"):
+        words = words[1:] if "=" in words[0] else words[2:]
+    return words[:2] == ["vss", "thaw"]
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    # The emergency thaw may run with filesystems frozen: load nothing else.
+    parser = build_parser(("vss",) if is_thaw_command(argv) else SUBCOMMANDS)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

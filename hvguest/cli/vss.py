@@ -1,4 +1,8 @@
-"""hvguestctl vss: status of live backups, emergency thaw, and the freeze plan."""
+"""hvguestctl vss: status of live backups, emergency thaw, and the freeze plan.
+
+The emergency thaw may run with the filesystem holding this package frozen: this
+module imports at the top only what the thaw needs; "plan" imports the rest.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +15,13 @@ import os
 import sys
 from typing import Any
 
-from hvguest.config import load_config
-from hvguest.errors import ConfigError, HvGuestError
+from hvguest.errors import HvGuestError
 from hvguest.heartbeat.roots import add_root_options, paths_from_cli
 from hvguest.paths import Paths
 from hvguest.state import pid_alive, read_state
 from hvguest.vss.freeze import FITHAW
-from hvguest.vss.hooks import discover
-from hvguest.vss.mounts import SysfsBlock, build_plan, read_mountinfo
+from hvguest.vss.mounts import read_mountinfo
 from hvguest.vss.record import clear_record, read_record, record_path
-from hvguest.vss.settings import VssSettings
 
 
 def register(sub: Any) -> None:
@@ -95,6 +96,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     degraded = bool(record is not None and not pid_alive(paths, record.get("pid")))
     degraded = degraded or bool(last and not last.get("ok"))
     degraded = degraded or bool(last and last.get("thaw") and not last["thaw"].get("ok"))
+    guard = details.get("guard") or {}
+    # No guard, no FREEZE: backups fail until it runs again.
+    degraded = degraded or bool(daemon_alive and guard.get("state") in ("failed", "died"))
     if args.json:
         return 2 if degraded else 0
     print(
@@ -108,9 +112,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             _print_record_warning(record)
     else:
         print("frozen now: no")
+    guard_note = f", {guard['reason']}" if guard.get("reason") else ""
     print(
         f"auto-thaw bound: {details.get('auto_thaw')} s;"
-        f" thaw guard pid: {details.get('guard_pid') or 'none'}"
+        f" thaw guard: {guard.get('state', '?')} (pid {details.get('guard_pid') or 'none'}"
+        f"{guard_note})"
     )
     if not last:
         print("last freeze: none since the daemon started")
@@ -217,6 +223,12 @@ def cmd_thaw(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from hvguest.config import load_config
+    from hvguest.errors import ConfigError
+    from hvguest.vss.hooks import discover
+    from hvguest.vss.mounts import SysfsBlock, build_plan
+    from hvguest.vss.settings import VssSettings
+
     paths = _paths(args)
     path = args.config or paths.config_file
     try:

@@ -84,7 +84,9 @@ class VssService:
         self.transport = transport if transport is not None else vss_transport(paths)
         self.guard: GuardClient | None = None
         if observer is None and settings.guard:
-            self.guard = GuardClient(settings.auto_thaw, record=record_path(paths))
+            self.guard = GuardClient(
+                settings.auto_thaw, record=record_path(paths), loop=runtime, on_change=self._guard
+            )
             observer = self.guard
         self.engine = FreezeEngine(ops, foreign_freeze=settings.foreign_freeze, observer=observer)
         self.role = VssRole(
@@ -102,7 +104,7 @@ class VssService:
         if hasattr(self.transport, "open") and not self._is_open():
             self.transport.open()
         if self.guard is not None:
-            self.guard.start()
+            self.guard.ensure_running()  # a failure is logged and refuses FREEZE
         self.runtime.add_reader(self.transport, self.on_readable)
         self.runtime.on_stop(self.stop)
         self.state.update(
@@ -245,6 +247,9 @@ class VssService:
             plan = make_plan(self.paths, self.settings)
         except HvGuestError as exc:
             return self._freeze_failed(started, f"cannot plan the freeze: {exc}", [])
+        problem = self.guard.ensure_running() if self.guard is not None else None
+        if problem is not None:
+            return self._freeze_failed(started, problem, [])
         hooks = discover(hook_dirs(self.paths)) if self.settings.hooks else None
         if hooks is not None:
             for refused in hooks.refused:
@@ -426,6 +431,16 @@ class VssService:
         }
         return summary
 
+    def _guard(self) -> None:
+        """The thaw guard started, failed or died: say so in the state file."""
+        if getattr(self, "state", None) is None:
+            return
+        if self.guard is not None and self.guard.status.get("reason"):
+            self.state.record_error(self.guard.status["reason"], "FREEZE is refused until it runs")
+        self.state.update(details=self._details())
+        if not self.state.held:
+            self.state.publish()
+
     def apply_settings(self, settings: VssSettings) -> None:
         """New settings (SIGHUP); a freeze in progress keeps its auto-thaw deadline."""
         self.settings = settings
@@ -443,7 +458,8 @@ class VssService:
             "frozen": self.engine.is_frozen,
             "frozen_mounts": self.engine.frozen_mounts(),
             "auto_thaw": self.settings.auto_thaw,
-            "guard_pid": self.guard.pid if self.guard else None,
+            "guard_pid": self.guard.pid if self.guard and self.guard.alive() else None,
+            "guard": self.guard.status if self.guard else {"state": "disabled"},
             "last_freeze": self._last_freeze,
         }
 

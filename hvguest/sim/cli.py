@@ -20,6 +20,9 @@ def _serve(args: argparse.Namespace) -> int:
     if args.frontend == "cuse" and command:
         print("hvguest-sim serve: --frontend cuse runs no daemon command", file=sys.stderr)
         return 2
+    if args.drive_installed and args.frontend != "cuse":
+        print("hvguest-sim serve: --drive-installed goes with --frontend cuse", file=sys.stderr)
+        return 2
     if args.frontend == "fuse" and not command:
         print("hvguest-sim serve: give the daemon command after --", file=sys.stderr)
         return 2
@@ -41,6 +44,7 @@ def _serve(args: argparse.Namespace) -> int:
         uio_ring_size=int(args.uio_ring_size, 0),
         uio_prebound=not args.uio_unbound,
         frontend=args.frontend,
+        drive_installed=args.drive_installed,
         dev_root=args.dev_root,
     )
     server = SimServer(opts)
@@ -78,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--frontend", choices=("fuse", "cuse"), default="fuse",
                    help="fuse: sandbox the daemon command with FUSE devices; cuse: create "
                    "real /dev/vmbus/hv_* character devices and run no daemon (test VMs)")
+    s.add_argument("--drive-installed", action="store_true",
+                   help="with --frontend cuse: let the installed hvguest daemons take the "
+                   "devices (otherwise hvguest's udev rules ignore them)")
     s.add_argument("--dev-root", metavar="DIR",
                    help="rootless: serve DIR/vmbus/hv_* as SOCK_SEQPACKET sockets and run "
                    "the daemon as a plain process (hvguest daemons with --dev-root DIR)")
@@ -116,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
         c.set_defaults(func=_run_client)
 
     d = sub.add_parser("demo", help="play a short host scenario against the daemons")
-    d.add_argument("--workdir", default=None)
+    d.add_argument("--workdir", default=None, metavar="DIR",
+                   help="keep the files here: DIR must not exist; it is created (mode 0700)")
     d.add_argument("--reference", action="store_true", help="use the reference C daemons")
     d.set_defaults(func=_demo)
     return p

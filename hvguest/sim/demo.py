@@ -73,8 +73,14 @@ def _fcopy(sim: SimClient, wd: str) -> str:
 
 def _loop_fs(wd: str) -> dict[str, Any]:
     image = os.path.join(wd, "ext4.img")
-    with open(image, "wb") as f:
-        f.truncate(64 << 20)
+    # Created here, never opened if present: mkfs must not format what a path
+    # someone else could have planted points to.
+    fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    try:
+        os.ftruncate(fd, 64 << 20)
+    finally:
+        os.close(fd)
     subprocess.run(["mkfs.ext4", "-q", "-F", image], check=True, timeout=60)
     return {"loop_filesystems": [(image, "ext4", "/mnt/demo")], "network": False}
 
@@ -137,11 +143,49 @@ def play(role: Role, workdir: str, reference: bool,
     return lines
 
 
+class WorkdirError(Exception):
+    pass
+
+
+def make_workdir(path: str) -> str:
+    """Create ``path`` afresh (0700, ours): root writes images and runs mkfs in it, so
+    nothing in it may come from anyone else. Its parent must not let others replace
+    it (not writable by others, or sticky like /tmp)."""
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    try:
+        st = os.stat(parent)
+    except OSError as exc:
+        raise WorkdirError(f"--workdir {path}: parent directory: {exc.strerror}") from exc
+    others_write = st.st_mode & 0o022 and not st.st_mode & 0o1000
+    if others_write or st.st_uid not in (0, os.geteuid()):
+        raise WorkdirError(
+            f"--workdir {path}: its parent {parent} can be changed by other users"
+        )
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        raise WorkdirError(
+            f"--workdir {path} must not exist: it is created afresh (mode 0700), so that"
+            " nothing in it was placed there by someone else"
+        ) from None
+    except OSError as exc:
+        raise WorkdirError(f"--workdir {path}: {exc.strerror}") from exc
+    os.chmod(path, 0o700)  # whatever the umask
+    return path
+
+
 def main(workdir: str | None = None, reference: bool = False) -> int:
     if os.geteuid() != 0:
         print("hvguest-sim demo needs root (private namespaces, FUSE, loop devices)",
               file=sys.stderr)
         return 1
+    if workdir is not None:
+        try:
+            workdir = make_workdir(workdir)
+        except WorkdirError as exc:
+            print(f"hvguest-sim demo: {exc}", file=sys.stderr)
+            return 1
     with tempfile.TemporaryDirectory(prefix="hvguest-demo-") as tmp:
         base = workdir or tmp
         running: list[tuple[str, SimClient]] = []

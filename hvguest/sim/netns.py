@@ -13,11 +13,13 @@ from __future__ import annotations
 import base64
 import ctypes
 import ctypes.util
+import fcntl
 import json
 import os
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 from typing import Any
@@ -37,6 +39,11 @@ MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 
 PR_SET_PDEATHSIG = 1
+LOOP_SET_STATUS64 = 0x4C04
+LOOP_GET_STATUS64 = 0x4C05
+LO_FLAGS_AUTOCLEAR = 4
+LOOP_INFO64_SIZE = 232  # struct loop_info64
+LOOP_INFO64_FLAGS = 52  # offset of lo_flags: five u64, then lo_number, type, key size
 SYS_PIVOT_ROOT = 155  # x86-64
 
 SYSLOG_PATH = "/dev/log"
@@ -155,6 +162,22 @@ _DEV_NODES = {  # name -> (major, minor); all 0666 like devtmpfs
 
 def _makedirs(path: str) -> None:
     os.makedirs(path, mode=0o755, exist_ok=True)
+
+
+def set_autoclear(dev: str) -> None:
+    """The loop device detaches itself when its last user (the mount, which goes with
+    the namespace) is gone: nothing stays attached even if the simulator is SIGKILLed
+    and never runs its clean-up. Set only once mounted, or the close below would be
+    that last user."""
+    fd = os.open(dev, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        info = bytearray(LOOP_INFO64_SIZE)
+        fcntl.ioctl(fd, LOOP_GET_STATUS64, info, True)
+        flags = struct.unpack_from("=I", info, LOOP_INFO64_FLAGS)[0]
+        struct.pack_into("=I", info, LOOP_INFO64_FLAGS, flags | LO_FLAGS_AUTOCLEAR)
+        fcntl.ioctl(fd, LOOP_SET_STATUS64, bytes(info))
+    finally:
+        os.close(fd)
 
 
 def _build_dev(root: str) -> None:
@@ -334,6 +357,7 @@ def _setup(spec: dict[str, Any], report: Any) -> int | None:
         os.mknod(dev, 0o660 | stat.S_IFBLK, rdev)
         _makedirs(lp["mountpoint"])
         mount(dev, lp["mountpoint"], lp["fstype"])
+        set_autoclear(dev)
     log_sock = socket.socket(fileno=spec["syslog_fd"])
     log_sock.bind(SYSLOG_PATH)
     os.chmod(SYSLOG_PATH, 0o666)

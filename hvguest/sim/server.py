@@ -50,6 +50,9 @@ class ServeOptions:
     # CUSE, with no sandbox and no daemon command: the system's service manager
     # starts the daemons when the devices appear (a test VM).
     frontend: str = "fuse"
+    # CUSE only: let the installed daemons take the devices (hvguest.sim.udev_drive).
+    drive_installed: bool = False
+    udev_rules_dir: str = "/run/udev/rules.d"
 
 
 class _Conn:
@@ -73,6 +76,7 @@ class _Conn:
 class SimServer:
     def __init__(self, opts: ServeOptions) -> None:
         self.opts = opts
+        self._drive_rule: str | None = None
         self.timers = TimerQueue(time.monotonic, scale=opts.timeout_scale)
         self.transcript: list[HostReply] = []
         self.kernels: dict[str, UtilService] = {}
@@ -200,6 +204,10 @@ class SimServer:
 
         if self.uio is not None:
             raise ValueError("the CUSE front end serves character devices only (--fcopy legacy)")
+        if self.opts.drive_installed:
+            from hvguest.sim import udev_drive
+
+            self._drive_rule = udev_drive.install(self.opts.udev_rules_dir)
         servers = []
         for name, dev in self.devices().items():
             server = CuseDeviceServer(name, dev, devname=f"vmbus/{name}")
@@ -424,6 +432,11 @@ class SimServer:
                 log.exception("sandbox stop failed")
         for server, _path in self.fuse_mounts:
             server.close()
+        if self._drive_rule is not None:
+            from hvguest.sim import udev_drive
+
+            udev_drive.remove(self._drive_rule)
+            self._drive_rule = None
         if self.sockets is not None:
             self.sockets.close()
         if self.uio is not None:

@@ -87,6 +87,13 @@ def build_deb(out: Path) -> Path:
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
+def sim_package(package: Path) -> Path:
+    """The hvguest-sim package built next to the hvguest one (.deb or .rpm)."""
+    if package.suffix == ".deb":
+        return package.with_name(package.name.replace("hvguest_", "hvguest-sim_", 1))
+    return package.with_name(package.name.replace("hvguest-", "hvguest-sim-", 1))
+
+
 def build_rpm(out: Path) -> Path:
     proc = run([str(REPO / "packaging/build-rpm"), str(out)], timeout=600)
     return Path(proc.stdout.strip().splitlines()[-1])
