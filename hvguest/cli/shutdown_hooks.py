@@ -16,6 +16,7 @@ from hvguest.heartbeat.roots import add_root_options, paths_from_cli
 from hvguest.heartbeat.shutdown import detect_action, list_hooks, run_hooks, save_results
 from hvguest.heartbeat.timesync import run_command
 from hvguest.state import utc_now
+from hvguest.text import say
 
 ACTIONS = ("auto", "poweroff", "reboot", "halt", "kexec", "test")
 
@@ -45,10 +46,10 @@ def run_list(args: argparse.Namespace) -> int:
     paths = paths_from_cli(args)
     hooks = list_hooks(paths)
     if not hooks:
-        print("no pre-shutdown hooks")
+        say("no pre-shutdown hooks")
         return 0
     for hook in hooks:
-        print(f"{hook.name:<30} {'runs' if hook.usable else 'SKIPPED: ' + hook.problem}")
+        say(f"{hook.name:<30} {'runs' if hook.usable else 'SKIPPED: ' + hook.problem}")
     return 0 if all(h.usable for h in hooks) else 2
 
 
@@ -69,8 +70,8 @@ def run_run(args: argparse.Namespace) -> int:
     try:
         save_results(paths, action, results, utc_now())
     except OSError as exc:
-        print(f"hvguestctl: cannot record the results in {paths.run}: {exc}", file=sys.stderr)
+        say(f"hvguestctl: cannot record the results in {paths.run}: {exc}", file=sys.stderr)
     for r in results:
         rc = f" (exit {r.returncode})" if r.returncode not in (None, 0) else ""
-        print(f"{r.hook:<30} {r.result}{rc} {r.seconds:.1f}s {r.detail}".rstrip())
+        say(f"{r.hook:<30} {r.result}{rc} {r.seconds:.1f}s {r.detail}".rstrip())
     return 0 if all(r.result == "ok" for r in results) else 2
