@@ -18,6 +18,8 @@ import dataclasses
 import enum
 import importlib
 import logging
+import os
+import stat
 import types
 import typing
 from collections.abc import Callable
@@ -42,6 +44,13 @@ SECTION_MODULES = (
 )
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# Bounds on the file itself, checked before anything is built from it. The packaged
+# file is ~6 KiB and a few levels deep; a few aliases are fine, an alias bomb is not.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_DEPTH = 32
+MAX_ALIASES = 100
+MAX_NODES = 10_000  # after expanding aliases
 
 Validator = Callable[[Any], "str | None"]
 
@@ -343,8 +352,9 @@ def _build_section(
             got = f", got {shown!r}" if shown is not None else ""
             errors.add(vnode, f"{info.name}.{key}: expected {exc}{got}")
             continue
-        except yaml.YAMLError as exc:
-            errors.add(vnode, f"{info.name}.{key}: {exc}")
+        except (yaml.YAMLError, ValueError) as exc:
+            # ValueError: e.g. an integer of more than 4300 digits
+            errors.add(vnode, f"{info.name}.{key}: {str(exc)[:200]}")
             continue
         problem = _check(f, value)
         if problem:
@@ -359,14 +369,115 @@ def _build_section(
         return info.cls()
 
 
+class _Unbounded(Exception):
+    """The document is past one of the bounds (depth, aliases, expanded size)."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def _check_shape(text: str) -> None:
+    """Depth and alias count from the event stream, before any node is built.
+
+    The parser keeps its own stack (no recursion), so this is safe on any input;
+    composing or converting a 5000-level document would exhaust Python's stack.
+    """
+    depth = 0
+    aliases = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise _Unbounded(f"nested deeper than {MAX_DEPTH} levels",
+                                 event.start_mark.line + 1)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+        elif isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_ALIASES:
+                raise _Unbounded(f"more than {MAX_ALIASES} aliases (*name)",
+                                 event.start_mark.line + 1)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse alias bombs ("billion laughs") and self-referencing aliases: the size of
+    the document with every alias expanded, computed without expanding (iteratively,
+    each distinct node once)."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, leaving = stack.pop()
+        key = id(node)
+        if leaving:
+            open_nodes.discard(key)
+            size = 1 + sum(sizes[id(c)] for c in _children(node))
+            if size > MAX_NODES:
+                raise _Unbounded(f"expands to more than {MAX_NODES} values through aliases",
+                                 node.start_mark.line + 1)
+            sizes[key] = size
+            continue
+        if key in sizes:
+            continue
+        if key in open_nodes:
+            raise _Unbounded("an alias refers to a collection that contains it",
+                             node.start_mark.line + 1)
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in sizes)
+
+
 def _parse(text: str, filename: str) -> tuple[Config, list[ConfigError]]:
+    try:
+        return _parse_bounded(text, filename)
+    except (RecursionError, ValueError, TypeError) as exc:
+        # The bounds above should make these unreachable; if a document still gets
+        # here, it is reported like any other configuration error, not as a crash.
+        errors = _Collector(filename)
+        errors.add(None, f"cannot be loaded: {type(exc).__name__}: {str(exc)[:200]}")
+        return _defaults(filename), errors.errors
+
+
+def _defaults(filename: str) -> Config:
+    return Config({name: info.cls() for name, info in registered_sections().items()}, filename)
+
+
+def _parse_bounded(text: str, filename: str) -> tuple[Config, list[ConfigError]]:
     sections_info = registered_sections()
     errors = _Collector(filename)
     lines: dict[str, int] = {}
-    loader = yaml.SafeLoader(text)
+    try:
+        _check_shape(text)
+    except _Unbounded as exc:
+        errors.add(None, str(exc), line=exc.line)
+        return _defaults(filename), errors.errors
+    except yaml.MarkedYAMLError:
+        pass  # reported with its line by the composer below
+    except yaml.YAMLError as exc:
+        errors.add(None, f"not valid YAML: {exc}")
+        return _defaults(filename), errors.errors
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:  # the reader refuses NUL and other control bytes
+        errors.add(None, f"not valid YAML: {exc}")
+        return _defaults(filename), errors.errors
     try:
         try:
             root = loader.get_single_node()
+            if root is not None:
+                _check_expansion(root)
+        except _Unbounded as exc:
+            errors.add(None, str(exc), line=exc.line)
+            root = None
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark is not None else None
@@ -409,15 +520,41 @@ def load_config_text(text: str, filename: str = "<config>") -> Config:
 
 
 def _read(path: str) -> str | None:
+    """The file's text; None if absent. Only a regular file is read (a FIFO or a
+    device would block or never end), and at most MAX_CONFIG_BYTES of it."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except FileNotFoundError:
         return None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"not UTF-8 text: {exc}", where=path) from exc
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", where=path) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError("not a regular file", where=path)
+        if st.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"larger than {MAX_CONFIG_BYTES} bytes ({st.st_size})", where=path)
+        chunks: list[bytes] = []
+        total = 0
+        while total <= MAX_CONFIG_BYTES:
+            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > MAX_CONFIG_BYTES:  # grew while being read
+            raise ConfigError(f"larger than {MAX_CONFIG_BYTES} bytes", where=path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", where=path) from exc
+    finally:
+        os.close(fd)
+    try:
+        return b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}",
+            where=path,
+        ) from exc
 
 
 def load_config(path: str | None, *, missing_ok: bool = True) -> Config:
