@@ -389,15 +389,18 @@ def _check_shape(text: str) -> None:
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > MAX_DEPTH:
-                raise _Unbounded(f"nested deeper than {MAX_DEPTH} levels",
-                                 event.start_mark.line + 1)
+                raise _Unbounded(f"nested deeper than {MAX_DEPTH} levels", _line(event))
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
         elif isinstance(event, yaml.AliasEvent):
             aliases += 1
             if aliases > MAX_ALIASES:
-                raise _Unbounded(f"more than {MAX_ALIASES} aliases (*name)",
-                                 event.start_mark.line + 1)
+                raise _Unbounded(f"more than {MAX_ALIASES} aliases (*name)", _line(event))
+
+
+def _line(event: yaml.Event) -> int | None:
+    mark = event.start_mark
+    return mark.line + 1 if mark is not None else None
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
