@@ -17,7 +17,7 @@ from hvguest.config import load_config
 from hvguest.errors import HvGuestError, LocalUsageError
 from hvguest.heartbeat.roots import add_root_options, paths_from_cli
 from hvguest.paths import Paths
-from hvguest.pool import PoolStore
+from hvguest.pool import DEFAULT_MAX_RECORDS, PoolStore
 from hvguest.text import printable, say
 from hvguest.wire.pool import POOL_COUNT
 
@@ -194,15 +194,16 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_set(args: argparse.Namespace) -> int:
-    paths, store = _store(args)
+    paths = paths_from_cli(args)
     unsafe = args.unsafe
-    if not unsafe:
-        try:
-            config = load_config(args.config or paths.config_file, missing_ok=args.config is None)
-            unsafe = bool(config.section("kvp").unsafe_sizes)
-        except (HvGuestError, KeyError):
-            unsafe = False
-    store.set(args.pool, args.key, args.value, unsafe=unsafe)
+    max_records = DEFAULT_MAX_RECORDS
+    try:
+        config = load_config(args.config or paths.config_file, missing_ok=args.config is None)
+        unsafe = unsafe or bool(config.section("kvp").unsafe_sizes)
+        max_records = int(config.section("kvp").max_records)
+    except (HvGuestError, KeyError):
+        pass
+    PoolStore(paths, max_records=max_records).set(args.pool, args.key, args.value, unsafe=unsafe)
     return 0
 
 

@@ -222,6 +222,12 @@ def _special_details(service: str, details: dict[str, Any]) -> list[str]:
             f"{n}: {v.get('records', '?')}" if isinstance(v, dict) and "error" not in v
             else f"{n}: unreadable" for n, v in sorted(pools.items()))
         out.append(f"  pool records: {shown}")
+        for n, v in sorted(pools.items()):
+            holder = v.get("lock_holder") if isinstance(v, dict) else None
+            if isinstance(holder, dict):
+                out.append(f"  pool {n} locked: {holder.get('lock')} held by pid "
+                           f"{holder.get('pid')}, user {holder.get('user') or holder.get('uid')},"
+                           f" command {holder.get('command')!r}")
     return out
 
 
