@@ -13,6 +13,7 @@ import sys
 import time
 from typing import Any
 
+from hvguest.cli.privilege import require_writable
 from hvguest.config import load_config
 from hvguest.errors import HvGuestError, LocalUsageError
 from hvguest.heartbeat.roots import add_root_options, paths_from_cli
@@ -203,12 +204,14 @@ def cmd_set(args: argparse.Namespace) -> int:
         max_records = int(config.section("kvp").max_records)
     except (HvGuestError, KeyError):
         pass
+    require_writable("kvp set", paths.pool_file(args.pool))
     PoolStore(paths, max_records=max_records).set(args.pool, args.key, args.value, unsafe=unsafe)
     return 0
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
     _paths, store = _store(args)
+    require_writable("kvp delete", store.paths.pool_file(args.pool))
     if not _exists(store, args.pool) or not store.delete(args.pool, args.key):
         say(
             f"KVP key {args.key!r} is not in pool {args.pool}; nothing to delete", file=sys.stderr

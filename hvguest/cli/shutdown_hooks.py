@@ -11,6 +11,7 @@ import argparse
 import sys
 from typing import Any
 
+from hvguest.cli.privilege import require_root
 from hvguest.heartbeat.report import systemd_running
 from hvguest.heartbeat.roots import add_root_options, paths_from_cli
 from hvguest.heartbeat.shutdown import detect_action, list_hooks, run_hooks, save_results
@@ -56,6 +57,9 @@ def run_list(args: argparse.Namespace) -> int:
 def run_run(args: argparse.Namespace) -> int:
     from hvguest.cli.status import settings_for  # shares the config lookup
 
+    # Root's hooks run with root's privileges or not at all: as another user they
+    # would half-run (and a hook's own checks could be fooled by the caller).
+    require_root("shutdown-hooks run")
     paths = paths_from_cli(args)
     settings = settings_for(args, paths.etc)
     action = args.action

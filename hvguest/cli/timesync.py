@@ -13,6 +13,7 @@ import json
 import sys
 from typing import Any
 
+from hvguest.cli.privilege import require_root
 from hvguest.heartbeat import timesync
 from hvguest.heartbeat.report import systemd_running
 from hvguest.heartbeat.roots import add_root_options, paths_from_cli
@@ -78,6 +79,7 @@ def _render(st: timesync.TimesyncStatus) -> None:
 def run_setup(args: argparse.Namespace) -> int:
     from hvguest.cli.status import settings_for
 
+    require_root("timesync setup")
     paths = paths_from_cli(args)
     settings = settings_for(args, paths.etc)
     result = timesync.setup_chrony(

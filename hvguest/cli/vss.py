@@ -157,6 +157,9 @@ def _print_record_warning(record: dict[str, Any]) -> None:
 
 
 def cmd_thaw(args: argparse.Namespace) -> int:
+    from hvguest.cli.privilege import require_root  # here: the thaw path imports little
+
+    require_root("vss thaw")  # FITHAW needs CAP_SYS_ADMIN; the record is root's
     paths = _paths(args)
     record = read_record(paths)
     if record is None:
