@@ -18,8 +18,6 @@ import dataclasses
 import enum
 import importlib
 import logging
-import os
-import stat
 import types
 import typing
 from collections.abc import Callable
@@ -28,6 +26,7 @@ from typing import Any, TypeVar, cast
 
 import yaml
 
+from hvguest.configfile import Unbounded, check_expansion, check_shape, read_config_file
 from hvguest.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -44,13 +43,6 @@ SECTION_MODULES = (
 )
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-
-# Bounds on the file itself, checked before anything is built from it. The packaged
-# file is ~6 KiB and a few levels deep; a few aliases are fine, an alias bomb is not.
-MAX_CONFIG_BYTES = 1 << 20
-MAX_DEPTH = 32
-MAX_ALIASES = 100
-MAX_NODES = 10_000  # after expanding aliases
 
 Validator = Callable[[Any], "str | None"]
 
@@ -369,76 +361,6 @@ def _build_section(
         return info.cls()
 
 
-class _Unbounded(Exception):
-    """The document is past one of the bounds (depth, aliases, expanded size)."""
-
-    def __init__(self, message: str, line: int | None = None) -> None:
-        super().__init__(message)
-        self.line = line
-
-
-def _check_shape(text: str) -> None:
-    """Depth and alias count from the event stream, before any node is built.
-
-    The parser keeps its own stack (no recursion), so this is safe on any input;
-    composing or converting a 5000-level document would exhaust Python's stack.
-    """
-    depth = 0
-    aliases = 0
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
-        if isinstance(event, yaml.CollectionStartEvent):
-            depth += 1
-            if depth > MAX_DEPTH:
-                raise _Unbounded(f"nested deeper than {MAX_DEPTH} levels", _line(event))
-        elif isinstance(event, yaml.CollectionEndEvent):
-            depth -= 1
-        elif isinstance(event, yaml.AliasEvent):
-            aliases += 1
-            if aliases > MAX_ALIASES:
-                raise _Unbounded(f"more than {MAX_ALIASES} aliases (*name)", _line(event))
-
-
-def _line(event: yaml.Event) -> int | None:
-    mark = event.start_mark
-    return mark.line + 1 if mark is not None else None
-
-
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.MappingNode):
-        return [n for pair in node.value for n in pair]
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    return []
-
-
-def _check_expansion(root: yaml.Node) -> None:
-    """Refuse alias bombs ("billion laughs") and self-referencing aliases: the size of
-    the document with every alias expanded, computed without expanding (iteratively,
-    each distinct node once)."""
-    sizes: dict[int, int] = {}
-    open_nodes: set[int] = set()
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:
-        node, leaving = stack.pop()
-        key = id(node)
-        if leaving:
-            open_nodes.discard(key)
-            size = 1 + sum(sizes[id(c)] for c in _children(node))
-            if size > MAX_NODES:
-                raise _Unbounded(f"expands to more than {MAX_NODES} values through aliases",
-                                 node.start_mark.line + 1)
-            sizes[key] = size
-            continue
-        if key in sizes:
-            continue
-        if key in open_nodes:
-            raise _Unbounded("an alias refers to a collection that contains it",
-                             node.start_mark.line + 1)
-        open_nodes.add(key)
-        stack.append((node, True))
-        stack.extend((c, False) for c in _children(node) if id(c) not in sizes)
-
-
 def _parse(text: str, filename: str) -> tuple[Config, list[ConfigError]]:
     try:
         return _parse_bounded(text, filename)
@@ -459,8 +381,8 @@ def _parse_bounded(text: str, filename: str) -> tuple[Config, list[ConfigError]]
     errors = _Collector(filename)
     lines: dict[str, int] = {}
     try:
-        _check_shape(text)
-    except _Unbounded as exc:
+        check_shape(text)
+    except Unbounded as exc:
         errors.add(None, str(exc), line=exc.line)
         return _defaults(filename), errors.errors
     except yaml.MarkedYAMLError:
@@ -477,8 +399,8 @@ def _parse_bounded(text: str, filename: str) -> tuple[Config, list[ConfigError]]
         try:
             root = loader.get_single_node()
             if root is not None:
-                _check_expansion(root)
-        except _Unbounded as exc:
+                check_expansion(root)
+        except Unbounded as exc:
             errors.add(None, str(exc), line=exc.line)
             root = None
         except yaml.MarkedYAMLError as exc:
@@ -522,44 +444,6 @@ def load_config_text(text: str, filename: str = "<config>") -> Config:
     return config
 
 
-def _read(path: str) -> str | None:
-    """The file's text; None if absent. Only a regular file is read (a FIFO or a
-    device would block or never end), and at most MAX_CONFIG_BYTES of it."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", where=path) from exc
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError("not a regular file", where=path)
-        if st.st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"larger than {MAX_CONFIG_BYTES} bytes ({st.st_size})", where=path)
-        chunks: list[bytes] = []
-        total = 0
-        while total <= MAX_CONFIG_BYTES:
-            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - total)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-        if total > MAX_CONFIG_BYTES:  # grew while being read
-            raise ConfigError(f"larger than {MAX_CONFIG_BYTES} bytes", where=path)
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", where=path) from exc
-    finally:
-        os.close(fd)
-    try:
-        return b"".join(chunks).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}",
-            where=path,
-        ) from exc
-
-
 def load_config(path: str | None, *, missing_ok: bool = True) -> Config:
     """Load and check ``path``; None or a missing file gives the defaults.
 
@@ -567,7 +451,7 @@ def load_config(path: str | None, *, missing_ok: bool = True) -> Config:
     """
     if path is None:
         return load_config_text("", "<defaults>")
-    text = _read(path)
+    text = read_config_file(path)
     if text is None:
         if not missing_ok:
             raise ConfigError("no such file", where=path)
@@ -580,7 +464,7 @@ def load_config(path: str | None, *, missing_ok: bool = True) -> Config:
 def validate_config(path: str, *, missing_ok: bool = True) -> list[str]:
     """Every problem in ``path`` as "file:line: message" lines (empty: valid)."""
     try:
-        text = _read(path)
+        text = read_config_file(path)
     except ConfigError as exc:
         return [str(exc)]
     if text is None:

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from hvguest.config import MAX_CONFIG_BYTES, MAX_DEPTH, load_config, validate_config
+from hvguest.config import load_config, validate_config
+from hvguest.configfile import MAX_CONFIG_BYTES, MAX_DEPTH
 from hvguest.errors import ConfigError
 
 BILLION_LAUGHS = "\n".join(

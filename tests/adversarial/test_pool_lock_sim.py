@@ -45,7 +45,13 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimClient]:
         f.write(CONFIG)
     command = [sys.executable, "-m", "hvguest.daemons.kvpd", "--config", config]
     with SimClient.start(command, workdir=os.path.join(workdir, "sim")) as client:
+        client.stderr_path = os.path.join(workdir, "sim", "sim.stderr")  # type: ignore[attr-defined]
         yield client
+
+
+def _log_lines(sim: SimClient, text: str) -> list[str]:
+    with open(sim.stderr_path, encoding="utf-8", errors="replace") as f:  # type: ignore[attr-defined]
+        return [line for line in f if text in line]
 
 
 def _state(sim: SimClient) -> dict[str, Any]:
@@ -62,6 +68,9 @@ def test_pool_full_is_hv_e_fail_and_writes_nothing(sim: SimClient) -> None:
         before = f.read()
     assert sim.kvp_set(0, "one-too-many", "v") == HV_E_FAIL
     assert sim.kvp_set(0, "and-another", "v") == HV_E_FAIL
+    # The daemon logs before it replies: both refusals are logged by now, as one line
+    # (once per period).
+    assert len(_log_lines(sim, "KVP pool 0 is full: 100 records")) == 1
     assert sim.kvp_set(0, "fill3", "updated") == HV_S_OK  # updates still work
     with open(path, "rb") as f:
         after = f.read()
