@@ -316,30 +316,35 @@ class PoolFile:
                     raise LocalUsageError(
                         f"cannot lock KVP pool file {self.path}: {exc.strerror}"
                     ) from exc
-            kind = "fcntl record lock" if posix else "flock"
+            kind = (
+                "fcntl record lock, as hv_kvp_daemon takes"
+                if posix
+                else "flock, as cloud-init and azure-init take"
+            )
             if first and self._stuck is not None and self._stuck[0] == posix:
                 # The process that made the last wait give up: fail now if it still
                 # holds the lock, instead of making every host request wait again.
                 still = self._holder(fd, posix, only=self._stuck[1])
                 if still is not None:
                     raise PoolBusyError(
-                        f"KVP pool file {self.path} is still locked ({kind}) by"
-                        f" {still.describe()}; not waiting again (pool {self.pool})"
+                        f"KVP pool file {self.path} is still locked by {still.describe()}"
+                        f" ({kind}); not waiting again (pool {self.pool})"
                     )
                 self._stuck = None
             first = False
             if time.monotonic() >= deadline:
                 holder = self._holder(fd, posix)
-                if holder is None:
-                    who = "another writer" + (
-                        " (hv_kvp_daemon?)" if posix else " (cloud-init, azure-init?)"
-                    )
-                else:
+                who = "another writer"
+                if holder is not None:
                     who = holder.describe()
                     self._stuck = (posix, holder.pid)
-                    self.lock_holder = {**holder.as_dict(), "lock": kind, "since": time.time()}
+                    self.lock_holder = {
+                        **holder.as_dict(),
+                        "lock": "fcntl" if posix else "flock",
+                        "since": time.time(),
+                    }
                 raise PoolBusyError(
-                    f"KVP pool file {self.path} is locked ({kind}) by {who};"
+                    f"KVP pool file {self.path} is locked by {who} ({kind});"
                     f" gave up after {self.lock_timeout:g} s (pool {self.pool})"
                 )
             delay = _sleep_backoff(delay)
