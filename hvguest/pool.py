@@ -341,7 +341,7 @@ class PoolFile:
                     self.lock_holder = {
                         **holder.as_dict(),
                         "lock": "fcntl" if posix else "flock",
-                        "since": time.time(),
+                        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     }
                 raise PoolBusyError(
                     f"KVP pool file {self.path} is locked by {who} ({kind});"

@@ -703,8 +703,8 @@ def _pool_lock_problems(pools: object) -> list[Problem]:
         command = f", command {holder.get('command')!r}" if holder.get("command") else ""
         out.append(Problem(
             "kvp", "warning",
-            f"pool {n}: host requests failed: {holder.get('lock')} held by pid "
-            f"{holder.get('pid')} (user {user}{command})",
+            f"pool {n}: host requests failed at {holder.get('time')}: {holder.get('lock')} held"
+            f" by pid {holder.get('pid')} (user {user}{command})",
             "see why that process holds the pool file's lock; stop it if it should not",
         ))
     return out

@@ -121,6 +121,11 @@ def _status_states(paths: Paths) -> None:
                "recent": [{"op": HOSTILE, "result": HOSTILE, "detail": HOSTILE, "time": T}] * 2,
                "last_error": {"message": HOSTILE, "time": T, "remedy": HOSTILE},
                "details": {HOSTILE: HOSTILE, "protocol_version": HOSTILE}}
+        if service == "kvp":
+            # A local user picks its process name: the lock holder's command is hostile.
+            doc["details"]["pools"] = {"1": {"records": 3, "lock_holder": {
+                "pid": 4242, "uid": 65534, "user": "nobody", "command": HOSTILE,
+                "kind": "FLOCK", "mode": "WRITE", "lock": "flock", "time": T}}}
         if service == "vss":
             doc["details"]["last_freeze"] = {
                 "time": T, "ok": False, "reason": HOSTILE, "freeze_ms": 1,
@@ -135,6 +140,15 @@ def _status_states(paths: Paths) -> None:
         with open(os.path.join(paths.run, f"{service}.json"), "w") as f:
             json.dump(doc, f)
         sysfs_builder.add_process(paths, pid, f"/usr/bin/python3 /usr/bin/hvguest-{service}d")
+
+
+def test_status_names_the_pool_lock_holder(capsys: pytest.CaptureFixture[str],
+                                           machine: Paths) -> None:
+    _status_states(machine)
+    code, out, _ = run(capsys, "status", "kvp", "--root-dir", os.path.dirname(machine.sys))
+    assert "pool 1 locked: flock held by pid 4242, user nobody" in out
+    assert f"host requests failed at {T}: flock held by pid 4242 (user nobody" in out
+    assert_inert(out)
 
 
 @pytest.mark.parametrize("service", [None, "kvp", "vss", "fcopy", "heartbeat", "shutdown"])
