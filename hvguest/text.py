@@ -10,7 +10,9 @@ so a benign value prints unchanged and ``hvguestctl kvp get`` stays usable in sc
 * Unicode line and paragraph separators (U+2028, U+2029), lone surrogates and the
   bidirectional formatting characters ("Trojan source"): ``\\uHHHH``.
 
-``--json`` output is never passed through it: JSON escapes what it must and stays exact.
+``--json`` output is never passed through it: it stays exact. JSON escapes C0 controls
+itself; ``terminal_safe_json`` escapes the few characters JSON leaves raw (DEL, C1, line
+separators, bidi controls) as ``\\uXXXX``, which decodes to the same value.
 """
 
 from __future__ import annotations
@@ -40,6 +42,17 @@ def printable(text: object) -> str:
     """``text`` (str() of it) with every control or line-breaking character escaped."""
     s = text if isinstance(text, str) else str(text)
     return _UNSAFE.sub(_escape, s)
+
+
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff" + _BIDI + "]")
+
+
+def terminal_safe_json(text: str) -> str:
+    """JSON text made with ``ensure_ascii=False`` with the characters JSON leaves raw but a
+    terminal may act on (DEL, C1, line separators, bidi controls) written as ``\\uXXXX``
+    escapes: it decodes to the same value, and leaves nothing for a terminal to act on.
+    These characters can only occur inside JSON strings, where the escape is valid."""
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def write_line(out: TextIO, text: object) -> None:

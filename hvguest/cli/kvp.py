@@ -19,7 +19,7 @@ from hvguest.errors import HvGuestError, LocalUsageError
 from hvguest.heartbeat.roots import add_root_options, paths_from_cli
 from hvguest.paths import Paths
 from hvguest.pool import DEFAULT_MAX_RECORDS, PoolStore
-from hvguest.text import printable, say
+from hvguest.text import printable, say, terminal_safe_json
 from hvguest.wire.pool import POOL_COUNT
 
 POOL_NAMES = {
@@ -134,8 +134,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         if n == 2 and args.generated:
             doc[str(n)]["generated"] = [{"key": k, "value": v} for k, v in _generated(store.paths)]
     if args.json:
-        json.dump({"pools": doc}, sys.stdout, indent=2, ensure_ascii=False)
-        say()
+        # Readable non-ASCII text, but nothing a terminal could act on; same JSON value.
+        sys.stdout.write(
+            terminal_safe_json(json.dumps({"pools": doc}, indent=2, ensure_ascii=False)) + "\n"
+        )
         return 0
     for n in pools:
         entry = doc[str(n)]

@@ -73,6 +73,7 @@ def test_kvp_list_json_is_exact(capsys: pytest.CaptureFixture[str], machine: Pat
     assert code == 0
     items = json.loads(out)["pools"]["0"]["items"]
     assert items[0] == {"key": HOSTILE, "value": HOSTILE}
+    assert_inert(out)  # exact value, yet no raw ESC, C1, U+2028 or bidi control
 
 
 def test_kvp_watch(capsys: pytest.CaptureFixture[str], tmp_path: Any) -> None:
