@@ -20,7 +20,7 @@ class NeedsRootError(HvGuestError):
 def require_root(command: str) -> None:
     if os.geteuid() != 0:
         raise NeedsRootError(
-            f"hvguestctl {command} needs root (running as uid {os.geteuid()}): "
+            f"{command} needs root (running as uid {os.geteuid()}): "
             f"run it with sudo; nothing was changed"
         )
 
@@ -35,6 +35,6 @@ def require_writable(command: str, path: str) -> None:
         target = parent
     if not os.access(target, os.W_OK):
         raise NeedsRootError(
-            f"hvguestctl {command} needs root: {target} is not writable by uid"
+            f"{command} needs root: {target} is not writable by uid"
             f" {os.geteuid()}; run it with sudo; nothing was changed"
         )
