@@ -26,6 +26,7 @@ from typing import Any, TypeVar, cast
 
 import yaml
 
+from hvguest.configfile import Unbounded, check_expansion, check_shape, read_config_file
 from hvguest.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -343,8 +344,9 @@ def _build_section(
             got = f", got {shown!r}" if shown is not None else ""
             errors.add(vnode, f"{info.name}.{key}: expected {exc}{got}")
             continue
-        except yaml.YAMLError as exc:
-            errors.add(vnode, f"{info.name}.{key}: {exc}")
+        except (yaml.YAMLError, ValueError) as exc:
+            # ValueError: e.g. an integer of more than 4300 digits
+            errors.add(vnode, f"{info.name}.{key}: {str(exc)[:200]}")
             continue
         problem = _check(f, value)
         if problem:
@@ -360,13 +362,47 @@ def _build_section(
 
 
 def _parse(text: str, filename: str) -> tuple[Config, list[ConfigError]]:
+    try:
+        return _parse_bounded(text, filename)
+    except (RecursionError, ValueError, TypeError) as exc:
+        # The bounds above should make these unreachable; if a document still gets
+        # here, it is reported like any other configuration error, not as a crash.
+        errors = _Collector(filename)
+        errors.add(None, f"cannot be loaded: {type(exc).__name__}: {str(exc)[:200]}")
+        return _defaults(filename), errors.errors
+
+
+def _defaults(filename: str) -> Config:
+    return Config({name: info.cls() for name, info in registered_sections().items()}, filename)
+
+
+def _parse_bounded(text: str, filename: str) -> tuple[Config, list[ConfigError]]:
     sections_info = registered_sections()
     errors = _Collector(filename)
     lines: dict[str, int] = {}
-    loader = yaml.SafeLoader(text)
+    try:
+        check_shape(text)
+    except Unbounded as exc:
+        errors.add(None, str(exc), line=exc.line)
+        return _defaults(filename), errors.errors
+    except yaml.MarkedYAMLError:
+        pass  # reported with its line by the composer below
+    except yaml.YAMLError as exc:
+        errors.add(None, f"not valid YAML: {exc}")
+        return _defaults(filename), errors.errors
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:  # the reader refuses NUL and other control bytes
+        errors.add(None, f"not valid YAML: {exc}")
+        return _defaults(filename), errors.errors
     try:
         try:
             root = loader.get_single_node()
+            if root is not None:
+                check_expansion(root)
+        except Unbounded as exc:
+            errors.add(None, str(exc), line=exc.line)
+            root = None
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark is not None else None
@@ -408,18 +444,6 @@ def load_config_text(text: str, filename: str = "<config>") -> Config:
     return config
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"not UTF-8 text: {exc}", where=path) from exc
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", where=path) from exc
-
-
 def load_config(path: str | None, *, missing_ok: bool = True) -> Config:
     """Load and check ``path``; None or a missing file gives the defaults.
 
@@ -427,7 +451,7 @@ def load_config(path: str | None, *, missing_ok: bool = True) -> Config:
     """
     if path is None:
         return load_config_text("", "<defaults>")
-    text = _read(path)
+    text = read_config_file(path)
     if text is None:
         if not missing_ok:
             raise ConfigError("no such file", where=path)
@@ -440,7 +464,7 @@ def load_config(path: str | None, *, missing_ok: bool = True) -> Config:
 def validate_config(path: str, *, missing_ok: bool = True) -> list[str]:
     """Every problem in ``path`` as "file:line: message" lines (empty: valid)."""
     try:
-        text = _read(path)
+        text = read_config_file(path)
     except ConfigError as exc:
         return [str(exc)]
     if text is None:

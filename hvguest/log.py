@@ -18,6 +18,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
+
+from hvguest.text import printable
 
 TARGETS = ("auto", "journal", "stderr")
 HOLD_LIMIT = 10_000
@@ -98,6 +101,31 @@ class MemoryLogBuffer(logging.Handler):
         super().close()
 
 
+class EscapingFormatter(logging.Formatter):
+    """The stderr format with the message escaped (``hvguest.text.printable``).
+
+    Messages carry host- and user-supplied strings (KVP keys, file names, hook output);
+    on a terminal or in a plain log file a newline would forge a record and an escape
+    sequence would reach the reader's terminal. A traceback keeps its line structure,
+    each of its lines escaped.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802
+        saved = record.message
+        record.message = printable(saved)
+        try:
+            return super().formatMessage(record)
+        finally:
+            record.message = saved
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802
+        text = super().formatException(ei)
+        return "\n".join(printable(line) for line in text.splitlines())
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802
+        return "\n".join(printable(line) for line in stack_info.splitlines())
+
+
 class _IdentFilter(logging.Filter):
     def __init__(self, ident: str) -> None:
         super().__init__()
@@ -139,7 +167,7 @@ def setup_logging(
     else:
         inner = logging.StreamHandler(sys.stderr)
     if not use_journal:
-        inner.setFormatter(logging.Formatter(_STDERR_FORMAT))
+        inner.setFormatter(EscapingFormatter(_STDERR_FORMAT))
         inner.addFilter(_IdentFilter(ident))
     root = logging.getLogger()
     if _buffer is not None:

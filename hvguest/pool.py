@@ -14,6 +14,21 @@ Writes never rewrite the whole file:
   order) and then truncates, as hv_kvp_daemon's shift does, without touching the
   records before the deleted one.
 
+Bounds. A pool holds at most ``max_records`` records (``kvp.max_records``, default
+DEFAULT_MAX_RECORDS): a new key past it is refused with PoolFullError, which the host
+sees as HV_E_FAIL, and nothing is written; updates in place and deletes always work.
+Lock waits are bounded (``lock_timeout``); on giving up, the holder is looked up in
+``/proc/locks`` and named (pid, user, command) in the error, kept in ``lock_holder``
+for ``hvguestctl status``, and while that same process still holds the lock the next
+request fails at once instead of waiting again.
+
+File mode: 0644, whatever the umask, like hv_kvp_daemon's files. Readers need it:
+``hvguestctl kvp list`` as any user, Microsoft's validation suite (which checks for
+0644), and tools that read pool 0/3 for host parameters. The price is that every local
+user can read every KVP item (the host must not push secrets through KVP) and can take
+a lock on the file; the bounded, holder-naming waits above keep that from stalling the
+host. Tightening to 0600 would break those readers for little gain.
+
 A crash in the middle of a delete can leave the last moved record twice, never a record
 mixed from two others. A trailing partial record (torn append) is ignored when reading
 and cut off under the lock before the next write. The one window left: the kernel
@@ -42,6 +57,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from hvguest.errors import HvGuestError, LocalUsageError
+from hvguest.lockholders import LockHolder, find_holders
 from hvguest.paths import Paths
 from hvguest.wire.pool import (
     POOL_COUNT,
@@ -62,6 +78,10 @@ MAX_KEY_BYTES = POOL_KEY_SIZE - 1
 MAX_VALUE_BYTES = POOL_VALUE_SIZE - 1
 
 LOCK_TIMEOUT = 5.0
+# Far above what the pool's users write: cloud-init's Hyper-V reporting appends a few
+# hundred records per boot to pool 1 (and truncates it once per boot), azure-init at
+# most 1024 keys, the host a handful in pool 0. 10,000 records are 25.6 MB of disk.
+DEFAULT_MAX_RECORDS = 10_000
 PATH_CHECK_PERIOD = 1.0
 RACY_NS = 50_000_000  # far above any filesystem timestamp tick (jiffies)
 OWN_PREFIX = "hvguest."
@@ -70,6 +90,10 @@ _BAD_RECORD_LOG_PERIOD = 300.0
 
 class PoolBusyError(HvGuestError):
     """A pool file stayed locked by another writer for longer than the bounded wait."""
+
+
+class PoolFullError(HvGuestError):
+    """A new key would take the pool past its record limit."""
 
 
 class PoolRecordError(HvGuestError):
@@ -137,10 +161,24 @@ class PoolFile:
     the file is closed.
     """
 
-    def __init__(self, path: str, pool: int, *, lock_timeout: float = LOCK_TIMEOUT) -> None:
+    def __init__(
+        self,
+        path: str,
+        pool: int,
+        *,
+        lock_timeout: float = LOCK_TIMEOUT,
+        max_records: int = DEFAULT_MAX_RECORDS,
+        proc: str = "/proc",
+    ) -> None:
         self.path = path
         self.pool = pool
         self.lock_timeout = lock_timeout
+        self.max_records = max_records
+        self.proc = proc
+        # The process that made the last lock wait give up (for status), and its pid
+        # with the lock family while it is believed to still hold the lock.
+        self.lock_holder: dict[str, object] | None = None
+        self._stuck: tuple[bool, int] | None = None
         self._mutex = threading.RLock()
         self._fd: int | None = None
         self._fd_ident = (0, 0)  # (st_dev, st_ino) of self._fd
@@ -248,6 +286,8 @@ class PoolFile:
                 if os.fstat(fd).st_nlink > 0 or _attempt == 2:
                     break
                 self._unlock(fd)
+            self.lock_holder = None
+            self._stuck = None
             try:
                 yield fd
             finally:
@@ -263,6 +303,7 @@ class PoolFile:
     def _acquire(self, fd: int, exclusive: bool, deadline: float, *, posix: bool) -> None:
         mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
         delay = 0.0002
+        first = True
         while True:
             try:
                 if posix:
@@ -275,17 +316,48 @@ class PoolFile:
                     raise LocalUsageError(
                         f"cannot lock KVP pool file {self.path}: {exc.strerror}"
                     ) from exc
+            kind = (
+                "fcntl record lock, as hv_kvp_daemon takes"
+                if posix
+                else "flock, as cloud-init and azure-init take"
+            )
+            if first and self._stuck is not None and self._stuck[0] == posix:
+                # The process that made the last wait give up: fail now if it still
+                # holds the lock, instead of making every host request wait again.
+                still = self._holder(fd, posix, only=self._stuck[1])
+                if still is not None:
+                    raise PoolBusyError(
+                        f"KVP pool file {self.path} is still locked by {still.describe()}"
+                        f" ({kind}); not waiting again (pool {self.pool})"
+                    )
+                self._stuck = None
+            first = False
             if time.monotonic() >= deadline:
-                kind = (
-                    "fcntl record lock (hv_kvp_daemon)"
-                    if posix
-                    else "flock (cloud-init, azure-init)"
-                )
+                holder = self._holder(fd, posix)
+                who = "another writer"
+                if holder is not None:
+                    who = holder.describe()
+                    self._stuck = (posix, holder.pid)
+                    self.lock_holder = {
+                        **holder.as_dict(),
+                        "lock": "fcntl" if posix else "flock",
+                        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    }
                 raise PoolBusyError(
-                    f"KVP pool file {self.path} is locked by another writer's {kind};"
+                    f"KVP pool file {self.path} is locked by {who} ({kind});"
                     f" gave up after {self.lock_timeout:g} s (pool {self.pool})"
                 )
             delay = _sleep_backoff(delay)
+
+    def _holder(self, fd: int, posix: bool, only: int | None = None) -> LockHolder | None:
+        """The process (not us) holding the lock family on this file, from /proc/locks."""
+        st = os.fstat(fd)
+        for holder in find_holders(
+            self.proc, st.st_dev, st.st_ino, kind="posix" if posix else "flock"
+        ):
+            if holder.pid != os.getpid() and (only is None or holder.pid == only):
+                return holder
+        return None
 
     # -- cache ---------------------------------------------------------------
 
@@ -466,6 +538,13 @@ class PoolFile:
                 _pwrite_all(fd, data, i * POOL_RECORD_SIZE)
                 self._records[i] = record
             else:
+                if len(self._records) >= self.max_records:
+                    # Stable text (no key, no count): the daemon logs it once per period.
+                    raise PoolFullError(
+                        f"KVP pool {self.pool} is full: {self.max_records} records"
+                        f" (kvp.max_records); new keys are refused until some are deleted"
+                        f" ({self.path})"
+                    )
                 _pwrite_all(fd, data, len(self._records) * POOL_RECORD_SIZE)
                 self._index[raw_key] = len(self._records)
                 self._records.append(record)
@@ -555,15 +634,26 @@ _REGISTRY_LOCK = threading.Lock()
 _GENERATION = [0]  # bumped by close_all()
 
 
-def open_pool(paths: Paths, pool: int, *, lock_timeout: float = LOCK_TIMEOUT) -> PoolFile:
-    """The process's PoolFile for pool ``pool`` (0-4) under ``paths.pool_dir``."""
+def open_pool(
+    paths: Paths,
+    pool: int,
+    *,
+    lock_timeout: float | None = None,
+    max_records: int | None = None,
+) -> PoolFile:
+    """The process's PoolFile for pool ``pool`` (0-4) under ``paths.pool_dir``;
+    ``lock_timeout``/``max_records`` given here apply to it from now on."""
     if not isinstance(pool, int) or not 0 <= pool < POOL_COUNT:
         raise LocalUsageError(f"KVP pool is {pool!r}, must be 0..{POOL_COUNT - 1}")
     path = os.path.abspath(paths.pool_file(pool))
     with _REGISTRY_LOCK:
         pf = _REGISTRY.get(path)
         if pf is None:
-            pf = _REGISTRY[path] = PoolFile(path, pool, lock_timeout=lock_timeout)
+            pf = _REGISTRY[path] = PoolFile(path, pool, proc=paths.proc)
+        if lock_timeout is not None:
+            pf.lock_timeout = lock_timeout
+        if max_records is not None:
+            pf.max_records = max_records
         return pf
 
 
@@ -579,9 +669,16 @@ def close_all() -> None:
 class PoolStore:
     """The five pools of one pool directory."""
 
-    def __init__(self, paths: Paths, *, lock_timeout: float = LOCK_TIMEOUT) -> None:
+    def __init__(
+        self,
+        paths: Paths,
+        *,
+        lock_timeout: float = LOCK_TIMEOUT,
+        max_records: int = DEFAULT_MAX_RECORDS,
+    ) -> None:
         self.paths = paths
         self.lock_timeout = lock_timeout
+        self.max_records = max_records
         self._pools: dict[int, PoolFile] = {}
         self._generation = _GENERATION[0]
 
@@ -593,7 +690,9 @@ class PoolStore:
             self._generation = _GENERATION[0]
         pf = self._pools.get(pool)
         if pf is None:
-            pf = self._pools[pool] = open_pool(self.paths, pool, lock_timeout=self.lock_timeout)
+            pf = self._pools[pool] = open_pool(
+                self.paths, pool, lock_timeout=self.lock_timeout, max_records=self.max_records
+            )
         return pf
 
     def open_all(self) -> list[PoolFile]:

@@ -18,6 +18,7 @@ from hvguest.fcopy.policy import PathPolicy
 from hvguest.fcopy.settings import FcopySettings
 from hvguest.heartbeat.roots import add_root_options, paths_from_cli
 from hvguest.state import pid_alive, read_state
+from hvguest.text import say, write_line
 
 
 def register(sub: Any) -> None:
@@ -81,9 +82,9 @@ def run_status(args: argparse.Namespace) -> int:
     if doc is None:
         if args.json:
             json.dump({"running": False, "state": None}, sys.stdout)
-            print()
+            say()
         else:
-            print(
+            say(
                 "hvguest-fcopyd has published no state: not running (is the Guest Service "
                 "Interface enabled on the host?)"
             )
@@ -92,29 +93,31 @@ def run_status(args: argparse.Namespace) -> int:
     details = doc.get("details") or {}
     if args.json:
         json.dump({"running": alive, **doc}, sys.stdout, indent=2)
-        print()
+        say()
         return 0 if alive else 2
     out = sys.stdout
-    out.write(f"hvguest-fcopyd: {doc.get('state')}{'' if alive else ' (not running)'}\n")
-    out.write(f"  transport: {details.get('transport', '?')}, device: {doc.get('device')}\n")
-    out.write(
+    write_line(out, f"hvguest-fcopyd: {doc.get('state')}{'' if alive else ' (not running)'}")
+    write_line(out, f"  transport: {details.get('transport', '?')}, device: {doc.get('device')}")
+    write_line(
+        out,
         f"  transfers: {details.get('transfers_ok', 0)} ok, "
-        f"{details.get('transfers_failed', 0)} failed\n"
+        f"{details.get('transfers_failed', 0)} failed"
     )
     current = details.get("in_progress")
     if current:
         size = current.get("file_size") or 0
         done = current.get("bytes_done") or 0
         pct = f" ({100 * done / size:.0f} %)" if size else ""
-        out.write(
+        write_line(
+            out,
             f"  receiving {current.get('name')}: {_size(done)} of {_size(size)}{pct}, "
-            f"{current.get('seconds')} s\n"
+            f"{current.get('seconds')} s"
         )
     else:
-        out.write("  no transfer in progress\n")
+        write_line(out, "  no transfer in progress")
     error = doc.get("last_error")
     if error:
-        out.write(f"  last error: {error.get('message')} ({error.get('time')})\n")
+        write_line(out, f"  last error: {error.get('message')} ({error.get('time')})")
     return 0 if alive else 2
 
 
@@ -124,13 +127,13 @@ def run_recent(args: argparse.Namespace) -> int:
     recent = ((doc or {}).get("details") or {}).get("recent_transfers") or []
     if args.json:
         json.dump(recent, sys.stdout, indent=2)
-        print()
+        say()
         return 0 if doc is not None else 2
     if doc is None:
-        print("hvguest-fcopyd has published no state: not running")
+        say("hvguest-fcopyd has published no state: not running")
         return 2
     if not recent:
-        print("no transfers yet")
+        say("no transfers yet")
         return 0
     render_recent(recent, sys.stdout)
     return 0
@@ -139,12 +142,13 @@ def run_recent(args: argparse.Namespace) -> int:
 def render_recent(recent: list[dict[str, Any]], out: TextIO) -> None:
     for r in reversed(recent):
         sha = (r.get("sha256") or "-")[:16]
-        out.write(
+        write_line(
+            out,
             f"{r.get('finished', '?')}  {r.get('result', '?'):<24} {_size(r.get('size')):>10}"
-            f"  {r.get('duration', 0):>7.2f} s  {sha}  {r.get('name')}\n"
+            f"  {r.get('duration', 0):>7.2f} s  {sha}  {r.get('name')}"
         )
         if r.get("result") != "ok" and r.get("detail"):
-            out.write(f"    {r['detail']}\n")
+            write_line(out, f"    {r['detail']}")
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -167,12 +171,12 @@ def run_check(args: argparse.Namespace) -> int:
             sys.stdout,
             indent=2,
         )
-        print()
+        say()
     else:
         word = "allowed" if verdict.allowed else "refused"
-        print(f"{args.path}: {word}: {verdict.reason}")
+        say(f"{args.path}: {word}: {verdict.reason}")
         if not verdict.allowed:
-            print(
+            say(
                 f"  allowed roots: {', '.join(policy.roots) or 'none'} "
                 "(fcopy.allowed_roots in hvguest.yaml)"
             )

@@ -13,11 +13,13 @@ import sys
 import time
 from typing import Any
 
+from hvguest.cli.privilege import require_writable
 from hvguest.config import load_config
 from hvguest.errors import HvGuestError, LocalUsageError
 from hvguest.heartbeat.roots import add_root_options, paths_from_cli
 from hvguest.paths import Paths
-from hvguest.pool import PoolStore
+from hvguest.pool import DEFAULT_MAX_RECORDS, PoolStore
+from hvguest.text import printable, say, terminal_safe_json
 from hvguest.wire.pool import POOL_COUNT
 
 POOL_NAMES = {
@@ -132,21 +134,23 @@ def cmd_list(args: argparse.Namespace) -> int:
         if n == 2 and args.generated:
             doc[str(n)]["generated"] = [{"key": k, "value": v} for k, v in _generated(store.paths)]
     if args.json:
-        json.dump({"pools": doc}, sys.stdout, indent=2, ensure_ascii=False)
-        print()
+        # Readable non-ASCII text, but nothing a terminal could act on; same JSON value.
+        sys.stdout.write(
+            terminal_safe_json(json.dumps({"pools": doc}, indent=2, ensure_ascii=False)) + "\n"
+        )
         return 0
     for n in pools:
         entry = doc[str(n)]
         if len(pools) > 1:
-            print(f"# pool {n}: {entry['name']}, {len(entry['items'])} item(s)")
+            say(f"# pool {n}: {entry['name']}, {len(entry['items'])} item(s)")
         for item in entry["items"]:
-            print(f"{item['key']}={item['value']}")
+            say(f"{item['key']}={item['value']}")
         if "generated" in entry:
-            print("# generated for the host by hvguest-kvpd:")
+            say("# generated for the host by hvguest-kvpd:")
             for item in entry["generated"]:
-                print(f"{item['key']}={item['value']}")
+                say(f"{item['key']}={item['value']}")
         if entry["unreadable_records"]:
-            print(
+            say(
                 f"# pool {n}: {entry['unreadable_records']} record(s) skipped"
                 " (invalid UTF-8, no NUL or empty key)",
                 file=sys.stderr,
@@ -185,30 +189,33 @@ def cmd_get(args: argparse.Namespace) -> int:
             continue
         value = store.get(n, args.key)
         if value is not None:
-            print(value)
+            say(value)
             return 0
     where = f"pool {args.pool}" if args.pool is not None else "any pool"
-    print(f"hvguestctl: KVP key {args.key!r} not found in {where}", file=sys.stderr)
+    say(f"hvguestctl: KVP key {args.key!r} not found in {where}", file=sys.stderr)
     return 1
 
 
 def cmd_set(args: argparse.Namespace) -> int:
-    paths, store = _store(args)
+    paths = paths_from_cli(args)
     unsafe = args.unsafe
-    if not unsafe:
-        try:
-            config = load_config(args.config or paths.config_file, missing_ok=args.config is None)
-            unsafe = bool(config.section("kvp").unsafe_sizes)
-        except (HvGuestError, KeyError):
-            unsafe = False
-    store.set(args.pool, args.key, args.value, unsafe=unsafe)
+    max_records = DEFAULT_MAX_RECORDS
+    try:
+        config = load_config(args.config or paths.config_file, missing_ok=args.config is None)
+        unsafe = unsafe or bool(config.section("kvp").unsafe_sizes)
+        max_records = int(config.section("kvp").max_records)
+    except (HvGuestError, KeyError):
+        pass
+    require_writable("kvp set", paths.pool_file(args.pool))
+    PoolStore(paths, max_records=max_records).set(args.pool, args.key, args.value, unsafe=unsafe)
     return 0
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
     _paths, store = _store(args)
+    require_writable("kvp delete", store.paths.pool_file(args.pool))
     if not _exists(store, args.pool) or not store.delete(args.pool, args.key):
-        print(
+        say(
             f"KVP key {args.key!r} is not in pool {args.pool}; nothing to delete", file=sys.stderr
         )
     return 0
@@ -229,7 +236,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 now = _items(store, n)
                 if now != before[n]:
                     for line in diff_items(n, before[n], now):
-                        print(line, flush=True)
+                        say(line, flush=True)
                     before[n] = now
     except KeyboardInterrupt:
         pass
@@ -237,7 +244,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def diff_items(pool: int, old: list[tuple[str, str]], new: list[tuple[str, str]]) -> list[str]:
-    """``+``/``-``/``~`` lines, first occurrence of each key (as readers see it)."""
+    """``+``/``-``/``~`` lines, first occurrence of each key (as readers see it);
+    keys and values escaped (they come from the host or another writer)."""
     first_old: dict[str, str] = {}
     for k, v in old:
         first_old.setdefault(k, v)
@@ -248,10 +256,10 @@ def diff_items(pool: int, old: list[tuple[str, str]], new: list[tuple[str, str]]
     lines = []
     for k, v in first_new.items():
         if k not in first_old:
-            lines.append(f"{stamp} pool {pool} + {k}={v}")
+            lines.append(printable(f"{stamp} pool {pool} + {k}={v}"))
         elif first_old[k] != v:
-            lines.append(f"{stamp} pool {pool} ~ {k}={v}")
+            lines.append(printable(f"{stamp} pool {pool} ~ {k}={v}"))
     for k in first_old:
         if k not in first_new:
-            lines.append(f"{stamp} pool {pool} - {k}")
+            lines.append(printable(f"{stamp} pool {pool} - {k}"))
     return lines

@@ -2,19 +2,27 @@
 
 Each module in ``SUBCOMMANDS`` exposes ``register(subparsers)`` which adds its
 parser(s) and sets ``func(args) -> int`` as the default. Exit codes: 0 ok, 1 error,
-2 degraded.
+2 degraded, 141 the reader of stdout went away (``hvguestctl kvp list | head``: quiet,
+the status a shell shows for a command ended by SIGPIPE).
+
+Text views print strings from the host and other processes only through
+``hvguest.text`` (``say``, ``write_line``, ``printable``), which escapes control and
+line-breaking characters; ``--json`` output is left exact.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from hvguest import __version__
 from hvguest.errors import HvGuestError
+from hvguest.text import write_line
 
 SUBCOMMANDS = ("status", "vmbus", "kvp", "vss", "fcopy", "timesync")
+EXIT_BROKEN_PIPE = 128 + 13  # 128 + SIGPIPE
 
 
 def build_parser(subcommands: tuple[str, ...] = SUBCOMMANDS) -> argparse.ArgumentParser:
@@ -53,12 +61,30 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        # Flush here, not at exit: a reader that went away must surface as
+        # BrokenPipeError below, not as a message from the interpreter's shutdown.
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
     except HvGuestError as exc:
-        print(f"hvguestctl: {exc}", file=sys.stderr)
+        write_line(sys.stderr, f"hvguestctl: {exc}")
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush of what is
+    still buffered for the closed pipe fails silently instead of printing a traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass  # stdout is not a real file (tests capture it): nothing is flushed at exit
 
 
 if __name__ == "__main__":

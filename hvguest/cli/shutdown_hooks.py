@@ -11,11 +11,13 @@ import argparse
 import sys
 from typing import Any
 
+from hvguest.cli.privilege import require_root
 from hvguest.heartbeat.report import systemd_running
 from hvguest.heartbeat.roots import add_root_options, paths_from_cli
 from hvguest.heartbeat.shutdown import detect_action, list_hooks, run_hooks, save_results
 from hvguest.heartbeat.timesync import run_command
 from hvguest.state import utc_now
+from hvguest.text import say
 
 ACTIONS = ("auto", "poweroff", "reboot", "halt", "kexec", "test")
 
@@ -45,16 +47,19 @@ def run_list(args: argparse.Namespace) -> int:
     paths = paths_from_cli(args)
     hooks = list_hooks(paths)
     if not hooks:
-        print("no pre-shutdown hooks")
+        say("no pre-shutdown hooks")
         return 0
     for hook in hooks:
-        print(f"{hook.name:<30} {'runs' if hook.usable else 'SKIPPED: ' + hook.problem}")
+        say(f"{hook.name:<30} {'runs' if hook.usable else 'SKIPPED: ' + hook.problem}")
     return 0 if all(h.usable for h in hooks) else 2
 
 
 def run_run(args: argparse.Namespace) -> int:
     from hvguest.cli.status import settings_for  # shares the config lookup
 
+    # Root's hooks run with root's privileges or not at all: as another user they
+    # would half-run (and a hook's own checks could be fooled by the caller).
+    require_root("shutdown-hooks run")
     paths = paths_from_cli(args)
     settings = settings_for(args, paths.etc)
     action = args.action
@@ -69,8 +74,8 @@ def run_run(args: argparse.Namespace) -> int:
     try:
         save_results(paths, action, results, utc_now())
     except OSError as exc:
-        print(f"hvguestctl: cannot record the results in {paths.run}: {exc}", file=sys.stderr)
+        say(f"hvguestctl: cannot record the results in {paths.run}: {exc}", file=sys.stderr)
     for r in results:
         rc = f" (exit {r.returncode})" if r.returncode not in (None, 0) else ""
-        print(f"{r.hook:<30} {r.result}{rc} {r.seconds:.1f}s {r.detail}".rstrip())
+        say(f"{r.hook:<30} {r.result}{rc} {r.seconds:.1f}s {r.detail}".rstrip())
     return 0 if all(r.result == "ok" for r in results) else 2

@@ -18,6 +18,7 @@ from hvguest.errors import ConfigError
 from hvguest.heartbeat.report import SERVICES, collect
 from hvguest.heartbeat.roots import add_root_options, paths_from_cli
 from hvguest.heartbeat.settings import HeartbeatSettings
+from hvguest.text import write_line
 
 SYMBOL = {"error": "x", "warning": "!", "info": "i"}
 MAX_SUMMARY_PROBLEMS = 5
@@ -44,7 +45,7 @@ def settings_for(args: argparse.Namespace, etc: str) -> HeartbeatSettings:
     try:
         config = load_config(path)
     except ConfigError as exc:
-        print(f"hvguestctl: {exc} (using defaults)", file=sys.stderr)
+        write_line(sys.stderr, f"hvguestctl: {exc} (using defaults)")
         return HeartbeatSettings()
     settings: HeartbeatSettings = config.get(HeartbeatSettings)
     return settings
@@ -155,32 +156,35 @@ def _activity(service: str, entry: dict[str, Any]) -> str:
 
 
 def render_summary(doc: dict[str, Any], out: TextIO) -> None:
+    def line_out(text: str) -> None:
+        write_line(out, text)
+
     if not doc["hyperv"]:
-        out.write(f"{doc['summary']}\n")
+        line_out(f"{doc['summary']}")
         return
     ver = f"  {doc['overall'].upper()}  ({doc['vmbus_devices']} VMBus devices)"
-    out.write(f"hvguest status:{ver}\n")
-    out.write(f"{'SERVICE':<10} {'HOST':<8} {'DRIVER':<20} {'DAEMON':<12} ACTIVITY\n")
+    line_out(f"hvguest status:{ver}")
+    line_out(f"{'SERVICE':<10} {'HOST':<8} {'DRIVER':<20} {'DAEMON':<12} ACTIVITY")
     for service in SERVICES:
         entry = doc["services"][service]
         own = service in ("heartbeat", "kvp", "vss", "fcopy")
         line = (f"{service:<10} {'offered' if entry['offered'] else 'off':<8} "
                 f"{_driver_text(entry):<20} {_daemon_text(entry, own):<12} "
                 f"{_activity(service, entry)}")
-        out.write(line[:120].rstrip() + "\n")
+        line_out(line[:120].rstrip())
     rank = {"error": 0, "warning": 1, "info": 2}
     ordered = sorted(doc["problems"], key=lambda p: rank[p["severity"]])
     if ordered:
-        out.write("\n")
+        line_out("")
     for p in ordered[:MAX_SUMMARY_PROBLEMS]:
-        out.write(f"{SYMBOL[p['severity']]} {p['service']}: {p['message']}\n")
+        line_out(f"{SYMBOL[p['severity']]} {p['service']}: {p['message']}")
         if p["remedy"]:
-            out.write(f"    -> {p['remedy']}\n")
+            line_out(f"    -> {p['remedy']}")
     if len(ordered) > MAX_SUMMARY_PROBLEMS:
-        out.write(f"... {len(ordered) - MAX_SUMMARY_PROBLEMS} more: hvguestctl status SERVICE\n")
+        line_out(f"... {len(ordered) - MAX_SUMMARY_PROBLEMS} more: hvguestctl status SERVICE")
     if doc["unreadable"]:
-        out.write(f"could not read {len(doc['unreadable'])} item(s) (not root?): "
-                  "hvguestctl status --json lists them\n")
+        line_out(f"could not read {len(doc['unreadable'])} item(s) (not root?): "
+                 "hvguestctl status --json lists them")
 
 
 def _special_details(service: str, details: dict[str, Any]) -> list[str]:
@@ -218,58 +222,66 @@ def _special_details(service: str, details: dict[str, Any]) -> list[str]:
             f"{n}: {v.get('records', '?')}" if isinstance(v, dict) and "error" not in v
             else f"{n}: unreadable" for n, v in sorted(pools.items()))
         out.append(f"  pool records: {shown}")
+        for n, v in sorted(pools.items()):
+            holder = v.get("lock_holder") if isinstance(v, dict) else None
+            if isinstance(holder, dict):
+                out.append(f"  pool {n} locked: {holder.get('lock')} held by pid "
+                           f"{holder.get('pid')}, user {holder.get('user') or holder.get('uid')},"
+                           f" command {holder.get('command')!r}")
     return out
 
 
 def render_service(doc: dict[str, Any], service: str, out: TextIO) -> None:
     entry = doc["services"][service]
-    w = out.write
-    w(f"{service} ({entry['host_name']}): {entry['health']}\n")
+    def w(text: str) -> None:
+        write_line(out, text)
+
+    w(f"{service} ({entry['host_name']}): {entry['health']}")
     if not doc["hyperv"]:
-        w(f"  {doc['summary']}\n")
+        w(f"  {doc['summary']}")
         return
     dev = entry.get("device")
     if dev:
-        w(f"  device:   {dev['instance']} (VMBus id {dev['vmbus_id']})\n")
-        w(f"  driver:   {_driver_text(entry)}\n")
+        w(f"  device:   {dev['instance']} (VMBus id {dev['vmbus_id']})")
+        w(f"  driver:   {_driver_text(entry)}")
     else:
-        w("  device:   not offered by the host\n")
+        w("  device:   not offered by the host")
     d = entry.get("daemon")
     if d:
         run_text = "running" if d["running"] else "not running"
         how = {"systemd": f"unit {d['unit']} {d['active_state']}/{d['sub_state']}",
                "pid": f"pid {d['pid']}", "none": "no state published"}[d["source"]]
-        w(f"  daemon:   {d['name']} {run_text} ({how})")
-        w(f", state {d['state']}\n" if d.get("state") else "\n")
+        state = f", state {d['state']}" if d.get("state") else ""
+        w(f"  daemon:   {d['name']} {run_text} ({how}){state}")
     if entry.get("protocol_version"):
-        w(f"  protocol: {entry['protocol_version']}\n")
+        w(f"  protocol: {entry['protocol_version']}")
     op = entry.get("last_op")
     if op:
         w(f"  last op:  {op.get('op')} {op.get('result')} at {op.get('time')}"
-          f"{': ' + op['detail'] if op.get('detail') else ''}\n")
+          f"{': ' + op['detail'] if op.get('detail') else ''}")
     recent = entry.get("recent") or []
     if len(recent) > 1:
-        w("  recent:\n")
+        w("  recent:")
         for r in recent[-5:]:
-            w(f"    {r.get('time')} {r.get('op')} {r.get('result')} {r.get('detail', '')}\n")
+            w(f"    {r.get('time')} {r.get('op')} {r.get('result')} {r.get('detail', '')}")
     err = entry.get("last_error")
     if err:
-        w(f"  last error: {err.get('message')} ({err.get('time')})\n")
+        w(f"  last error: {err.get('message')} ({err.get('time')})")
         if err.get("remedy"):
-            w(f"    -> {err['remedy']}\n")
+            w(f"    -> {err['remedy']}")
     details = dict(entry.get("details") or {})
     for line in _special_details(service, details):
-        w(line + "\n")
+        w(line)
     if details:
-        w("  details:\n")
+        w("  details:")
         for key, value in details.items():
             text = json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else value
-            w(f"    {key}: {text}\n"[:400])
+            w(f"    {key}: {text}"[:400])
     for p in entry["problems"]:
-        w(f"{SYMBOL[p['severity']]} {p['message']}\n")
+        w(f"{SYMBOL[p['severity']]} {p['message']}")
         if p["remedy"]:
-            w(f"    -> {p['remedy']}\n")
+            w(f"    -> {p['remedy']}")
     if doc["unreadable"]:
-        w("could not read:\n")
+        w("could not read:")
         for item in doc["unreadable"]:
-            w(f"  {item}\n")
+            w(f"  {item}")

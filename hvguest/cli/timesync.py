@@ -13,9 +13,11 @@ import json
 import sys
 from typing import Any
 
+from hvguest.cli.privilege import require_root
 from hvguest.heartbeat import timesync
 from hvguest.heartbeat.report import systemd_running
 from hvguest.heartbeat.roots import add_root_options, paths_from_cli
+from hvguest.text import say
 
 
 def register(sub: Any) -> None:
@@ -54,29 +56,30 @@ def run_status(args: argparse.Namespace) -> int:
 
 def _render(st: timesync.TimesyncStatus) -> None:
     if st.ptp is None:
-        print("no PTP clock named 'hyperv': the host does not offer Time Synchronization "
+        say("no PTP clock named 'hyperv': the host does not offer Time Synchronization "
               "(or hv_utils is not loaded)")
         return
-    print(f"host clock:  {st.ptp.device} ({st.ptp.name})")
+    say(f"host clock:  {st.ptp.device} ({st.ptp.name})")
     if st.offset_ms is not None:
         flag = "  PAST THE LIMIT" if st.offset_exceeded else ""
-        print(f"offset:      {st.offset_ms:+.3f} ms (guest minus host; limit "
+        say(f"offset:      {st.offset_ms:+.3f} ms (guest minus host; limit "
               f"{st.warn_offset_ms:g} ms){flag}")
     else:
-        print(f"offset:      unknown: {st.error}")
-    print(f"NTP clients: {', '.join(st.ntp_clients) or 'none running'}")
+        say(f"offset:      unknown: {st.error}")
+    say(f"NTP clients: {', '.join(st.ntp_clients) or 'none running'}")
     if st.chrony_refclock:
         state = f"; source {st.chrony_source_state}" if st.chrony_source_state else ""
-        print(f"chrony:      uses the host clock ({st.chrony_refclock}{state})")
+        say(f"chrony:      uses the host clock ({st.chrony_refclock}{state})")
     elif st.chrony_installed:
-        print("chrony:      does not use the host clock: hvguestctl timesync setup")
+        say("chrony:      does not use the host clock: hvguestctl timesync setup")
     else:
-        print("chrony:      not installed")
+        say("chrony:      not installed")
 
 
 def run_setup(args: argparse.Namespace) -> int:
     from hvguest.cli.status import settings_for
 
+    require_root("timesync setup")
     paths = paths_from_cli(args)
     settings = settings_for(args, paths.etc)
     result = timesync.setup_chrony(
@@ -84,5 +87,5 @@ def run_setup(args: argparse.Namespace) -> int:
         restart_timeout=settings.chrony_restart_timeout,
         systemd=systemd_running(paths),
     )
-    print(result.message)
+    say(result.message)
     return 0

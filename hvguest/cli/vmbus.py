@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 from hvguest.heartbeat.inventory import Inventory, VmbusDevice, scan
 from hvguest.heartbeat.roots import add_root_options, paths_from_cli
+from hvguest.text import printable, write_line
 
 
 def register(sub: Any) -> None:
@@ -30,7 +31,7 @@ def _channel_line(ch: Any, counters: bool) -> str:
     if counters:
         shown = " ".join(f"{k}={v}" for k, v in ch.counters.items() if k != "cpu")
         if shown:
-            line += f", {shown}"
+            line += f", {printable(shown)}"
     return line
 
 
@@ -38,22 +39,24 @@ def render(inv: Inventory, verbose: int, out: TextIO) -> None:
     for dev in inv.devices:
         out.write(_device_text(dev, verbose))
     if inv.unreadable:
-        out.write(f"could not read {len(inv.unreadable)} attribute(s):\n")
+        write_line(out, f"could not read {len(inv.unreadable)} attribute(s):")
         for item in inv.unreadable:
-            out.write(f"  {item}\n")
+            write_line(out, f"  {item}")
 
 
 def _device_text(dev: VmbusDevice, verbose: int) -> str:
+    # Every field read from sysfs is escaped; the tabs and line ends are our layout.
     vid = "?" if dev.vmbus_id is None else str(dev.vmbus_id)
+    description = printable(dev.description)
     if verbose == 0:
-        return f"VMBUS ID {vid:>2}: {dev.description}\n"
-    driver = dev.driver or "(no driver)"
+        return f"VMBUS ID {vid:>2}: {description}\n"
+    driver = printable(dev.driver or "(no driver)")
     if dev.uio:
-        driver += f" ({dev.uio})"
-    lines = [f"VMBUS ID {vid:>2}: Class_ID = {{{dev.class_id}}} - {dev.description}"]
-    lines.append(f"\tDevice_ID = {{{dev.instance}}}, driver = {driver}")
+        driver += f" ({printable(dev.uio)})"
+    lines = [f"VMBUS ID {vid:>2}: Class_ID = {{{printable(dev.class_id)}}} - {description}"]
+    lines.append(f"\tDevice_ID = {{{printable(dev.instance)}}}, driver = {driver}")
     if verbose >= 2:
-        lines.append(f"\tSysfs path: {dev.path}")
+        lines.append(f"\tSysfs path: {printable(dev.path)}")
     lines.extend(_channel_line(ch, verbose >= 2) for ch in dev.channels)
     return "\n".join(lines) + "\n"
 
@@ -66,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return 0 if inv.present else 1
     if not inv.present:
-        print(f"{inv.root} does not exist: not a Hyper-V guest (or hv_vmbus is not loaded)",
-              file=sys.stderr)
+        write_line(sys.stderr,
+                   f"{inv.root} does not exist: not a Hyper-V guest (or hv_vmbus is not loaded)")
         return 1
     render(inv, args.verbose, sys.stdout)
     return 0

@@ -19,6 +19,7 @@ from hvguest.errors import HvGuestError
 from hvguest.heartbeat.roots import add_root_options, paths_from_cli
 from hvguest.paths import Paths
 from hvguest.state import pid_alive, read_state
+from hvguest.text import say
 from hvguest.vss.freeze import FITHAW
 from hvguest.vss.mounts import read_mountinfo
 from hvguest.vss.record import clear_record, read_record, record_path
@@ -84,7 +85,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     if doc is None:
         if not args.json:
-            print("hvguest-vssd has not published a state (not running, or not started yet)")
+            say("hvguest-vssd has not published a state (not running, or not started yet)")
         if record is not None:
             if not args.json:
                 _print_record_warning(record)
@@ -101,33 +102,33 @@ def cmd_status(args: argparse.Namespace) -> int:
     degraded = degraded or bool(daemon_alive and guard.get("state") in ("failed", "died"))
     if args.json:
         return 2 if degraded else 0
-    print(
+    say(
         f"daemon: {doc.get('state')} (pid {doc.get('pid')}"
         f"{'' if daemon_alive else ', not running'}), updated {doc.get('updated')}"
     )
     if record is not None:
         mounts = ", ".join(m.get("mount_point", "?") for m in record.get("mounts", []))
-        print(f"frozen now: yes, since {record.get('started')}: {mounts}")
+        say(f"frozen now: yes, since {record.get('started')}: {mounts}")
         if not pid_alive(paths, record.get("pid")):
             _print_record_warning(record)
     else:
-        print("frozen now: no")
+        say("frozen now: no")
     guard_note = f", {guard['reason']}" if guard.get("reason") else ""
-    print(
+    say(
         f"auto-thaw bound: {details.get('auto_thaw')} s;"
         f" thaw guard: {guard.get('state', '?')} (pid {details.get('guard_pid') or 'none'}"
         f"{guard_note})"
     )
     if not last:
-        print("last freeze: none since the daemon started")
+        say("last freeze: none since the daemon started")
     else:
-        print(
+        say(
             f"last freeze: {last.get('time')}: {'ok' if last.get('ok') else 'FAILED'}"
             f" in {last.get('freeze_ms')} ms — {last.get('reason')}"
         )
         thaw = last.get("thaw")
         if thaw:
-            print(
+            say(
                 f"  thaw ({thaw.get('why')}) at {thaw.get('time')}:"
                 f" {'ok' if thaw.get('ok') else 'FAILED'} — {thaw.get('reason')}"
             )
@@ -138,21 +139,21 @@ def cmd_status(args: argparse.Namespace) -> int:
             if m.get("thaw_ms") is not None:
                 timing += f" thaw {m['thaw_ms']:.1f} ms"
             note = f" — {m['message']}" if m.get("message") else ""
-            print(
+            say(
                 f"  {m.get('state', '?'):<11} {m.get('mount_point')} ({m.get('fstype')})"
                 f"{timing}{note}"
             )
         for h in last.get("hooks", []):
             res = "ok" if not h.get("error") else h["error"]
-            print(f"  hook {h.get('hook')} {h.get('argument')}: {res} ({h.get('seconds')} s)")
+            say(f"  hook {h.get('hook')} {h.get('argument')}: {res} ({h.get('seconds')} s)")
     err = doc.get("last_error")
     if err:
-        print(f"last error: {err.get('time')}: {err.get('message')}")
+        say(f"last error: {err.get('time')}: {err.get('message')}")
     return 2 if degraded else 0
 
 
 def _print_record_warning(record: dict[str, Any]) -> None:
-    print(
+    say(
         f"WARNING: hvguest-vssd (pid {record.get('pid')}) died during a freeze started"
         f" {record.get('started')}; if writes hang, run 'hvguestctl vss thaw'"
     )
@@ -162,15 +163,18 @@ def _print_record_warning(record: dict[str, Any]) -> None:
 
 
 def cmd_thaw(args: argparse.Namespace) -> int:
+    from hvguest.cli.privilege import require_root  # here: the thaw path imports little
+
+    require_root("vss thaw")  # FITHAW needs CAP_SYS_ADMIN; the record is root's
     paths = _paths(args)
     record = read_record(paths)
     if record is None:
         if not args.if_frozen:
-            print(f"nothing recorded as frozen by hvguest ({record_path(paths)} absent)")
+            say(f"nothing recorded as frozen by hvguest ({record_path(paths)} absent)")
         return 0
     alive = pid_alive(paths, record.get("pid"))
     if alive and not args.if_frozen:
-        print(
+        say(
             f"note: hvguest-vssd (pid {record.get('pid')}) is running and holds this freeze;"
             " thawing anyway",
             file=sys.stderr,
@@ -178,7 +182,7 @@ def cmd_thaw(args: argparse.Namespace) -> int:
     try:
         mounts = {m.mount_point: m for m in read_mountinfo(paths.proc)}
     except HvGuestError as exc:
-        print(f"hvguestctl: {exc}", file=sys.stderr)
+        say(f"hvguestctl: {exc}", file=sys.stderr)
         mounts = {}
     failures = 0
     for entry in reversed(record.get("mounts", [])):
@@ -187,27 +191,27 @@ def cmd_thaw(args: argparse.Namespace) -> int:
         if not isinstance(mp, str):
             continue
         if state not in ("planned", "frozen"):
-            print(f"{mp}: left alone ({state}: not frozen by hvguest)")
+            say(f"{mp}: left alone ({state}: not frozen by hvguest)")
             continue
         current = mounts.get(mp)
         if mounts and (current is None or current.dev != entry.get("dev")):
-            print(f"{mp}: left alone: the filesystem mounted there is not the one hvguest froze")
+            say(f"{mp}: left alone: the filesystem mounted there is not the one hvguest froze")
             continue
         try:
             fd = os.open(mp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
-            print(f"{mp}: cannot open: {exc.strerror}", file=sys.stderr)
+            say(f"{mp}: cannot open: {exc.strerror}", file=sys.stderr)
             failures += 1
             continue
         try:
             fcntl.ioctl(fd, FITHAW, 0)
-            print(f"{mp}: thawed")
+            say(f"{mp}: thawed")
         except OSError as exc:
             if exc.errno == errno.EINVAL:
                 if not args.if_frozen:
-                    print(f"{mp}: was not frozen")
+                    say(f"{mp}: was not frozen")
             else:
-                print(
+                say(
                     f"{mp}: FITHAW failed: {os.strerror(exc.errno or 0)}; try 'fsfreeze -u {mp}'",
                     file=sys.stderr,
                 )
@@ -234,7 +238,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     try:
         settings = load_config(path, missing_ok=args.config is None).get(VssSettings)
     except ConfigError as exc:
-        print(f"hvguestctl: {exc}", file=sys.stderr)
+        say(f"hvguestctl: {exc}", file=sys.stderr)
         return 1
     plan = build_plan(
         read_mountinfo(paths.proc),
@@ -256,28 +260,28 @@ def cmd_plan(args: argparse.Namespace) -> int:
         )
         sys.stdout.write("\n")
         return 0
-    print("freeze order (thaw runs in reverse):")
+    say("freeze order (thaw runs in reverse):")
     if not plan.order:
-        print("  nothing: a backup would be crash-consistent only")
+        say("  nothing: a backup would be crash-consistent only")
     for n, fs in enumerate(plan.order, 1):
         extra = ""
         if fs.also_mounted_at:
             extra += f"; also mounted at {', '.join(fs.also_mounted_at)}"
         if fs.backed_by:
             extra += "; before the filesystem holding its backing file"
-        print(f"  {n}. {fs.mount_point} ({fs.fstype} on {fs.source}, {fs.dev}){extra}")
+        say(f"  {n}. {fs.mount_point} ({fs.fstype} on {fs.source}, {fs.dev}){extra}")
     if plan.skipped:
-        print("not frozen:")
+        say("not frozen:")
         for s in plan.skipped:
-            print(f"  {s.mount_point} ({s.fstype}): {s.reason}")
+            say(f"  {s.mount_point} ({s.fstype}): {s.reason}")
     if settings.hooks:
-        print("hooks (freeze in this order, thaw in reverse):")
+        say("hooks (freeze in this order, thaw in reverse):")
         for h in hooks.hooks:
-            print(f"  {h.path}")
+            say(f"  {h.path}")
         if not hooks.hooks:
-            print("  none")
+            say("  none")
     else:
-        print("hooks: disabled (vss.hooks: false)")
+        say("hooks: disabled (vss.hooks: false)")
     for r in hooks.refused:
-        print(f"  refused {r.path}: {r.reason}")
+        say(f"  refused {r.path}: {r.reason}")
     return 0

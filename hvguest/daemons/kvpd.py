@@ -150,7 +150,9 @@ class KvpService:
             # HV_E_FAIL instead of failing the read (EINVAL) and forcing a re-register.
             transport.read_size = READ_SIZE
         self.transport = transport
-        self.store = PoolStore(paths)
+        self.store = PoolStore(
+            paths, lock_timeout=settings.lock_timeout, max_records=settings.max_records
+        )
         reader = NetlinkReader()
         self.auto = AutoPool(
             paths,
@@ -384,9 +386,13 @@ class KvpService:
                     "records": count,
                     "bytes": count * POOL_RECORD_SIZE,
                     "path": pf.path,
+                    "max_records": pf.max_records,
                 }
             except HvGuestError as exc:
                 pools[str(n)] = {"error": str(exc), "path": pf.path}
+            if pf.lock_holder is not None:
+                # Who made the last host request on this pool give up (status shows it).
+                pools[str(n)]["lock_holder"] = dict(pf.lock_holder)
         c = self.role.counters
         last = self.role.last
         return {

@@ -4,11 +4,23 @@ The host reads pool 1 as the VM's GuestExchangeItems. We publish
 ``hvguest.health`` (ok / degraded / critical) and ``hvguest.health.reason``,
 rewrite them only when they change, and put them back when they vanish
 (cloud-init truncates pool 1 at boot). No other key is touched.
+
+With no ``heartbeat.health_units`` configured, only failed *system services* count,
+and never one that an unprivileged local user can start or make fail: otherwise any
+user could report the VM as degraded to the host (log in and let ``user@UID.service``
+fail, or open and drop an SSH connection). Not counted: every unit that is not a
+service (session scopes, mounts a user asked udisks for, ...), ``user@*.service``,
+``user-runtime-dir@*.service`` and the per-connection instances of ``Accept=yes``
+sockets (``sshd@3-10.0.0.1:22-10.0.0.9:4444.service``,
+``systemd-coredump@0-4242-1000.service``). Units named in ``health_units`` are always
+checked, whatever their kind.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -22,6 +34,12 @@ KEY_HEALTH = "hvguest.health"
 KEY_REASON = "hvguest.health.reason"
 HEALTH_POOL = 1
 REASON_MAX = 200  # well under the 1022-byte safe value limit
+
+# Started per login by logind (a user can log in and make them fail).
+USER_TRIGGERED_GLOBS = ("user@*.service", "user-runtime-dir@*.service")
+# systemd names a per-connection instance "<prefix>@<n>-<local>-<remote>.service"
+# (AF_UNIX: "<n>-<pid>-<uid>"): any local user who can connect to the socket starts one.
+_PER_CONNECTION = re.compile(r"^[^@]+@[0-9]+-.+\.service$")
 
 
 class HealthUnavailable(Exception):
@@ -51,8 +69,8 @@ class SystemctlProbe:
         return out
 
     def failed_units(self) -> list[str]:
-        out = self._run(["list-units", "--state=failed", "--no-legend", "--plain",
-                         "--no-pager"])
+        out = self._run(["list-units", "--system", "--type=service", "--state=failed",
+                         "--no-legend", "--plain", "--no-pager"])
         return [line.split()[0] for line in out.splitlines() if line.strip()]
 
     def unit_states(self, units: Sequence[str]) -> dict[str, str]:
@@ -92,9 +110,18 @@ def _names(units: Sequence[str]) -> str:
     return shown + (f" and {len(units) - 5} more" if len(units) > 5 else "")
 
 
+def counts_for_health(unit: str) -> bool:
+    """A system service that only root (or systemd itself) starts: see the module doc."""
+    if not unit.endswith(".service"):
+        return False
+    if any(fnmatch.fnmatchcase(unit, glob) for glob in USER_TRIGGERED_GLOBS):
+        return False
+    return not _PER_CONNECTION.match(unit)
+
+
 def evaluate(probe: UnitProbe, units: Sequence[str]) -> Health:
     """Configured units: any not active -> critical (activating -> degraded).
-    None configured: any failed unit on the system -> degraded."""
+    None configured: any failed system service a user cannot fail -> degraded."""
     if units:
         states = probe.unit_states(units)
         down = [u for u in units if states.get(u) not in ("active", "activating", "reloading")]
@@ -105,7 +132,7 @@ def evaluate(probe: UnitProbe, units: Sequence[str]) -> Health:
         if starting:
             return Health("degraded", _short(f"starting: {_names(starting)}"))
         return Health("ok", _short(f"{len(units)} units active"))
-    failed = probe.failed_units()
+    failed = [u for u in probe.failed_units() if counts_for_health(u)]
     if failed:
         return Health("degraded", _short(f"{len(failed)} failed units: {_names(failed)}"))
     return Health("ok", "no failed units")

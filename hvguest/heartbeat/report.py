@@ -527,7 +527,9 @@ class Collector:
     ) -> dict[str, Any]:
         published = dict((doc or {}).get("details") or {})
         if service == "kvp":
-            return {"pools": published.get("pools", {}), **_without(published, "pools")}
+            pools = published.get("pools", {})
+            problems.extend(_pool_lock_problems(pools))
+            return {"pools": pools, **_without(published, "pools")}
         if service == "vss":
             frozen = bool(published.get("frozen"))
             if frozen:
@@ -686,6 +688,26 @@ class Collector:
                 )
             )
         return live
+
+
+def _pool_lock_problems(pools: object) -> list[Problem]:
+    """A pool whose lock another process held past the daemon's bounded wait."""
+    out: list[Problem] = []
+    if not isinstance(pools, dict):
+        return out
+    for n, entry in sorted(pools.items()):
+        holder = entry.get("lock_holder") if isinstance(entry, dict) else None
+        if not isinstance(holder, dict):
+            continue
+        user = holder.get("user") or f"uid {holder.get('uid')}"
+        command = f", command {holder.get('command')!r}" if holder.get("command") else ""
+        out.append(Problem(
+            "kvp", "warning",
+            f"pool {n}: host requests failed at {holder.get('time')}: {holder.get('lock')} held"
+            f" by pid {holder.get('pid')} (user {user}{command})",
+            "see why that process holds the pool file's lock; stop it if it should not",
+        ))
+    return out
 
 
 def _without(d: dict[str, Any], *keys: str) -> dict[str, Any]:

@@ -39,7 +39,9 @@ class HeartbeatSettings:
         [],
         help=(
             "systemd units whose failure makes the guest 'critical' for the host;\n"
-            "empty: any failed unit on the system makes it 'degraded'"
+            "empty: a failed system service makes it 'degraded', except the units any\n"
+            "local user can start or fail (user@*.service, user-runtime-dir@*.service,\n"
+            "per-connection socket instances such as sshd@N-...service) and non-services"
         ),
         validate=_unit_names,
     )

@@ -68,6 +68,26 @@ class KvpSettings:
         ),
         choices=NETWORK_STACKS,
     )
+    max_records: int = setting(
+        10_000,
+        help=(
+            "records a pool may hold; a new key past it is refused (the host gets\n"
+            "HV_E_FAIL) so that nobody can fill the disk through KVP. cloud-init writes\n"
+            "a few hundred per boot to pool 1, azure-init at most 1024"
+        ),
+        min=100,
+        max=1_000_000,
+    )
+    lock_timeout: float = setting(
+        1.0,
+        help=(
+            "seconds hvguest-kvpd waits for another writer's lock on a pool file before\n"
+            "failing the host's request (the holder's pid and user are logged); other\n"
+            "writers hold it for milliseconds"
+        ),
+        min=0.05,
+        max=10,
+    )
     apply_timeout: float = setting(
         20.0,
         help="seconds SET_IP_INFO may take in total (the kernel gives up after 30)",

@@ -127,3 +127,39 @@ def test_pool_store_factory_uses_shared_registry(tmp_path: object) -> None:
     paths = _pool_paths(tmp_path)
     factory: Callable[[], object] = pool_store(paths)
     assert factory() is pool.open_pool(paths, 1)
+
+
+# Units any local user can start or make fail: a login (user@UID.service and its
+# runtime directory), a per-connection instance of an Accept=yes socket (ssh, the
+# core dump handler), a session scope. None of them may make the guest "degraded".
+USER_TRIGGERED = [
+    "user@1000.service",
+    "user-runtime-dir@1000.service",
+    "sshd@3-10.0.0.1:22-10.0.0.9:4444.service",
+    "systemd-coredump@0-4242-1000.service",
+    "session-5.scope",
+    "run-user-1000-gvfs.mount",
+]
+
+
+def test_user_triggered_units_do_not_degrade() -> None:
+    assert evaluate(FakeProbe(failed=USER_TRIGGERED), []) == Health("ok", "no failed units")
+    h = evaluate(FakeProbe(failed=[*USER_TRIGGERED, "nginx.service", "getty@tty1.service"]), [])
+    assert h == Health("degraded", "2 failed units: nginx.service, getty@tty1.service")
+
+
+def test_systemctl_asks_for_services_only() -> None:
+    calls: list[list[str]] = []
+
+    def runner(cmd: list[str], timeout: float) -> tuple[int, str]:
+        calls.append(cmd)
+        return 0, ""
+
+    SystemctlProbe(runner).failed_units()
+    assert "--type=service" in calls[0] and "--system" in calls[0]
+
+
+def test_configured_units_are_checked_whatever_their_kind() -> None:
+    # An explicit health_units entry is the admin's choice and is always counted.
+    probe = FakeProbe(states={"user@1000.service": "failed"})
+    assert evaluate(probe, ["user@1000.service"]).level == "critical"
