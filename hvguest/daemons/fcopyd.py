@@ -40,6 +40,7 @@ import sys
 import threading
 from typing import Any
 
+from hvguest.backoff import Backoff
 from hvguest.config import Config
 from hvguest.daemon import Runtime
 from hvguest.daemons.common import daemon_arg_parser, start_daemon
@@ -53,6 +54,7 @@ from hvguest.paths import Paths
 from hvguest.state import StatePublisher, read_state
 from hvguest.transport.chardev import FCOPY_READ_SIZE
 from hvguest.transport.ring import RingError
+from hvguest.transport.uio import DeviceNotBound, bound_driver, find_device
 from hvguest.wire.fcopy import (
     fcopy_reply,
 )
@@ -63,6 +65,7 @@ log = logging.getLogger(__name__)
 
 SERVICE = "fcopy"
 FCOPY_CLASS_ID = "34d14be3-dee4-41c8-9ae7-6b174977c192"
+LOG_PERIOD = 60.0
 NOT_OFFERED = (
     "Guest Service Interface not offered: enable it on the host with "
     "Enable-VMIntegrationService -Name 'Guest Service Interface'"
@@ -70,7 +73,6 @@ NOT_OFFERED = (
 PROGRESS_PERIOD = 1.0
 _REPLIES = {s.value: fcopy_reply(s) for s in HvStatus}
 _LOOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-REOPEN_DELAY = 2.0
 
 
 # -- transport detection -------------------------------------------------------------
@@ -78,19 +80,7 @@ REOPEN_DELAY = 2.0
 
 def find_fcopy_vmbus_device(paths: Paths) -> str | None:
     """The sysfs directory of the fcopy VMBus device, or None."""
-    try:
-        names = sorted(os.listdir(paths.vmbus_devices))
-    except OSError:
-        return None
-    for name in names:
-        try:
-            with open(os.path.join(paths.vmbus_devices, name, "class_id"), encoding="ascii") as f:
-                class_id = f.read().strip().strip("{}").lower()
-        except (OSError, UnicodeDecodeError):
-            continue
-        if class_id == FCOPY_CLASS_ID:
-            return os.path.join(paths.vmbus_devices, name)
-    return None
+    return find_device(paths, FCOPY_CLASS_ID)
 
 
 def detect_transport(paths: Paths) -> str | None:
@@ -100,12 +90,26 @@ def detect_transport(paths: Paths) -> str | None:
     device = find_fcopy_vmbus_device(paths)
     if device is None:
         return None
-    try:
-        driver = os.path.basename(os.readlink(os.path.join(device, "driver")))
-    except OSError:
-        driver = None
+    driver = bound_driver(device)
     # Bound to hv_utils: a kernel <= 6.9 whose /dev/vmbus/hv_fcopy is not there yet.
     return "legacy" if driver == "hv_utils" else "uio"
+
+
+class RingAbandoned(RingError):
+    """A ring whose indices cannot be trusted: the channel is closed and opened
+    again, which gives fresh rings (the last close disconnects the channel)."""
+
+
+def _abandon(ring: Any, exc: RingError) -> RingAbandoned:
+    """The error that closes the channel, with the values seen (read once more)."""
+    try:
+        values = f"read_index {ring.read_index}, write_index {ring.write_index}"
+    except (TransportError, ValueError):
+        values = "indices unreadable"
+    return RingAbandoned(
+        f"abandoning the ring: {ring.name} {values}, data area {ring.dsize} bytes ({exc})",
+        field=exc.field,
+    )
 
 
 # -- the daemon ----------------------------------------------------------------------
@@ -122,7 +126,8 @@ class FcopyDaemon:
         self.transport: Any = None
         self.lock = threading.Lock()
         self.stopping = False
-        self._reopen_throttle = Throttle(60.0)
+        self.backoff = Backoff()
+        self._throttle = Throttle(LOG_PERIOD)
 
     # -- start-up --------------------------------------------------------------
 
@@ -229,6 +234,7 @@ class FcopyDaemon:
                 transport.write_packet(_REPLIES.get(status) or fcopy_reply(status))
                 with lock:
                     service.after_reply()
+                    self.backoff.healthy()
             except TransportError as exc:
                 if not self.stopping:
                     self.runtime.call_soon_threadsafe(functools.partial(self._lost, exc))
@@ -305,7 +311,19 @@ class FcopyDaemon:
 
     def _drain_uio(self, transport: Any) -> None:
         """Answer every packet in RX, re-enable interrupts, and go again if packets
-        arrived while they were masked (those raised no interrupt)."""
+        arrived while they were masked (those raised no interrupt). An index out of
+        range, or a TX ring the host left full, abandons the rings (RingAbandoned)."""
+        try:
+            self._drain_rings(transport)
+        except RingAbandoned:
+            raise
+        except RingError as exc:
+            if exc.field not in ("read_index", "write_index"):
+                raise
+            rx = transport.rx
+            raise _abandon(rx if str(exc).startswith(rx.name) else transport.tx, exc) from exc
+
+    def _drain_rings(self, transport: Any) -> None:
         while True:
             answered = False
             while True:
@@ -330,6 +348,7 @@ class FcopyDaemon:
             more = transport.rearm()
             if answered:
                 self.service.after_reply()
+                self.backoff.healthy()
             if not more:
                 return
 
@@ -357,32 +376,53 @@ class FcopyDaemon:
     # -- failures ----------------------------------------------------------------
 
     def _lost(self, exc: TransportError) -> None:
-        log.error("fcopy channel failed: %s", exc)
+        self._say("lost", logging.ERROR, "fcopy channel failed: %s", exc)
         with self.lock:
             self.service.abort(f"channel failed: {exc}")
             self.publisher.record_error(str(exc))
         with contextlib.suppress(Exception):
             self.transport.close()
-        self._reopen()
+        self.transport = None
+        self._wait_and_reopen()
+
+    def _say(self, what: str, level: int, message: str, *args: object) -> None:
+        """A repeating failure is logged once per LOG_PERIOD, with the count left out."""
+        show, suppressed = self._throttle.should_log(what)
+        if show:
+            more = f" ({suppressed} similar not shown)" if suppressed else ""
+            log.log(level, "%s%s", message % args, more)
+
+    def _wait_and_reopen(self) -> None:
+        delay = self.backoff.next_delay()
+        self.publisher.update(state="waiting for device")
+        self.publisher.publish()
+        self.runtime.call_later(delay, self._reopen)
+
+    def device_gone(self) -> bool:
+        return find_fcopy_vmbus_device(self.paths) is None and not os.path.exists(
+            self.paths.vmbus_device("hv_fcopy")
+        )
 
     def _reopen(self) -> None:
+        if self.stopping:
+            return
+        if self.device_gone():
+            # The host withdrew the device (or the driver went): nothing to serve, and
+            # not a failure of this daemon; BindsTo= stops the unit as well.
+            log.info("the fcopy device has left %s: the host no longer offers it; exiting",
+                     self.paths.vmbus_devices)
+            self.runtime.stop(0)
+            return
         try:
             self.open_transport()
         except HvGuestError as exc:
-            show, suppressed = self._reopen_throttle.should_log()
-            if show:
-                more = f" ({suppressed} more attempts failed)" if suppressed else ""
-                log.warning(
-                    "cannot reopen the fcopy channel: %s; retrying every %g s%s",
-                    exc,
-                    REOPEN_DELAY,
-                    more,
-                )
-            self.publisher.update(state="waiting for device")
-            self.publisher.publish()
-            self.runtime.call_later(REOPEN_DELAY, self._reopen)
+            hint = "" if isinstance(exc, DeviceNotBound) else "; retrying with back-off"
+            self._say("reopen", logging.WARNING, "cannot open the fcopy channel: %s%s", exc, hint)
+            self.publisher.record_error(str(exc))
+            self._wait_and_reopen()
             return
-        log.info("fcopy channel reopened")
+        self._throttle.reset("reopen")
+        log.info("fcopy channel open after %d failed attempt(s)", self.backoff.failures)
 
     def tick(self) -> None:
         with self.lock:
@@ -411,6 +451,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _start_failed(daemon: FcopyDaemon, runtime: Runtime, exc: HvGuestError) -> int:
+    log.error("%s", exc)
+    print(f"hvguest-fcopyd: {exc}", file=sys.stderr, flush=True)
+    daemon.publisher.record_error(str(exc))
+    daemon.publisher.update(state="failed")
+    daemon.publisher.publish()
+    runtime.close()
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     paths, config = start_daemon(SERVICE, args)
@@ -425,14 +475,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         daemon.open_transport()
     except HvGuestError as exc:
-        log.error("%s", exc)
-        print(f"hvguest-fcopyd: {exc}", file=sys.stderr, flush=True)
-        daemon.publisher.record_error(str(exc))
-        daemon.publisher.update(state="failed")
-        daemon.publisher.publish()
-        runtime.close()
-        return 1
+        if kind == "uio":
+            # Not bound yet (hvguest-uio-bind failed or has not run), or a channel that
+            # fails at once: say so and wait for it with the re-open back-off.
+            daemon._say("reopen", logging.WARNING, "cannot open the fcopy channel: %s", exc)
+            daemon.publisher.record_error(str(exc))
+            daemon._wait_and_reopen()
+        else:
+            return _start_failed(daemon, runtime, exc)
     runtime.on_stop(daemon.stop)
+
     runtime.call_every(PROGRESS_PERIOD, daemon.tick)
     roots = ", ".join(daemon.settings.allowed_roots) or "none"
     runtime.ready(f"receiving files over the {kind} transport into {roots}")
