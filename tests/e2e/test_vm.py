@@ -58,7 +58,8 @@ def test_vm_udev_activation_and_host_operations(scratch_root: Path, deb: Path,
         f"E2E_RC={boot.returncode}, failed {failed}\n{report[-12000:]}"
     )
     for name in ("boot-without-devices", "udev-started-units", "kvp-set-get",
-                 "vss-freeze-thaw", "fcopy-copy", "status-healthy", "remove-stops-units",
+                 "vss-freeze-thaw", "fcopy-copy", "fcopy-least-privilege",
+                 "status-healthy", "remove-stops-units",
                  "readd-starts-units", "upgrade-restarts", "remove-package",
                  "install-with-devices", "shutdown-hooks-armed"):
         assert checks.get(name) == "ok", (name, checks)
