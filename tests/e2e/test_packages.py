@@ -21,7 +21,7 @@ UNITS = ("hvguest-kvp", "hvguest-vss", "hvguest-fcopy", "hvguest-heartbeat",
 MAX_EXPOSURE = {
     "hvguest-kvp": 3.2,
     "hvguest-vss": 5.6,
-    "hvguest-fcopy": 1.9,
+    "hvguest-fcopy": 1.7,
     "hvguest-heartbeat": 1.3,
     "hvguest-shutdown-hooks": 9.5,
 }
