@@ -44,6 +44,7 @@ from hvguest.backoff import Backoff
 from hvguest.config import Config
 from hvguest.daemon import Runtime
 from hvguest.daemons.common import daemon_arg_parser, start_daemon
+from hvguest.daemons.fcopy_ring import drain, wait_interrupt
 from hvguest.daemons.fcopy_service import FcopyService, ic_reply
 from hvguest.errors import HvGuestError, TransportError
 from hvguest.fcopy.policy import TransferRefused
@@ -59,7 +60,6 @@ from hvguest.wire.fcopy import (
     fcopy_reply,
 )
 from hvguest.wire.status import HvStatus
-from hvguest.wire.vmbus import VM_PKT_DATA_INBAND
 
 log = logging.getLogger(__name__)
 
@@ -93,23 +93,6 @@ def detect_transport(paths: Paths) -> str | None:
     driver = bound_driver(device)
     # Bound to hv_utils: a kernel <= 6.9 whose /dev/vmbus/hv_fcopy is not there yet.
     return "legacy" if driver == "hv_utils" else "uio"
-
-
-class RingAbandoned(RingError):
-    """A ring whose indices cannot be trusted: the channel is closed and opened
-    again, which gives fresh rings (the last close disconnects the channel)."""
-
-
-def _abandon(ring: Any, exc: RingError) -> RingAbandoned:
-    """The error that closes the channel, with the values seen (read once more)."""
-    try:
-        values = f"read_index {ring.read_index}, write_index {ring.write_index}"
-    except (TransportError, ValueError):
-        values = "indices unreadable"
-    return RingAbandoned(
-        f"abandoning the ring: {ring.name} {values}, data area {ring.dsize} bytes ({exc})",
-        field=exc.field,
-    )
 
 
 # -- the daemon ----------------------------------------------------------------------
@@ -262,13 +245,7 @@ class FcopyDaemon:
             raise TransportError(f"{transport.path}: peer closed the connection")
         return length
 
-    # -- UIO ring ----------------------------------------------------------------
-
-    # The UIO ring gets the same treatment: one thread blocks in read(4) on
-    # /dev/uioN until the host interrupts, drains every queued packet straight from
-    # the shared RX ring, writes the responses to TX and re-enables interrupts,
-    # which also signals the host. Polling first, or signalling once per response,
-    # would each add a round trip per packet on a FUSE-served device.
+    # -- UIO ring (hvguest.daemons.fcopy_ring) -------------------------------------
 
     def _uio_worker(self, transport: Any) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, _LOOP_SIGNALS)  # they belong to the loop
@@ -276,7 +253,7 @@ class FcopyDaemon:
         while not self.stopping:
             try:
                 if not first:
-                    self._wait_interrupt(transport)
+                    wait_interrupt(transport)
                 first = False  # packets queued before we opened raised no interrupt
                 with self.lock:
                     if self.stopping:
@@ -289,19 +266,6 @@ class FcopyDaemon:
             except Exception:  # a bug must not silence the channel
                 log.exception("fcopy: unexpected failure serving the ring")
 
-    @staticmethod
-    def _wait_interrupt(transport: Any) -> None:
-        try:
-            os.read(transport.fileno(), 4)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            if exc.errno == errno.EIO:
-                raise TransportError(
-                    f"/dev/{transport.uio_name}: device rescinded by the host"
-                ) from exc
-            raise TransportError(f"/dev/{transport.uio_name}: read failed: {exc.strerror}") from exc
-
     def on_uio_readable(self) -> None:
         """Serve the ring from the loop thread (used when no worker runs)."""
         try:
@@ -310,68 +274,14 @@ class FcopyDaemon:
             self._lost(exc)
 
     def _drain_uio(self, transport: Any) -> None:
-        """Answer every packet in RX, re-enable interrupts, and go again if packets
-        arrived while they were masked (those raised no interrupt). An index out of
-        range, or a TX ring the host left full, abandons the rings (RingAbandoned)."""
-        try:
-            self._drain_rings(transport)
-        except RingAbandoned:
-            raise
-        except RingError as exc:
-            if exc.field not in ("read_index", "write_index"):
-                raise
-            rx = transport.rx
-            raise _abandon(rx if str(exc).startswith(rx.name) else transport.tx, exc) from exc
+        answer = functools.partial(ic_reply, self.service)
+        if drain(transport, answer, self.service.after_reply, self._bad_packet):
+            self.backoff.healthy()  # a request served: the next failure starts over
 
-    def _drain_rings(self, transport: Any) -> None:
-        while True:
-            answered = False
-            while True:
-                try:
-                    got = transport.rx.read_packet()
-                except RingError as exc:
-                    if not self._skip_bad_packets(exc):
-                        raise
-                    continue
-                if got is None:
-                    break
-                descriptor, payload = got
-                if descriptor.type != VM_PKT_DATA_INBAND:
-                    # IC traffic is in-band data only; a completion or other type
-                    # asks for no answer.
-                    log.warning("fcopy: VMBus packet type %d ignored", descriptor.type)
-                    continue
-                reply = ic_reply(self.service, payload)
-                if reply is not None:
-                    transport.tx.write_packet(reply, descriptor.trans_id)
-                    answered = True
-            more = transport.rearm()
-            if answered:
-                self.service.after_reply()
-                self.backoff.healthy()
-            if not more:
-                return
-
-    def _skip_bad_packets(self, exc: RingError) -> bool:
-        """A packet whose framing cannot be trusted hides where the next one
-        starts: drop what the host queued (it times out that request and retries)
-        and keep serving. False when the ring indices themselves are corrupt; the
-        channel is then reopened, which resets the rings."""
-        rx = getattr(self.transport, "rx", None)
-        if rx is None:
-            return False
-        try:
-            w = rx.write_index
-            if w >= rx.dsize or rx.read_index >= rx.dsize:
-                return False
-            dropped = rx.available
-            rx.read_index = w
-        except TransportError:
-            return False
+    def _bad_packet(self, exc: RingError, dropped: int) -> None:
         log.error("fcopy: bad packet in the ring (%s); skipped %d queued bytes", exc, dropped)
         self.service.abort(f"bad packet: {exc}")
         self.publisher.record_error(f"bad packet from the host skipped: {exc}")
-        return True
 
     # -- failures ----------------------------------------------------------------
 
