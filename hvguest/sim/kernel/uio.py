@@ -316,8 +316,8 @@ class UioFcopy:
         return entries
 
     def start_binding_watch(self, sandbox_root: str) -> None:
-        """Unbound mode: bind (create the uio entries) once the daemon writes the class
-        GUID to new_id, as the driver core would."""
+        """Unbound mode: bind (create the uio entries) once new_id gets the class
+        GUID (hvguest-uio-bind writes it), as the driver core would."""
         self.sandbox_root = sandbox_root
         if not self.bound:
             self._bind_timer = self.timers.call_later(_BIND_POLL / self.timers.scale,
