@@ -268,6 +268,9 @@ def test_uio_corrupt_ring_is_abandoned_and_the_next_copy_succeeds(sim, tmp_path,
     assert open(f"{sim.root}/tmp/after", "rb").read() == src.read_bytes()
     assert sim.daemon_alive()
     assert sim.uio_stats()["connects"] == 2  # one recovery, not a loop
+    # Fresh rings: the host negotiated again, and the daemon answered it.
+    negotiations = [t for t in sim.transcript() if t["op"] == "negotiate"]
+    assert [t["status"] for t in negotiations] == [OK, OK], negotiations
     # Logged once, with the values the daemon saw.
     log = daemon_output(tmp_path)
     lines = [line for line in log.splitlines() if "abandoning the ring" in line]
