@@ -42,9 +42,11 @@ import sys
 import threading
 from typing import Any
 
+from hvguest.backoff import Backoff
 from hvguest.config import Config
 from hvguest.daemon import Runtime
 from hvguest.daemons.common import daemon_arg_parser, start_daemon
+from hvguest.daemons.fcopy_ring import drain, wait_interrupt
 from hvguest.daemons.fcopy_service import FcopyService, ic_reply
 from hvguest.errors import HvGuestError, TransportError
 from hvguest.fcopy.settings import FcopySettings
@@ -53,16 +55,17 @@ from hvguest.paths import Paths
 from hvguest.state import StatePublisher, read_state
 from hvguest.transport.chardev import FCOPY_READ_SIZE
 from hvguest.transport.ring import RingError
+from hvguest.transport.uio import DeviceNotBound, bound_driver, find_device
 from hvguest.wire.fcopy import (
     fcopy_reply,
 )
 from hvguest.wire.status import HvStatus
-from hvguest.wire.vmbus import VM_PKT_DATA_INBAND
 
 log = logging.getLogger(__name__)
 
 SERVICE = "fcopy"
 FCOPY_CLASS_ID = "34d14be3-dee4-41c8-9ae7-6b174977c192"
+LOG_PERIOD = 60.0
 NOT_OFFERED = (
     "Guest Service Interface not offered: enable it on the host with "
     "Enable-VMIntegrationService -Name 'Guest Service Interface'"
@@ -70,7 +73,6 @@ NOT_OFFERED = (
 PROGRESS_PERIOD = 1.0
 _REPLIES = {s.value: fcopy_reply(s) for s in HvStatus}
 _LOOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-REOPEN_DELAY = 2.0
 
 
 # -- transport detection -------------------------------------------------------------
@@ -78,19 +80,7 @@ REOPEN_DELAY = 2.0
 
 def find_fcopy_vmbus_device(paths: Paths) -> str | None:
     """The sysfs directory of the fcopy VMBus device, or None."""
-    try:
-        names = sorted(os.listdir(paths.vmbus_devices))
-    except OSError:
-        return None
-    for name in names:
-        try:
-            with open(os.path.join(paths.vmbus_devices, name, "class_id"), encoding="ascii") as f:
-                class_id = f.read().strip().strip("{}").lower()
-        except (OSError, UnicodeDecodeError):
-            continue
-        if class_id == FCOPY_CLASS_ID:
-            return os.path.join(paths.vmbus_devices, name)
-    return None
+    return find_device(paths, FCOPY_CLASS_ID)
 
 
 def detect_transport(paths: Paths) -> str | None:
@@ -100,10 +90,7 @@ def detect_transport(paths: Paths) -> str | None:
     device = find_fcopy_vmbus_device(paths)
     if device is None:
         return None
-    try:
-        driver = os.path.basename(os.readlink(os.path.join(device, "driver")))
-    except OSError:
-        driver = None
+    driver = bound_driver(device)
     # Bound to hv_utils: a kernel <= 6.9 whose /dev/vmbus/hv_fcopy is not there yet.
     return "legacy" if driver == "hv_utils" else "uio"
 
@@ -122,7 +109,8 @@ class FcopyDaemon:
         self.transport: Any = None
         self.lock = threading.Lock()
         self.stopping = False
-        self._reopen_throttle = Throttle(60.0)
+        self.backoff = Backoff()
+        self._throttle = Throttle(LOG_PERIOD)
 
     # -- start-up --------------------------------------------------------------
 
@@ -214,6 +202,7 @@ class FcopyDaemon:
                 transport.write_packet(_REPLIES.get(status) or fcopy_reply(status))
                 with lock:
                     service.after_reply()
+                    self.backoff.healthy()
             except TransportError as exc:
                 if not self.stopping:
                     self.runtime.call_soon_threadsafe(functools.partial(self._lost, exc))
@@ -241,13 +230,7 @@ class FcopyDaemon:
             raise TransportError(f"{transport.path}: peer closed the connection")
         return length
 
-    # -- UIO ring ----------------------------------------------------------------
-
-    # The UIO ring gets the same treatment: one thread blocks in read(4) on
-    # /dev/uioN until the host interrupts, drains every queued packet straight from
-    # the shared RX ring, writes the responses to TX and re-enables interrupts,
-    # which also signals the host. Polling first, or signalling once per response,
-    # would each add a round trip per packet on a FUSE-served device.
+    # -- UIO ring (hvguest.daemons.fcopy_ring) -------------------------------------
 
     def _uio_worker(self, transport: Any) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, _LOOP_SIGNALS)  # they belong to the loop
@@ -255,7 +238,7 @@ class FcopyDaemon:
         while not self.stopping:
             try:
                 if not first:
-                    self._wait_interrupt(transport)
+                    wait_interrupt(transport)
                 first = False  # packets queued before we opened raised no interrupt
                 with self.lock:
                     if self.stopping:
@@ -268,19 +251,6 @@ class FcopyDaemon:
             except Exception:  # a bug must not silence the channel
                 log.exception("fcopy: unexpected failure serving the ring")
 
-    @staticmethod
-    def _wait_interrupt(transport: Any) -> None:
-        try:
-            os.read(transport.fileno(), 4)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            if exc.errno == errno.EIO:
-                raise TransportError(
-                    f"/dev/{transport.uio_name}: device rescinded by the host"
-                ) from exc
-            raise TransportError(f"/dev/{transport.uio_name}: read failed: {exc.strerror}") from exc
-
     def on_uio_readable(self) -> None:
         """Serve the ring from the loop thread (used when no worker runs)."""
         try:
@@ -289,85 +259,65 @@ class FcopyDaemon:
             self._lost(exc)
 
     def _drain_uio(self, transport: Any) -> None:
-        """Answer every packet in RX, re-enable interrupts, and go again if packets
-        arrived while they were masked (those raised no interrupt)."""
-        while True:
-            answered = False
-            while True:
-                try:
-                    got = transport.rx.read_packet()
-                except RingError as exc:
-                    if not self._skip_bad_packets(exc):
-                        raise
-                    continue
-                if got is None:
-                    break
-                descriptor, payload = got
-                if descriptor.type != VM_PKT_DATA_INBAND:
-                    # IC traffic is in-band data only; a completion or other type
-                    # asks for no answer.
-                    log.warning("fcopy: VMBus packet type %d ignored", descriptor.type)
-                    continue
-                reply = ic_reply(self.service, payload)
-                if reply is not None:
-                    transport.tx.write_packet(reply, descriptor.trans_id)
-                    answered = True
-            more = transport.rearm()
-            if answered:
-                self.service.after_reply()
-            if not more:
-                return
+        answer = functools.partial(ic_reply, self.service)
+        if drain(transport, answer, self.service.after_reply, self._bad_packet):
+            self.backoff.healthy()  # a request served: the next failure starts over
 
-    def _skip_bad_packets(self, exc: RingError) -> bool:
-        """A packet whose framing cannot be trusted hides where the next one
-        starts: drop what the host queued (it times out that request and retries)
-        and keep serving. False when the ring indices themselves are corrupt; the
-        channel is then reopened, which resets the rings."""
-        rx = getattr(self.transport, "rx", None)
-        if rx is None:
-            return False
-        try:
-            w = rx.write_index
-            if w >= rx.dsize or rx.read_index >= rx.dsize:
-                return False
-            dropped = rx.available
-            rx.read_index = w
-        except TransportError:
-            return False
+    def _bad_packet(self, exc: RingError, dropped: int) -> None:
         log.error("fcopy: bad packet in the ring (%s); skipped %d queued bytes", exc, dropped)
         self.service.abort(f"bad packet: {exc}")
         self.publisher.record_error(f"bad packet from the host skipped: {exc}")
-        return True
 
     # -- failures ----------------------------------------------------------------
 
     def _lost(self, exc: TransportError) -> None:
-        log.error("fcopy channel failed: %s", exc)
+        self._say("lost", logging.ERROR, "fcopy channel failed: %s", exc)
         with self.lock:
             self.service.abort(f"channel failed: {exc}")
             self.publisher.record_error(str(exc))
         with contextlib.suppress(Exception):
             self.transport.close()
-        self._reopen()
+        self.transport = None
+        self._wait_and_reopen()
+
+    def _say(self, what: str, level: int, message: str, *args: object) -> None:
+        """A repeating failure is logged once per LOG_PERIOD, with the count left out."""
+        show, suppressed = self._throttle.should_log(what)
+        if show:
+            more = f" ({suppressed} similar not shown)" if suppressed else ""
+            log.log(level, "%s%s", message % args, more)
+
+    def _wait_and_reopen(self) -> None:
+        delay = self.backoff.next_delay()
+        self.publisher.update(state="waiting for device")
+        self.publisher.publish()
+        self.runtime.call_later(delay, self._reopen)
+
+    def device_gone(self) -> bool:
+        return find_fcopy_vmbus_device(self.paths) is None and not os.path.exists(
+            self.paths.vmbus_device("hv_fcopy")
+        )
 
     def _reopen(self) -> None:
+        if self.stopping:
+            return
+        if self.device_gone():
+            # The host withdrew the device (or the driver went): nothing to serve, and
+            # not a failure of this daemon; BindsTo= stops the unit as well.
+            log.info("the fcopy device has left %s: the host no longer offers it; exiting",
+                     self.paths.vmbus_devices)
+            self.runtime.stop(0)
+            return
         try:
             self.open_transport()
         except HvGuestError as exc:
-            show, suppressed = self._reopen_throttle.should_log()
-            if show:
-                more = f" ({suppressed} more attempts failed)" if suppressed else ""
-                log.warning(
-                    "cannot reopen the fcopy channel: %s; retrying every %g s%s",
-                    exc,
-                    REOPEN_DELAY,
-                    more,
-                )
-            self.publisher.update(state="waiting for device")
-            self.publisher.publish()
-            self.runtime.call_later(REOPEN_DELAY, self._reopen)
+            hint = "" if isinstance(exc, DeviceNotBound) else "; retrying with back-off"
+            self._say("reopen", logging.WARNING, "cannot open the fcopy channel: %s%s", exc, hint)
+            self.publisher.record_error(str(exc))
+            self._wait_and_reopen()
             return
-        log.info("fcopy channel reopened")
+        self._throttle.reset("reopen")
+        log.info("fcopy channel open after %d failed attempt(s)", self.backoff.failures)
 
     def tick(self) -> None:
         with self.lock:
@@ -396,6 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _start_failed(daemon: FcopyDaemon, runtime: Runtime, exc: HvGuestError) -> int:
+    log.error("%s", exc)
+    print(f"hvguest-fcopyd: {exc}", file=sys.stderr, flush=True)
+    daemon.publisher.record_error(str(exc))
+    daemon.publisher.update(state="failed")
+    daemon.publisher.publish()
+    runtime.close()
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     paths, config = start_daemon(SERVICE, args)
@@ -410,14 +370,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         daemon.open_transport()
     except HvGuestError as exc:
-        log.error("%s", exc)
-        print(f"hvguest-fcopyd: {exc}", file=sys.stderr, flush=True)
-        daemon.publisher.record_error(str(exc))
-        daemon.publisher.update(state="failed")
-        daemon.publisher.publish()
-        runtime.close()
-        return 1
+        if kind == "uio":
+            # Not bound yet (hvguest-uio-bind failed or has not run), or a channel that
+            # fails at once: say so and wait for it with the re-open back-off.
+            daemon._say("reopen", logging.WARNING, "cannot open the fcopy channel: %s", exc)
+            daemon.publisher.record_error(str(exc))
+            daemon._wait_and_reopen()
+        else:
+            return _start_failed(daemon, runtime, exc)
     runtime.on_stop(daemon.stop)
+
     runtime.call_every(PROGRESS_PERIOD, daemon.tick)
     roots = ", ".join(daemon.settings.allowed_roots) or "none"
     runtime.ready(f"receiving files over the {kind} transport into {roots}")

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hvguest import __version__
+from hvguest.backoff import Backoff
 from hvguest.daemon import Runtime, Timer
 from hvguest.daemons.common import daemon_arg_parser, start_daemon
 from hvguest.errors import HvGuestError, TransportError
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 
 SERVICE = "kvp"
 VERSION_KEY = "hvguest.version"
-REOPEN_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 STATE_PERIOD = 1.0
 STATUS_PERIOD = 5.0
 LOG_PERIOD = 60.0
@@ -167,7 +167,7 @@ class KvpService:
         self.own = OwnKeys(self.store.pool(KvpPool.GUEST))
         self.state = StatePublisher(SERVICE, paths)
         self._throttle = Throttle(LOG_PERIOD, clock)
-        self._reopen_attempt = 0
+        self.backoff = Backoff()  # re-registration: 0.1 s doubling to 30 s
         self._reopen_timer: Timer | None = None
         self._dirty = True
         self._stopping = False
@@ -210,7 +210,6 @@ class KvpService:
         version = getattr(self.transport, "version", None) or "Unknown version"
         self.role.registered(version)
         self.runtime.add_reader(self.transport, self.on_readable)
-        self._reopen_attempt = 0
         log.info(
             "registered with %s, protocol version %s", getattr(self.transport, "path", "?"), version
         )
@@ -307,6 +306,8 @@ class KvpService:
             self.transport.write_packet(reply)
         except TransportError as exc:
             self._device_failed(exc)
+            return
+        self.backoff.healthy()  # a request served: the next failure starts over
 
     def _log(self, action: Log) -> None:
         show, suppressed = self._throttle.should_log((action.message, action.level, action.args))
@@ -332,7 +333,8 @@ class KvpService:
         self.transport.close()
         self.state.update(state="re-registering")
         self._dirty = True
-        self._reopen()
+        # Not at once: a device that opens and fails again must not spin.
+        self._reopen_timer = self.runtime.call_later(self.backoff.next_delay(), self._reopen)
 
     def _reopen(self) -> None:
         self._reopen_timer = None
@@ -341,8 +343,7 @@ class KvpService:
         try:
             self.transport.open()
         except TransportError as exc:
-            delay = REOPEN_DELAYS[min(self._reopen_attempt, len(REOPEN_DELAYS) - 1)]
-            self._reopen_attempt += 1
+            delay = self.backoff.next_delay()
             show, _ = self._throttle.should_log(("reopen", str(exc)))
             if show:
                 log.error("cannot re-register: %s; retrying in %g s", exc, delay)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hvguest import log as hvlog
+from hvguest.backoff import Backoff
 from hvguest.config import load_config
 from hvguest.daemon import Runtime, Timer
 from hvguest.daemons.common import daemon_arg_parser, start_daemon
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 SERVICE = "vss"
 
 # Back-off between attempts to re-register after the device failed.
-REOPEN_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
 def hook_dirs(paths: Paths) -> list[str]:
@@ -96,7 +96,8 @@ class VssService:
         self.hooks: HookRunner | None = None
         self._auto_timer: Timer | None = None
         self._last_freeze: dict[str, Any] | None = None
-        self._reopen_attempt = 0
+        self.backoff = Backoff()  # re-registration: 0.1 s doubling to 30 s
+        self._reopen_timer: Timer | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -141,12 +142,15 @@ class VssService:
         # the host thinks the freeze failed, nothing may stay frozen.
         if self.engine.is_frozen:
             self.execute(self.role.on_stop())
+        if self._reopen_timer is not None:
+            return  # already waiting to re-register
         log.warning("%s; re-registering", exc)
         self.runtime.remove_reader(self.transport)
-        self._reopen_attempt = 0
-        self._reopen()
+        # Not at once: a device that opens and fails again must not spin.
+        self._reopen_timer = self.runtime.call_later(self.backoff.next_delay(), self._reopen)
 
     def _reopen(self) -> None:
+        self._reopen_timer = None
         try:
             self.transport.reopen()
         except TransportError as again:
@@ -158,11 +162,10 @@ class VssService:
                 log.info("%s is gone: the host no longer offers VSS; exiting", path)
                 self.runtime.stop(0)
                 return
-            delay = REOPEN_DELAYS[min(self._reopen_attempt, len(REOPEN_DELAYS) - 1)]
-            self._reopen_attempt += 1
+            delay = self.backoff.next_delay()
             log.error("cannot re-register: %s; retrying in %g s", again, delay)
             self.state.record_error(str(again), "the VSS device is back once hv_utils is loaded")
-            self.runtime.call_later(delay, self._reopen)
+            self._reopen_timer = self.runtime.call_later(delay, self._reopen)
             return
         self.runtime.add_reader(self.transport, self.on_readable)
 
@@ -182,6 +185,8 @@ class VssService:
             if reply.op == "FREEZE" and self.engine.is_frozen:
                 log.error("the host did not get the FREEZE reply (%s): thawing", exc)
             self._device_failed(exc)
+            return
+        self.backoff.healthy()  # a request served: the next failure starts over
 
     # -- actions --------------------------------------------------------------------------
 

@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout-scale", type=float, default=1.0)
     s.add_argument("--uio-ring-size", default="0x5000", help="per-direction ring bytes")
     s.add_argument("--uio-unbound", action="store_true",
-                   help="start with uio_hv_generic not bound (the daemon writes new_id)")
+                   help="start with uio_hv_generic not bound (until something writes new_id,"
+                        " e.g. hvguest-uio-bind)")
     s.add_argument("--frontend", choices=("fuse", "cuse"), default="fuse",
                    help="fuse: sandbox the daemon command with FUSE devices; cuse: create "
                    "real /dev/vmbus/hv_* character devices and run no daemon (test VMs)")

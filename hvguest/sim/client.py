@@ -252,6 +252,23 @@ class SimClient:
         """UIO: write ``packet`` (descriptor + payload) to the RX ring unchecked."""
         self.call("uio_raw_packet", packet=packet.hex())
 
+    def uio_rescind(self, *, node_opens: bool = False) -> None:
+        self.call("uio_rescind", node_opens=node_opens)
+
+    def uio_remove(self) -> None:
+        """Rescind, and the device leaves the sandbox's /sys."""
+        self.call("uio_remove")
+
+    def uio_corrupt(self, what: str) -> dict[str, int]:
+        """``rx_read``, ``rx_write`` (index beyond the data area) or ``tx_full``."""
+        return dict(self.call("uio_corrupt", what=what))
+
+    def uio_stats(self) -> dict[str, Any]:
+        return dict(self.call("uio_stats"))
+
+    def daemon_exits(self) -> list[int | None]:
+        return list(self.call("daemon_exits"))
+
     # -- kernel events ------------------------------------------------------------------
     def hibernate(self) -> None:
         """Guest suspend + resume: fake THAW/CANCEL to the daemons, states forced READY,

@@ -128,6 +128,43 @@ def _destroy(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
     reply(None)
 
 
+def _uio(server: SimServer) -> Any:
+    if server.uio is None:
+        raise ValueError("not running with --fcopy uio")
+    return server.uio
+
+
+@op("uio_rescind")
+def _uio_rescind(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    """Host rescind; ``node_opens``: /dev/uio0 still opens (I/O fails with EIO)."""
+    _uio(server).rescind(node_opens=bool(req.get("node_opens", False)))
+    reply(None)
+
+
+@op("uio_remove")
+def _uio_remove(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    """Rescind and remove the device's directory from the sandbox's /sys."""
+    _uio(server).remove()
+    reply(None)
+
+
+@op("uio_corrupt")
+def _uio_corrupt(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    reply(_uio(server).corrupt(str(req["what"])))
+
+
+@op("uio_stats")
+def _uio_stats(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    """Opens of /dev/uio0 (attempts), channel connects, connected now."""
+    reply(_uio(server).stats())
+
+
+@op("daemon_exits")
+def _daemon_exits(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+    """Exit statuses of the daemon processes that ended (None: killed by a signal)."""
+    reply(list(server.daemon_exits))
+
+
 @op("uio_raw_packet")
 def _uio_raw_packet(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
     """Put arbitrary bytes (descriptor + payload) on the RX ring; no reply is awaited."""

@@ -1,7 +1,9 @@
 """The fcopy channel through uio_hv_generic (kernels >= 6.10), protocol.md §5.
 
-The kernel no longer speaks fcopy; we bind the device to uio_hv_generic, map its
-two rings (TX guest->host first, RX host->guest second) and exchange raw VMBus
+The kernel no longer speaks fcopy; the device is bound to uio_hv_generic before the
+daemon starts (by ``hvguest-uio-bind``, see ``hvguest.transport.uio_bind``: loading a
+module and writing driver attributes need privileges the daemon does not keep), and
+the daemon maps its two rings (TX guest->host first, RX host->guest second) and exchange raw VMBus
 packets. /dev/uioN semantics: read(4) returns the interrupt count (after the
 host's interrupt the kernel masks further RX interrupts), write(int32 1)
 unmasks them and signals the host, EIO means the host rescinded the device.
@@ -15,9 +17,7 @@ import mmap
 import os
 import select
 import struct
-import subprocess
 import time
-from collections.abc import Callable
 from typing import Self
 
 from hvguest.errors import TransportError
@@ -37,16 +37,35 @@ def normalize_guid(text: str) -> str:
     return text.strip().strip("{}").lower()
 
 
-def _default_modprobe(module: str) -> None:
+class DeviceNotBound(TransportError):
+    """The VMBus device exists but no driver serves it: ``hvguest-uio-bind`` has not
+    run (or failed). Waiting helps once it runs; binding is not the daemon's job."""
+
+
+def find_device(paths: Paths, class_id: str = FCOPY_CLASS_ID) -> str | None:
+    """The sysfs directory of the VMBus device whose class_id matches, or None."""
+    root = paths.vmbus_devices
+    wanted = normalize_guid(class_id)
     try:
-        proc = subprocess.run(
-            ["modprobe", module], capture_output=True, text=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise TransportError(f"cannot load {module}: modprobe failed: {exc}") from exc
-    if proc.returncode != 0:
-        detail = proc.stderr.strip() or f"exit status {proc.returncode}"
-        raise TransportError(f"cannot load {module}: {detail}")
+        entries = sorted(os.listdir(root))
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            with open(os.path.join(root, entry, "class_id"), encoding="ascii") as f:
+                found = normalize_guid(f.read())
+        except (OSError, UnicodeDecodeError):
+            continue
+        if found == wanted:
+            return os.path.join(root, entry)
+    return None
+
+
+def bound_driver(device_dir: str) -> str | None:
+    try:
+        return os.path.basename(os.readlink(os.path.join(device_dir, "driver")))
+    except OSError:
+        return None
 
 
 class UioTransport:
@@ -57,12 +76,10 @@ class UioTransport:
         paths: Paths,
         class_id: str = FCOPY_CLASS_ID,
         *,
-        modprobe: Callable[[str], None] = _default_modprobe,
         bind_timeout: float = BIND_TIMEOUT,
     ) -> None:
         self.paths = paths
         self.class_id = normalize_guid(class_id)
-        self.modprobe = modprobe
         self.bind_timeout = bind_timeout
         self.device_dir: str | None = None
         self.uio_name: str | None = None
@@ -73,41 +90,21 @@ class UioTransport:
         self._fd: int | None = None
         self._map: mmap.mmap | None = None
 
-    # -- discovery and binding -------------------------------------------------
-
-    @property
-    def driver_dir(self) -> str:
-        return os.path.join(self.paths.sys, "bus", "vmbus", "drivers", UIO_DRIVER)
+    # -- discovery ---------------------------------------------------------------
 
     def find_device(self) -> str:
         """The sysfs directory of the device whose class_id matches."""
-        root = self.paths.vmbus_devices
-        try:
-            entries = sorted(os.listdir(root))
-        except OSError as exc:
-            raise TransportError(f"{root}: cannot list VMBus devices: {exc.strerror}") from exc
-        for entry in entries:
-            try:
-                with open(os.path.join(root, entry, "class_id"), encoding="ascii") as f:
-                    found = normalize_guid(f.read())
-            except (OSError, UnicodeDecodeError):
-                continue
-            if found == self.class_id:
-                return os.path.join(root, entry)
-        raise TransportError(
-            f"no VMBus device of class {self.class_id} under {root}: the host does not"
-            " offer the Guest Service Interface (enable it in the VM's integration services)"
-        )
+        found = find_device(self.paths, self.class_id)
+        if found is None:
+            raise TransportError(
+                f"no VMBus device of class {self.class_id} under {self.paths.vmbus_devices}:"
+                " the host does not offer the Guest Service Interface (enable it in the"
+                " VM's integration services)"
+            )
+        return found
 
-    def bound_driver(self, device_dir: str) -> str | None:
-        try:
-            return os.path.basename(os.readlink(os.path.join(device_dir, "driver")))
-        except OSError:
-            return None
-
-    def bind(self, device_dir: str) -> None:
-        """Attach uio_hv_generic to the device unless it already is."""
-        driver = self.bound_driver(device_dir)
+    def check_bound(self, device_dir: str) -> None:
+        driver = bound_driver(device_dir)
         if driver == UIO_DRIVER:
             return
         if driver is not None:
@@ -115,27 +112,10 @@ class UioTransport:
                 f"{device_dir} is bound to {driver}, not {UIO_DRIVER}: this kernel serves"
                 " fcopy itself (use /dev/vmbus/hv_fcopy)"
             )
-        if not os.path.isdir(self.driver_dir):
-            self.modprobe(UIO_DRIVER)
-            if not os.path.isdir(self.driver_dir):
-                raise TransportError(f"{UIO_DRIVER} loaded but {self.driver_dir} is missing")
-        # uio_hv_generic has no id table: the class id must be added (which also
-        # attaches matching devices at once).
-        self._write_sysfs(os.path.join(self.driver_dir, "new_id"), self.class_id, ok=errno.EEXIST)
-        if self.bound_driver(device_dir) is None and self._uio_name(device_dir) is None:
-            # The id was already known but this device was offered later
-            # (e.g. re-offered after a rescind): bind it explicitly.
-            instance = os.path.basename(device_dir)
-            self._write_sysfs(os.path.join(self.driver_dir, "bind"), instance, ok=errno.EBUSY)
-
-    def _write_sysfs(self, path: str, text: str, *, ok: int) -> None:
-        try:
-            with open(path, "w", encoding="ascii") as f:
-                f.write(text)
-        except OSError as exc:
-            if exc.errno == ok:
-                return
-            raise TransportError(f"cannot write {text} to {path}: {exc.strerror}") from exc
+        raise DeviceNotBound(
+            f"{device_dir} is not bound to {UIO_DRIVER}; hvguest-uio-bind binds it (run"
+            " as root before the daemon by hvguest-fcopy.service: see its journal)"
+        )
 
     def _uio_name(self, device_dir: str) -> str | None:
         try:
@@ -157,7 +137,7 @@ class UioTransport:
             if time.monotonic() >= deadline:
                 raise TransportError(
                     f"{device_dir}: no uio device with a ring map appeared within"
-                    f" {self.bind_timeout:g} s after binding {UIO_DRIVER}"
+                    f" {self.bind_timeout:g} s of binding {UIO_DRIVER}"
                 )
             time.sleep(_POLL_STEP)
 
@@ -201,7 +181,7 @@ class UioTransport:
 
     def open(self) -> Self:
         device_dir = self.find_device()
-        self.bind(device_dir)
+        self.check_bound(device_dir)
         uio = self.wait_uio(device_dir)
         size = self.read_ring_size(device_dir, uio)
         node = os.path.join(self.paths.dev, uio)

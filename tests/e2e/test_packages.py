@@ -22,7 +22,7 @@ UNITS = ("hvguest-kvp", "hvguest-vss", "hvguest-fcopy", "hvguest-heartbeat",
 MAX_EXPOSURE = {
     "hvguest-kvp": 2.7,
     "hvguest-vss": 5.6,
-    "hvguest-fcopy": 2.4,
+    "hvguest-fcopy": 1.7,
     "hvguest-heartbeat": 1.3,
     "hvguest-shutdown-hooks": 6.0,
 }
@@ -45,6 +45,7 @@ def assert_booted_checks(boot: e2elib.Boot) -> None:
     # A broken configuration leaves each daemon's unit failed after one report.
     for daemon in ("kvp", "vss", "fcopy", "heartbeat"):
         assert checks.get(f"config-error-{daemon}") == "ok", checks
+    assert checks.get("fcopy-bind-helper") == "ok", checks
     levels = exposure(boot.output)
     print("exposure:", levels)  # shown with pytest -s or -rP
     for unit in UNITS:

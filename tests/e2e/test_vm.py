@@ -63,7 +63,8 @@ def test_vm_udev_activation_and_host_operations(scratch_root: Path, deb: Path,
     )
     for name in ("boot-without-devices", "sim-devices-ignored-by-default",
                  "udev-started-units", "kvp-set-get",
-                 "vss-freeze-thaw", "fcopy-copy", "status-healthy", "remove-stops-units",
+                 "vss-freeze-thaw", "fcopy-copy", "fcopy-least-privilege",
+                 "status-healthy", "remove-stops-units",
                  "readd-starts-units", "upgrade-restarts", "remove-package",
                  "install-with-devices", "vss-sigkill-while-frozen", "shutdown-hooks-armed"):
         assert checks.get(name) == "ok", (name, checks)

@@ -252,3 +252,43 @@ def test_start_sweeps_only_our_leftovers_in_the_roots(tmp_path):
     ]
     assert victim.read_bytes() == b"keep"
     daemon.runtime.close()
+
+
+def test_device_gone_exits_0_and_a_dead_device_costs_no_cpu(tmp_path):
+    """The legacy device stops accepting (re-opens fail, counted by the fake kernel's
+    listener backlog) and then disappears: the daemon backs off, then exits 0."""
+    paths = Paths(dev=str(tmp_path / "dev"), sys=str(tmp_path / "sys"), run=str(tmp_path / "r"))
+    kernel = FakeKernel(paths.vmbus_device("hv_fcopy"))
+    config = load_config_text(f"fcopy:\n  allowed_roots: ['{tmp_path / 'in'}']\n")
+    runtime = Runtime("hvguest-fcopyd-test")
+    daemon = FcopyDaemon(paths, config, runtime, "legacy")
+    attempts: list[float] = []
+    real_open = daemon.open_transport
+
+    def counted_open() -> None:
+        attempts.append(runtime.clock())
+        real_open()
+
+    daemon.open_transport = counted_open  # type: ignore[method-assign]
+    result: dict[str, object] = {}
+
+    def serve() -> None:
+        daemon.open_transport()
+        result["rc"] = runtime.run()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    kernel.accept()
+    kernel.listener.close()  # re-opens now fail (ECONNREFUSED), the node stays
+    kernel.drop()
+    deadline = runtime.clock() + 10
+    while len(attempts) < 4 and runtime.clock() < deadline:
+        threading.Event().wait(0.05)
+    # 1 open, then re-opens 0.1, 0.2, 0.4 s apart: exponential, not a loop.
+    gaps = [b - a for a, b in zip(attempts[1:], attempts[2:], strict=False)]
+    assert len(attempts) >= 4, attempts
+    assert all(g2 > g1 * 1.5 for g1, g2 in zip(gaps, gaps[1:], strict=False)), gaps
+    os.unlink(paths.vmbus_device("hv_fcopy"))  # the device is gone
+    thread.join(15)
+    assert not thread.is_alive() and result.get("rc") == 0
+    runtime.close()

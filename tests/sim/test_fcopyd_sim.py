@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from hvguest.sim.client import SimClient, SimError
+from hvguest.sim.client import SimClient
 from hvguest.wire.fcopy import (
     CREATE_PATH,
     OVER_WRITE,
@@ -86,13 +86,8 @@ def mode(request):
 
 @pytest.fixture
 def sim(tmp_path, mode):
-    try:
-        client = start(tmp_path, mode)
-    except SimError as exc:
-        if mode == "uio" and "uio" in str(exc).lower():
-            pytest.skip(f"simulator has no UIO fcopy ring: {exc}")
-        raise
-    with client:
+    # A simulator error (UIO included) is a failure, never a skip.
+    with start(tmp_path, mode) as client:
         yield client
 
 
@@ -226,3 +221,103 @@ def test_uio_negotiation_framing_and_short_bodies(sim, tmp_path):
     # Every response carries the request's trans_id: the host numbers them 1, 2, ...
     assert [t["trans_id"] for t in transcript] == list(range(1, len(transcript) + 1))
     assert all(t["status"] is not None for t in transcript)
+
+
+# -- UIO recovery: a rescinded or corrupted channel, a device that left ----------------
+
+
+def wait_for(what: str, check, timeout: float = 30.0):
+    """Poll a simulator state until ``check()`` is truthy (bounded)."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return result
+
+
+def daemon_output(tmp_path) -> str:
+    with open(tmp_path / "sim" / "sim.stderr", errors="replace") as f:
+        return f.read()
+
+
+@pytest.mark.parametrize("mode", ["uio"])
+def test_uio_rescind_with_node_present_backs_off(sim, tmp_path):
+    before = sim.uio_stats()["open_attempts"]
+    sim.uio_rescind(node_opens=True)
+    # Every re-open succeeds and fails at once. Back-off 0.1 s doubling: the first
+    # six seconds hold at most 6 re-opens (0.1 + 0.2 + ... + 3.2 = 6.3 s); a loop
+    # without back-off re-opens hundreds of times a second.
+    wait_for("a first re-open", lambda: sim.uio_stats()["open_attempts"] > before)
+    first = time.monotonic()
+    time.sleep(6.0)  # a measurement window, not a state check: count what happened
+    window = time.monotonic() - first
+    reopens = sim.uio_stats()["open_attempts"] - before
+    assert 2 <= reopens <= 7, (reopens, window)
+    assert sim.daemon_alive()
+
+
+@pytest.mark.parametrize("mode", ["uio"])
+@pytest.mark.parametrize("what", ["rx_read", "rx_write", "tx_full"])
+def test_uio_corrupt_ring_is_abandoned_and_the_next_copy_succeeds(sim, tmp_path, what):
+    src = tmp_path / "before"
+    src.write_bytes(b"b" * 10000)
+    assert sim.fcopy_send(str(src), "/tmp", "before") == OK
+    assert sim.uio_stats()["connects"] == 1
+    seen = sim.uio_corrupt(what)
+    if what == "tx_full":
+        # The host's next request finds the daemon unable to answer: that request
+        # is lost with the channel (the host times it out and retries).
+        sim.fcopy_raw(FcopyCancel().encode(utf16=True))
+    wait_for("the channel reconnected", lambda: sim.uio_stats()["connects"] >= 2)
+    src = tmp_path / "after"
+    src.write_bytes(os.urandom(50000))
+    assert sim.fcopy_send(str(src), "/tmp", "after") == OK
+    assert open(f"{sim.root}/tmp/after", "rb").read() == src.read_bytes()
+    assert sim.daemon_alive()
+    assert sim.uio_stats()["connects"] == 2  # one recovery, not a loop
+    # Fresh rings: the host negotiated again, and the daemon answered it.
+    negotiations = [t for t in sim.transcript() if t["op"] == "negotiate"]
+    assert [t["status"] for t in negotiations] == [OK, OK], negotiations
+    # Logged once, with the values the daemon saw.
+    log = daemon_output(tmp_path)
+    lines = [line for line in log.splitlines() if "abandoning the ring" in line]
+    assert len(lines) == 1, log[-3000:]
+    if what == "tx_full":
+        assert f"read_index {seen['read_index']}" in lines[0], lines
+    else:
+        field = "read_index" if what == "rx_read" else "write_index"
+        assert f"{field} {seen[field]}" in lines[0], lines
+
+
+@pytest.mark.parametrize("mode", ["uio"])
+def test_uio_device_gone_from_sysfs_exits_0(sim):
+    """Nothing left to serve is not a failure: exit 0, as hvguest-vssd does. (The
+    simulator's legacy device keeps its node after a module unload, so the legacy
+    half of this rule is checked by the rootless tests.)"""
+    sim.uio_remove()
+    wait_for("the daemon to exit", lambda: not sim.daemon_alive())
+    assert sim.daemon_exits() == [0]
+
+
+def test_uio_unbound_device_waits_for_the_bind_helper(tmp_path):
+    """The daemon never binds: with the device unbound it says so and waits; once
+    hvguest-uio-bind (run as root by the unit's ExecStartPre=+) has bound it, the
+    daemon opens the channel on its next attempt and copies."""
+    with SimClient.start(DAEMON, services=("fcopy",), fcopy="uio", uio_bound=False,
+                         workdir=str(tmp_path / "sim"), wait_registered=False) as sim:
+        wait_for("the daemon to report the unbound device",
+                 lambda: "not bound to uio_hv_generic" in daemon_output(tmp_path))
+        assert sim.daemon_alive()
+        assert sim.exec(["cat", "/sys/bus/vmbus/drivers/uio_hv_generic/new_id"]).stdout == b""
+        assert sim.uio_stats()["connects"] == 0
+        bind = sim.exec([sys.executable, "-I", "-m", "hvguest.transport.uio_bind"])
+        assert bind.returncode == 0, bind.stderr
+        assert b"bound to uio_hv_generic" in bind.stdout
+        wait_registered(sim)
+        src = tmp_path / "bound"
+        src.write_bytes(b"bound")
+        assert sim.fcopy_send(str(src), "/tmp", "bound") == OK
+        # Not bound is said once per period, not once per attempt.
+        said = daemon_output(tmp_path).count("not bound to uio_hv_generic")
+        assert said == 1, daemon_output(tmp_path)[-3000:]

@@ -117,6 +117,10 @@ def test_reregisters_after_a_device_error(env, caplog):
     service.start()
     transport.inbox.append(TransportError("read failed: EINVAL"))
     service.on_readable()
+    # Re-registered after the first back-off step (0.1 s), not within the failure.
+    assert transport.opens == 1 and service._reopen_timer is not None
+    while service._reopen_timer is not None:
+        runtime.run_once(0.2)
     assert transport.opens == 2 and transport.is_open
     assert service.role.state is KvpState.READY
     transport.inbox.append(KvpGet(0, "missing").encode())
@@ -134,7 +138,7 @@ def test_keeps_retrying_while_the_device_is_gone(env, caplog):
     service.on_readable()
     assert service.role.state is KvpState.UNREGISTERED
     assert service._reopen_timer is not None
-    for _ in range(3):  # run the scheduled retries without waiting for them
+    for _ in range(4):  # run the scheduled retries (the first waits too) without waiting
         timer = service._reopen_timer
         if timer is None:
             break

@@ -44,6 +44,10 @@ class UioDevice:
         self._seen: dict[int, int] = {}
         self._waker: Callable[[], None] = lambda: None
         self.rescinded = False
+        # uio_hv_generic keeps /dev/uioN openable for a while after a rescind (the
+        # node goes only with the device): opens succeed, I/O fails with EIO.
+        self.opens_after_rescind = False
+        self.open_attempts = 0  # every open() of the node, successful or not
 
     def set_waker(self, waker: Callable[[], None]) -> None:
         self._waker = waker
@@ -52,8 +56,12 @@ class UioDevice:
         self._waker()
 
     def open(self, handle: int) -> int:
-        if self.rescinded:
+        self.open_attempts += 1
+        if self.rescinded and not self.opens_after_rescind:
             return -errno.ENODEV
+        if self.rescinded:
+            self._seen[handle] = self._ch.interrupts
+            return 0
         if not self._seen:
             self._ch.connect()
         self._seen[handle] = self._ch.interrupts
@@ -112,6 +120,7 @@ class UioFcopy:
         self.interrupts = 0
         self.signals = 0  # guest -> host signals (writes of 1)
         self.connected = False
+        self.connects = 0
         self.on_response: Callable[[int, bytes], None] = lambda _t, _p: None
         self.on_connect: Callable[[], None] = lambda: None
         self.on_disconnect: Callable[[], None] = lambda: None
@@ -132,6 +141,7 @@ class UioFcopy:
         self.rx.reset()
         self.rx.interrupt_mask = 1
         self.connected = True
+        self.connects += 1
         self.log.append("uio0: channel connected")
         self.on_connect()
         self._flush()
@@ -141,10 +151,47 @@ class UioFcopy:
         self.log.append("uio0: channel disconnected")
         self.on_disconnect()
 
-    def rescind(self) -> None:
-        """The host withdraws the device: readers get EIO."""
+    def rescind(self, *, node_opens: bool = False) -> None:
+        """The host withdraws the device: readers get EIO; with ``node_opens`` the
+        node still opens (and fails every read and write)."""
         self.device.rescinded = True
+        self.device.opens_after_rescind = node_opens
         self.device.wake()
+
+    def remove(self) -> None:
+        """The device leaves sysfs (after a rescind): its directory goes away."""
+        self.rescind()
+        if self.sandbox_root is not None:
+            import shutil
+
+            shutil.rmtree(f"{self.sandbox_root}/sys/{self._dev_dir()}", ignore_errors=True)
+        self.log.append("uio0: device removed from sysfs")
+
+    def corrupt(self, what: str) -> dict[str, int]:
+        """Scribble on a ring header as a broken host would; returns the values set.
+        ``rx_read``/``rx_write``: an RX index beyond the data area (the guest is
+        interrupted so that it looks); ``tx_full``: TX read index just past the
+        write index, so the guest finds no room for its next response."""
+        ring = self.rx if what.startswith("rx_") else self.tx
+        beyond = ring.dsize + 8 * 13
+        if what == "rx_read":
+            ring.read_index = beyond
+        elif what == "rx_write":
+            ring.write_index = beyond
+        elif what == "tx_full":
+            ring.read_index = (ring.write_index + 8) % ring.dsize
+        else:
+            raise ValueError(f"unknown ring corruption {what!r}")
+        self.log.append(f"uio0: {what} corrupted: write {ring.write_index},"
+                        f" read {ring.read_index}, data {ring.dsize}")
+        if what.startswith("rx_"):
+            self.interrupt()
+        return {"write_index": ring.write_index, "read_index": ring.read_index,
+                "dsize": ring.dsize}
+
+    def stats(self) -> dict[str, int | bool]:
+        return {"open_attempts": self.device.open_attempts, "connects": self.connects,
+                "connected": self.connected}
 
     def irqcontrol(self, enable: bool) -> None:
         self.rx.interrupt_mask = 0 if enable else 1
@@ -269,8 +316,8 @@ class UioFcopy:
         return entries
 
     def start_binding_watch(self, sandbox_root: str) -> None:
-        """Unbound mode: bind (create the uio entries) once the daemon writes the class
-        GUID to new_id, as the driver core would."""
+        """Unbound mode: bind (create the uio entries) once new_id gets the class
+        GUID (hvguest-uio-bind writes it), as the driver core would."""
         self.sandbox_root = sandbox_root
         if not self.bound:
             self._bind_timer = self.timers.call_later(_BIND_POLL / self.timers.scale,

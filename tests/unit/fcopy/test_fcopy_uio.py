@@ -144,9 +144,17 @@ def test_corrupt_ring_index_reopens(daemon, monkeypatch):
     t.rx.read_index = RING  # beyond the data area
     reopened = []
     monkeypatch.setattr(daemon, "open_transport", lambda: reopened.append(True))
+    monkeypatch.setattr(daemon, "device_gone", lambda: False)
     monkeypatch.setattr(daemon.runtime, "remove_reader", lambda fd: None)
     daemon.on_uio_readable()
-    assert t.closed and reopened == [True]
+    # Closed at once; re-opened after the first back-off step, not in the same call.
+    assert t.closed and reopened == []
+    assert daemon.backoff.failures == 1
+    for _ in range(50):
+        if reopened:
+            break
+        daemon.runtime.run_once(0.1)
+    assert reopened == [True]
 
 
 def test_packet_arriving_before_rearm_is_served(daemon):

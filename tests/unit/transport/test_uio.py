@@ -1,4 +1,5 @@
-"""UioTransport on a fake sysfs tree: discovery, binding, ring size, packets.
+"""UioTransport on a fake sysfs tree: discovery, ring size, packets (binding is
+hvguest-uio-bind's: tests/unit/transport/test_uio_bind.py).
 
 The ring memory is a regular file (mapped by both the transport and the fake
 host); the /dev/uioN control fd is one end of a SOCK_SEQPACKET socketpair so
@@ -21,7 +22,7 @@ import pytest
 from hvguest.errors import TransportError
 from hvguest.paths import Paths
 from hvguest.transport.ring import RingBuffer, RingError
-from hvguest.transport.uio import FCOPY_CLASS_ID, UioTransport
+from hvguest.transport.uio import FCOPY_CLASS_ID, DeviceNotBound, UioTransport
 
 INSTANCE = "eb765408-105f-49b6-b4aa-c123b64d17d4"
 RING = 0x5000
@@ -81,13 +82,9 @@ class FakeUio(UioTransport):
     """Control fd = socketpair end; ring memory = the regular file."""
 
     def __init__(self, fs: FakeSys, **kw: object) -> None:
-        super().__init__(fs.paths, modprobe=self._modprobe, **kw)  # type: ignore[arg-type]
+        super().__init__(fs.paths, **kw)  # type: ignore[arg-type]
         self.fs = fs
         self.opened: list[str] = []
-
-    def _modprobe(self, module: str) -> None:
-        self.fs.modprobed.append(module)
-        os.makedirs(self.fs.driver_dir, exist_ok=True)
 
     def _open_node(self, node: str) -> int:
         self.opened.append(node)
@@ -148,18 +145,18 @@ def test_not_offered(fake: FakeSys) -> None:
         t.open()
 
 
-def test_binding_loads_module_writes_new_id_and_binds(fake: FakeSys) -> None:
-    t = FakeUio(fake)
-    t.bind(fake.device)
-    assert fake.modprobed == ["uio_hv_generic"]
-    with open(os.path.join(fake.driver_dir, "new_id")) as f:
-        assert f.read() == FCOPY_CLASS_ID
-    # new_id attached nothing (fake kernel): the instance is bound explicitly.
-    with open(os.path.join(fake.driver_dir, "bind")) as f:
-        assert f.read() == INSTANCE
+def test_unbound_device_is_not_bound_by_the_daemon(fake: FakeSys) -> None:
+    """The daemon waits for hvguest-uio-bind: it never loads a module or writes
+    new_id/bind itself (it runs without CAP_SYS_MODULE and with /sys read-only)."""
+    with pytest.raises(DeviceNotBound, match="not bound to uio_hv_generic; hvguest-uio-bind"):
+        FakeUio(fake).open()
+    assert not os.path.exists(fake.driver_dir)
+    assert fake.modprobed == []
 
 
 def test_open_waits_for_uio_after_binding(fake: FakeSys) -> None:
+    os.makedirs(fake.driver_dir)
+    os.symlink(fake.driver_dir, os.path.join(fake.device, "driver"))
     t = FakeUio(fake)
     timer = threading.Timer(0.15, fake.attach)
     timer.start()
@@ -172,31 +169,10 @@ def test_open_waits_for_uio_after_binding(fake: FakeSys) -> None:
 
 
 def test_no_uio_within_timeout(fake: FakeSys) -> None:
+    os.makedirs(fake.driver_dir)
+    os.symlink(fake.driver_dir, os.path.join(fake.device, "driver"))
     t = FakeUio(fake, bind_timeout=0.1)
     with pytest.raises(TransportError, match="no uio device with a ring map appeared within 0.1 s"):
-        t.open()
-
-
-def test_new_id_eexist_is_fine(fake: FakeSys, monkeypatch: pytest.MonkeyPatch) -> None:
-    os.makedirs(fake.driver_dir)
-    real_open = open
-
-    def fake_open(path: str, mode: str = "r", **kw: object):  # type: ignore[no-untyped-def]
-        if path.endswith("new_id"):
-            raise OSError(errno.EEXIST, "File exists", path)
-        return real_open(path, mode, **kw)  # type: ignore[call-overload]
-
-    monkeypatch.setattr("builtins.open", fake_open)
-    FakeUio(fake).bind(fake.device)
-    assert fake.modprobed == []
-
-
-def test_modprobe_failure_is_a_clear_error(fake: FakeSys) -> None:
-    def fail(module: str) -> None:
-        raise TransportError(f"cannot load {module}: Module uio_hv_generic not found")
-
-    t = UioTransport(fake.paths, modprobe=fail)
-    with pytest.raises(TransportError, match="cannot load uio_hv_generic"):
         t.open()
 
 

@@ -142,7 +142,10 @@ def test_reply_write_failure_after_freeze_thaws(env):
     transport.reopen = lambda: reopened.append(1)
     transport.inbox.append(bytes([5]) + bytes(11))
     service.on_readable()
-    assert not ops.frozen and reopened == [1]
+    assert not ops.frozen and reopened == []  # thawed at once, re-registered after 0.1 s
+    now[0] += 0.1
+    runtime.run_once(0)
+    assert reopened == [1]
     hvlog.flush()
 
 
@@ -234,6 +237,8 @@ def test_device_gone_exits_cleanly(env, tmp_path):
 
     _fail_reads(transport, reopen)
     service.on_readable()
+    now[0] += 0.1  # the first re-open waits for the back-off
+    runtime.run_once(0)
     # The host withdrew the service: stop with status 0, not as a failure.
     assert runtime._exit_code == 0
 
@@ -254,6 +259,9 @@ def test_device_busy_is_retried_with_backoff(env, tmp_path):
 
     _fail_reads(transport, reopen)
     service.on_readable()
+    assert attempts == [] and runtime._exit_code is None  # not at once: 0.1 s later
+    now[0] += 0.1
+    runtime.run_once(0)
     assert len(attempts) == 1 and runtime._exit_code is None
     for _ in range(2):
         now[0] += 60
