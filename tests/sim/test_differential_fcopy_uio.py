@@ -36,7 +36,14 @@ import pytest
 from test_reference_fcopy import uio_reference
 
 from hvguest.sim.client import SimClient
-from hvguest.wire.fcopy import CREATE_PATH, OVER_WRITE, FcopyComplete
+from hvguest.wire.fcopy import (
+    CREATE_PATH,
+    DATA_FRAGMENT,
+    OVER_WRITE,
+    FcopyComplete,
+    FcopyStart,
+    FcopyWrite,
+)
 from hvguest.wire.status import HvStatus
 
 pytestmark = [pytest.mark.root, pytest.mark.fuse, pytest.mark.reference, pytest.mark.system]
@@ -153,6 +160,58 @@ def complete_without_start(sim: SimClient, w: str) -> Outcome:
     return Outcome([st, after], look(sim, "/tmp/after"))
 
 
+def raw_copy(
+    sim: SimClient, name: str, data: bytes, ranges: list[tuple[int, int]]
+) -> list[int]:
+    """START, one WRITE per (start, end) range of ``data`` in the given order, COMPLETE:
+    what a host that resends or skips would send. Every status is kept."""
+    statuses = [sim.fcopy_raw(FcopyStart(name, "/tmp", 0, len(data)).encode(utf16=True))]
+    for start, end in ranges:
+        statuses.append(sim.fcopy_raw(FcopyWrite(start, data[start:end]).encode(utf16=True)))
+    statuses.append(sim.fcopy_raw(FcopyComplete().encode(utf16=True)))
+    return statuses
+
+
+F = DATA_FRAGMENT
+# Irregular WRITE orders a host might send after a late reply: both daemons write at
+# the offset given, so the files and statuses must be the same.
+IRREGULAR: dict[str, tuple[int, list[tuple[int, int]]]] = {
+    "resend_fragment": (3 * F + 100, [(0, F), (F, 2 * F), (F, 2 * F), (2 * F, 3 * F),
+                                      (3 * F, 3 * F + 100)]),
+    "partial_resend": (3 * F + 500, [(0, F), (3000, 3000 + F), (3000 + F, 3000 + 2 * F),
+                                     (3000 + 2 * F, 3 * F + 500)]),
+    "sparse_gap": (4 * F, [(0, F), (2 * F, 3 * F), (3 * F, 4 * F)]),
+    "out_of_order": (3 * F + 7, [(F, 2 * F), (0, F), (2 * F, 3 * F), (3 * F, 3 * F + 7)]),
+    "zero_length_writes": (2 * F + 9, [(0, F), (F, F), (100, 100), (F, 2 * F),
+                                       (2 * F, 2 * F + 9), (2 * F + 9, 2 * F + 9)]),
+}
+
+
+def _irregular(name: str) -> Scenario:
+    size, ranges = IRREGULAR[name]
+
+    def scenario(sim: SimClient, w: str) -> Outcome:
+        statuses = raw_copy(sim, name, pattern(size, 4), ranges)
+        return Outcome(statuses, look(sim, f"/tmp/{name}"))
+
+    return scenario
+
+
+def _whole_file(name: str) -> Callable[[Outcome], None]:
+    """The file holds exactly the data (holes read as zeros where nothing was sent)."""
+    size, ranges = IRREGULAR[name]
+    data = pattern(size, 4)
+    expected = bytearray(size)
+    for start, end in ranges:
+        expected[start:end] = data[start:end]
+
+    def check(out: Outcome) -> None:
+        got = out.files[f"/tmp/{name}"]
+        assert got is not None and got[0] == bytes(expected), name
+
+    return check
+
+
 # -- expectations --------------------------------------------------------------------------
 
 
@@ -165,6 +224,8 @@ class Case:
     why: str = ""
     check_hvguest: Callable[[Outcome], None] | None = None
     check_reference: Callable[[Outcome], None] | None = None
+    # Where both agree: what the file must hold as well.
+    check_both: Callable[[Outcome], None] | None = None
 
 
 def _created(out: Outcome, status: int = OK) -> None:
@@ -230,6 +291,9 @@ CASES = {
         complete_without_start, None, "upstream accepts a COMPLETE with no transfer",
         check_hvguest=_complete_refused, check_reference=_complete_accepted),
 }
+for _name, (_size, _ranges) in IRREGULAR.items():
+    CASES[_name] = Case(_irregular(_name), [OK] * (len(_ranges) + 2),
+                        check_both=_whole_file(_name))
 
 
 def run_all(command: list[str], workdir: str) -> dict[str, Outcome]:
@@ -270,6 +334,9 @@ def test_uio_differential(outcomes, name):
                 assert got[1] == 0o644 and theirs[1] & 0o100, (oct(got[1]), oct(theirs[1]))
             else:
                 assert got == theirs, path
+        if case.check_both is not None:
+            case.check_both(out_h)
+            case.check_both(out_r)
     else:
         assert case.why and case.check_hvguest and case.check_reference
         case.check_hvguest(out_h)
