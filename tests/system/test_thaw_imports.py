@@ -15,9 +15,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 
-# What "hvguestctl vss thaw" needs: the record, mountinfo, FITHAW, the CLI shell.
+# What "hvguestctl vss thaw" needs: the record, mountinfo, FITHAW, the CLI shell, the
+# root check and the escaping of what it prints (both stdlib-only).
 ALLOWED = {
     "hvguest", "hvguest.cli", "hvguest.cli.main", "hvguest.cli.vss", "hvguest.errors",
+    "hvguest.cli.privilege", "hvguest.text",
     "hvguest.heartbeat", "hvguest.heartbeat.roots", "hvguest.paths", "hvguest.state",
     "hvguest.vss", "hvguest.vss.mounts", "hvguest.vss.freeze", "hvguest.vss.record",
 }
