@@ -68,6 +68,19 @@ def bound_driver(device_dir: str) -> str | None:
         return None
 
 
+def uio_bound(device_dir: str) -> bool:
+    """True when uio_hv_generic serves ``device_dir``, False when nothing does; a
+    TransportError when another driver (hv_utils) has it: that kernel serves fcopy
+    through the character device."""
+    driver = bound_driver(device_dir)
+    if driver is not None and driver != UIO_DRIVER:
+        raise TransportError(
+            f"{device_dir} is bound to {driver}, not {UIO_DRIVER}: this kernel serves"
+            " fcopy itself (use /dev/vmbus/hv_fcopy)"
+        )
+    return driver == UIO_DRIVER
+
+
 class UioTransport:
     """The VMBus device of ``class_id`` served through /dev/uioN."""
 
@@ -104,14 +117,8 @@ class UioTransport:
         return found
 
     def check_bound(self, device_dir: str) -> None:
-        driver = bound_driver(device_dir)
-        if driver == UIO_DRIVER:
+        if uio_bound(device_dir):
             return
-        if driver is not None:
-            raise TransportError(
-                f"{device_dir} is bound to {driver}, not {UIO_DRIVER}: this kernel serves"
-                " fcopy itself (use /dev/vmbus/hv_fcopy)"
-            )
         raise DeviceNotBound(
             f"{device_dir} is not bound to {UIO_DRIVER}; hvguest-uio-bind binds it (run"
             " as root before the daemon by hvguest-fcopy.service: see its journal)"

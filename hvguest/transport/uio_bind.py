@@ -29,6 +29,7 @@ from hvguest.transport.uio import (
     bound_driver,
     find_device,
     normalize_guid,
+    uio_bound,
 )
 
 _POLL_STEP = 0.05
@@ -81,14 +82,8 @@ def bind(
     modprobe: Callable[[str], None] = _default_modprobe,
 ) -> None:
     """Attach uio_hv_generic to ``device_dir`` unless it already is."""
-    driver = bound_driver(device_dir)
-    if driver == UIO_DRIVER:
+    if uio_bound(device_dir):
         return
-    if driver is not None:
-        raise TransportError(
-            f"{device_dir} is bound to {driver}, not {UIO_DRIVER}: this kernel serves"
-            " fcopy itself (use /dev/vmbus/hv_fcopy)"
-        )
     drivers = driver_dir(paths)
     if not os.path.isdir(drivers):
         modprobe(UIO_DRIVER)

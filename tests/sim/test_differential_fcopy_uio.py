@@ -24,25 +24,21 @@ count as agreement. Allowed differences:
 
 from __future__ import annotations
 
-import hashlib
 import os
-import stat
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from fcopy_scenarios import IRREGULAR, irregular_contents, look, pattern, raw_copy, src
 from test_reference_fcopy import uio_reference
 
 from hvguest.sim.client import SimClient
 from hvguest.wire.fcopy import (
     CREATE_PATH,
-    DATA_FRAGMENT,
     OVER_WRITE,
     FcopyComplete,
-    FcopyStart,
-    FcopyWrite,
 )
 from hvguest.wire.status import HvStatus
 
@@ -59,30 +55,6 @@ class Outcome:
     statuses: list[int]
     files: dict[str, Any] = field(default_factory=dict)  # path -> (bytes, mode) or None
     negotiated: dict[str, str] | None = None
-
-
-def look(sim: SimClient, *paths: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for path in paths:
-        full = f"{sim.root}{path}"
-        if os.path.isfile(full) and not os.path.islink(full):
-            with open(full, "rb") as f:
-                out[path] = (f.read(), stat.S_IMODE(os.stat(full).st_mode))
-        else:
-            out[path] = None
-    return out
-
-
-def pattern(size: int, seed: int = 1) -> bytes:
-    block = b"".join(hashlib.sha256(f"{seed}:{i}".encode()).digest() for i in range(size // 32 + 1))
-    return block[:size]
-
-
-def src(workdir: str, data: bytes, name: str = "src") -> str:
-    path = os.path.join(workdir, name)
-    with open(path, "wb") as f:
-        f.write(data)
-    return path
 
 
 Scenario = Callable[[SimClient, str], Outcome]
@@ -160,38 +132,10 @@ def complete_without_start(sim: SimClient, w: str) -> Outcome:
     return Outcome([st, after], look(sim, "/tmp/after"))
 
 
-def raw_copy(
-    sim: SimClient, name: str, data: bytes, ranges: list[tuple[int, int]]
-) -> list[int]:
-    """START, one WRITE per (start, end) range of ``data`` in the given order, COMPLETE:
-    what a host that resends or skips would send. Every status is kept."""
-    statuses = [sim.fcopy_raw(FcopyStart(name, "/tmp", 0, len(data)).encode(utf16=True))]
-    for start, end in ranges:
-        statuses.append(sim.fcopy_raw(FcopyWrite(start, data[start:end]).encode(utf16=True)))
-    statuses.append(sim.fcopy_raw(FcopyComplete().encode(utf16=True)))
-    return statuses
-
-
-F = DATA_FRAGMENT
-# Irregular WRITE orders a host might send after a late reply: both daemons write at
-# the offset given, so the files and statuses must be the same.
-IRREGULAR: dict[str, tuple[int, list[tuple[int, int]]]] = {
-    "resend_fragment": (3 * F + 100, [(0, F), (F, 2 * F), (F, 2 * F), (2 * F, 3 * F),
-                                      (3 * F, 3 * F + 100)]),
-    "partial_resend": (3 * F + 500, [(0, F), (3000, 3000 + F), (3000 + F, 3000 + 2 * F),
-                                     (3000 + 2 * F, 3 * F + 500)]),
-    "sparse_gap": (4 * F, [(0, F), (2 * F, 3 * F), (3 * F, 4 * F)]),
-    "out_of_order": (3 * F + 7, [(F, 2 * F), (0, F), (2 * F, 3 * F), (3 * F, 3 * F + 7)]),
-    "zero_length_writes": (2 * F + 9, [(0, F), (F, F), (100, 100), (F, 2 * F),
-                                       (2 * F, 2 * F + 9), (2 * F + 9, 2 * F + 9)]),
-}
-
-
 def _irregular(name: str) -> Scenario:
-    size, ranges = IRREGULAR[name]
-
     def scenario(sim: SimClient, w: str) -> Outcome:
-        statuses = raw_copy(sim, name, pattern(size, 4), ranges)
+        data, _ = irregular_contents(name)
+        statuses = raw_copy(sim, "/tmp", name, data, IRREGULAR[name][1], utf16=True)
         return Outcome(statuses, look(sim, f"/tmp/{name}"))
 
     return scenario
@@ -199,15 +143,11 @@ def _irregular(name: str) -> Scenario:
 
 def _whole_file(name: str) -> Callable[[Outcome], None]:
     """The file holds exactly the data (holes read as zeros where nothing was sent)."""
-    size, ranges = IRREGULAR[name]
-    data = pattern(size, 4)
-    expected = bytearray(size)
-    for start, end in ranges:
-        expected[start:end] = data[start:end]
+    _, expected = irregular_contents(name)
 
     def check(out: Outcome) -> None:
         got = out.files[f"/tmp/{name}"]
-        assert got is not None and got[0] == bytes(expected), name
+        assert got is not None and got[0] == expected, name
 
     return check
 
