@@ -6,10 +6,12 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from hvguest.sim.client import SimClient
-from hvguest.wire.fcopy import DATA_FRAGMENT, FcopyComplete, FcopyStart, FcopyWrite
+from hvguest.wire.fcopy import DATA_FRAGMENT, OVER_WRITE, FcopyComplete, FcopyStart, FcopyWrite
 
 F = DATA_FRAGMENT
 
@@ -25,6 +27,18 @@ IRREGULAR: dict[str, tuple[int, list[tuple[int, int]]]] = {
     "zero_length_writes": (2 * F + 9, [(0, F), (F, F), (100, 100), (F, 2 * F),
                                        (2 * F, 2 * F + 9), (2 * F + 9, 2 * F + 9)]),
 }
+
+
+@dataclass
+class Outcome:
+    """What the host and the guest can observe after one scenario."""
+
+    statuses: list[int]
+    files: dict[str, Any] = field(default_factory=dict)  # path -> (bytes, mode) or None
+    negotiated: dict[str, str] | None = None  # the UIO channel's negotiation
+
+
+Scenario = Callable[[SimClient, str], Outcome]
 
 
 def look(sim: SimClient, *paths: str) -> dict[str, Any]:
@@ -82,3 +96,20 @@ def irregular_contents(name: str) -> tuple[bytes, bytes]:
     for start, end in ranges:
         expected[start:end] = data[start:end]
     return data, bytes(expected)
+
+
+def empty_file(sim: SimClient, w: str) -> Outcome:
+    st = sim.fcopy_send(src(w, b""), "/tmp", "empty")
+    return Outcome([st], look(sim, "/tmp/empty"))
+
+
+def existing_without_overwrite(sim: SimClient, w: str) -> Outcome:
+    sim.exec(["sh", "-c", "printf old > /tmp/exists"])
+    st = sim.fcopy_send(src(w, b"new"), "/tmp", "exists", 0)
+    return Outcome([st], {"/tmp/exists": look(sim, "/tmp/exists")["/tmp/exists"][0]})
+
+
+def existing_with_overwrite(sim: SimClient, w: str) -> Outcome:
+    sim.exec(["sh", "-c", "printf old > /tmp/exists2"])
+    st = sim.fcopy_send(src(w, b"new contents"), "/tmp", "exists2", OVER_WRITE)
+    return Outcome([st], {"/tmp/exists2": look(sim, "/tmp/exists2")["/tmp/exists2"][0]})

@@ -22,11 +22,23 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from fcopy_scenarios import IRREGULAR, irregular_contents, look, pattern, raw_copy, src
+from fcopy_scenarios import (
+    IRREGULAR,
+    Outcome,
+    Scenario,
+    empty_file,
+    existing_with_overwrite,
+    existing_without_overwrite,
+    irregular_contents,
+    look,
+    pattern,
+    raw_copy,
+    src,
+)
 
 from hvguest.sim.client import SimClient
 from hvguest.wire.fcopy import (
@@ -50,13 +62,6 @@ HVGUEST = [sys.executable, "-m", "hvguest.daemons.fcopyd", "--log-target", "stde
 REFERENCE = ["/usr/sbin/hv_fcopy_daemon", "-n"]
 
 
-@dataclass
-class Outcome:
-    statuses: list[int]
-    files: dict[str, Any] = field(default_factory=dict)  # path -> (bytes, mode) or None
-
-
-Scenario = Callable[[SimClient, str], Outcome]
 
 
 def wait_registered(sim: SimClient) -> None:
@@ -79,18 +84,6 @@ def unicode_names(sim: SimClient, w: str) -> Outcome:
     sim.exec(["mkdir", "-p", "/tmp/Ünï 目录"])
     st = sim.fcopy_send(src(w, b"unicode"), "/tmp/Ünï 目录", "Привет 数据 🎉.txt")
     return Outcome([st], look(sim, "/tmp/Ünï 目录/Привет 数据 🎉.txt"))
-
-
-def existing_without_overwrite(sim: SimClient, w: str) -> Outcome:
-    sim.exec(["sh", "-c", "printf old > /tmp/exists"])
-    st = sim.fcopy_send(src(w, b"new"), "/tmp", "exists", 0)
-    return Outcome([st], {"/tmp/exists": look(sim, "/tmp/exists")["/tmp/exists"][0]})
-
-
-def existing_with_overwrite(sim: SimClient, w: str) -> Outcome:
-    sim.exec(["sh", "-c", "printf old > /tmp/exists2"])
-    st = sim.fcopy_send(src(w, b"new contents"), "/tmp", "exists2", OVER_WRITE)
-    return Outcome([st], {"/tmp/exists2": look(sim, "/tmp/exists2")["/tmp/exists2"][0]})
 
 
 def create_path_one_level(sim: SimClient, w: str) -> Outcome:
@@ -118,11 +111,6 @@ def cancel_mid_transfer(sim: SimClient, w: str) -> Outcome:
         src(w, pattern(60_000, 2)), "/tmp", "cancelled", 0, cancel_after_bytes=12_288
     )
     return Outcome([st], look(sim, "/tmp/cancelled"))
-
-
-def empty_file(sim: SimClient, w: str) -> Outcome:
-    st = sim.fcopy_send(src(w, b""), "/tmp", "empty")
-    return Outcome([st], look(sim, "/tmp/empty"))
 
 
 def start_twice(sim: SimClient, w: str) -> Outcome:

@@ -27,11 +27,22 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import pytest
-from fcopy_scenarios import IRREGULAR, irregular_contents, look, pattern, raw_copy, src
+from fcopy_scenarios import (
+    IRREGULAR,
+    Outcome,
+    Scenario,
+    empty_file,
+    existing_with_overwrite,
+    existing_without_overwrite,
+    irregular_contents,
+    look,
+    pattern,
+    raw_copy,
+    src,
+)
 from test_reference_fcopy import uio_reference
 
 from hvguest.sim.client import SimClient
@@ -50,14 +61,6 @@ EXISTS = HvStatus.HV_ERROR_ALREADY_EXISTS
 HVGUEST = [sys.executable, "-m", "hvguest.daemons.fcopyd", "--log-target", "stderr"]
 
 
-@dataclass
-class Outcome:
-    statuses: list[int]
-    files: dict[str, Any] = field(default_factory=dict)  # path -> (bytes, mode) or None
-    negotiated: dict[str, str] | None = None
-
-
-Scenario = Callable[[SimClient, str], Outcome]
 
 
 # -- scenarios ---------------------------------------------------------------------------
@@ -67,23 +70,6 @@ def plain_copy(sim: SimClient, w: str) -> Outcome:
     # 40 fragments of 6 KiB: the 16 KiB ring wraps many times.
     st = sim.fcopy_send(src(w, pattern(40 * 6144 + 123)), "/tmp", "plain.bin")
     return Outcome([st], look(sim, "/tmp/plain.bin"), sim.transcript()[0]["fields"])
-
-
-def empty_file(sim: SimClient, w: str) -> Outcome:
-    st = sim.fcopy_send(src(w, b""), "/tmp", "empty")
-    return Outcome([st], look(sim, "/tmp/empty"))
-
-
-def existing_without_overwrite(sim: SimClient, w: str) -> Outcome:
-    sim.exec(["sh", "-c", "printf old > /tmp/exists"])
-    st = sim.fcopy_send(src(w, b"new"), "/tmp", "exists", 0)
-    return Outcome([st], {"/tmp/exists": look(sim, "/tmp/exists")["/tmp/exists"][0]})
-
-
-def existing_with_overwrite(sim: SimClient, w: str) -> Outcome:
-    sim.exec(["sh", "-c", "printf old > /tmp/exists2"])
-    st = sim.fcopy_send(src(w, b"new contents"), "/tmp", "exists2", OVER_WRITE)
-    return Outcome([st], {"/tmp/exists2": look(sim, "/tmp/exists2")["/tmp/exists2"][0]})
 
 
 def missing_dir_without_create_path(sim: SimClient, w: str) -> Outcome:
