@@ -6,12 +6,14 @@ from dataclasses import dataclass
 
 from hvguest.config import config_section, setting
 
-# hvguest-vss.service has TimeoutStopSec=30. A stop that arrives while the freeze
+# hvguest-vss.service has TimeoutStopSec=150. A stop that arrives while the freeze
 # hooks run waits for them, then thaws and runs the thaw hooks: two phases, plus
-# FITHAW and the exit, must fit. The daemon keeps the watchdog fed while hooks
-# run, so WatchdogSec does not bound them.
-UNIT_TIMEOUT_STOP = 30.0
-HOOK_PHASE_MAX = 12.0
+# FITHAW and the exit, must fit (tests/unit/runtime/test_unit_files.py holds the
+# unit to it). The daemon keeps the watchdog fed while hooks run, so WatchdogSec
+# does not bound them. A minute per phase leaves a database hook time for a
+# checkpoint; the kernel waits up to 15 minutes for the FREEZE reply.
+UNIT_TIMEOUT_STOP = 150.0
+HOOK_PHASE_MAX = 60.0
 
 
 def _globs(value: list[str]) -> str | None:
@@ -67,8 +69,8 @@ class VssSettings:
         HOOK_PHASE_MAX,
         help=(
             "seconds all hooks of one phase together may run (the freeze hooks; then\n"
-            "the thaw or freezefail hooks), kills included. At most 12: a stop during\n"
-            "a backup runs both phases within the unit's TimeoutStopSec=30"
+            "the thaw or freezefail hooks), kills included. At most 60: a stop during\n"
+            "a backup runs both phases within the unit's TimeoutStopSec=150"
         ),
         min=0.1,
         max=HOOK_PHASE_MAX,

@@ -117,7 +117,7 @@ def test_budget_leaves_room_for_the_kill() -> None:
 @pytest.mark.parametrize(
     ("text", "cls"),
     [
-        ("vss:\n  hook_phase_timeout: 13\n", VssSettings),
+        ("vss:\n  hook_phase_timeout: 61\n", VssSettings),
         ("vss:\n  hook_timeout: 600\n", VssSettings),
         ("heartbeat:\n  shutdown_total_timeout: 111\n", HeartbeatSettings),
         ("heartbeat:\n  shutdown_hook_timeout: 3600\n", HeartbeatSettings),

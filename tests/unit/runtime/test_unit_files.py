@@ -109,3 +109,13 @@ def test_kvp_writes_only_the_network_configuration_it_renders() -> None:
         "/run/NetworkManager",
         "/var/lib/dhcp",
     ])
+
+
+def test_vss_stop_timeout_covers_two_hook_phases() -> None:
+    """A stop in the middle of a backup waits for the freeze hooks, thaws, then runs
+    the thaw hooks: both phase budgets and a margin for FITHAW must fit."""
+    from hvguest.vss.settings import HOOK_PHASE_MAX, UNIT_TIMEOUT_STOP
+
+    [value] = parse("hvguest-vss.service")["Service"]["TimeoutStopSec"]
+    assert seconds(value) == UNIT_TIMEOUT_STOP
+    assert UNIT_TIMEOUT_STOP >= 2 * HOOK_PHASE_MAX + 20
