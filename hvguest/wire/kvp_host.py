@@ -140,7 +140,10 @@ class HostKvpMessage:
 
     @classmethod
     def decode(cls, data: bytes) -> Self:
-        """Decode a host KVP body; strings are cut at their first 0 unit (or taken whole)."""
+        """Decode a host KVP body; strings are cut at their first 0 unit. A key must
+        have one within its field: neither the host nor the kernel (which converts at
+        most 254 units and counts the 0 in key_size) sends a key that fills it, and
+        ``encode`` could not write one back."""
         check_min_length(data, 2, "host KVP message")
         op, pool = data[OP_OFFSET], data[POOL_OFFSET]
         extent = _HOST_EXTENT.get(op)
@@ -153,7 +156,7 @@ class HostKvpMessage:
         check_min_length(data, extent, f"host KVP {KvpOp(op).name} message")
 
         def text(offset: int, size: int, field: str) -> str:
-            return utf16_text(bytes(data[offset : offset + size]), field, require_nul=False)
+            return utf16_text(bytes(data[offset : offset + size]), field, require_nul=True)
 
         def item(
             key_offset: int, type_offset: int, value_offset: int

@@ -225,8 +225,17 @@ def vss_role_target(data: bytes) -> bool:
 # -- fcopy -------------------------------------------------------------------------
 
 
+def overlay(buf: bytearray, offset: int, data: bytes) -> None:
+    """pwrite() into a file image: a gap before ``offset`` reads as zeros."""
+    if offset > len(buf):
+        buf.extend(bytes(offset - len(buf)))
+    buf[offset : offset + len(data)] = data
+
+
 class FakeWriter:
-    """The file side: checks what the role asks for; fails when the input says so."""
+    """The file side: checks what the role asks for; fails when the input says so.
+    WRITEs may come in any order inside the file (resends, gaps), as from a real host;
+    the committed file must be what the host's accepted WRITEs put there."""
 
     def __init__(self, d: Draw, max_file_size: int) -> None:
         self.d = d
@@ -261,13 +270,12 @@ class FakeWriter:
 
     def write(self, offset: int, data: bytes) -> int:
         assert self.open is not None, "write without an open file"
-        assert offset == len(self.tmp), f"write at {offset} after {len(self.tmp)} bytes"
         assert offset + len(data) <= min(self.open.file_size, self.max), "write beyond limit"
         status = self.status()
         if status != OK:
             self.open = None  # the writer discards its file when a write fails
             return status
-        self.tmp += data
+        overlay(self.tmp, offset, data)
         return OK
 
 
@@ -307,7 +315,7 @@ def fcopy_role_target(data: bytes) -> bool:
             if isinstance(request, fcopy.FcopyWrite) and role.accept_write(
                 request.offset, len(request.data)
             ):
-                writer.sent += request.data
+                overlay(writer.sent, request.offset, request.data)
                 status = writer.write(request.offset, request.data)
                 if status != OK:
                     role.write_failed(request.offset, status, now, "fake failure")
@@ -316,7 +324,7 @@ def fcopy_role_target(data: bytes) -> bool:
             if isinstance(request, fcopy.FcopyWrite) and any(
                 isinstance(a, fr.WriteData) for a in step.actions
             ):
-                writer.sent += request.data
+                overlay(writer.sent, request.offset, request.data)
         status = OK
         for action in step.actions:
             status = writer.run(action)
