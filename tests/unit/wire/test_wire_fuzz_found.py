@@ -18,9 +18,11 @@ def test_ip_info_from_a_short_buffer_is_a_wire_error(size: int, strict: bool) ->
     assert info.value.field == "length" and info.value.limit == kvp.KVP_MSG_SIZE
 
 
-@pytest.mark.parametrize("op", [kvp.KvpOp.GET, kvp.KvpOp.SET, kvp.KvpOp.DELETE, kvp.KvpOp.ENUMERATE])
+@pytest.mark.parametrize(
+    "op", [kvp.KvpOp.GET, kvp.KvpOp.SET, kvp.KvpOp.DELETE, kvp.KvpOp.ENUMERATE]
+)
 def test_host_key_filling_its_field_is_refused(op: int) -> None:
-    # fuzz target host_kvp (scripts/fuzz --repro in the note of 2026-12-03): a key of
+    # fuzz target host_kvp, full run of 2026-12-03: a key of
     # 256 UTF-16 units with no 0 unit decoded, and then could not be encoded again
     # (the encoder, like the host and the kernel, keeps room for the 0 unit).
     longest = kvp.HostKvpMessage(op, 0, key="k" * (kvp.HOST_KEY_UNITS - 1))
