@@ -4,7 +4,10 @@ CUSE character devices and plays the host; the guest script
 (guest/vm-checks) checks that udev starts the units, that the host's KVP, VSS and
 file copy requests are served, that hvguestctl status sees healthy daemons, that
 removing the devices stops the units (BindsTo=), that upgrade, removal and a new
-install behave, and that the boot itself, with no device, left nothing waiting."""
+install behave, that SIGKILL of hvguest-vssd while / is frozen ends thawed, and that
+the boot itself, with no device, left nothing waiting. In the same boot the .deb
+then makes way for the .rpm (installed with its scriptlets), and the SIGKILL case
+runs again against the .rpm's layout."""
 
 from __future__ import annotations
 
@@ -17,9 +20,11 @@ import pytest
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def prepare_vm_root(root: Path, deb: Path) -> None:
+def prepare_vm_root(root: Path, deb: Path, rpm: Path) -> None:
     shutil.copy(deb, root / "var/tmp/hvguest.deb")
     shutil.copy(e2elib.sim_package(deb), root / "var/tmp/hvguest-sim.deb")
+    shutil.copy(rpm, root / "var/tmp/hvguest.rpm")
+    shutil.copy(e2elib.sim_package(rpm), root / "var/tmp/hvguest-sim.rpm")
     e2elib.nspawn_run(root, ["dpkg", "-i", "/var/tmp/hvguest.deb", "/var/tmp/hvguest-sim.deb"])
     (root / "etc/fstab").write_text("/dev/vda / ext4 rw,errors=remount-ro 0 1\n")
     # Results go to the serial console: no login prompt on it.
@@ -35,9 +40,9 @@ def prepare_vm_root(root: Path, deb: Path) -> None:
 @pytest.mark.skipif(not shutil.which("qemu-system-x86_64"),
                     reason="needs qemu-system-x86_64 (apt-get install qemu-system-x86)")
 @pytest.mark.skipif(not shutil.which("mkfs.ext4"), reason="needs mkfs.ext4 (e2fsprogs)")
-def test_vm_udev_activation_and_host_operations(scratch_root: Path, deb: Path,
+def test_vm_udev_activation_and_host_operations(scratch_root: Path, deb: Path, rpm: Path,
                                                 tmp_path: Path) -> None:
-    prepare_vm_root(scratch_root, deb)
+    prepare_vm_root(scratch_root, deb, rpm)
     kernel, initrd = e2elib.kernel_and_initrd(scratch_root)
     boot_files = tmp_path / "boot"
     boot_files.mkdir()
@@ -49,7 +54,7 @@ def test_vm_udev_activation_and_host_operations(scratch_root: Path, deb: Path,
     serial = tmp_path / "serial.log"
     try:
         # A hang bound only: software emulation on a busy 2-core machine runs the
-        # whole script (sim start/stop twice, three package operations) in up to ~10 min.
+        # whole script (sim start/stop three times, five package operations) in up to ~10 min.
         boot = e2elib.qemu_boot(boot_files / "vmlinuz", boot_files / "initrd.img", image, serial,
                                 timeout=900)
     finally:
@@ -66,7 +71,8 @@ def test_vm_udev_activation_and_host_operations(scratch_root: Path, deb: Path,
                  "vss-freeze-thaw", "fcopy-copy", "fcopy-least-privilege",
                  "status-healthy", "remove-stops-units",
                  "readd-starts-units", "upgrade-restarts", "remove-package",
-                 "install-with-devices", "vss-sigkill-while-frozen", "shutdown-hooks-armed"):
+                 "install-with-devices", "vss-sigkill-while-frozen", "install-rpm",
+                 "rpm-vss-sigkill-while-frozen", "shutdown-hooks-armed"):
         assert checks.get(name) == "ok", (name, checks)
     # The poweroff that ended the VM ran the pre-shutdown hook, told it was a poweroff.
     after = boot.output.split("E2E_RC=", 1)[-1]
