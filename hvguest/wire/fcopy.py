@@ -69,7 +69,10 @@ def _name_field(name: str, field: str, utf16: bool) -> bytes:
 def _name_text(raw: bytes, field: str, utf16: bool) -> str:
     if utf16:
         return utf16_text(raw, field)
-    return utf8_text(terminated(raw, field), field)
+    # The kernel converts the host's name into at most W_MAX_PATH - 1 bytes of UTF-8
+    # and a 0: the rest of the 520-byte field is never part of it (nor can encode()
+    # write a longer name back).
+    return utf8_text(terminated(raw[:W_MAX_PATH], field), field)
 
 
 @dataclass(frozen=True)

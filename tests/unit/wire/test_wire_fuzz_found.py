@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hvguest.errors import WireError
-from hvguest.wire import kvp
+from hvguest.wire import fcopy, kvp
 
 
 @pytest.mark.parametrize("strict", [False, True])
@@ -33,3 +33,16 @@ def test_host_key_filling_its_field_is_refused(op: int) -> None:
     with pytest.raises(WireError) as info:
         kvp.HostKvpMessage.decode(bytes(buf))
     assert info.value.field == "key"
+
+
+def test_utf8_name_longer_than_the_kernel_writes_is_refused() -> None:
+    # fuzz target fcopy_start_utf8, full run of 2026-12-03: a 260-byte UTF-8 name
+    # (the NUL later in the 520-byte field) decoded and could not be encoded again.
+    # The kernel writes at most W_MAX_PATH - 1 bytes and a 0.
+    longest = fcopy.FcopyStart("n" * (fcopy.W_MAX_PATH - 1), "/tmp")
+    buf = bytearray(longest.encode())
+    assert fcopy.FcopyStart.decode(bytes(buf)) == longest
+    buf[fcopy.FILE_NAME_OFFSET + fcopy.W_MAX_PATH - 1] = ord("n")
+    with pytest.raises(WireError) as info:
+        fcopy.FcopyStart.decode(bytes(buf))
+    assert info.value.field == "file_name"
