@@ -217,10 +217,10 @@ def _driver_problem(service: str, dev: VmbusDevice, paths: Paths) -> Problem | N
         if new is False:
             remedy = "modprobe hv_utils"
         else:
+            # The unit's ExecStartPre runs the one binding tool; by hand, the same one.
             remedy = (
-                "systemctl start hvguest-fcopy.service (it binds uio_hv_generic), or: "
-                f"modprobe uio_hv_generic && echo {FCOPY_CLASS} > "
-                "/sys/bus/vmbus/drivers/uio_hv_generic/new_id"
+                "systemctl start hvguest-fcopy.service (its hvguest-uio-bind binds "
+                "uio_hv_generic), or as root: hvguest-uio-bind"
             )
         return Problem(service, "error", f"fcopy device {dev.instance} has no driver bound", remedy)
     if dev.driver == "hv_utils":
