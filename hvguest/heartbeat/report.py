@@ -19,7 +19,7 @@ from typing import Any
 
 from hvguest.heartbeat import kmsg, timesync
 from hvguest.heartbeat import shutdown as shutdown_hooks
-from hvguest.heartbeat.inventory import SERVICE_CLASS, Inventory, VmbusDevice, scan
+from hvguest.heartbeat.inventory import Inventory, VmbusDevice, scan
 from hvguest.heartbeat.timesync import Runner, run_command
 from hvguest.paths import Paths
 from hvguest.state import pid_alive, state_file, utc_now
@@ -53,7 +53,6 @@ REFERENCE_DAEMONS = {
     "fcopy": ("hv_fcopy_daemon", "hv-fcopy-daemon (Debian) or hypervfcopyd (RHEL)"),
 }
 FCOPY_UIO_COMM = "hv_fcopy_uio_da"
-FCOPY_CLASS = SERVICE_CLASS["fcopy"]
 
 LEVEL_EXIT = {"ok": 0, "error": 1, "degraded": 2, "not-hyperv": 0}
 
