@@ -1,4 +1,4 @@
-"""The interface every daemon transport offers to the runtime's poll loop."""
+"""The interface every message transport offers to the daemons' channel runner."""
 
 from __future__ import annotations
 
@@ -7,15 +7,29 @@ from typing import Protocol, runtime_checkable
 
 @runtime_checkable
 class Transport(Protocol):
-    """One message channel between a daemon and the kernel (or host).
+    """One registered message channel between a daemon and the kernel (or host).
 
-    ``fileno()`` is polled by the runtime; ``read_packet()`` returns one whole
-    message, or ``b""`` when nothing is ready; failures raise ``TransportError``.
+    ``open()`` opens and registers (``version`` is then the kernel's answer);
+    ``fileno()`` is polled by the runtime; ``read_ready()`` reads the one message
+    the poll loop reported (no second poll: on the device every poll is a round
+    trip into the driver), ``b""`` when it was a spurious wake-up;
+    ``read_packet(timeout)`` waits for one; failures raise ``TransportError``,
+    after which the runner closes and re-opens.
     """
+
+    path: str
+    version: str | None
+
+    @property
+    def is_open(self) -> bool: ...
+
+    def open(self) -> object: ...
 
     def fileno(self) -> int: ...
 
-    def read_packet(self) -> bytes: ...
+    def read_ready(self) -> bytes: ...
+
+    def read_packet(self, timeout: float | None = 0.0) -> bytes: ...
 
     def write_packet(self, data: bytes) -> None: ...
 

@@ -155,6 +155,25 @@ class CharDevTransport:
             raise TransportError(f"{self.path}: peer closed the connection")
         return data
 
+    def read_ready(self) -> bytes:
+        """The message the caller's poll just reported, read at once: one system
+        call instead of poll + read. ``read_size`` bounds it; the kernel queues one
+        message at a time, so the read cannot block."""
+        try:
+            data = os.read(self.fileno(), self.read_size)
+        except (InterruptedError, BlockingIOError):
+            return b""
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise TransportError(
+                    f"{self.path}: queued message is larger than the {self.read_size}-byte"
+                    " read buffer"
+                ) from exc
+            raise TransportError(f"{self.path}: read failed: {exc.strerror}") from exc
+        if not data and self.is_socket:
+            raise TransportError(f"{self.path}: peer closed the connection")
+        return data
+
     def write_packet(self, data: bytes) -> None:
         fd = self.fileno()
         try:
