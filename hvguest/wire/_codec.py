@@ -99,16 +99,24 @@ def terminated(raw: bytes, field: str) -> bytes:
     return raw[:end]
 
 
+def pack_fields(message: object, layout: tuple[tuple[str, int], ...]) -> bytes:
+    """``message``'s integer attributes packed little-endian in ``layout`` order, each
+    ``(name, size)`` checked like ``pack_uint`` (the error names the field)."""
+    return b"".join(pack_uint(getattr(message, name), size, name) for name, size in layout)
+
+
+def _not_valid(field: str, label: str, where: str) -> WireError:
+    """The error for a field that does not decode as ``label`` (UTF-8 or UTF-16)."""
+    return WireError(f"{field} is not valid {label} {where}", field=field, limit=label)
+
+
 def utf8_text(raw: bytes, field: str) -> str:
     """Strict UTF-8 decoding of an already NUL-cut field."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise WireError(
-            f"{field} is not valid UTF-8 at byte {exc.start}: {raw[exc.start : exc.start + 4]!r}",
-            field=field,
-            limit="UTF-8",
-        ) from exc
+        where = f"at byte {exc.start}: {raw[exc.start : exc.start + 4]!r}"
+        raise _not_valid(field, "UTF-8", where) from exc
 
 
 def _encode(text: str, field: str, codec: str, label: str) -> bytes:
@@ -127,19 +135,26 @@ def _encode(text: str, field: str, codec: str, label: str) -> bytes:
         ) from exc
 
 
+def _encode_within(text: str, field: str, codec: str, limit: int, unit: int) -> bytes:
+    """``text`` in ``codec`` (UTF-8 or UTF-16LE), at most ``limit`` units of ``unit``
+    bytes; the error names the limit in the unit the field is measured in."""
+    label, measure = ("UTF-8", "bytes of UTF-8") if unit == 1 else ("UTF-16", "UTF-16 code units")
+    raw = _encode(text, field, codec, label)
+    if len(raw) // unit > limit:
+        raise WireError(
+            f"{field} is {len(raw) // unit} {measure}, limit {limit} plus the NUL",
+            field=field,
+            limit=limit,
+        )
+    return raw
+
+
 def utf8_bytes(text: str, field: str, max_bytes: int) -> bytes:
     """UTF-8 bytes of ``text`` without NUL; WireError if longer than ``max_bytes``.
 
     ``max_bytes`` excludes the terminating NUL the caller appends.
     """
-    raw = _encode(text, field, "utf-8", "UTF-8")
-    if len(raw) > max_bytes:
-        raise WireError(
-            f"{field} is {len(raw)} bytes of UTF-8, limit {max_bytes} plus the NUL",
-            field=field,
-            limit=max_bytes,
-        )
-    return raw
+    return _encode_within(text, field, "utf-8", max_bytes, 1)
 
 
 def utf8_field(text: str, field: str, size: int) -> bytes:
@@ -173,23 +188,13 @@ def utf16_text(raw: bytes, field: str, *, require_nul: bool = True) -> str:
     try:
         return cut.decode("utf-16-le")
     except UnicodeDecodeError as exc:
-        raise WireError(
-            f"{field} is not valid UTF-16 (unpaired surrogate at byte {exc.start})",
-            field=field,
-            limit="UTF-16",
-        ) from exc
+        where = f"(unpaired surrogate at byte {exc.start})"
+        raise _not_valid(field, "UTF-16", where) from exc
 
 
 def utf16_bytes(text: str, field: str, max_units: int) -> bytes:
     """UTF-16LE bytes of ``text`` without NUL; WireError beyond ``max_units`` code units."""
-    raw = _encode(text, field, "utf-16-le", "UTF-16")
-    if len(raw) // 2 > max_units:
-        raise WireError(
-            f"{field} is {len(raw) // 2} UTF-16 code units, limit {max_units} plus the NUL",
-            field=field,
-            limit=max_units,
-        )
-    return raw
+    return _encode_within(text, field, "utf-16-le", max_units, 2)
 
 
 def utf16_field(text: str, field: str, size: int) -> bytes:

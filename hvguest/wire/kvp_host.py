@@ -39,6 +39,13 @@ from hvguest.wire.kvp_layout import (
     new_message,
 )
 
+__all__ = [
+    "HOST_KEY_UNITS",
+    "HOST_VALUE_UNITS",
+    "HostKvpIpMessage",
+    "HostKvpMessage",
+]
+
 # ---------------------------------------------------------------------------
 # Host wire forms (the body after the 28-byte IC header; the daemon never sees these)
 #

@@ -16,39 +16,13 @@ went on, see ``skip_oversized``), and invalid UTF-8 is an error (the host then g
 from __future__ import annotations
 
 from hvguest.errors import WireError
+from hvguest.wire import kvp_layout as layout
 from hvguest.wire._codec import cut_nul, get_uint, pack_uint, put
-from hvguest.wire.kvp_layout import (
-    DELETE_KEY_OFFSET,
-    DELETE_KEY_SIZE_OFFSET,
-    ENUM_INDEX_OFFSET,
-    ENUM_KEY_OFFSET,
-    ENUM_KEY_SIZE_OFFSET,
-    ENUM_VALUE_OFFSET,
-    ENUM_VALUE_SIZE_OFFSET,
-    ENUM_VALUE_TYPE_OFFSET,
-    GET_KEY_OFFSET,
-    GET_KEY_SIZE_OFFSET,
-    GET_REPLY_VALUE_OFFSET,
-    GET_VALUE_OFFSET,
-    GET_VALUE_SIZE_OFFSET,
-    GET_VALUE_TYPE_OFFSET,
-    HV_KVP_EXCHANGE_MAX_KEY_SIZE,
-    HV_KVP_EXCHANGE_MAX_VALUE_SIZE,
-    IP_ADAPTER_ID,
-    IP_ADDR_FAMILY_OFFSET,
-    IP_DHCP_ENABLED_OFFSET,
-    IP_STRING_FIELDS,
-    KVP_MSG_SIZE,
-    OP_OFFSET,
-    POOL_OFFSET,
-    KvpOp,
-    RegType,
-)
 from hvguest.wire.status import HvStatus
 
 # What the kernel lets the host see: 254 / 1022 code units per enumerated key / value.
-ENUM_KEY_MAX_UNITS = HV_KVP_EXCHANGE_MAX_KEY_SIZE // 2 - 2
-ENUM_VALUE_MAX_UNITS = HV_KVP_EXCHANGE_MAX_VALUE_SIZE // 2 - 2
+ENUM_KEY_MAX_UNITS = layout.HV_KVP_EXCHANGE_MAX_KEY_SIZE // 2 - 2
+ENUM_VALUE_MAX_UNITS = layout.HV_KVP_EXCHANGE_MAX_VALUE_SIZE // 2 - 2
 
 _SURROGATE_MASK = 0xF800
 _SURROGATE_PAIR = 0xD800
@@ -152,51 +126,72 @@ def kvp_host_to_daemon(host_body: bytes, *, skip_oversized: bool = False) -> byt
     ``skip_oversized`` picks the older kernels' string conversion (see
     ``kernel_utf16_to_utf8``).
     """
-    host = bytes(host_body[:KVP_MSG_SIZE]).ljust(KVP_MSG_SIZE, b"\0")
-    op, pool = host[OP_OFFSET], host[POOL_OFFSET]
-    msg = bytearray(KVP_MSG_SIZE)
-    msg[OP_OFFSET], msg[POOL_OFFSET] = op, pool
+    host = bytes(host_body[: layout.KVP_MSG_SIZE]).ljust(layout.KVP_MSG_SIZE, b"\0")
+    op, pool = host[layout.OP_OFFSET], host[layout.POOL_OFFSET]
+    msg = bytearray(layout.KVP_MSG_SIZE)
+    msg[layout.OP_OFFSET], msg[layout.POOL_OFFSET] = op, pool
 
     def to_utf8(offset: int, inlen: int, maxout: int) -> bytes:
         return kernel_utf16_to_utf8(host[offset:], inlen, maxout, skip_oversized=skip_oversized)
 
     def key_from(size_offset: int, key_offset: int, out_size: int, out_key: int) -> None:
         inlen = get_uint(host, size_offset, 4)
-        key = to_utf8(key_offset, inlen, HV_KVP_EXCHANGE_MAX_KEY_SIZE - 1)
+        key = to_utf8(key_offset, inlen, layout.HV_KVP_EXCHANGE_MAX_KEY_SIZE - 1)
         put(msg, out_key, key)
         put(msg, out_size, pack_uint(len(key) + 1, 4, "key_size"))
 
-    if op in (KvpOp.GET_IP_INFO, KvpOp.SET_IP_INFO):
+    if op in (layout.KvpOp.GET_IP_INFO, layout.KvpOp.SET_IP_INFO):
         # Host layout is hv_kvp_ip_msg: every field sits 2 bytes lower.
-        fields = IP_STRING_FIELDS if op == KvpOp.SET_IP_INFO else (IP_ADAPTER_ID,)
+        fields = (
+            layout.IP_STRING_FIELDS if op == layout.KvpOp.SET_IP_INFO else (layout.IP_ADAPTER_ID,)
+        )
         for spec in fields:
             text = to_utf8(spec.host_offset, spec.kernel_limit, spec.kernel_limit)
             put(msg, spec.daemon_offset, text[: spec.size])
-        if op == KvpOp.SET_IP_INFO:
-            msg[IP_DHCP_ENABLED_OFFSET] = host[IP_DHCP_ENABLED_OFFSET - 2]
-        msg[IP_ADDR_FAMILY_OFFSET] = host[IP_ADDR_FAMILY_OFFSET - 2]
-    elif op == KvpOp.SET:
-        vtype = get_uint(host, GET_VALUE_TYPE_OFFSET, 4)
+        if op == layout.KvpOp.SET_IP_INFO:
+            msg[layout.IP_DHCP_ENABLED_OFFSET] = host[layout.IP_DHCP_ENABLED_OFFSET - 2]
+        msg[layout.IP_ADDR_FAMILY_OFFSET] = host[layout.IP_ADDR_FAMILY_OFFSET - 2]
+    elif op == layout.KvpOp.SET:
+        vtype = get_uint(host, layout.GET_VALUE_TYPE_OFFSET, 4)
         value: bytes | None = None
-        if vtype == RegType.REG_SZ:
-            inlen = get_uint(host, GET_VALUE_SIZE_OFFSET, 4)
-            value = to_utf8(GET_VALUE_OFFSET, inlen, HV_KVP_EXCHANGE_MAX_VALUE_SIZE - 1)
-        elif vtype == RegType.REG_U32:
-            value = str(get_uint(host, GET_VALUE_OFFSET, 4)).encode()
-        elif vtype == RegType.REG_U64:
-            value = str(get_uint(host, GET_VALUE_OFFSET, 8)).encode()
+        if vtype == layout.RegType.REG_SZ:
+            inlen = get_uint(host, layout.GET_VALUE_SIZE_OFFSET, 4)
+            value = to_utf8(
+                layout.GET_VALUE_OFFSET, inlen, layout.HV_KVP_EXCHANGE_MAX_VALUE_SIZE - 1
+            )
+        elif vtype == layout.RegType.REG_U32:
+            value = str(get_uint(host, layout.GET_VALUE_OFFSET, 4)).encode()
+        elif vtype == layout.RegType.REG_U64:
+            value = str(get_uint(host, layout.GET_VALUE_OFFSET, 8)).encode()
         if value is not None:  # unknown types leave value and value_size zero
-            put(msg, GET_VALUE_OFFSET, value)
-            put(msg, GET_VALUE_SIZE_OFFSET, pack_uint(len(value) + 1, 4, "value_size"))
-        key_from(GET_KEY_SIZE_OFFSET, GET_KEY_OFFSET, GET_KEY_SIZE_OFFSET, GET_KEY_OFFSET)
-    elif op == KvpOp.GET:
-        key_from(GET_KEY_SIZE_OFFSET, GET_KEY_OFFSET, GET_KEY_SIZE_OFFSET, GET_KEY_OFFSET)
-    elif op == KvpOp.DELETE:
+            put(msg, layout.GET_VALUE_OFFSET, value)
+            put(msg, layout.GET_VALUE_SIZE_OFFSET, pack_uint(len(value) + 1, 4, "value_size"))
         key_from(
-            DELETE_KEY_SIZE_OFFSET, DELETE_KEY_OFFSET, DELETE_KEY_SIZE_OFFSET, DELETE_KEY_OFFSET
+            layout.GET_KEY_SIZE_OFFSET,
+            layout.GET_KEY_OFFSET,
+            layout.GET_KEY_SIZE_OFFSET,
+            layout.GET_KEY_OFFSET,
         )
-    elif op == KvpOp.ENUMERATE:
-        put(msg, ENUM_INDEX_OFFSET, host[ENUM_INDEX_OFFSET : ENUM_INDEX_OFFSET + 4])
+    elif op == layout.KvpOp.GET:
+        key_from(
+            layout.GET_KEY_SIZE_OFFSET,
+            layout.GET_KEY_OFFSET,
+            layout.GET_KEY_SIZE_OFFSET,
+            layout.GET_KEY_OFFSET,
+        )
+    elif op == layout.KvpOp.DELETE:
+        key_from(
+            layout.DELETE_KEY_SIZE_OFFSET,
+            layout.DELETE_KEY_OFFSET,
+            layout.DELETE_KEY_SIZE_OFFSET,
+            layout.DELETE_KEY_OFFSET,
+        )
+    elif op == layout.KvpOp.ENUMERATE:
+        put(
+            msg,
+            layout.ENUM_INDEX_OFFSET,
+            host[layout.ENUM_INDEX_OFFSET : layout.ENUM_INDEX_OFFSET + 4],
+        )
     return bytes(msg)
 
 
@@ -208,39 +203,39 @@ def kvp_daemon_to_host(op: int, host_body: bytes, reply: bytes) -> tuple[int, by
     kernel does, so a field without NUL runs on into the next one. The body keeps its
     length: bytes the kernel would write beyond it are never sent.
     """
-    reply = bytes(reply[:KVP_MSG_SIZE]).ljust(KVP_MSG_SIZE, b"\0")
+    reply = bytes(reply[: layout.KVP_MSG_SIZE]).ljust(layout.KVP_MSG_SIZE, b"\0")
     status = get_uint(reply, 0, 4)
-    host = bytearray(bytes(host_body).ljust(KVP_MSG_SIZE, b"\0"))
+    host = bytearray(bytes(host_body).ljust(layout.KVP_MSG_SIZE, b"\0"))
     length = len(host_body)
-    if status != 0 or op in (KvpOp.SET_IP_INFO, KvpOp.SET, KvpOp.DELETE):
+    if status != 0 or op in (layout.KvpOp.SET_IP_INFO, layout.KvpOp.SET, layout.KvpOp.DELETE):
         return status, bytes(host[:length])
     try:
-        if op == KvpOp.GET_IP_INFO:
-            for spec in IP_STRING_FIELDS:
+        if op == layout.KvpOp.GET_IP_INFO:
+            for spec in layout.IP_STRING_FIELDS:
                 units = kernel_utf8_to_utf16(reply[spec.daemon_offset :], spec.kernel_limit)
                 _utf16_into(host, spec.host_offset, spec.size, units)
-            host[IP_DHCP_ENABLED_OFFSET - 2] = reply[IP_DHCP_ENABLED_OFFSET]
-            host[IP_ADDR_FAMILY_OFFSET - 2] = reply[IP_ADDR_FAMILY_OFFSET]
+            host[layout.IP_DHCP_ENABLED_OFFSET - 2] = reply[layout.IP_DHCP_ENABLED_OFFSET]
+            host[layout.IP_ADDR_FAMILY_OFFSET - 2] = reply[layout.IP_ADDR_FAMILY_OFFSET]
             return status, bytes(host[:length])
-        if op == KvpOp.GET:
+        if op == layout.KvpOp.GET:
             value_type_at, value_size_at, value_at = (
-                GET_VALUE_TYPE_OFFSET,
-                GET_VALUE_SIZE_OFFSET,
-                GET_VALUE_OFFSET,
+                layout.GET_VALUE_TYPE_OFFSET,
+                layout.GET_VALUE_SIZE_OFFSET,
+                layout.GET_VALUE_OFFSET,
             )
         else:  # ENUMERATE, and any other operation the kernel passed through
             value_type_at, value_size_at, value_at = (
-                ENUM_VALUE_TYPE_OFFSET,
-                ENUM_VALUE_SIZE_OFFSET,
-                ENUM_VALUE_OFFSET,
+                layout.ENUM_VALUE_TYPE_OFFSET,
+                layout.ENUM_VALUE_SIZE_OFFSET,
+                layout.ENUM_VALUE_OFFSET,
             )
-            key = kernel_utf8_to_utf16(reply[ENUM_KEY_OFFSET:], ENUM_KEY_MAX_UNITS)
-            _utf16_into(host, ENUM_KEY_OFFSET, HV_KVP_EXCHANGE_MAX_KEY_SIZE, key)
-            put(host, ENUM_KEY_SIZE_OFFSET, pack_uint(len(key) + 2, 4, "key_size"))
-        value = kernel_utf8_to_utf16(reply[GET_REPLY_VALUE_OFFSET:], ENUM_VALUE_MAX_UNITS)
-        _utf16_into(host, value_at, HV_KVP_EXCHANGE_MAX_VALUE_SIZE, value)
+            key = kernel_utf8_to_utf16(reply[layout.ENUM_KEY_OFFSET :], ENUM_KEY_MAX_UNITS)
+            _utf16_into(host, layout.ENUM_KEY_OFFSET, layout.HV_KVP_EXCHANGE_MAX_KEY_SIZE, key)
+            put(host, layout.ENUM_KEY_SIZE_OFFSET, pack_uint(len(key) + 2, 4, "key_size"))
+        value = kernel_utf8_to_utf16(reply[layout.GET_REPLY_VALUE_OFFSET :], ENUM_VALUE_MAX_UNITS)
+        _utf16_into(host, value_at, layout.HV_KVP_EXCHANGE_MAX_VALUE_SIZE, value)
         put(host, value_size_at, pack_uint(len(value) + 2, 4, "value_size"))
-        put(host, value_type_at, pack_uint(RegType.REG_SZ, 4, "value_type"))
+        put(host, value_type_at, pack_uint(layout.RegType.REG_SZ, 4, "value_type"))
     except WireError:
         status = HvStatus.HV_E_FAIL
     return status, bytes(host[:length])

@@ -41,6 +41,30 @@ MIN_PACKET = PACKET_DESCRIPTOR_SIZE + PACKET_TRAILER_SIZE
 Descriptor = tuple[int, int, int, int, int]
 
 
+class _HeaderField:
+    """A little-endian u32 at ``offset`` of a ``RingView``'s header page.
+
+    One descriptor for the five header fields: each read or write is one unpack or
+    pack on the shared memory, never a cached copy (the other end changes them).
+    """
+
+    def __init__(self, offset: int, *, writable: bool = True) -> None:
+        self.offset = offset
+        self.writable = writable
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, ring: RingView, owner: type | None = None) -> int:
+        value: int = _U32.unpack_from(ring.mem, self.offset)[0]
+        return value
+
+    def __set__(self, ring: RingView, value: int) -> None:
+        if not self.writable:
+            raise AttributeError(f"ring header field {self.name} is read-only")
+        _U32.pack_into(ring.mem, self.offset, value)
+
+
 class RingView:
     """One direction: ``mem`` is exactly the header page plus the data area."""
 
@@ -54,50 +78,13 @@ class RingView:
         self._data.release()
         self.mem.release()
 
-    # -- header fields -------------------------------------------------------------
+    # -- header fields (u32s of the header page, read and written in place) ---------
 
-    def _get(self, offset: int) -> int:
-        value: int = _U32.unpack_from(self.mem, offset)[0]
-        return value
-
-    def _set(self, offset: int, value: int) -> None:
-        _U32.pack_into(self.mem, offset, value)
-
-    @property
-    def write_index(self) -> int:
-        return self._get(WRITE_INDEX_OFFSET)
-
-    @write_index.setter
-    def write_index(self, value: int) -> None:
-        self._set(WRITE_INDEX_OFFSET, value)
-
-    @property
-    def read_index(self) -> int:
-        return self._get(READ_INDEX_OFFSET)
-
-    @read_index.setter
-    def read_index(self, value: int) -> None:
-        self._set(READ_INDEX_OFFSET, value)
-
-    @property
-    def interrupt_mask(self) -> int:
-        return self._get(INTERRUPT_MASK_OFFSET)
-
-    @interrupt_mask.setter
-    def interrupt_mask(self, value: int) -> None:
-        self._set(INTERRUPT_MASK_OFFSET, value)
-
-    @property
-    def pending_send_sz(self) -> int:
-        return self._get(PENDING_SEND_SZ_OFFSET)
-
-    @property
-    def feature_bits(self) -> int:
-        return self._get(FEATURE_BITS_OFFSET)
-
-    @feature_bits.setter
-    def feature_bits(self, value: int) -> None:
-        self._set(FEATURE_BITS_OFFSET, value)
+    write_index = _HeaderField(WRITE_INDEX_OFFSET)
+    read_index = _HeaderField(READ_INDEX_OFFSET)
+    interrupt_mask = _HeaderField(INTERRUPT_MASK_OFFSET)
+    pending_send_sz = _HeaderField(PENDING_SEND_SZ_OFFSET, writable=False)
+    feature_bits = _HeaderField(FEATURE_BITS_OFFSET)
 
     # -- data area -----------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Self
 
 from hvguest.errors import WireError
-from hvguest.wire._codec import check_length, check_min_length, get_uint, pack_uint
+from hvguest.wire._codec import check_length, check_min_length, get_uint, pack_fields, pack_uint
 
 VM_PKT_DATA_INBAND = 6
 VM_PKT_COMP = 11
@@ -43,14 +43,8 @@ class VmPacketDescriptor:
     trans_id: int
 
     def encode(self) -> bytes:
-        return b"".join(
-            (
-                pack_uint(self.type, 2, "type"),
-                pack_uint(self.offset8, 2, "offset8"),
-                pack_uint(self.len8, 2, "len8"),
-                pack_uint(self.flags, 2, "flags"),
-                pack_uint(self.trans_id, 8, "trans_id"),
-            )
+        return pack_fields(
+            self, (("type", 2), ("offset8", 2), ("len8", 2), ("flags", 2), ("trans_id", 8))
         )
 
     @classmethod
@@ -161,6 +155,15 @@ SHUTDOWN_FLAG_FORCE = 1
 SHUTDOWN_FLAG_REBOOT = 2
 SHUTDOWN_FLAG_HIBERNATE = 4
 
+_TIMESYNC_REF_LAYOUT = (
+    ("parenttime", 8),
+    ("vmreferencetime", 8),
+    ("flags", 1),
+    ("leapflags", 1),
+    ("stratum", 1),
+)
+_TIMESYNC_LAYOUT = (("parenttime", 8), ("childtime", 8), ("roundtriptime", 8), ("flags", 1))
+
 
 @dataclass(frozen=True)
 class HeartbeatMsg:
@@ -194,12 +197,8 @@ class ShutdownMsg:
                 field="display_message",
                 limit=SHUTDOWN_MESSAGE_SIZE,
             )
-        return (
-            pack_uint(self.reason_code, 4, "reason_code")
-            + pack_uint(self.timeout_seconds, 4, "timeout_seconds")
-            + pack_uint(self.flags, 4, "flags")
-            + bytes(self.display_message).ljust(SHUTDOWN_MESSAGE_SIZE, b"\0")
-        )
+        fixed = pack_fields(self, (("reason_code", 4), ("timeout_seconds", 4), ("flags", 4)))
+        return fixed + bytes(self.display_message).ljust(SHUTDOWN_MESSAGE_SIZE, b"\0")
 
     @classmethod
     def decode(cls, data: bytes) -> Self:
@@ -223,14 +222,7 @@ class TimesyncRefMsg:
     stratum: int = 0
 
     def encode(self) -> bytes:
-        return (
-            pack_uint(self.parenttime, 8, "parenttime")
-            + pack_uint(self.vmreferencetime, 8, "vmreferencetime")
-            + pack_uint(self.flags, 1, "flags")
-            + pack_uint(self.leapflags, 1, "leapflags")
-            + pack_uint(self.stratum, 1, "stratum")
-            + bytes(3)
-        )
+        return pack_fields(self, _TIMESYNC_REF_LAYOUT) + bytes(3)
 
     @classmethod
     def decode(cls, data: bytes) -> Self:
@@ -248,12 +240,7 @@ class TimesyncMsg:
     flags: int
 
     def encode(self) -> bytes:
-        return (
-            pack_uint(self.parenttime, 8, "parenttime")
-            + pack_uint(self.childtime, 8, "childtime")
-            + pack_uint(self.roundtriptime, 8, "roundtriptime")
-            + pack_uint(self.flags, 1, "flags")
-        )
+        return pack_fields(self, _TIMESYNC_LAYOUT)
 
     @classmethod
     def decode(cls, data: bytes) -> Self:

@@ -1,0 +1,341 @@
+"""KVP requests as the daemon reads them: the daemon-side ``hv_kvp_msg`` (7432 bytes,
+protocol.md §2.2) decoded into typed values, and encoded back (for the simulator and
+the tests). Import the names from ``kvp``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Self
+
+from hvguest.errors import WireError
+from hvguest.wire._codec import (
+    check_length,
+    check_min_length,
+    cut_nul,
+    get_uint,
+    pack_uint,
+    put,
+    terminated,
+    utf8_bytes,
+    utf8_field,
+    utf8_text,
+)
+from hvguest.wire.kvp_layout import (
+    ADDR_FAMILY_NONE,
+    DELETE_KEY_OFFSET,
+    DELETE_KEY_SIZE_OFFSET,
+    ENUM_INDEX_OFFSET,
+    GET_KEY_OFFSET,
+    GET_KEY_SIZE_OFFSET,
+    GET_VALUE_OFFSET,
+    GET_VALUE_SIZE_OFFSET,
+    HV_DRV_VERSION,
+    HV_KVP_EXCHANGE_MAX_KEY_SIZE,
+    HV_KVP_EXCHANGE_MAX_VALUE_SIZE,
+    IP_ADAPTER_ID,
+    IP_ADDR_FAMILY_OFFSET,
+    IP_DHCP_ENABLED_OFFSET,
+    IP_STRING_FIELDS,
+    KVP_MSG_SIZE,
+    KVP_OP_REGISTER1,
+    KVP_POOL_COUNT,
+    OP_OFFSET,
+    POOL_OFFSET,
+    REGISTER_VERSION_OFFSET,
+    REGISTER_VERSION_SIZE,
+    KvpOp,
+    KvpPool,
+    new_message,
+)
+
+__all__ = [
+    "KVP_REGISTER_MSG",
+    "KvpDelete",
+    "KvpEnumerate",
+    "KvpGet",
+    "KvpGetIpInfo",
+    "KvpIpInfo",
+    "KvpRegister",
+    "KvpRequest",
+    "KvpSet",
+    "KvpSetIpInfo",
+    "decode_kvp_register",
+    "decode_kvp_request",
+]
+
+
+def _key_bytes(key: str) -> bytes:
+    return utf8_bytes(key, "key", HV_KVP_EXCHANGE_MAX_KEY_SIZE - 1)
+
+
+def _put_sized(buf: bytearray, size_offset: int, offset: int, raw: bytes, size_field: str) -> None:
+    """A string and its size field, which counts the NUL the zero-filled buffer supplies."""
+    put(buf, size_offset, pack_uint(len(raw) + 1, 4, size_field))
+    put(buf, offset, raw)
+
+
+def _keyed_message(op: KvpOp, pool: int, raw_key: bytes, size_at: int, offset: int) -> bytearray:
+    """A message of ``op`` carrying a key (GET, SET and DELETE start this way)."""
+    buf = new_message(op, pool)
+    _put_sized(buf, size_at, offset, raw_key, "key_size")
+    return buf
+
+
+@dataclass(frozen=True)
+class KvpGet:
+    pool: int
+    key: str
+
+    def encode(self) -> bytes:
+        raw = _key_bytes(self.key)
+        return bytes(_keyed_message(KvpOp.GET, self.pool, raw, GET_KEY_SIZE_OFFSET, GET_KEY_OFFSET))
+
+
+@dataclass(frozen=True)
+class KvpSet:
+    pool: int
+    key: str
+    value: str
+
+    def encode(self) -> bytes:
+        raw_key = _key_bytes(self.key)
+        raw_value = utf8_bytes(self.value, "value", HV_KVP_EXCHANGE_MAX_VALUE_SIZE - 1)
+        buf = _keyed_message(KvpOp.SET, self.pool, raw_key, GET_KEY_SIZE_OFFSET, GET_KEY_OFFSET)
+        _put_sized(buf, GET_VALUE_SIZE_OFFSET, GET_VALUE_OFFSET, raw_value, "value_size")
+        return bytes(buf)
+
+
+@dataclass(frozen=True)
+class KvpDelete:
+    pool: int
+    key: str
+
+    def encode(self) -> bytes:
+        raw, op = _key_bytes(self.key), KvpOp.DELETE
+        return bytes(_keyed_message(op, self.pool, raw, DELETE_KEY_SIZE_OFFSET, DELETE_KEY_OFFSET))
+
+
+@dataclass(frozen=True)
+class KvpEnumerate:
+    pool: int
+    index: int
+
+    def encode(self) -> bytes:
+        buf = new_message(KvpOp.ENUMERATE, self.pool)
+        put(buf, ENUM_INDEX_OFFSET, pack_uint(self.index, 4, "index"))
+        return bytes(buf)
+
+
+@dataclass(frozen=True)
+class KvpGetIpInfo:
+    pool: int
+    adapter_id: str
+    addr_family: int = ADDR_FAMILY_NONE
+
+    def encode(self) -> bytes:
+        buf = new_message(KvpOp.GET_IP_INFO, self.pool)
+        put(
+            buf,
+            IP_ADAPTER_ID.daemon_offset,
+            utf8_field(self.adapter_id, "adapter_id", IP_ADAPTER_ID.size),
+        )
+        buf[IP_ADDR_FAMILY_OFFSET] = pack_uint(self.addr_family, 1, "addr_family")[0]
+        return bytes(buf)
+
+
+@dataclass(frozen=True)
+class KvpIpInfo:
+    """The IP configuration of one adapter (GET_IP_INFO reply, SET_IP_INFO request).
+
+    Lists are ``;``-separated text, as in the C daemon.
+    """
+
+    adapter_id: str
+    addr_family: int = ADDR_FAMILY_NONE
+    dhcp_enabled: bool = False
+    ip_addr: str = ""
+    sub_net: str = ""
+    gate_way: str = ""
+    dns_addr: str = ""
+
+    def values(self) -> tuple[str, int, bool, str, str, str, str]:
+        """The fields in declaration order (the order ``KvpSetIpInfo`` continues with)."""
+        return (
+            self.adapter_id,
+            self.addr_family,
+            self.dhcp_enabled,
+            self.ip_addr,
+            self.sub_net,
+            self.gate_way,
+            self.dns_addr,
+        )
+
+    def write_into(self, buf: bytearray) -> None:
+        """Store every field at its daemon-side offset (fields zero-filled after the NUL)."""
+        for spec in IP_STRING_FIELDS:
+            put(buf, spec.daemon_offset, utf8_field(getattr(self, spec.name), spec.name, spec.size))
+        buf[IP_ADDR_FAMILY_OFFSET] = pack_uint(self.addr_family, 1, "addr_family")[0]
+        buf[IP_DHCP_ENABLED_OFFSET] = 1 if self.dhcp_enabled else 0
+
+    @classmethod
+    def read_from(cls, buf: bytes, *, strict: bool) -> Self:
+        """Read the fields from a daemon-side message.
+
+        ``strict`` requires a NUL inside each field (requests from the kernel always
+        have one); otherwise a field without NUL is taken whole.
+        """
+        check_min_length(buf, KVP_MSG_SIZE, "KVP IP info message")
+        texts: dict[str, str] = {}
+        for spec in IP_STRING_FIELDS:
+            raw = bytes(buf[spec.daemon_offset : spec.daemon_offset + spec.size])
+            raw = terminated(raw, spec.name) if strict else cut_nul(raw)
+            texts[spec.name] = utf8_text(raw, spec.name)
+        return cls(
+            addr_family=buf[IP_ADDR_FAMILY_OFFSET],
+            dhcp_enabled=buf[IP_DHCP_ENABLED_OFFSET] != 0,
+            **texts,
+        )
+
+
+@dataclass(frozen=True)
+class KvpSetIpInfo:
+    pool: int
+    adapter_id: str
+    addr_family: int
+    dhcp_enabled: bool
+    ip_addr: str
+    sub_net: str
+    gate_way: str
+    dns_addr: str
+
+    @property
+    def info(self) -> KvpIpInfo:
+        return KvpIpInfo(*(getattr(self, field.name) for field in fields(KvpIpInfo)))
+
+    def encode(self) -> bytes:
+        buf = new_message(KvpOp.SET_IP_INFO, self.pool)
+        self.info.write_into(buf)
+        return bytes(buf)
+
+
+@dataclass(frozen=True)
+class KvpRegister:
+    """The kernel's registration echo: byte 0 = 100, version string (e.g. "3.1") @4."""
+
+    version: str = HV_DRV_VERSION
+
+    def encode(self) -> bytes:
+        buf = bytearray(KVP_MSG_SIZE)
+        buf[OP_OFFSET] = KVP_OP_REGISTER1
+        put(
+            buf, REGISTER_VERSION_OFFSET, utf8_field(self.version, "version", REGISTER_VERSION_SIZE)
+        )
+        return bytes(buf)
+
+
+KvpRequest = KvpGet | KvpSet | KvpDelete | KvpEnumerate | KvpGetIpInfo | KvpSetIpInfo | KvpRegister
+
+
+_KVP_OPS = frozenset(int(op) for op in KvpOp)
+
+# Registration message the daemon writes: byte 0 = REGISTER1, everything else zero.
+KVP_REGISTER_MSG = bytes([KVP_OP_REGISTER1]) + bytes(KVP_MSG_SIZE - 1)
+
+
+# ---------------------------------------------------------------------------
+# Decoding requests (kernel -> daemon)
+
+
+def _sized_key(buf: bytes, size_offset: int, key_offset: int) -> str:
+    """A key limited by its ``key_size`` (which counts the NUL)."""
+    key_size = get_uint(buf, size_offset, 4)
+    if key_size == 0 or key_size > HV_KVP_EXCHANGE_MAX_KEY_SIZE:
+        raise WireError(
+            f"KVP key_size is {key_size}, must be 1..{HV_KVP_EXCHANGE_MAX_KEY_SIZE}",
+            field="key_size",
+            limit=HV_KVP_EXCHANGE_MAX_KEY_SIZE,
+        )
+    raw = terminated(bytes(buf[key_offset : key_offset + key_size]), "key")
+    return utf8_text(raw, "key")
+
+
+def _value_size(buf: bytes) -> int:
+    value_size = get_uint(buf, GET_VALUE_SIZE_OFFSET, 4)
+    if value_size > HV_KVP_EXCHANGE_MAX_VALUE_SIZE:
+        raise WireError(
+            f"KVP value_size is {value_size}, limit {HV_KVP_EXCHANGE_MAX_VALUE_SIZE}",
+            field="value_size",
+            limit=HV_KVP_EXCHANGE_MAX_VALUE_SIZE,
+        )
+    return value_size
+
+
+def _set_value(buf: bytes) -> str:
+    value_size = _value_size(buf)
+    if value_size == 0:  # the kernel forwards an unknown value_type as an empty value
+        return ""
+    raw = terminated(bytes(buf[GET_VALUE_OFFSET : GET_VALUE_OFFSET + value_size]), "value")
+    return utf8_text(raw, "value")
+
+
+def decode_kvp_request(buf: bytes) -> KvpRequest:
+    """Decode one 7432-byte message read from /dev/vmbus/hv_kvp."""
+    check_length(buf, KVP_MSG_SIZE, "KVP message")
+    op = buf[OP_OFFSET]
+    if op == KVP_OP_REGISTER1:
+        raw = terminated(
+            bytes(buf[REGISTER_VERSION_OFFSET : REGISTER_VERSION_OFFSET + REGISTER_VERSION_SIZE]),
+            "version",
+        )
+        return KvpRegister(utf8_text(raw, "version"))
+    if op not in _KVP_OPS:
+        raise WireError(
+            f"KVP operation is {op}, limit {max(KvpOp)}", field="operation", limit=int(max(KvpOp))
+        )
+    pool_number = buf[POOL_OFFSET]
+    if pool_number >= KVP_POOL_COUNT:
+        raise WireError(
+            f"KVP pool is {pool_number}, limit {KVP_POOL_COUNT - 1}",
+            field="pool",
+            limit=KVP_POOL_COUNT - 1,
+        )
+    pool = KvpPool(pool_number)
+    if op == KvpOp.GET:
+        _value_size(buf)  # not filled by the kernel for GET but must still be sane
+        return KvpGet(pool, _sized_key(buf, GET_KEY_SIZE_OFFSET, GET_KEY_OFFSET))
+    if op == KvpOp.SET:
+        key = _sized_key(buf, GET_KEY_SIZE_OFFSET, GET_KEY_OFFSET)
+        return KvpSet(pool, key, _set_value(buf))
+    if op == KvpOp.DELETE:
+        return KvpDelete(pool, _sized_key(buf, DELETE_KEY_SIZE_OFFSET, DELETE_KEY_OFFSET))
+    if op == KvpOp.ENUMERATE:
+        index = get_uint(buf, ENUM_INDEX_OFFSET, 4)
+        if index >= 1 << 31:
+            raise WireError(
+                f"KVP enumerate index is {index}, limit {(1 << 31) - 1}",
+                field="index",
+                limit=(1 << 31) - 1,
+            )
+        return KvpEnumerate(pool, index)
+    if op == KvpOp.GET_IP_INFO:
+        raw = terminated(
+            bytes(
+                buf[IP_ADAPTER_ID.daemon_offset : IP_ADAPTER_ID.daemon_offset + IP_ADAPTER_ID.size]
+            ),
+            "adapter_id",
+        )
+        return KvpGetIpInfo(pool, utf8_text(raw, "adapter_id"), buf[IP_ADDR_FAMILY_OFFSET])
+    return KvpSetIpInfo(pool, *KvpIpInfo.read_from(buf, strict=True).values())
+
+
+def decode_kvp_register(buf: bytes) -> KvpRegister:
+    """The kernel's registration echo; WireError unless it is one (op 100)."""
+    request = decode_kvp_request(buf)
+    if not isinstance(request, KvpRegister):
+        raise WireError(
+            f"KVP registration reply has operation {buf[0]}, expected {KVP_OP_REGISTER1}",
+            field="operation",
+            limit=KVP_OP_REGISTER1,
+        )
+    return request
