@@ -16,6 +16,7 @@ from typing import Any
 
 from hvguest.sim.kernel.timers import Timer, TimerQueue
 from hvguest.wire.icmsg import (
+    ICMSG_HDR_SIZE,
     ICMSG_REQUEST_FLAGS,
     IcHeader,
     IcMsgType,
@@ -24,8 +25,6 @@ from hvguest.wire.icmsg import (
     parse_negotiate_response,
 )
 from hvguest.wire.kvp import HostKvpIpMessage, HostKvpMessage, KvpOp, RegType
-
-ICMSG_HDR = 28
 
 # What a Windows host offers when it opens each channel (framework, service).
 HOST_OFFERS: dict[str, tuple[list[IcVersion], list[IcVersion]]] = {
@@ -163,7 +162,7 @@ class HostService:
         self._ic_tid = (self._ic_tid + 1) & 0xFF
         header = IcHeader(
             pipe_flags=0,
-            pipe_msgsize=ICMSG_HDR - 8 + len(body),
+            pipe_msgsize=ICMSG_HDR_SIZE - 8 + len(body),
             framever=IcVersion(3, 0),
             msgtype=MSGTYPES[self.name],
             msgver=self.msgver,
@@ -269,7 +268,7 @@ def kvp_ip_body(op: int, adapter_id: str, **kwargs: Any) -> bytes:
 
 # Reply decoders: offsets are within the host body, after the IC header.
 def decode_kvp_get(payload: bytes) -> dict[str, Any]:
-    body = payload[ICMSG_HDR:]
+    body = payload[ICMSG_HDR_SIZE:]
     return {
         "value_type": _u32(body, 4),
         "value_size": _u32(body, 12),
@@ -278,7 +277,7 @@ def decode_kvp_get(payload: bytes) -> dict[str, Any]:
 
 
 def decode_kvp_enumerate(payload: bytes) -> dict[str, Any]:
-    body = payload[ICMSG_HDR:]
+    body = payload[ICMSG_HDR_SIZE:]
     return {
         "index": _u32(body, 4),
         "value_type": _u32(body, 8),
@@ -299,7 +298,7 @@ IP_HOST_FIELDS = {
 
 
 def decode_kvp_ip(payload: bytes) -> dict[str, Any]:
-    body = payload[ICMSG_HDR:]
+    body = payload[ICMSG_HDR_SIZE:]
     out: dict[str, Any] = {
         name: utf16_field_text(body[off : off + size])
         for name, (off, size) in IP_HOST_FIELDS.items()
@@ -322,7 +321,7 @@ def vss_body(op: int, flags: int = 0, size: int = 12) -> bytes:
 
 
 def decode_vss(payload: bytes) -> dict[str, Any]:
-    return {"flags": _u32(payload, ICMSG_HDR + 8)}
+    return {"flags": _u32(payload, ICMSG_HDR_SIZE + 8)}
 
 
 # -- FCOPY -------------------------------------------------------------------------------

@@ -9,16 +9,44 @@ from __future__ import annotations
 import signal
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from hvguest.sim import host as h
-from hvguest.sim.kernel.channel import HV_E_FAIL, HV_S_OK
+from hvguest.sim.kernel.service import UtilService
+from hvguest.sim.kernel.timers import TimerQueue
+from hvguest.wire.status import HvStatus
 
-if TYPE_CHECKING:
-    from hvguest.sim.server import SimServer
+
+class ServerView(Protocol):
+    """What the operations use of the server (``hvguest.sim.server.SimServer``), named
+    here so that this module does not import the server that dispatches to it."""
+
+    timers: TimerQueue
+    transcript: list[h.HostReply]
+    kernels: dict[str, UtilService]
+    hosts: dict[str, h.HostService]
+    uio: Any
+    sandbox: Any
+    daemon_exits: list[int | None]
+    waiters: list[Callable[[], bool]]
+
+    @property
+    def daemon_pid(self) -> int: ...
+
+    @property
+    def rootless(self) -> bool: ...
+
+    def daemon_alive(self) -> bool: ...
+
+    def restart_daemon(self, timeout: float = 10.0) -> int: ...
+
+    def all_registered(self) -> bool: ...
+
+    def stop(self) -> None: ...
+
 
 Reply = Callable[[Any], None]
-Op = Callable[["SimServer", dict[str, Any], Reply], None]
+Op = Callable[[ServerView, dict[str, Any], Reply], None]
 OPS: dict[str, Op] = {}
 
 
@@ -30,7 +58,7 @@ def op(name: str) -> Callable[[Op], Op]:
     return register
 
 
-def dispatch(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def dispatch(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     name = req.get("op")
     fn = OPS.get(str(name))
     if fn is None:
@@ -38,13 +66,13 @@ def dispatch(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
     fn(server, req, reply)
 
 
-def _host(server: SimServer, service: str) -> h.HostService:
+def _host(server: ServerView, service: str) -> h.HostService:
     if service not in server.hosts:
         raise ValueError(f"service {service} is not simulated (--services)")
     return server.hosts[service]
 
 
-def _submit(server: SimServer, service: str, name: str, req: dict[str, Any], body: bytes,
+def _submit(server: ServerView, service: str, name: str, req: dict[str, Any], body: bytes,
             decode: h.Decoder | None, reply: Reply) -> None:
     host = _host(server, service)
     request = {k: v for k, v in req.items() if k not in ("id", "op")}
@@ -54,18 +82,18 @@ def _submit(server: SimServer, service: str, name: str, req: dict[str, Any], bod
 
 # -- daemon and simulator --------------------------------------------------------------
 @op("ping")
-def _ping(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _ping(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     reply({"daemon_pid": server.daemon_pid, "root": f"/proc/{server.daemon_pid}/root",
            "alive": server.daemon_alive(), "rootless": server.rootless})
 
 
 @op("daemon_alive")
-def _alive(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _alive(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     reply(server.daemon_alive())
 
 
 @op("signal")
-def _signal(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _signal(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     import os
 
     sig = int(req.get("signal", signal.SIGTERM))
@@ -75,17 +103,17 @@ def _signal(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
 
 
 @op("restart")
-def _restart(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _restart(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     reply({"daemon_pid": server.restart_daemon()})
 
 
 @op("syslog")
-def _syslog(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _syslog(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     reply(server.sandbox.syslog())
 
 
 @op("kernel_log")
-def _klog(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _klog(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     lines: list[str] = []
     for kernel in server.kernels.values():
         lines += kernel.log
@@ -95,19 +123,19 @@ def _klog(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
 
 
 @op("transcript")
-def _transcript(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _transcript(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     reply([r.to_json() for r in server.transcript])
 
 
 @op("state")
-def _state(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _state(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     reply({name: {"state": int(k.state), "open": k.transport.is_open,
                   "queued": k.transport.outmsg is not None}
            for name, k in server.kernels.items()})
 
 
 @op("hibernate")
-def _hibernate(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _hibernate(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     """Suspend and resume the guest: every simulated service goes through its driver's
     suspend hook, then the host reopens the channels (NEGOTIATE first)."""
     for name, kernel in server.kernels.items():
@@ -117,7 +145,7 @@ def _hibernate(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
 
 
 @op("destroy")
-def _destroy(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _destroy(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     """Remove a device as on module unload (char devices) or host rescind (UIO)."""
     service = req["service"]
     if service == "fcopy" and server.uio is not None:
@@ -128,45 +156,45 @@ def _destroy(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
     reply(None)
 
 
-def _uio(server: SimServer) -> Any:
+def _uio(server: ServerView) -> Any:
     if server.uio is None:
         raise ValueError("not running with --fcopy uio")
     return server.uio
 
 
 @op("uio_rescind")
-def _uio_rescind(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _uio_rescind(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     """Host rescind; ``node_opens``: /dev/uio0 still opens (I/O fails with EIO)."""
     _uio(server).rescind(node_opens=bool(req.get("node_opens", False)))
     reply(None)
 
 
 @op("uio_remove")
-def _uio_remove(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _uio_remove(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     """Rescind and remove the device's directory from the sandbox's /sys."""
     _uio(server).remove()
     reply(None)
 
 
 @op("uio_corrupt")
-def _uio_corrupt(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _uio_corrupt(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     reply(_uio(server).corrupt(str(req["what"])))
 
 
 @op("uio_stats")
-def _uio_stats(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _uio_stats(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     """Opens of /dev/uio0 (attempts), channel connects, connected now."""
     reply(_uio(server).stats())
 
 
 @op("daemon_exits")
-def _daemon_exits(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _daemon_exits(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     """Exit statuses of the daemon processes that ended (None: killed by a signal)."""
     reply(list(server.daemon_exits))
 
 
 @op("uio_raw_packet")
-def _uio_raw_packet(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _uio_raw_packet(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     """Put arbitrary bytes (descriptor + payload) on the RX ring; no reply is awaited."""
     if server.uio is None:
         raise ValueError("not running with --fcopy uio")
@@ -175,7 +203,7 @@ def _uio_raw_packet(server: SimServer, req: dict[str, Any], reply: Reply) -> Non
 
 
 @op("wait_registered")
-def _wait_registered(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _wait_registered(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     """Reply once every simulated service has a registered daemon (True), or when the
     daemon exited or ``timeout`` passed (False)."""
     deadline = server.timers.now() + float(req.get("timeout", 30))
@@ -194,7 +222,7 @@ def _wait_registered(server: SimServer, req: dict[str, Any], reply: Reply) -> No
 
 
 @op("exec")
-def _exec(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _exec(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     """Run a short command in the sandbox (also after the daemon exited)."""
     done = server.sandbox.exec(list(req["cmd"]), timeout=float(req.get("timeout", 30)),
                                input=bytes.fromhex(req.get("input", "")) or None)
@@ -203,45 +231,45 @@ def _exec(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
 
 
 @op("trace")
-def _trace(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _trace(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     """The last reads and writes the daemon made on each device (for debugging)."""
     reply({n: list(k.transport.trace) for n, k in server.kernels.items()})
 
 
 @op("shutdown")
-def _shutdown(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _shutdown(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     reply(None)
     server.stop()
 
 
 # -- KVP ---------------------------------------------------------------------------------
 @op("kvp_set")
-def _kvp_set(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _kvp_set(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     body = h.kvp_set_body(int(req["pool"]), req["key"], req["value"],
                           req.get("value_type", "REG_SZ"))
     _submit(server, "kvp", "set", req, body, None, reply)
 
 
 @op("kvp_get")
-def _kvp_get(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _kvp_get(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     body = h.kvp_get_body(int(req["pool"]), req["key"])
     _submit(server, "kvp", "get", req, body, h.decode_kvp_get, reply)
 
 
 @op("kvp_delete")
-def _kvp_delete(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _kvp_delete(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     body = h.kvp_delete_body(int(req["pool"]), req["key"])
     _submit(server, "kvp", "delete", req, body, None, reply)
 
 
 @op("kvp_enumerate")
-def _kvp_enum(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _kvp_enum(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     body = h.kvp_enumerate_body(int(req["pool"]), int(req["index"]))
     _submit(server, "kvp", "enumerate", req, body, h.decode_kvp_enumerate, reply)
 
 
 @op("kvp_enumerate_all")
-def _kvp_enum_all(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _kvp_enum_all(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     """Enumerate from index 0 until a non-zero status, as the host does."""
     pool = int(req["pool"])
     limit = int(req.get("limit", 100000))
@@ -252,11 +280,11 @@ def _kvp_enum_all(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
         host = _host(server, "kvp")
 
         def done(r: h.HostReply) -> None:
-            if r.status == HV_S_OK and index + 1 < limit:
+            if r.status == HvStatus.HV_S_OK and index + 1 < limit:
                 items.append([r.fields["key"], r.fields["value"]])
                 step(index + 1)
             else:
-                if r.status == HV_S_OK:
+                if r.status == HvStatus.HV_S_OK:
                     items.append([r.fields["key"], r.fields["value"]])
                 reply({"items": items, "status": r.status, "index": index})
 
@@ -267,7 +295,7 @@ def _kvp_enum_all(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
 
 
 @op("kvp_batch")
-def _kvp_batch(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _kvp_batch(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     """Host requests queued back to back, one reply with every status.
 
     The host still sends one transaction at a time; only the control round trip per
@@ -306,13 +334,13 @@ def _kvp_step(step: dict[str, Any]) -> tuple[bytes, h.Decoder | None]:
 
 
 @op("kvp_get_ip_info")
-def _kvp_get_ip(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _kvp_get_ip(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     body = h.kvp_ip_body(4, req["adapter_id"], addr_family=int(req.get("addr_family", 0)))
     _submit(server, "kvp", "get_ip_info", req, body, h.decode_kvp_ip, reply)
 
 
 @op("kvp_set_ip_info")
-def _kvp_set_ip(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _kvp_set_ip(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     body = h.kvp_ip_body(
         5, req["adapter_id"], addr_family=int(req["addr_family"]),
         dhcp_enabled=bool(req["dhcp_enabled"]), ip_addr=req["ip_addr"], sub_net=req["sub_net"],
@@ -321,7 +349,7 @@ def _kvp_set_ip(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
 
 
 @op("host_raw")
-def _host_raw(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _host_raw(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     """An arbitrary IC body (after the 28-byte header) from the host; full reply back."""
     service = req["service"]
     body = bytes.fromhex(req["body"])
@@ -334,7 +362,7 @@ def _host_raw(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
                 lambda r: reply(r.to_json()))
 
 
-def _inject(server: SimServer, service: str, data: bytes, done: Callable[[bytes | None], None]
+def _inject(server: ServerView, service: str, data: bytes, done: Callable[[bytes | None], None]
             ) -> None:
     kernel = server.kernels.get(service)
     if kernel is None:
@@ -343,13 +371,13 @@ def _inject(server: SimServer, service: str, data: bytes, done: Callable[[bytes 
 
 
 @op("kvp_raw")
-def _kvp_raw(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _kvp_raw(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     _inject(server, "kvp", bytes.fromhex(req["data"]),
             lambda r: reply(None if r is None else r.hex()))
 
 
 # -- VSS ---------------------------------------------------------------------------------
-def unsafe_mounts(server: SimServer) -> list[str]:
+def unsafe_mounts(server: ServerView) -> list[str]:
     """Read-write /dev/* mounts in the daemon's view that are not the sandbox's test
     loop filesystems: a FREEZE must never reach those."""
     if not server.daemon_alive():
@@ -367,7 +395,7 @@ def unsafe_mounts(server: SimServer) -> list[str]:
 
 
 @op("vss")
-def _vss(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _vss(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     name = req["what"]
     if name == "freeze":
         bad = unsafe_mounts(server)
@@ -378,14 +406,14 @@ def _vss(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
 
 
 @op("vss_raw")
-def _vss_raw(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _vss_raw(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     _inject(server, "vss", bytes.fromhex(req["data"]),
             lambda r: reply(None if r is None else r.hex()))
 
 
 # -- FCOPY -------------------------------------------------------------------------------
 @op("fcopy_send")
-def _fcopy_send(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _fcopy_send(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     """START, WRITEs of ``fragment`` bytes, COMPLETE (or CANCEL), like Copy-VMFile."""
     host = _host(server, "fcopy")
     src = open(req["src"], "rb")  # noqa: SIM115 - closed when the chain ends
@@ -403,7 +431,7 @@ def _fcopy_send(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
 
     def after_start(r: h.HostReply) -> None:
         steps.append(r.status)
-        if r.status != HV_S_OK:
+        if r.status != HvStatus.HV_S_OK:
             finish(r.status)
             return
         write(0)
@@ -419,7 +447,7 @@ def _fcopy_send(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
 
         def after_write(r: h.HostReply) -> None:
             steps.append(r.status)
-            if r.status != HV_S_OK:
+            if r.status != HvStatus.HV_S_OK:
 
                 def after_cancel(c: h.HostReply) -> None:
                     steps.append(c.status)
@@ -440,7 +468,7 @@ def _fcopy_send(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
 
 
 @op("fcopy_raw")
-def _fcopy_raw(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
+def _fcopy_raw(server: ServerView, req: dict[str, Any], reply: Reply) -> None:
     data = bytes.fromhex(req["data"])
     if server.uio is not None:
         host = _host(server, "fcopy")
@@ -450,7 +478,7 @@ def _fcopy_raw(server: SimServer, req: dict[str, Any], reply: Reply) -> None:
 
     def done(r: bytes | None) -> None:
         if r is None or len(r) != 4:
-            reply(HV_E_FAIL)
+            reply(HvStatus.HV_E_FAIL)
         else:
             reply(struct.unpack("<I", r)[0])
 

@@ -3,83 +3,81 @@
 The host puts IC payloads (pipe header + icmsg header + body) on the channel; the
 service reads them only when its state machine allows, exactly like the drivers'
 ``onchannelcallback``. Responses go back through ``on_response``.
+
+Offsets, message types, statuses and the negotiation rules are the wire's
+(``hvguest.wire.icmsg``, ``hvguest.wire.status``): the same facts, one copy. What is
+deliberately the kernel's own, and differs from ``icmsg.negotiate_response`` (which
+answers as the UIO daemon does), is where the answer is written: in place in the
+driver's receive buffer, which is larger than the packet. So a driver
+
+* leaves the host's status in a NEGOTIATE response (the UIO daemon writes HV_S_OK or
+  HV_E_FAIL), and
+* writes both version slots even past the end of a short packet: they are never sent,
+  but stay in the receive buffer, where a later shorter packet's tail reads them.
+
+``tests/unit/wire/test_icmsg_golden.py`` pins both with the same byte vectors.
 """
 
 from __future__ import annotations
 
-import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-ICMSG_HDR = 28
-OFF_MSGTYPE = 12
-OFF_MSGSIZE = 18
-OFF_STATUS = 20
-OFF_FLAGS = 25
-
-ICMSGTYPE_NEGOTIATE = 0
-ICMSGTYPE_KVPEXCHANGE = 2
-ICMSGTYPE_VSS = 5
-ICMSGTYPE_FCOPY = 7
-
-IC_FLAGS_RESPONSE = 5  # TRANSACTION | RESPONSE
-_MAX_VER_COUNT = 100
-
-HV_S_OK = 0
-HV_E_FAIL = 0x80004005
-HV_S_CONT = 0x80070103
+from hvguest.wire._codec import get_uint
+from hvguest.wire.icmsg import (
+    ICMSG_FLAGS_OFFSET,
+    ICMSG_HDR_SIZE,
+    ICMSG_RESPONSE_FLAGS,
+    ICMSG_STATUS_OFFSET,
+    NEGOTIATE_FIXED_SIZE,
+    IcHeader,
+    IcVersion,
+)
+from hvguest.wire.icmsg import negotiate_response as wire_negotiate_response
 
 ResponseSink = Callable[[int, bytes], None]  # (trans_id, payload)
 
+# The two version slots of a NEGOTIATE answer, after the fixed part of the body.
+_SLOTS_START = ICMSG_HDR_SIZE + NEGOTIATE_FIXED_SIZE
+_SLOTS_END = _SLOTS_START + 8
+
 
 def msgtype(payload: bytes | bytearray) -> int:
-    return int(struct.unpack_from("<H", payload, OFF_MSGTYPE)[0])
+    """The IC message type of a packet (at least an IC header long)."""
+    return IcHeader.decode(bytes(payload[:ICMSG_HDR_SIZE])).msgtype
 
 
 def set_status(buf: bytearray, status: int) -> None:
-    struct.pack_into("<I", buf, OFF_STATUS, status & 0xFFFFFFFF)
+    buf[ICMSG_STATUS_OFFSET : ICMSG_STATUS_OFFSET + 4] = (status & 0xFFFFFFFF).to_bytes(4, "little")
 
 
 def set_response_flags(buf: bytearray) -> None:
-    buf[OFF_FLAGS] = IC_FLAGS_RESPONSE
+    buf[ICMSG_FLAGS_OFFSET] = ICMSG_RESPONSE_FLAGS
 
 
-def negotiate_response(buf: bytearray, length: int, fw: list[int], srv: list[int]) -> bool:
-    """The kernel's vmbus_prep_negotiate_resp, applied to ``buf`` in place.
-
-    Versions are ``major << 16 | minor`` in preference order. Returns whether both a
-    framework and a service version matched.
-    """
-    if length < ICMSG_HDR + 4:
-        return False  # buffer left untouched
-    struct.pack_into("<H", buf, OFF_MSGSIZE, 0x10)
-    fcount, mcount = struct.unpack_from("<HH", buf, ICMSG_HDR)
-    fw_ver = (fcount, 0)
-    srv_ver = (mcount, 0)
-    found = False
-    if fcount <= _MAX_VER_COUNT and mcount <= _MAX_VER_COUNT and (
-        ICMSG_HDR + 8 + 4 * (fcount + mcount) <= length
-    ):
-        offered = [
-            struct.unpack_from("<HH", buf, ICMSG_HDR + 8 + 4 * j) for j in range(fcount + mcount)
-        ]
-        for ver in fw:
-            want = (ver >> 16, ver & 0xFFFF)
-            if want in offered[:fcount]:
-                fw_ver, found = want, True
-                break
-        if found:
-            found = False
-            for ver in srv:
-                want = (ver >> 16, ver & 0xFFFF)
-                if want in offered[fcount:]:
-                    srv_ver, found = want, True
-                    break
-    struct.pack_into("<HH", buf, ICMSG_HDR, 1 if found else 0, 1 if found else 0)
-    # The reply versions are written even on failure; the buffer must hold them.
-    if len(buf) >= ICMSG_HDR + 16:
-        struct.pack_into("<HHHH", buf, ICMSG_HDR + 8, *fw_ver, *srv_ver)
-    return found
+def negotiate_response(
+    buf: bytearray, length: int, fw: Sequence[IcVersion], srv: Sequence[IcVersion]
+) -> tuple[IcVersion, IcVersion] | None:
+    """The kernel's vmbus_prep_negotiate_resp, applied to the first ``length`` bytes of
+    the receive buffer ``buf`` in place; the chosen (framework, service) versions, or
+    None when the host offered none of ours (or the packet is malformed)."""
+    if length < ICMSG_HDR_SIZE + 4:
+        return None  # buffer left untouched
+    request = bytes(buf[:length])
+    counts = (get_uint(request, ICMSG_HDR_SIZE, 2), get_uint(request, ICMSG_HDR_SIZE + 2, 2))
+    host_status = request[ICMSG_STATUS_OFFSET : ICMSG_STATUS_OFFSET + 4]
+    answer, fw_pick, srv_pick = wire_negotiate_response(request, fw, srv)
+    buf[:length] = answer
+    buf[ICMSG_STATUS_OFFSET : ICMSG_STATUS_OFFSET + 4] = host_status
+    if fw_pick is None or srv_pick is None:
+        # Failed: the slots hold the raw counts as "major"; the part past the packet
+        # goes into the rest of the receive buffer.
+        slots = IcVersion(counts[0], 0).encode() + IcVersion(counts[1], 0).encode()
+        start = max(length, _SLOTS_START)
+        if start < _SLOTS_END <= len(buf):
+            buf[start:_SLOTS_END] = slots[start - _SLOTS_START :]
+        return None
+    return fw_pick, srv_pick
 
 
 class HostChannel:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import errno
 import struct
 
-from hvguest.sim.kernel.channel import HV_E_FAIL, ICMSG_HDR, ICMSGTYPE_FCOPY, msgtype
-from hvguest.sim.kernel.service import HV_UTIL_TIMEOUT, State, Txn, UtilService
+from hvguest.sim.kernel.channel import msgtype
+from hvguest.sim.kernel.service import HV_E_FAIL, HV_UTIL_TIMEOUT, State, UtilService
+from hvguest.wire.icmsg import FCOPY_FW_VERSIONS, FCOPY_SRV_VERSIONS, ICMSG_HDR_SIZE, IcMsgType
 from hvguest.wire.kvp_kernel import kernel_utf16_to_utf8
 
 FCOPY_HDR_SIZE = 36
@@ -26,41 +27,31 @@ FCOPY_VERSION_0, FCOPY_VERSION_1 = 0, 1
 
 class FcopyKernel(UtilService):
     device_name = "hv_fcopy"
-    icmsgtype = ICMSGTYPE_FCOPY
+    icmsgtype = IcMsgType.FCOPY
     recv_size = 2 * 4096
-    fw_versions = [0x30000]
-    srv_versions = [0x10001]
+    fw_versions = FCOPY_FW_VERSIONS
+    srv_versions = FCOPY_SRV_VERSIONS
+    body_min = FCOPY_HDR_SIZE
+    short_body_log = "fcopy packet too small"
 
     dm_reg_value = -1
     suspend_message = struct.pack("<I", OP_CANCEL) + bytes(FCOPY_HDR_SIZE - 4)  # fake CANCEL
 
-    def on_channel(self) -> None:
-        while self.state <= State.READY:
-            got = self._next_host_packet()
-            if got is None:
-                return
-            trans_id, length = got
-            kind = msgtype(self.recv_buffer) if length >= ICMSG_HDR else -1
-            if kind == 0:
-                self._answer_negotiate(trans_id, length)
-                continue
-            if kind != ICMSGTYPE_FCOPY:
-                self.klog(f"invalid msg type {kind}; packet dropped")
-                continue
-            if length < ICMSG_HDR + FCOPY_HDR_SIZE:
-                self.klog(f"fcopy packet too small: {length}")
-                continue
-            self.txn = Txn(trans_id, length)
-            if self.state < State.READY:
-                self.respond_status(HV_E_FAIL)  # no daemon registered
-                continue
-            self.state = State.HOSTMSG_RECEIVED
-            self.arm(HV_UTIL_TIMEOUT)
-            self._send_data(length)
-            return
+    def _packet_kind(self, length: int) -> int | None:
+        # hv_fcopy does not log a short packet: it reads no type, and drops it as invalid.
+        return msgtype(self.recv_buffer) if length >= ICMSG_HDR_SIZE else -1
+
+    def take_request(self, trans_id: int, length: int) -> bool:
+        if self.state < State.READY:
+            self.respond_status(HV_E_FAIL)  # no daemon registered
+            return False
+        self.state = State.HOSTMSG_RECEIVED
+        self.arm(HV_UTIL_TIMEOUT)
+        self._send_data(length)
+        return True
 
     def _send_data(self, length: int) -> None:
-        host = bytes(self.recv_buffer[ICMSG_HDR:])
+        host = bytes(self.recv_buffer[ICMSG_HDR_SIZE:])
         (op,) = struct.unpack_from("<I", host, 0)
         if op == OP_START:
             msg = bytearray(START_SIZE)

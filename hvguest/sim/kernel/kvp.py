@@ -11,15 +11,10 @@ from __future__ import annotations
 import errno
 import struct
 
-from hvguest.sim.kernel.channel import (
-    HV_E_FAIL,
-    HV_S_CONT,
-    ICMSG_HDR,
-    ICMSGTYPE_KVPEXCHANGE,
-    HostChannel,
-)
-from hvguest.sim.kernel.service import HV_UTIL_TIMEOUT, State, Txn, UtilService
+from hvguest.sim.kernel.channel import HostChannel
+from hvguest.sim.kernel.service import HV_E_FAIL, HV_UTIL_TIMEOUT, State, UtilService
 from hvguest.sim.kernel.timers import Timer, TimerQueue
+from hvguest.wire.icmsg import ICMSG_HDR_SIZE, KVP_FW_VERSIONS, KVP_SRV_VERSIONS, IcMsgType
 from hvguest.wire.kvp_kernel import (
     ENUM_KEY_MAX_UNITS,
     ENUM_VALUE_MAX_UNITS,
@@ -51,6 +46,7 @@ from hvguest.wire.kvp_layout import (
     KvpOp,
     RegType,
 )
+from hvguest.wire.status import HvStatus
 
 HV_UTIL_NEGO_TIMEOUT = 55.0
 # process_ob_ipinfo's order: a failing field ends the copy, so the order shows on failure.
@@ -59,10 +55,10 @@ IP_TO_HOST_FIELDS = (IP_ADDR, IP_SUB_NET, IP_GATE_WAY, IP_DNS_ADDR, IP_ADAPTER_I
 
 class KvpKernel(UtilService):
     device_name = "hv_kvp"
-    icmsgtype = ICMSGTYPE_KVPEXCHANGE
+    icmsgtype = IcMsgType.KVPEXCHANGE
     recv_size = 4 * 4096
-    fw_versions = [0x30000, 0x10000]
-    srv_versions = [0x40000, 0x30000, 0x10000]
+    fw_versions = KVP_FW_VERSIONS
+    srv_versions = KVP_SRV_VERSIONS
 
     def __init__(self, timers: TimerQueue, channel: HostChannel | None = None) -> None:
         super().__init__(timers, channel)
@@ -78,31 +74,25 @@ class KvpKernel(UtilService):
                 self._host_nego = "in-progress"
                 self._nego_timer = self.timers.call_later(HV_UTIL_NEGO_TIMEOUT, self.on_channel)
             return
-        while self.state == State.READY:
-            got = self._next_host_packet()
-            if got is None:
-                return
-            trans_id, length = got
-            if length < ICMSG_HDR:
-                self.klog(f"packet length too small: {length}")
-                continue
-            if self.is_negotiate(length):
-                self._answer_negotiate(trans_id, length)
-                self._host_nego = "finished"
-                continue
-            if self.recv_buffer[12] | (self.recv_buffer[13] << 8) != ICMSGTYPE_KVPEXCHANGE:
-                self.klog("invalid msg type; packet dropped")
-                continue
-            self.txn = Txn(trans_id, length)
-            self.state = State.HOSTMSG_RECEIVED
-            self.arm(HV_UTIL_TIMEOUT)
-            self._send_key()
-            return
+        super().on_channel()
+
+    def take_request(self, trans_id: int, length: int) -> bool:
+        self.state = State.HOSTMSG_RECEIVED
+        self.arm(HV_UTIL_TIMEOUT)
+        self._send_key()
+        return True
+
+    def _answer_negotiate(self, trans_id: int, length: int) -> None:
+        super()._answer_negotiate(trans_id, length)
+        self._host_nego = "finished"
+
+    def _invalid_kind(self, kind: int) -> None:
+        self.klog("invalid msg type; packet dropped")
 
     def _send_key(self) -> None:
         # The whole message size is read, like the kernel does: bytes past the host's
         # packet are whatever the receive buffer still holds.
-        host = bytes(self.recv_buffer[ICMSG_HDR : ICMSG_HDR + KVP_MSG_SIZE])
+        host = bytes(self.recv_buffer[ICMSG_HDR_SIZE : ICMSG_HDR_SIZE + KVP_MSG_SIZE])
         self._send_to_daemon(kvp_host_to_daemon(host, skip_oversized=self.nls_skip_oversized))
 
     def respond(self, reply: bytes | None, error: int) -> None:
@@ -116,7 +106,7 @@ class KvpKernel(UtilService):
             return
         buf = self.recv_buffer
         struct.pack_into("<I", buf, 20, error & 0xFFFFFFFF)
-        op = buf[ICMSG_HDR]
+        op = buf[ICMSG_HDR_SIZE]
         if not error and reply is not None:
             if op == KvpOp.GET_IP_INFO:
                 if not self._ip_to_host(reply):
@@ -136,7 +126,7 @@ class KvpKernel(UtilService):
     # computed from -EINVAL), so the host sees the exact bytes along with HV_E_FAIL.
     def _strings_to_host(self, reply: bytes, op: int) -> None:
         buf = self.recv_buffer
-        base = ICMSG_HDR
+        base = ICMSG_HDR_SIZE
         keylen = 0
         if op == KvpOp.GET:
             vsize_off, vtype_off, value_off = (
@@ -171,12 +161,12 @@ class KvpKernel(UtilService):
         buf = self.recv_buffer
         for spec in IP_TO_HOST_FIELDS:
             units, ok = kernel_utf8_to_utf16_partial(reply[spec.daemon_offset :], spec.kernel_limit)
-            start = ICMSG_HDR + spec.host_offset
+            start = ICMSG_HDR_SIZE + spec.host_offset
             buf[start : start + len(units)] = units
             if not ok:
                 return False
         for offset in (IP_DHCP_ENABLED_OFFSET, IP_ADDR_FAMILY_OFFSET):
-            buf[ICMSG_HDR + offset - 2] = reply[offset]
+            buf[ICMSG_HDR_SIZE + offset - 2] = reply[offset]
         return True
 
     # -- daemon side ----------------------------------------------------------------
@@ -189,7 +179,7 @@ class KvpKernel(UtilService):
             return -errno.EINVAL  # nothing was sent: spurious or late reply
         self.state = State.USERSPACE_RECV
         if self.dm_reg_value == KVP_OP_REGISTER:
-            error = HV_S_CONT if data[ENUM_KEY_OFFSET] == 0 else 0
+            error = HvStatus.HV_S_CONT if data[ENUM_KEY_OFFSET] == 0 else 0
         else:
             (error,) = struct.unpack_from("<I", data, 0)
         if self.cancel_timeout():

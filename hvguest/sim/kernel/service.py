@@ -8,16 +8,12 @@ on the device as a misbehaving kernel would, through the same state machine.
 
 from __future__ import annotations
 
-import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
 from hvguest.sim.kernel.channel import (
-    HV_E_FAIL,
-    ICMSG_HDR,
-    ICMSGTYPE_NEGOTIATE,
     HostChannel,
     msgtype,
     negotiate_response,
@@ -26,6 +22,10 @@ from hvguest.sim.kernel.channel import (
 )
 from hvguest.sim.kernel.timers import Timer, TimerQueue
 from hvguest.sim.kernel.transport import UtilTransport
+from hvguest.wire.icmsg import ICMSG_HDR_SIZE, UTIL_FW_VERSION, IcMsgType, IcVersion
+from hvguest.wire.status import HvStatus
+
+HV_E_FAIL = HvStatus.HV_E_FAIL
 
 HV_UTIL_TIMEOUT = 30.0
 
@@ -54,8 +54,12 @@ class UtilService:
     device_name = ""
     icmsgtype = -1
     recv_size = 8192
-    fw_versions: list[int] = [0x30000]
-    srv_versions: list[int] = []
+    fw_versions: Sequence[IcVersion] = (UTIL_FW_VERSION,)
+    srv_versions: Sequence[IcVersion] = ()
+    # What the driver checks before it takes a packet of its own type: the body's
+    # minimum size and the log line naming a shorter one (none: no check).
+    body_min = 0
+    short_body_log = ""
     # String conversion of host UTF-16 (fs/nls utf16s_to_utf8s): True models kernels
     # before the late-2025 NLS fix, which skipped a character that did not fit and went
     # on; False models later kernels, which stop there. Set per instance to pick one.
@@ -113,12 +117,43 @@ class UtilService:
         return trans_id, len(payload)
 
     def _answer_negotiate(self, trans_id: int, length: int) -> None:
-        ok = negotiate_response(self.recv_buffer, length, self.fw_versions, self.srv_versions)
-        if ok:
-            fw = struct.unpack_from("<HH", self.recv_buffer, ICMSG_HDR + 8)
-            srv = struct.unpack_from("<HH", self.recv_buffer, ICMSG_HDR + 12)
-            self.negotiated = ((fw[0] << 16) | fw[1], (srv[0] << 16) | srv[1])
+        chosen = negotiate_response(self.recv_buffer, length, self.fw_versions, self.srv_versions)
+        if chosen is not None:
+            self.negotiated = (chosen[0].packed, chosen[1].packed)
         self._send_buffer(trans_id, length)
+
+    def _packet_kind(self, length: int) -> int | None:
+        """The message type of the packet in recv_buffer; None (logged) if it is too
+        short to have one."""
+        if length < ICMSG_HDR_SIZE:
+            self.klog(f"packet length too small: {length}")
+            return None
+        return msgtype(self.recv_buffer)
+
+    def _invalid_kind(self, kind: int) -> None:
+        self.klog(f"invalid msg type {kind}; packet dropped")
+
+    def _service_packet(self) -> tuple[int, int] | None:
+        """The next host packet of this service's own type, as (trans_id, length) in
+        recv_buffer, after answering NEGOTIATEs and dropping (with the driver's log
+        line) what the driver drops; None when there is none, or a raw transaction was
+        started instead."""
+        while (got := self._next_host_packet()) is not None:
+            trans_id, length = got
+            kind = self._packet_kind(length)
+            if kind is None:
+                continue
+            if kind == IcMsgType.NEGOTIATE:
+                self._answer_negotiate(trans_id, length)
+                continue
+            if kind != self.icmsgtype:
+                self._invalid_kind(kind)
+                continue
+            if length < ICMSG_HDR_SIZE + self.body_min:
+                self.klog(f"{self.short_body_log}: {length}")
+                continue
+            return got
+        return None
 
     def _send_buffer(self, trans_id: int, length: int) -> None:
         set_response_flags(self.recv_buffer)
@@ -183,11 +218,21 @@ class UtilService:
         txn.raw(reply)
         return True
 
-    def is_negotiate(self, length: int) -> bool:
-        return msgtype(self.recv_buffer) == ICMSGTYPE_NEGOTIATE
+    def on_channel(self) -> None:
+        """The driver's onchannelcallback: take the host's packets while no transaction
+        is with the daemon; each one opens a transaction that ``take_request`` handles."""
+        while self.state <= State.READY:
+            got = self._service_packet()
+            if got is None:
+                return
+            self.txn = Txn(*got)
+            if self.take_request(*got):
+                return
 
     # -- per service -------------------------------------------------------------
-    def on_channel(self) -> None:
+    def take_request(self, trans_id: int, length: int) -> bool:
+        """Handle the host request in recv_buffer (the open transaction): answer it, or
+        pass it to the daemon and return True (the channel is not read meanwhile)."""
         raise NotImplementedError
 
     def on_msg(self, data: bytes) -> int:

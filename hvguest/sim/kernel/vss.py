@@ -10,8 +10,8 @@ from __future__ import annotations
 import errno
 import struct
 
-from hvguest.sim.kernel.channel import HV_E_FAIL, ICMSG_HDR, ICMSGTYPE_VSS, msgtype
-from hvguest.sim.kernel.service import HV_UTIL_TIMEOUT, State, Txn, UtilService
+from hvguest.sim.kernel.service import HV_E_FAIL, HV_UTIL_TIMEOUT, State, UtilService
+from hvguest.wire.icmsg import ICMSG_HDR_SIZE, VSS_FW_VERSIONS, VSS_SRV_VERSIONS, IcMsgType
 
 VSS_MSG_SIZE = 12
 VSS_FREEZE_TIMEOUT = 900.0
@@ -25,47 +25,31 @@ TO_DAEMON = (OP_FREEZE, OP_THAW, OP_HOT_BACKUP)
 
 class VssKernel(UtilService):
     device_name = "hv_vss"
-    icmsgtype = ICMSGTYPE_VSS
+    icmsgtype = IcMsgType.VSS
     recv_size = 2 * 4096
-    fw_versions = [0x30000]
-    srv_versions = [0x50000]
+    fw_versions = VSS_FW_VERSIONS
+    srv_versions = VSS_SRV_VERSIONS
+    body_min = VSS_MSG_SIZE
+    short_body_log = "VSS packet too small"
 
     dm_reg_value = 0
     suspend_message = bytes([OP_THAW]) + bytes(VSS_MSG_SIZE - 1)  # the fake THAW
 
-    def on_channel(self) -> None:
-        while self.state <= State.READY:
-            got = self._next_host_packet()
-            if got is None:
-                return
-            trans_id, length = got
-            if length < ICMSG_HDR:
-                self.klog(f"packet length too small: {length}")
-                continue
-            kind = msgtype(self.recv_buffer)
-            if self.is_negotiate(length):
-                self._answer_negotiate(trans_id, length)
-                continue
-            if kind != ICMSGTYPE_VSS:
-                self.klog(f"invalid msg type {kind}; packet dropped")
-                continue
-            if length < ICMSG_HDR + VSS_MSG_SIZE:
-                self.klog(f"VSS packet too small: {length}")
-                continue
-            self.txn = Txn(trans_id, length)
-            op = self.recv_buffer[ICMSG_HDR]
-            if op in TO_DAEMON:
-                if self.state < State.READY:
-                    self.klog("not ready for request")
-                    self.respond_status(HV_E_FAIL)
-                    continue
-                self.state = State.HOSTMSG_RECEIVED
-                self._send_op(op)
-                return
-            if op == OP_GET_DM_INFO:
-                struct.pack_into("<I", self.recv_buffer, ICMSG_HDR + FLAGS_OFF, 0)
-            self.txn = None
-            self._send_buffer(trans_id, length)
+    def take_request(self, trans_id: int, length: int) -> bool:
+        op = self.recv_buffer[ICMSG_HDR_SIZE]
+        if op in TO_DAEMON:
+            if self.state < State.READY:
+                self.klog("not ready for request")
+                self.respond_status(HV_E_FAIL)
+                return False
+            self.state = State.HOSTMSG_RECEIVED
+            self._send_op(op)
+            return True
+        if op == OP_GET_DM_INFO:
+            struct.pack_into("<I", self.recv_buffer, ICMSG_HDR_SIZE + FLAGS_OFF, 0)
+        self.txn = None
+        self._send_buffer(trans_id, length)
+        return False
 
     def _send_op(self, op: int) -> None:
         self.arm(VSS_FREEZE_TIMEOUT if op == OP_FREEZE else HV_UTIL_TIMEOUT)
@@ -90,7 +74,7 @@ class VssKernel(UtilService):
             # The driver tests the reply's byte 0 (the status' low byte), not the
             # request's operation: a success reply never sets the flag.
             struct.pack_into(
-                "<I", self.recv_buffer, ICMSG_HDR + FLAGS_OFF, VSS_HBU_NO_AUTO_RECOVERY
+                "<I", self.recv_buffer, ICMSG_HDR_SIZE + FLAGS_OFF, VSS_HBU_NO_AUTO_RECOVERY
             )
         if self.cancel_timeout():
             if not self._finish_raw(data):
