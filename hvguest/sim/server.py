@@ -122,7 +122,7 @@ class SimServer:
             self.hosts[svc] = host
 
     def devices(self) -> dict[str, Any]:
-        devs: dict[str, Any] = {k.device_name: k.transport for k in self.kernels.values()}
+        devs: dict[str, Any] = {k.driver.device_name: k.transport for k in self.kernels.values()}
         return devs
 
     # -- sandbox ---------------------------------------------------------------------

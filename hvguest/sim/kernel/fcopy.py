@@ -12,7 +12,7 @@ import errno
 import struct
 
 from hvguest.sim.kernel.channel import msgtype
-from hvguest.sim.kernel.service import HV_E_FAIL, HV_UTIL_TIMEOUT, State, UtilService
+from hvguest.sim.kernel.service import HV_E_FAIL, HV_UTIL_TIMEOUT, Driver, State, UtilService
 from hvguest.wire.icmsg import FCOPY_FW_VERSIONS, FCOPY_SRV_VERSIONS, ICMSG_HDR_SIZE, IcMsgType
 from hvguest.wire.kvp_kernel import kernel_utf16_to_utf8
 
@@ -26,13 +26,15 @@ FCOPY_VERSION_0, FCOPY_VERSION_1 = 0, 1
 
 
 class FcopyKernel(UtilService):
-    device_name = "hv_fcopy"
-    icmsgtype = IcMsgType.FCOPY
-    recv_size = 2 * 4096
-    fw_versions = FCOPY_FW_VERSIONS
-    srv_versions = FCOPY_SRV_VERSIONS
-    body_min = FCOPY_HDR_SIZE
-    short_body_log = "fcopy packet too small"
+    driver = Driver(
+        "hv_fcopy",
+        IcMsgType.FCOPY,
+        2 * 4096,
+        FCOPY_FW_VERSIONS,
+        FCOPY_SRV_VERSIONS,
+        FCOPY_HDR_SIZE,
+        "fcopy packet too small",
+    )
 
     dm_reg_value = -1
     suspend_message = struct.pack("<I", OP_CANCEL) + bytes(FCOPY_HDR_SIZE - 4)  # fake CANCEL

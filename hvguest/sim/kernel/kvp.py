@@ -12,7 +12,7 @@ import errno
 import struct
 
 from hvguest.sim.kernel.channel import HostChannel
-from hvguest.sim.kernel.service import HV_E_FAIL, HV_UTIL_TIMEOUT, State, UtilService
+from hvguest.sim.kernel.service import HV_E_FAIL, HV_UTIL_TIMEOUT, Driver, State, UtilService
 from hvguest.sim.kernel.timers import Timer, TimerQueue
 from hvguest.wire.icmsg import ICMSG_HDR_SIZE, KVP_FW_VERSIONS, KVP_SRV_VERSIONS, IcMsgType
 from hvguest.wire.kvp_kernel import (
@@ -54,11 +54,7 @@ IP_TO_HOST_FIELDS = (IP_ADDR, IP_SUB_NET, IP_GATE_WAY, IP_DNS_ADDR, IP_ADAPTER_I
 
 
 class KvpKernel(UtilService):
-    device_name = "hv_kvp"
-    icmsgtype = IcMsgType.KVPEXCHANGE
-    recv_size = 4 * 4096
-    fw_versions = KVP_FW_VERSIONS
-    srv_versions = KVP_SRV_VERSIONS
+    driver = Driver("hv_kvp", IcMsgType.KVPEXCHANGE, 4 * 4096, KVP_FW_VERSIONS, KVP_SRV_VERSIONS)
 
     def __init__(self, timers: TimerQueue, channel: HostChannel | None = None) -> None:
         super().__init__(timers, channel)

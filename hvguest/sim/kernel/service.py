@@ -22,7 +22,7 @@ from hvguest.sim.kernel.channel import (
 )
 from hvguest.sim.kernel.timers import Timer, TimerQueue
 from hvguest.sim.kernel.transport import UtilTransport
-from hvguest.wire.icmsg import ICMSG_HDR_SIZE, UTIL_FW_VERSION, IcMsgType, IcVersion
+from hvguest.wire.icmsg import ICMSG_HDR_SIZE, IcMsgType, IcVersion
 from hvguest.wire.status import HvStatus
 
 HV_E_FAIL = HvStatus.HV_E_FAIL
@@ -41,6 +41,21 @@ class State(IntEnum):
     DEVICE_DYING = 5
 
 
+@dataclass(frozen=True)
+class Driver:
+    """What tells one util driver from another: its device, IC message type, receive
+    buffer, version tables and the check it makes of a body of its own type (the
+    minimum size, and the log line naming a shorter one; 0: no check)."""
+
+    device_name: str
+    icmsgtype: int
+    recv_size: int
+    fw_versions: Sequence[IcVersion]
+    srv_versions: Sequence[IcVersion]
+    body_min: int = 0
+    short_body_log: str = ""
+
+
 @dataclass
 class Txn:
     trans_id: int
@@ -51,15 +66,7 @@ class Txn:
 class UtilService:
     """Base of the KVP, VSS and legacy FCOPY models."""
 
-    device_name = ""
-    icmsgtype = -1
-    recv_size = 8192
-    fw_versions: Sequence[IcVersion] = (UTIL_FW_VERSION,)
-    srv_versions: Sequence[IcVersion] = ()
-    # What the driver checks before it takes a packet of its own type: the body's
-    # minimum size and the log line naming a shorter one (none: no check).
-    body_min = 0
-    short_body_log = ""
+    driver: Driver
     # String conversion of host UTF-16 (fs/nls utf16s_to_utf8s): True models kernels
     # before the late-2025 NLS fix, which skipped a character that did not fit and went
     # on; False models later kernels, which stop there. Set per instance to pick one.
@@ -67,11 +74,11 @@ class UtilService:
 
     def __init__(self, timers: TimerQueue, channel: HostChannel | None = None) -> None:
         self.timers = timers
-        self.channel = channel or HostChannel(self.recv_size)
+        self.channel = channel or HostChannel(self.driver.recv_size)
         self.channel.set_notify(self.on_channel)
-        self.transport = UtilTransport(self.device_name, self._on_msg_logged, self.on_reset)
+        self.transport = UtilTransport(self.driver.device_name, self._on_msg_logged, self.on_reset)
         self.state = State.DEVICE_INIT
-        self.recv_buffer = bytearray(self.recv_size)
+        self.recv_buffer = bytearray(self.driver.recv_size)
         self.txn: Txn | None = None
         self._timeout: Timer | None = None
         self._raw: deque[tuple[bytes, RawCallback]] = deque()
@@ -80,7 +87,7 @@ class UtilService:
 
     # -- helpers ---------------------------------------------------------------
     def klog(self, text: str) -> None:
-        self.log.append(f"{self.device_name}: {text}")
+        self.log.append(f"{self.driver.device_name}: {text}")
 
     def arm(self, seconds: float) -> None:
         self._timeout = self.timers.call_later(seconds, self.on_timeout)
@@ -117,7 +124,9 @@ class UtilService:
         return trans_id, len(payload)
 
     def _answer_negotiate(self, trans_id: int, length: int) -> None:
-        chosen = negotiate_response(self.recv_buffer, length, self.fw_versions, self.srv_versions)
+        chosen = negotiate_response(
+            self.recv_buffer, length, self.driver.fw_versions, self.driver.srv_versions
+        )
         if chosen is not None:
             self.negotiated = (chosen[0].packed, chosen[1].packed)
         self._send_buffer(trans_id, length)
@@ -146,11 +155,11 @@ class UtilService:
             if kind == IcMsgType.NEGOTIATE:
                 self._answer_negotiate(trans_id, length)
                 continue
-            if kind != self.icmsgtype:
+            if kind != self.driver.icmsgtype:
                 self._invalid_kind(kind)
                 continue
-            if length < ICMSG_HDR_SIZE + self.body_min:
-                self.klog(f"{self.short_body_log}: {length}")
+            if length < ICMSG_HDR_SIZE + self.driver.body_min:
+                self.klog(f"{self.driver.short_body_log}: {length}")
                 continue
             return got
         return None

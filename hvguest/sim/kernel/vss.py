@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import struct
 
-from hvguest.sim.kernel.service import HV_E_FAIL, HV_UTIL_TIMEOUT, State, UtilService
+from hvguest.sim.kernel.service import HV_E_FAIL, HV_UTIL_TIMEOUT, Driver, State, UtilService
 from hvguest.wire.icmsg import ICMSG_HDR_SIZE, VSS_FW_VERSIONS, VSS_SRV_VERSIONS, IcMsgType
 
 VSS_MSG_SIZE = 12
@@ -24,13 +24,15 @@ TO_DAEMON = (OP_FREEZE, OP_THAW, OP_HOT_BACKUP)
 
 
 class VssKernel(UtilService):
-    device_name = "hv_vss"
-    icmsgtype = IcMsgType.VSS
-    recv_size = 2 * 4096
-    fw_versions = VSS_FW_VERSIONS
-    srv_versions = VSS_SRV_VERSIONS
-    body_min = VSS_MSG_SIZE
-    short_body_log = "VSS packet too small"
+    driver = Driver(
+        "hv_vss",
+        IcMsgType.VSS,
+        2 * 4096,
+        VSS_FW_VERSIONS,
+        VSS_SRV_VERSIONS,
+        VSS_MSG_SIZE,
+        "VSS packet too small",
+    )
 
     dm_reg_value = 0
     suspend_message = bytes([OP_THAW]) + bytes(VSS_MSG_SIZE - 1)  # the fake THAW
