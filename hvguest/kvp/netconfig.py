@@ -18,10 +18,12 @@ request into an ``IpConfig`` of typed, zone-free addresses (``hvguest.wire.ipcon
 name and MAC from sysfs are checked the same way, and every command is an argv list
 run without a shell.
 
-Files are written atomically (temporary file, fsync, rename). If a command fails or
-runs out of time, the previous files are put back and the stack is reloaded again, so
-a bad push leaves the guest as it was. Every command gets a share of one deadline so
-the whole operation ends inside the kernel's 30 s window.
+Files are written atomically (``hvguest.files.atomic_write``: temporary file, fsync,
+rename); commands run through ``hvguest.command.run_command`` (no shell, the process
+group killed at its time limit). If a command fails or runs out of time, the previous
+files are put back and the stack is reloaded again, so a bad push leaves the guest as
+it was. Every command gets a share of one deadline so the whole operation ends inside
+the kernel's 30 s window.
 """
 
 from __future__ import annotations
@@ -30,13 +32,12 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
+from hvguest.command import Runner, run_command
+from hvguest.files import atomic_write
 from hvguest.kvp.ipinfo import run_root
 from hvguest.kvp.netrender import RENDERERS
 from hvguest.paths import Paths
@@ -52,35 +53,8 @@ class Outcome:
     detail: str
 
 
-Runner = Callable[[Sequence[str], float], tuple[int, str]]
-
-
-def run_command(argv: Sequence[str], timeout: float) -> tuple[int, str]:
-    """Run without a shell; (exit code, stderr tail). 124 on timeout, 127 if missing.
-
-    The tool runs in its own process group: on timeout the whole group is killed, so
-    a helper it started cannot keep our stderr pipe (and us) waiting.
-    """
-    try:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        return 127, str(exc)
-    try:
-        _out, err = proc.communicate(timeout=max(0.1, timeout))
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.communicate(timeout=1.0)
-        return 124, f"timed out after {timeout:.1f} s"
-    # The tail goes into the host's log line: no control characters from the tool.
-    return proc.returncode, escaped(err.decode("utf-8", "replace").strip()[-300:])
+# How much of a failing tool's output goes into the detail (the host's log line).
+OUTPUT_TAIL = 300
 
 
 def find_interface(paths: Paths, guid: str) -> str | None:
@@ -180,42 +154,21 @@ def plan_for(
     raise ValueError(f"unknown network stack {stack!r}")
 
 
-def atomic_write(path: str, text: str | bytes, mode: int) -> None:
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".hvguest-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode("utf-8") if isinstance(text, str) else text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
+@dataclass
 class NetConfigurator:
-    """Applies IpConfig objects; ``apply()`` returns the status for the host."""
+    """Applies IpConfig objects; ``apply()`` returns the status for the host.
 
-    def __init__(
-        self,
-        paths: Paths,
-        *,
-        stack: str = "auto",
-        timeout: float = 20.0,
-        runner: Runner = run_command,
-        which: Callable[[str], str | None] = shutil.which,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.paths = paths
-        self.stack = stack
-        self.timeout = timeout
-        self.runner = runner
-        self.which = which
-        self.clock = clock
+    ``stack``: "auto" (detect), "none" (refuse) or one of ``RENDERERS``; ``timeout``:
+    the whole operation's deadline; ``runner``, ``which``, ``clock``: injectable for
+    tests."""
+
+    paths: Paths
+    _: KW_ONLY
+    stack: str = "auto"
+    timeout: float = 20.0
+    runner: Runner = run_command
+    which: Callable[[str], str | None] = shutil.which
+    clock: Callable[[], float] = time.monotonic
 
     def apply(self, config: IpConfig) -> Outcome:
         deadline = self.clock() + self.timeout
@@ -243,7 +196,7 @@ class NetConfigurator:
         plan = plan_for(stack, self.paths, config, name, interface_mac(self.paths, found))
         previous = _read_bytes(plan.path)
         try:
-            atomic_write(plan.path, plan.text, plan.mode)
+            atomic_write(plan.path, plan.text, mode=plan.mode)
         except OSError as exc:
             return Outcome(HvStatus.HV_E_FAIL, f"cannot write {plan.path}: {exc.strerror}")
         failure = self._run(plan.commands, deadline)
@@ -265,9 +218,11 @@ class NetConfigurator:
             share = remaining / (len(commands) - i + (1 if keep_reserve else 0))
             if share <= 0.1:
                 return f"no time left for {' '.join(argv)}"
-            code, err = self.runner(argv, share)
-            if code != 0:
-                return f"{' '.join(argv)} exited {code}" + (f": {err}" if err else "")
+            result = self.runner(argv, share)
+            if not result.ok:
+                # The tail goes into the host's log line: no control characters from the tool.
+                tail = escaped(result.output[-OUTPUT_TAIL:])
+                return f"{' '.join(argv)} exited {result.code}" + (f": {tail}" if tail else "")
         return None
 
     def _restore(self, plan: Plan, previous: bytes | None, deadline: float) -> None:
@@ -276,7 +231,7 @@ class NetConfigurator:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(plan.path)
             else:
-                atomic_write(plan.path, previous, plan.mode)
+                atomic_write(plan.path, previous, mode=plan.mode)
         except OSError as exc:
             log.error("cannot restore %s: %s", plan.path, exc)
             return

@@ -51,29 +51,27 @@ def render_nmconnection(config: IpConfig, name: LinkName, mac: MacAddress | None
     ]
     if mac is not None:
         lines.append(f"mac-address={mac}")
-    lines += ["", "[ipv4]"]
-    if config.dhcp:
-        lines.append("method=auto")
-    elif s.v4:
-        lines.append("method=manual")
-        lines += [f"address{i}={a}" for i, a in enumerate(s.v4, 1)]
-    else:
-        lines.append("method=disabled")
-    if s.gw4 and not config.dhcp:
-        lines.append(f"gateway={s.gw4[0]}")
-    if s.dns4:
-        lines.append("dns=" + ";".join(s.dns4) + ";")
-    lines += ["", "[ipv6]"]
-    if s.v6 and not config.dhcp:
-        lines.append("method=manual")
-        lines += [f"address{i}={a}" for i, a in enumerate(s.v6, 1)]
-    else:
-        lines.append("method=auto")
-    if s.gw6 and not config.dhcp:
-        lines.append(f"gateway={s.gw6[0]}")
-    if s.dns6:
-        lines.append("dns=" + ";".join(s.dns6) + ";")
+    v4_method = "auto" if config.dhcp else ("manual" if s.v4 else "disabled")
+    v6_method = "manual" if s.v6 and not config.dhcp else "auto"
+    # A static gateway only where the addresses are static too.
+    no_gateway: list[str] = []
+    lines += _nm_ip_section("ipv4", v4_method, s.v4, no_gateway if config.dhcp else s.gw4, s.dns4)
+    lines += _nm_ip_section("ipv6", v6_method, s.v6, no_gateway if config.dhcp else s.gw6, s.dns6)
     return "\n".join(lines) + "\n"
+
+
+def _nm_ip_section(
+    section: str, method: str, addresses: list[str], gateways: list[str], dns: list[str]
+) -> list[str]:
+    """One address family's keyfile section; addresses are listed for "manual" only."""
+    lines = ["", f"[{section}]", f"method={method}"]
+    if method == "manual":
+        lines += [f"address{i}={a}" for i, a in enumerate(addresses, 1)]
+    if gateways:
+        lines.append(f"gateway={gateways[0]}")
+    if dns:
+        lines.append("dns=" + ";".join(dns) + ";")
+    return lines
 
 
 def render_networkd(config: IpConfig, name: LinkName, mac: MacAddress | None) -> str:

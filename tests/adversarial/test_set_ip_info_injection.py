@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from stack_parsers import READERS, Settings
 
+from hvguest.command import CommandResult
 from hvguest.kvp.netconfig import NetConfigurator
 from hvguest.paths import Paths
 from hvguest.roles.kvp import ApplyIpConfig, KvpRole, Log
@@ -116,7 +117,7 @@ class Recorder:
 
     def __call__(self, argv, timeout):
         self.calls.append(tuple(argv))
-        return 0, ""
+        return CommandResult(0, "")
 
 
 class NoData:

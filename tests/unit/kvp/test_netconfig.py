@@ -8,6 +8,7 @@ from ipaddress import ip_address, ip_interface
 
 import pytest
 
+from hvguest.command import CommandResult
 from hvguest.kvp.netconfig import NetConfigurator, detect_stack
 from hvguest.kvp.netrender import render_ifupdown, render_networkd
 from hvguest.paths import Paths
@@ -59,7 +60,8 @@ class Recorder:
 
     def __call__(self, argv, timeout):
         self.calls.append((tuple(argv), timeout))
-        return self.codes.get(argv[0], 0), "boom" if self.codes.get(argv[0]) else ""
+        code = self.codes.get(argv[0], 0)
+        return CommandResult(code, "boom" if code else "")
 
 
 def which_all(name):
@@ -194,7 +196,9 @@ def test_networkmanager_rollback_reconnects_the_device(roots):
 
     def fail_up(argv, timeout):
         runner.calls.append((tuple(argv), timeout))
-        return (4, "activation failed") if argv[:3] == ("nmcli", "connection", "up") else (0, "")
+        if argv[:3] == ("nmcli", "connection", "up"):
+            return CommandResult(4, "activation failed")
+        return CommandResult(0, "")
 
     out = NetConfigurator(paths(roots), runner=fail_up, which=which_all).apply(CONFIG)
     assert out.status == HvStatus.HV_E_FAIL and "activation failed" in out.detail
@@ -204,3 +208,19 @@ def test_networkmanager_rollback_reconnects_the_device(roots):
     ]
     conns = roots / "etc" / "NetworkManager" / "system-connections"
     assert not (conns / "hvguest-eth0.nmconnection").exists()
+
+
+def test_tool_output_reaches_the_detail_escaped_and_bounded(roots):
+    """A network tool's output is not ours: its terminal escapes and newlines must not
+    reach the host's log line raw, and only its tail is kept."""
+    (roots / "run" / "systemd" / "netif").mkdir(parents=True)
+    hostile = "x" * 1000 + "\x1b]0;owned\x07\x1b[2J\nline two\u202e"
+
+    def runner(argv, timeout):
+        return CommandResult(1, hostile)
+
+    out = NetConfigurator(paths(roots), runner=runner, which=which_all).apply(CONFIG)
+    assert out.status == HvStatus.HV_E_FAIL
+    assert out.detail.isascii() and out.detail.isprintable()
+    assert "\\x1b]0;owned\\x07\\x1b[2J\\nline two\\u202e" in out.detail
+    assert "x" * 300 not in out.detail  # the tail only
