@@ -60,11 +60,7 @@ OUTPUT_TAIL = 300
 def find_interface(paths: Paths, guid: str) -> str | None:
     """The interface whose VMBus device_id is ``guid`` (any case, with or without braces)."""
     net = os.path.join(paths.sys, "class", "net")
-    try:
-        names = sorted(os.listdir(net))
-    except OSError:
-        return None
-    for name in names:
+    for name in sorted(_listdir(net)):
         try:
             with open(os.path.join(net, name, "device", "device_id"), encoding="ascii") as f:
                 device_id = f.read().strip().strip("{}").lower()
@@ -103,6 +99,7 @@ def detect_stack(paths: Paths, which: Callable[[str], str | None] = shutil.which
 
 
 def _listdir(path: str) -> list[str]:
+    """The names in ``path``; none when it cannot be listed (no such stack, no sysfs)."""
     try:
         return os.listdir(path)
     except OSError:
