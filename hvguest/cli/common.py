@@ -28,21 +28,21 @@ if TYPE_CHECKING:
 Command = Callable[[argparse.Namespace], int]
 
 
-def command_group(
-    sub: Any, name: str, *, help: str, description: str, dest: str
-) -> tuple[argparse.ArgumentParser, Any]:
-    """``hvguestctl NAME ACTION ...``: the parser of NAME and the sub-parsers of its
-    actions. NAME without an action prints its help and exits 1 (set another default
-    with ``parser.set_defaults(func=...)``)."""
+def command_group(sub: Any, name: str, help: str, description: str, **defaults: Any) -> Any:
+    """``hvguestctl NAME ACTION ...``: the sub-parsers of NAME's actions, whose name
+    lands in ``args.<name>_command``. NAME without an action runs ``func`` given in
+    ``defaults`` (with the other defaults), or prints its help and exits 1."""
     parser: argparse.ArgumentParser = sub.add_parser(name, help=help, description=description)
+    dest = name.replace("-", "_") + "_command"
     actions = parser.add_subparsers(dest=dest, metavar="ACTION")
 
     def show_help(args: argparse.Namespace) -> int:
         parser.print_help()
         return 1
 
-    parser.set_defaults(func=show_help)
-    return parser, actions
+    parser.set_defaults(**{"func": show_help, **defaults})
+    return actions
+
 
 
 def finish_action(parser: argparse.ArgumentParser, func: Command) -> None:
