@@ -12,9 +12,9 @@ import contextlib
 import json
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from hvguest.files import atomic_write
@@ -27,7 +27,9 @@ _SUFFIX = ".json"
 
 
 def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    """Now, to the second, as ISO 8601 in UTC: "2026-01-01T00:00:00Z". From time, not
+    datetime: a module (and 0.2 MB) fewer in a daemon that needs nothing else of it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _package_version() -> str:
