@@ -261,7 +261,7 @@ def test_text_that_only_looks_like_comments_is_parsed(text: str, message: str) -
 
 
 def test_the_packaged_file_loads_without_the_yaml_parser(tmp_path: os.PathLike[str]) -> None:
-    # Every daemon reads the packaged file (all comments): the parser and its 1.3 MB
+    # Every daemon reads the packaged file (all comments): the parser and its 0.8 MB
     # stay out of memory until a setting is changed.
     import subprocess
     import sys
