@@ -140,10 +140,9 @@ _buffer: MemoryLogBuffer | None = None
 
 
 def _journal_handler(ident: str) -> logging.Handler:
-    from systemd.journal import JournalHandler  # type: ignore[import-untyped,unused-ignore]
+    from hvguest.journal import JournalHandler  # only under systemd
 
-    handler: logging.Handler = JournalHandler(SYSLOG_IDENTIFIER=ident)
-    return handler
+    return JournalHandler(SYSLOG_IDENTIFIER=ident)
 
 
 def setup_logging(
@@ -159,11 +158,7 @@ def setup_logging(
     use_journal = target == "journal" or (target == "auto" and under_systemd())
     inner: logging.Handler
     if use_journal:
-        try:
-            inner = _journal_handler(ident)
-        except ImportError:
-            inner = logging.StreamHandler(sys.stderr)
-            use_journal = False
+        inner = _journal_handler(ident)
     else:
         inner = logging.StreamHandler(sys.stderr)
     if not use_journal:

@@ -1,8 +1,9 @@
 """What each daemon publishes for ``hvguestctl status``: <run>/<service>.json.
 
-The file is replaced atomically (temporary file + rename) so a reader never
-sees half a document. While held (VSS: filesystems frozen) nothing is written;
-``release()`` writes the accumulated state.
+The file is replaced atomically (``hvguest.files.atomic_write``: temporary file +
+rename, mode 0644 in a 0755 directory whatever the umask, no fsync: /run is a tmpfs)
+so a reader never sees half a document. While held (VSS: filesystems frozen) nothing
+is written; ``release()`` writes the accumulated state.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
+import time
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
+from hvguest.files import atomic_write
 from hvguest.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,9 @@ _SUFFIX = ".json"
 
 
 def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    """Now, to the second, as ISO 8601 in UTC: "2026-01-01T00:00:00Z". From time, not
+    datetime: a module (and 0.2 MB) fewer in a daemon that needs nothing else of it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _package_version() -> str:
@@ -51,8 +54,8 @@ class StatePublisher:
         self.service = service
         self.paths = paths
         self.now = now
-        self._held = False
-        self._dirty = False
+        # held: the filesystems are frozen (write nothing); dirty: changed since written
+        self._held = self._dirty = False
         self._recent: deque[dict[str, str]] = deque(maxlen=history)
         self.doc: dict[str, Any] = {
             "service": service,
@@ -71,6 +74,11 @@ class StatePublisher:
     @property
     def path(self) -> str:
         return state_file(self.paths, self.service)
+
+    @property
+    def held(self) -> bool:
+        """Between ``hold()`` and ``release()``: nothing is written."""
+        return self._held
 
     # -- changes -----------------------------------------------------------
 
@@ -102,15 +110,14 @@ class StatePublisher:
     # -- writing -----------------------------------------------------------
 
     def hold(self) -> None:
+        """Write nothing until ``release()`` (VSS: writing could block on a frozen
+        filesystem); changes keep accumulating."""
         self._held = True
 
     def release(self) -> None:
+        """Write what accumulated while held."""
         self._held = False
         self.publish()
-
-    @property
-    def held(self) -> bool:
-        return self._held
 
     def publish(self) -> bool:
         """Write the document; False when held or the write failed (logged)."""
@@ -119,7 +126,8 @@ class StatePublisher:
             return False
         self.doc["updated"] = self.now()
         try:
-            _atomic_write_json(self.paths.run, self.path, self.doc)
+            text = json.dumps(self.doc, indent=2) + "\n"
+            atomic_write(self.path, text, mode=0o644, fsync=False, dir_mode=0o755)
         except OSError as exc:
             log.warning("cannot write %s: %s", self.path, exc)
             return False
@@ -130,24 +138,6 @@ class StatePublisher:
         """Delete the state file (orderly exit of a daemon that is not needed)."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-
-
-def _atomic_write_json(directory: str, path: str, doc: dict[str, Any]) -> None:
-    if not os.path.isdir(directory):
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-        # makedirs applies the umask; readers (hvguestctl as any user) need 0755.
-        os.chmod(directory, 0o755)
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def state_file(paths: Paths, service: str) -> str:

@@ -13,10 +13,11 @@ import sys
 import time
 from typing import Any
 
+from hvguest.cli import common
 from hvguest.cli.privilege import require_writable
 from hvguest.config import load_config
 from hvguest.errors import HvGuestError, LocalUsageError
-from hvguest.heartbeat.roots import add_root_options, paths_from_cli
+from hvguest.heartbeat.roots import paths_from_cli
 from hvguest.paths import Paths
 from hvguest.pool import DEFAULT_MAX_RECORDS, PoolStore
 from hvguest.text import printable, say, terminal_safe_json
@@ -41,30 +42,27 @@ def _pool_arg(text: str) -> int:
     return value
 
 
+HELP = "key-value pairs exchanged with the host: list, get, set, delete, watch"
+DESCRIPTION = "Read and edit the Hyper-V KVP pools (/var/lib/hyperv/.kvp_pool_N)."
+
+
 def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "kvp",
-        help="key-value pairs exchanged with the host: list, get, set, delete, watch",
-        description="Read and edit the Hyper-V KVP pools (/var/lib/hyperv/.kvp_pool_N).",
-    )
-    ksub = p.add_subparsers(dest="kvp_command", metavar="ACTION")
+    ksub = common.command_group(sub, "kvp", HELP, DESCRIPTION)
 
     ls = ksub.add_parser("list", help="items of one pool or of all pools")
     ls.add_argument("--pool", type=_pool_arg, help="only this pool (0-4)")
-    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_json_option(ls)
     ls.add_argument(
         "--generated",
         action="store_true",
         help="with pool 2: also the items hvguest-kvpd generates (FQDN, addresses, OS)",
     )
-    add_root_options(ls)
-    ls.set_defaults(func=cmd_list)
+    common.finish_action(ls, cmd_list)
 
     g = ksub.add_parser("get", help="print the value of KEY (first pool holding it)")
     g.add_argument("key")
     g.add_argument("--pool", type=_pool_arg, help="look only in this pool")
-    add_root_options(g)
-    g.set_defaults(func=cmd_get)
+    common.finish_action(g, cmd_get)
 
     s = ksub.add_parser("set", help="store KEY=VALUE for the host to read (default pool 1)")
     s.add_argument("key")
@@ -75,24 +73,19 @@ def register(sub: Any) -> None:
         action="store_true",
         help="allow keys up to 511 and values up to 2047 bytes (the host sees 254/1022)",
     )
-    s.add_argument("--config", metavar="PATH", help="configuration file (kvp.unsafe_sizes)")
-    add_root_options(s)
-    s.set_defaults(func=cmd_set)
+    common.add_config_option(s, "kvp.unsafe_sizes")
+    common.finish_action(s, cmd_set)
 
     d = ksub.add_parser("delete", help="remove KEY (default pool 1)")
     d.add_argument("key")
     d.add_argument("--pool", type=_pool_arg, default=1, help="pool (default 1)")
-    add_root_options(d)
-    d.set_defaults(func=cmd_delete)
+    common.finish_action(d, cmd_delete)
 
     w = ksub.add_parser("watch", help="print changes made by the host or another writer")
     w.add_argument("--pool", type=_pool_arg, help="only this pool")
     w.add_argument("--interval", type=float, default=1.0, help="seconds between checks (default 1)")
     w.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
-    add_root_options(w)
-    w.set_defaults(func=cmd_watch)
-
-    p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
+    common.finish_action(w, cmd_watch)
 
 
 def _store(args: argparse.Namespace) -> tuple[Paths, PoolStore]:
@@ -201,7 +194,7 @@ def cmd_set(args: argparse.Namespace) -> int:
     unsafe = args.unsafe
     max_records = DEFAULT_MAX_RECORDS
     try:
-        config = load_config(args.config or paths.config_file, missing_ok=args.config is None)
+        config = common.load_cli_config(args, paths)
         unsafe = unsafe or bool(config.section("kvp").unsafe_sizes)
         max_records = int(config.section("kvp").max_records)
     except (HvGuestError, KeyError):

@@ -1,7 +1,8 @@
 """hvguestctl: one command-line entry point, one sub-command module per topic.
 
-Each module in ``SUBCOMMANDS`` exposes ``register(subparsers)`` which adds its
-parser(s) and sets ``func(args) -> int`` as the default. Exit codes: 0 ok, 1 error,
+``command_modules()`` names every sub-command module; each exposes
+``register(subparsers)`` which adds its parser(s) and sets ``func(args) -> int`` as
+the default. Exit codes: 0 ok, 1 error,
 2 degraded, 141 the reader of stdout went away (``hvguestctl kvp list | head``: quiet,
 the status a shell shows for a command ended by SIGPIPE).
 
@@ -13,19 +14,38 @@ line-breaking characters; ``--json`` output is left exact.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from hvguest import __version__
 from hvguest.errors import HvGuestError
 from hvguest.text import write_line
 
-SUBCOMMANDS = ("status", "vmbus", "kvp", "vss", "fcopy", "timesync")
 EXIT_BROKEN_PIPE = 128 + 13  # 128 + SIGPIPE
 
 
-def build_parser(subcommands: tuple[str, ...] = SUBCOMMANDS) -> argparse.ArgumentParser:
+class CommandModule(Protocol):
+    def register(self, sub: Any) -> None: ...
+
+
+def command_modules(*, thaw_only: bool = False) -> tuple[CommandModule, ...]:
+    """Every sub-command module, in the order ``--help`` lists them.
+
+    Imported here rather than at the top: the emergency thaw may run with the
+    filesystem holding this package frozen, so it loads its own module only.
+    """
+    if thaw_only:
+        from hvguest.cli import vss as thaw
+
+        return (thaw,)
+    from hvguest.cli import fcopy, kvp, status, timesync, vmbus, vss
+
+    return (status, vmbus, kvp, vss, fcopy, timesync)
+
+
+def build_parser(modules: Sequence[CommandModule] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hvguestctl",
         description="Inspect and control the hvguest Hyper-V integration services.",
@@ -33,13 +53,7 @@ def build_parser(subcommands: tuple[str, ...] = SUBCOMMANDS) -> argparse.Argumen
     parser.add_argument("--version", action="version", version=f"hvguestctl {__version__}")
     parser.add_argument("--root-dir", default="/", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in subcommands:
-        try:
-            module = importlib.import_module(f"hvguest.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"hvguest.cli.{name}":
-                raise
-            continue
+    for module in command_modules() if modules is None else modules:
         module.register(sub)
     return parser
 
@@ -55,7 +69,7 @@ def is_thaw_command(argv: list[str]) -> bool:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # The emergency thaw may run with filesystems frozen: load nothing else.
-    parser = build_parser(("vss",) if is_thaw_command(argv) else SUBCOMMANDS)
+    parser = build_parser(command_modules(thaw_only=is_thaw_command(argv)))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -7,7 +7,7 @@ import os
 import pwd
 from dataclasses import dataclass
 
-from hvguest.config import config_section, setting
+from hvguest.configschema import config_section, setting
 from hvguest.fcopy.policy import DEFAULT_ROOTS
 
 GIB = 1 << 30

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hvguest.config import config_section, setting
+from hvguest.configschema import config_section, setting
 
 # hvguest-shutdown-hooks.service: TimeoutStopSec=120 for the whole ExecStop (a shell,
 # two systemctl calls, Python's start-up, then the hooks): 10 s are kept for those.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 
-from hvguest.config import config_section, setting
+from hvguest.configschema import config_section, setting
 
 DEFAULT_EXCLUDE_NICS = ["lo", "veth*", "docker*", "virbr*", "cali*", "flannel*", "cni*"]
 NETWORK_STACKS = ("auto", "networkmanager", "networkd", "netplan", "ifupdown", "none")

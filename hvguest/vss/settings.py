@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hvguest.config import config_section, setting
+from hvguest.configschema import config_section, setting
 
 # hvguest-vss.service has TimeoutStopSec=150. A stop that arrives while the freeze
 # hooks run waits for them, then thaws and runs the thaw hooks: two phases, plus

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from hvguest.config import load_config, validate_config
-from hvguest.configfile import MAX_CONFIG_BYTES, MAX_DEPTH
+from hvguest.configbounds import MAX_DEPTH
+from hvguest.configfile import MAX_CONFIG_BYTES
 from hvguest.errors import ConfigError
 
 BILLION_LAUGHS = "\n".join(

@@ -21,6 +21,7 @@ ALLOWED = {
     "hvguest", "hvguest.cli", "hvguest.cli.main", "hvguest.cli.vss", "hvguest.errors",
     "hvguest.cli.privilege", "hvguest.text",
     "hvguest.heartbeat", "hvguest.heartbeat.roots", "hvguest.paths", "hvguest.state",
+    "hvguest.files",
     "hvguest.vss", "hvguest.vss.mounts", "hvguest.vss.freeze", "hvguest.vss.record",
 }
 CODE = (

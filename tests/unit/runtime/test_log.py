@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -126,3 +127,42 @@ def test_real_journal_handler_carries_identifier() -> None:
 def test_bad_target() -> None:
     with pytest.raises(ValueError, match="log target"):
         setup_logging("x", target="syslog")
+
+
+def test_journal_logging_loads_no_libsystemd() -> None:
+    # The handler speaks journald's protocol itself: python-systemd and libsystemd
+    # (1.2 MB of every daemon's memory) stay out.
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, sys\n"
+        "logging.raiseExceptions = False\n"
+        "from hvguest.log import setup_logging\n"
+        "setup_logging('hvguest-kvpd', target='journal')\n"
+        "logging.getLogger('x').warning('hello')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'systemd'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_journal_field_names_are_checked() -> None:
+    from hvguest.journal import JournalHandler
+
+    with pytest.raises(ValueError, match="invalid journal field name"):
+        JournalHandler(syslog_identifier="x")
+
+
+def test_journal_unreachable_is_a_logging_error_not_an_exception(
+    tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hvguest.journal import JournalHandler
+
+    handler = JournalHandler(os.path.join(str(tmp_path), "absent"), SYSLOG_IDENTIFIER="x")
+    failed: list[logging.LogRecord] = []
+    monkeypatch.setattr(handler, "handleError", failed.append)
+    record = logging.LogRecord("x", logging.INFO, "f", 1, "m", (), None)
+    handler.handle(record)
+    handler.close()
+    assert failed == [record]

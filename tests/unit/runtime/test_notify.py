@@ -57,3 +57,34 @@ def test_watchdog_interval(monkeypatch: pytest.MonkeyPatch) -> None:
     for bad in ("0", "-5", "abc"):
         monkeypatch.setenv("WATCHDOG_USEC", bad)
         assert watchdog_interval() is None
+
+
+def test_other_families_go_through_libsystemd(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    sent: list[str] = []
+    fake = types.ModuleType("systemd.daemon")
+    fake.notify = lambda state: sent.append(state) or True  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "systemd.daemon", fake)
+    monkeypatch.setenv("NOTIFY_SOCKET", "vsock:2:1234")
+    assert notify("READY=1") is True
+    assert sent == ["READY=1"]
+
+
+def test_libsystemd_is_loaded_only_for_other_families() -> None:
+    # Every daemon imports this module; a unix socket needs no python-systemd.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from hvguest.notify import notify\n"
+        "notify('READY=1')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'systemd'))\n"
+    )
+    env = {**os.environ, "NOTIFY_SOCKET": "/nonexistent/notify"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"

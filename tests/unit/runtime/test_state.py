@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 
 from hvguest.paths import Paths
@@ -108,3 +109,16 @@ def test_remove(tmp_path: os.PathLike[str]) -> None:
     pub.remove()
     pub.remove()
     assert read_state(paths, "kvp") is None
+
+
+def test_utc_now_is_iso_8601_to_the_second() -> None:
+    from datetime import UTC, datetime
+
+    from hvguest.state import utc_now
+
+    before = datetime.now(UTC).replace(microsecond=0)
+    text = utc_now()
+    after = datetime.now(UTC)
+    # the format readers parse (the old datetime-based text): no fraction, "Z" for UTC
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", text), text
+    assert before <= datetime.fromisoformat(text.replace("Z", "+00:00")) <= after
