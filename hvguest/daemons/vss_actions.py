@@ -24,6 +24,7 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import Any
 
 from hvguest import log as hvlog
@@ -34,51 +35,32 @@ from hvguest.roles.vss import CapabilityChecked, FreezeDone, ThawDone, ThawWhy
 from hvguest.state import StatePublisher, utc_now
 from hvguest.vss.freeze import FreezeEngine, MountResult
 from hvguest.vss.guard_client import GuardClient
-from hvguest.vss.hooks import Hook, HookRunner, discover
-from hvguest.vss.mounts import FreezePlan, SysfsBlock, build_plan, owner_of, read_mountinfo
+from hvguest.vss.hooks import Hook, HookRunner, discover, hook_dirs
+from hvguest.vss.mounts import FreezePlan, owner_of, plan_at, read_mountinfo
 from hvguest.vss.record import clear_record, write_record
 from hvguest.vss.settings import VssSettings
 
 log = logging.getLogger("hvguest.daemons.vssd")
 
 
-def hook_dirs(paths: Paths) -> list[str]:
-    """/etc first: a hook there replaces the packaged one of the same name."""
-    return [os.path.join(paths.etc, "vss.d"), os.path.join(paths.lib, "vss.d")]
-
-
 def make_plan(paths: Paths, settings: VssSettings) -> FreezePlan:
-    return build_plan(
-        read_mountinfo(paths.proc),
-        SysfsBlock(paths.sys),
-        exclude=settings.exclude,
-        include=settings.include,
-    )
+    return plan_at(paths.proc, paths.sys, exclude=settings.exclude, include=settings.include)
 
 
+@dataclass
 class FreezeWork:
     """Carries out CheckCapability, Freeze and Thaw; keeps the last freeze's summary."""
 
-    def __init__(
-        self,
-        paths: Paths,
-        settings: VssSettings,
-        runtime: Runtime,
-        engine: FreezeEngine,
-        guard: GuardClient | None,
-        state: StatePublisher,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.paths = paths
-        self.settings = settings
-        self.runtime = runtime
-        self.engine = engine
-        self.guard = guard
-        self.state = state
-        self.clock = clock
-        self.hooks: HookRunner | None = None
-        self.last_freeze: dict[str, Any] | None = None
-        self._thawed: list[str] = []  # what the last thaw thawed, for its log line
+    paths: Paths
+    settings: VssSettings
+    runtime: Runtime
+    engine: FreezeEngine
+    guard: GuardClient | None
+    state: StatePublisher
+    clock: Callable[[], float] = time.monotonic
+    hooks: HookRunner | None = field(default=None, init=False)
+    last_freeze: dict[str, Any] | None = field(default=None, init=False)
+    _thawed: list[str] = field(default_factory=list, init=False)  # for the thaw's log line
 
     # -- HOT_BACKUP ----------------------------------------------------------------
 
@@ -156,7 +138,7 @@ class FreezeWork:
         return FreezeDone(True, outcome.reason)
 
     def _hook_runner(self, plan: FreezePlan) -> HookRunner:
-        found = discover(hook_dirs(self.paths)) if self.settings.hooks else None
+        found = discover(hook_dirs(self.paths.etc, self.paths.lib)) if self.settings.hooks else None
         for refused in found.refused if found is not None else []:
             log.warning("hook %s refused: %s", refused.path, refused.reason)
         env = {

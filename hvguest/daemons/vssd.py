@@ -65,10 +65,7 @@ class VssService:
         state: StatePublisher | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.paths = paths
-        self.settings = settings
-        self.runtime = runtime
-        self.clock = clock
+        self.settings, self.runtime, self.clock = settings, runtime, clock
         self.state = state or StatePublisher(SERVICE, paths)
         self.channel = Channel(
             SERVICE, runtime, transport if transport is not None else vss_transport(paths),

@@ -86,7 +86,7 @@ class ArmAutoThaw:
 
 @dataclass(frozen=True, slots=True)
 class CancelAutoThaw:
-    pass
+    """The host thawed in time: the timer is not needed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,26 +105,30 @@ Action = CheckCapability | Freeze | Thaw | ArmAutoThaw | CancelAutoThaw | Answer
 
 
 @dataclass(frozen=True, slots=True)
-class CapabilityChecked:
+class _Done:
+    """Whether the work succeeded; ``detail`` goes into the reply's log line."""
+
     ok: bool
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
-class FreezeDone:
-    ok: bool
-    detail: str
+class CapabilityChecked(_Done):
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class ThawDone:
-    ok: bool
-    detail: str
+class FreezeDone(_Done):
+    """``ok``: frozen (or nothing to freeze); else everything is thawed again."""
+
+    __slots__ = ()
+
+
+class ThawDone(_Done):
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
 class AutoThawDue:
-    pass
+    """The auto-thaw timer fired."""
 
 
 @dataclass(frozen=True, slots=True)

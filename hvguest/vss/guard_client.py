@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol
 
 import hvguest
@@ -55,6 +56,7 @@ class ReaderLoop(Protocol):
     def remove_reader(self, fd: Any) -> None: ...
 
 
+@dataclass(eq=False)
 class GuardClient:
     """The daemon's end: spawns the guard and reports each step to it.
 
@@ -65,24 +67,16 @@ class GuardClient:
     every freeze. A send that fails is logged (after thaw) but never blocks a freeze.
     """
 
-    def __init__(
-        self,
-        bound: float,
-        *,
-        record: str | None = None,
-        python: str = sys.executable,
-        loop: ReaderLoop | None = None,
-        on_change: Callable[[], None] | None = None,
-    ) -> None:
-        self.bound = bound
-        self.record = record
-        self.python = python
-        self.loop = loop
-        self.on_change = on_change
-        self._sock: socket.socket | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self.problems: list[str] = []
-        self.status: dict[str, Any] = {"state": "not started"}
+    bound: float
+    _: KW_ONLY
+    record: str | None = None
+    python: str = sys.executable
+    loop: ReaderLoop | None = None
+    on_change: Callable[[], None] | None = None
+    problems: list[str] = field(default_factory=list, init=False)
+    status: dict[str, Any] = field(default_factory=lambda: {"state": "not started"}, init=False)
+    _sock: socket.socket | None = field(default=None, init=False)
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
     def pid(self) -> int | None:

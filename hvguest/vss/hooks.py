@@ -18,6 +18,7 @@ daemon dies.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,12 @@ log = logging.getLogger(__name__)
 STDERR_TAIL = 2000
 
 __all__ = ["Hook", "HookRun", "HookRunner", "HookSet", "Refused", "discover", "run_hook"]
+
+def hook_dirs(etc: str, lib: str) -> list[str]:
+    """Where VSS hooks live; /etc first: a hook there replaces the packaged one of
+    the same name."""
+    return [os.path.join(etc, "vss.d"), os.path.join(lib, "vss.d")]
+
 
 # (hooks owed the argument, the argument): called whenever either changes.
 PendingObserver = Callable[[list[Hook], str], None]
