@@ -17,7 +17,9 @@ tool: EBUSY), so it never thaws someone else's freeze. Holding fds rather than
 paths means a later mount on the same path cannot be thawed by mistake.
 
 The guard imports everything at start and writes nothing to disk while armed
-(stderr only, which is the journal's socket under systemd).
+(stderr only, which is the journal's socket under systemd). Hooks the daemon
+still owed a ``thaw``/``freezefail`` when it died get it from here, through the
+daemon's own ``HookRunner``. The daemon's end of the socket: ``guard_client``.
 """
 
 from __future__ import annotations
