@@ -229,8 +229,8 @@ def cmd_thaw(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from hvguest.config import load_config
     from hvguest.errors import ConfigError
-    from hvguest.vss.hooks import discover
-    from hvguest.vss.mounts import SysfsBlock, build_plan
+    from hvguest.vss.hooks import discover, hook_dirs
+    from hvguest.vss.mounts import plan_at
     from hvguest.vss.settings import VssSettings
 
     paths = _paths(args)
@@ -240,13 +240,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         say(f"hvguestctl: {exc}", file=sys.stderr)
         return 1
-    plan = build_plan(
-        read_mountinfo(paths.proc),
-        SysfsBlock(paths.sys),
-        exclude=settings.exclude,
-        include=settings.include,
-    )
-    hooks = discover([os.path.join(paths.etc, "vss.d"), os.path.join(paths.lib, "vss.d")])
+    plan = plan_at(paths.proc, paths.sys, exclude=settings.exclude, include=settings.include)
+    hooks = discover(hook_dirs(paths.etc, paths.lib))
     if args.json:
         json.dump(
             {

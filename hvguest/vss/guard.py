@@ -17,7 +17,9 @@ tool: EBUSY), so it never thaws someone else's freeze. Holding fds rather than
 paths means a later mount on the same path cannot be thawed by mistake.
 
 The guard imports everything at start and writes nothing to disk while armed
-(stderr only, which is the journal's socket under systemd).
+(stderr only, which is the journal's socket under systemd). Hooks the daemon
+still owed a ``thaw``/``freezefail`` when it died get it from here, through the
+daemon's own ``HookRunner``. The daemon's end of the socket: ``guard_client``.
 """
 
 from __future__ import annotations
@@ -32,269 +34,23 @@ import os
 import select
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
-import hvguest
 from hvguest import hookrun
 from hvguest.vss.freeze import FITHAW
+from hvguest.vss.hooks import HookRunner
 
 log = logging.getLogger(__name__)
 
+# The protocol both ends share (the daemon's end: hvguest.vss.guard_client).
 GRACE = 2.0  # seconds after the auto-thaw bound before the guard acts
 STOP_GRACE = 3.0  # after SIGTERM, time for the daemon to thaw and disarm first
 MAX_FDS = 253  # SCM_MAX_FD
 MAX_MESSAGE = 65536  # what Guard.run reads of one message
-START_TIMEOUT = 10.0  # for the guard to import everything and say "ready"
 READY = b'{"op": "ready"}'
-# The guard runs with the daemon's interpreter and the daemon's own copy of the
-# package, whatever the layout: -I keeps the current directory, user site and
-# PYTHON* variables off sys.path, and the package's directory (the first
-# argument) is put there explicitly. -B: no bytecode written, ever.
-LAUNCH = (
-    "import sys; sys.path.insert(0, sys.argv.pop(1)); "
-    "from hvguest.vss.guard import main; sys.exit(main())"
-)
-
-
-def package_root() -> str:
-    """The directory holding the ``hvguest`` package this process imported."""
-    return os.path.dirname(os.path.dirname(os.path.abspath(hvguest.__file__)))
-
-
-class GuardStartError(OSError):
-    pass
-
-
-class ReaderLoop(Protocol):
-    """What the daemon's event loop offers (hvguest.daemon.Runtime)."""
-
-    def add_reader(self, fd: Any, callback: Callable[[], None]) -> None: ...
-
-    def remove_reader(self, fd: Any) -> None: ...
-
-
-# -- daemon side ---------------------------------------------------------------
-
-
-class GuardClient:
-    """The daemon's end: spawns the guard and reports each step to it.
-
-    Implements ``FreezeObserver``. The guard counts as running only once it said
-    "ready" (it imported everything it needs). Its start, failure and death are
-    logged and kept in ``status``; with a ``loop``, a death is noticed at once (the
-    socket closes) and the guard restarted; ``ensure_running()`` is asked before
-    every freeze. A send that fails is logged (after thaw) but never blocks a freeze.
-    """
-
-    def __init__(
-        self,
-        bound: float,
-        *,
-        record: str | None = None,
-        python: str = sys.executable,
-        loop: ReaderLoop | None = None,
-        on_change: Callable[[], None] | None = None,
-    ) -> None:
-        self.bound = bound
-        self.record = record
-        self.python = python
-        self.loop = loop
-        self.on_change = on_change
-        self._sock: socket.socket | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self.problems: list[str] = []
-        self.status: dict[str, Any] = {"state": "not started"}
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    def _set_status(self, state: str, **fields: Any) -> None:
-        self.status = {"state": state, "time": _utc_now(), **fields}
-        if self.on_change is not None:
-            self.on_change()
-
-    def start(self) -> None:
-        """Start the guard and wait until it is ready; GuardStartError says why not."""
-        if self.alive() and self._sock is not None:
-            return
-        self.close(quiet=True)
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-        argv = [self.python, "-B", "-I", "-c", LAUNCH, package_root(), "--fd"]
-        try:
-            self._proc = subprocess.Popen(
-                [*argv, str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-                env=env,
-                # Its own session: a Ctrl-C meant for the daemon must not kill it.
-                start_new_session=True,
-                cwd="/",
-            )
-        except OSError as exc:
-            mine.close()
-            self._failed(f"cannot start the thaw guard ({self.python}): {exc.strerror or exc}")
-        finally:
-            theirs.close()
-        mine.settimeout(START_TIMEOUT)
-        try:
-            hello = mine.recv(64)
-        except OSError:
-            hello = b""
-        mine.settimeout(None)
-        if hello != READY:
-            mine.close()
-            proc, self._proc = self._proc, None
-            assert proc is not None
-            if proc.poll() is None:
-                proc.kill()
-            code = proc.wait()
-            self._failed(
-                f"the thaw guard did not start ({_exit_text(code)}; its error is in the journal)"
-            )
-        self._sock = mine
-        if self.loop is not None:
-            self.loop.add_reader(mine, self._on_guard_socket)
-        log.info("thaw guard started, pid %d", self.pid)
-        self._set_status("running", pid=self.pid)
-
-    def _failed(self, reason: str) -> None:
-        log.error("%s; FREEZE is refused while no guard is running", reason)
-        self._set_status("failed", reason=reason)
-        raise GuardStartError(reason)
-
-    def ensure_running(self) -> str | None:
-        """None if the guard runs (restarted if need be), else why not."""
-        if self.alive() and self._sock is not None:
-            return None
-        try:
-            self.start()
-        except GuardStartError as exc:
-            return f"no thaw guard: {exc}"
-        return None
-
-    def _on_guard_socket(self) -> None:
-        """The guard sends nothing after "ready": readable means it died."""
-        sock = self._sock
-        if sock is None:
-            return
-        try:
-            data = sock.recv(4096, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            return
-        pid = self.pid
-        code = self._proc.wait() if self._proc is not None else None
-        self.close(quiet=True)
-        reason = f"the thaw guard (pid {pid}) died ({_exit_text(code)})"
-        log.error("%s; restarting it", reason)
-        self._set_status("died", pid=pid, reason=reason)
-        with contextlib.suppress(GuardStartError):
-            self.start()
-
-    def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def close(self, quiet: bool = False) -> None:
-        """Orderly end (nothing frozen): closing the socket makes the guard exit."""
-        if self._sock is not None:
-            if self.loop is not None:
-                self.loop.remove_reader(self._sock)
-            self._sock.close()
-            self._sock = None
-            if not quiet:
-                self._set_status("stopped")
-        if self._proc is not None:
-            try:
-                self._proc.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-            self._proc = None
-
-    def _send(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
-        if self._sock is None:
-            return
-        data = json.dumps(msg).encode()
-        try:
-            if fds:
-                socket.send_fds(self._sock, [data], fds)
-            else:
-                self._sock.send(data)
-        except OSError as exc:
-            self.problems.append(f"thaw guard unreachable: {exc.strerror or exc}")
-
-    def arm(self, fds: list[int], labels: list[str]) -> None:
-        self.problems = []
-        problem = self.ensure_running()
-        if problem is not None:
-            self.problems.append(problem)
-            return
-        if len(fds) > MAX_FDS:
-            self.problems.append(f"thaw guard covers only the first {MAX_FDS} filesystems")
-            fds, labels = fds[:MAX_FDS], labels[:MAX_FDS]
-        msg = {"op": "arm", "bound": self.bound + GRACE, "labels": labels, "record": self.record}
-        self._send(msg, fds)
-
-    def freezing(self, index: int) -> None:
-        self._send({"op": "freezing", "i": index})
-
-    def frozen(self, index: int) -> None:
-        self._send({"op": "frozen", "i": index})
-
-    def not_frozen(self, index: int) -> None:
-        self._send({"op": "not_frozen", "i": index})
-
-    def thawed(self, index: int) -> None:
-        self._send({"op": "thawed", "i": index})
-
-    def disarm(self) -> None:
-        self._send({"op": "disarm"})
-
-    def hooks_owed(
-        self, hooks: list[hookrun.Hook], argument: str, env: dict[str, str],
-        timeout: float, total: float,
-    ) -> None:
-        """Which hooks are owed ``argument`` (thaw/freezefail) right now: the
-        guard runs them, in reverse, if the daemon dies before it does."""
-        if hooks and not self.alive():
-            try:
-                self.start()
-            except OSError as exc:
-                self.problems.append(f"cannot start the thaw guard: {exc.strerror or exc}")
-                return
-        msg = {
-            "op": "hooks", "hooks": [[h.name, h.path] for h in hooks], "argument": argument,
-            "env": env, "timeout": timeout, "total": total,
-        }
-        if len(json.dumps(msg)) > MAX_MESSAGE // 2:
-            # A huge mount list must not make the message too big to be read.
-            msg["env"] = {k: v for k, v in env.items() if k != "HVGUEST_VSS_MOUNTS"}
-        self._send(msg)
-
-
-def _exit_text(code: int | None) -> str:
-    if code is None:
-        return "exit status unknown"
-    if code < 0:
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-code).name}"
-    return f"exit status {code}"
-
-
-def _utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-# -- guard side ------------------------------------------------------------------
 
 
 class Guard:
@@ -379,19 +135,21 @@ class Guard:
         except (KeyError, TypeError, ValueError):
             log.error("thaw guard: unreadable hook list; hooks not run")
             return
-        env["HVGUEST_VSS_OPERATION"] = argument
-        if argument != "thaw":
-            env.setdefault("HVGUEST_VSS_FAILURE", why)
-        deadline = self.clock() + total
-        for hook in reversed(hooks):
-            budget = hookrun.budget(timeout, deadline - self.clock())
-            if budget <= 0:
-                log.error("thaw guard: no time left to run hook %s %s", hook.name, argument)
+        # The daemon's own runner, so the hooks get what the daemon would give them.
+        runner = HookRunner(hooks, timeout=timeout, total_timeout=total, env=env,
+                            clock=self.clock)
+        runner.started = list(hooks)
+        extra = {} if argument == "thaw" else {"HVGUEST_VSS_FAILURE":
+                                               env.get("HVGUEST_VSS_FAILURE", why)}
+        runner.unwind(argument, extra)
+        for run in runner.runs:
+            if not run.started:
+                log.error("thaw guard: hook %s %s not run (%s): %s", run.hook, argument, why,
+                          run.error)
                 continue
-            out = hookrun.run(hook, [argument], timeout=budget, env=env)
-            level = logging.WARNING if out.ok else logging.ERROR
-            log.log(level, "thaw guard: ran hook %s %s (%s): %s", hook.name, argument, why,
-                    out.error or "ok")
+            level = logging.ERROR if run.error else logging.WARNING
+            log.log(level, "thaw guard: ran hook %s %s (%s): %s", run.hook, argument, why,
+                    run.error or "ok")
 
     def release(self) -> None:
         for fd in self.fds:

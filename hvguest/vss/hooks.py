@@ -18,13 +18,17 @@ daemon dies.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from hvguest import hookrun
 from hvguest.errors import HookError
-from hvguest.hookrun import Hook, HookSet, Refused
+
+# Discovery and the checks are hookrun's (shared with the pre-shutdown hooks);
+# pass /etc first: a hook there masks the packaged one of the same name.
+from hvguest.hookrun import Hook, HookSet, Refused, discover
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +36,14 @@ STDERR_TAIL = 2000
 
 __all__ = ["Hook", "HookRun", "HookRunner", "HookSet", "Refused", "discover", "run_hook"]
 
+def hook_dirs(etc: str, lib: str) -> list[str]:
+    """Where VSS hooks live; /etc first: a hook there replaces the packaged one of
+    the same name."""
+    return [os.path.join(etc, "vss.d"), os.path.join(lib, "vss.d")]
+
+
 # (hooks owed the argument, the argument): called whenever either changes.
 PendingObserver = Callable[[list[Hook], str], None]
-
-
-def discover(dirs: Sequence[str], *, owner_uid: int = 0) -> HookSet:
-    """Hooks from ``dirs`` (pass /etc first: it wins), by name."""
-    return hookrun.discover(dirs, owner_uid=owner_uid)
 
 
 @dataclass
@@ -145,12 +150,14 @@ class HookRunner:
         self._tell("thaw")
 
     def thaw(self) -> list[HookError]:
-        return self._unwind("thaw")
+        return self.unwind("thaw")
 
     def freeze_failed(self, reason: str) -> list[HookError]:
-        return self._unwind(self.failure_argument, {"HVGUEST_VSS_FAILURE": reason})
+        return self.unwind(self.failure_argument, {"HVGUEST_VSS_FAILURE": reason})
 
-    def _unwind(self, argument: str, extra: Mapping[str, str] | None = None) -> list[HookError]:
+    def unwind(self, argument: str, extra: Mapping[str, str] | None = None) -> list[HookError]:
+        """Give ``argument`` to every hook in ``started``, last first (the guard
+        uses it too, for the hooks a dead daemon still owed)."""
         errors = []
         env = {**self.env, **(extra or {})}
         deadline = self.clock() + self.total_timeout

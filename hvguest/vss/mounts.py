@@ -347,6 +347,15 @@ def build_plan(
     return FreezePlan(_order(by_dev, rank), skipped)
 
 
+def plan_at(
+    proc_root: str, sys_root: str, *, exclude: Sequence[str] = (), include: Sequence[str] = ()
+) -> FreezePlan:
+    """The freeze plan of the machine whose /proc and /sys are given (the daemon's
+    and ``hvguestctl vss plan``'s one way to it)."""
+    return build_plan(read_mountinfo(proc_root), SysfsBlock(sys_root),
+                      exclude=exclude, include=include)
+
+
 def _order(by_dev: dict[str, Filesystem], rank: dict[str, int]) -> list[Filesystem]:
     # Kahn's algorithm; among ready filesystems, mount-table order with "/" last.
     waiting_on = {dev: 0 for dev in by_dev}  # how many upper filesystems must go first

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from typing import Any
 
 from hvguest.paths import Paths
@@ -23,19 +22,12 @@ def record_path(paths: Paths) -> str:
 
 
 def write_record(paths: Paths, doc: dict[str, Any]) -> None:
-    os.makedirs(paths.run, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".vss", suffix=".tmp", dir=paths.run)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, record_path(paths))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    # Imported here: the emergency thaw, which may run while the filesystem holding
+    # this package is frozen, loads only what it needs (read and clear).
+    from hvguest.files import atomic_write
+
+    # 0600 and synced: it names what is frozen, and a crash must leave it whole.
+    atomic_write(record_path(paths), json.dumps(doc, indent=2) + "\n", mode=0o600, fsync=True)
 
 
 def read_record(paths: Paths) -> dict[str, Any] | None:

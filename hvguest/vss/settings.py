@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hvguest.configschema import config_section, setting
+from hvguest.validators import nonempty_globs
 
 # hvguest-vss.service has TimeoutStopSec=150. A stop that arrives while the freeze
 # hooks run waits for them, then thaws and runs the thaw hooks: two phases, plus
@@ -16,13 +17,6 @@ UNIT_TIMEOUT_STOP = 150.0
 HOOK_PHASE_MAX = 60.0
 
 
-def _globs(value: list[str]) -> str | None:
-    for pattern in value:
-        if not pattern:
-            return "an empty pattern matches nothing; remove it"
-    return None
-
-
 @config_section("vss", help="Volume snapshots: filesystem freeze and thaw for host backups")
 @dataclass(frozen=True)
 class VssSettings:
@@ -32,7 +26,7 @@ class VssSettings:
             "globs on mount point or filesystem type never frozen,\n"
             "e.g. ['/srv/scratch', '/mnt/*', 'btrfs']"
         ),
-        validate=_globs,
+        validate=nonempty_globs,
     )
     include: list[str] = setting(
         [],
@@ -40,7 +34,7 @@ class VssSettings:
             "if not empty, only mounts matching one of these globs (mount point or\n"
             "filesystem type) are frozen: an allow-list"
         ),
-        validate=_globs,
+        validate=nonempty_globs,
     )
     foreign_freeze: str = setting(
         "fail",

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from hvguest.errors import HvGuestError, WireError
+from hvguest.errors import HvGuestError, LocalUsageError, WireError
 from hvguest.roles import fcopy as fr
 from hvguest.roles import kvp as kr
 from hvguest.roles import vss as vr
+from hvguest.roles.step import Step
 from hvguest.wire import fcopy, kvp, vss
 from hvguest.wire.kvp_layout import KVP_MSG_SIZE
-from hvguest.wire.status import HvStatus
+from hvguest.wire.status import HvStatus, status_name
 
 from .harness import Draw, Target, random_seeds
 
@@ -173,25 +174,31 @@ def kvp_role_target(data: bytes) -> bool:
 # -- VSS ---------------------------------------------------------------------------
 
 
-def _vss_replies(actions: list[vr.Action]) -> list[vr.Reply]:
-    replies = [a for a in actions if isinstance(a, vr.Reply)]
-    for reply in replies:
-        assert len(reply.data) == vss.VSS_MSG_SIZE, "VSS reply size"
-        assert int.from_bytes(reply.data[:4], "little") == reply.status, "status not in reply"
-    return replies
+def _vss_replies(step: Step[vr.Action]) -> list[tuple[int, str]]:
+    """(status, op) of the step's reply, if any; the reply and its Answered agree."""
+    answered = [a for a in step.actions if isinstance(a, vr.Answered)]
+    if step.reply is None:
+        assert not answered, "answered without a reply"
+        return []
+    assert len(step.reply) == vss.VSS_MSG_SIZE, "VSS reply size"
+    assert len(answered) == 1, "a reply not recorded once"
+    status = int.from_bytes(step.reply[:4], "little")
+    assert status_name(status) == answered[0].status, "status not in reply"
+    return [(status, answered[0].op)]
 
 
-_VSS_RESULTS: dict[vr.VssState, Callable[[vr.VssRole, bool, str, float], list[vr.Action]]] = {
-    vr.VssState.CHECKING: lambda role, ok, detail, now: role.capability_result(ok, detail),
-    vr.VssState.FREEZING: vr.VssRole.freeze_result,
-    vr.VssState.THAWING: vr.VssRole.thaw_result,
+_VSS_RESULTS: dict[vr.VssState, Callable[[bool, str], vr.Outcome]] = {
+    vr.VssState.CHECKING: vr.CapabilityChecked,
+    vr.VssState.FREEZING: vr.FreezeDone,
+    vr.VssState.THAWING: vr.ThawDone,
 }
 
 
 def vss_role_target(data: bytes) -> bool:
     """Every host message is answered exactly once: at once, or by the result of the
-    work it started; one arriving while work runs is refused at once. Accepted: an
-    input that got a FREEZE through to an OK reply."""
+    work it started; one arriving while work runs is refused at once; a timer or
+    stop while work runs is the daemon's misuse. Accepted: an input that got a
+    FREEZE through to an OK reply."""
     d = Draw(data)
     role = vr.VssRole(auto_thaw=1 + d.below(60), hbu_flag_in_status=d.flag())
     now, outstanding, served = 0.0, False, False
@@ -200,18 +207,28 @@ def vss_role_target(data: bytes) -> bool:
         now += d.below(30)
         event = d.below(8)
         if role.state in _VSS_RESULTS and event < 4:
-            replies = _vss_replies(_VSS_RESULTS[role.state](role, d.flag(), d.text(10), now))
+            outcome = _VSS_RESULTS[role.state](d.flag(), d.text(10))
+            replies = _vss_replies(role.complete(outcome, now))
             assert len(replies) == (1 if outstanding else 0), "request not answered once"
             outstanding = False
-            served |= any(r.status == OK and r.op == "FREEZE" for r in replies)
+            served |= any(status == OK and op == "FREEZE" for status, op in replies)
         elif event in (5, 6):
-            assert not _vss_replies(role.on_timer(now) if event == 5 else role.on_stop())
+            happened: vr.Outcome = vr.AutoThawDue() if event == 5 else vr.Stopping()
+            if role.state in busy_states:
+                state = role.state
+                try:
+                    role.complete(happened, now)
+                except LocalUsageError:
+                    assert role.state is state, "misuse changed the state"
+                    continue
+                raise AssertionError("timer or stop during work not refused")
+            assert not _vss_replies(role.complete(happened, now))
         else:
             message = _message(d, lambda: vss.VssMessage(d.below(10), d.uint(4)).encode(), 12)
             busy = role.state in busy_states
-            replies = _vss_replies(role.on_message(message, now))
+            replies = _vss_replies(role.handle(message, now))
             if busy:
-                assert len(replies) == 1 and replies[0].status != OK, "busy, not refused"
+                assert len(replies) == 1 and replies[0][0] != OK, "busy, not refused"
             elif not replies:
                 assert role.state in busy_states, "no reply and no work started"
                 outstanding = True

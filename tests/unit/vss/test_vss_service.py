@@ -14,6 +14,7 @@ from hvguest.daemon import Runtime
 from hvguest.daemons.vssd import VssService  # noqa: I001
 from hvguest.paths import Paths
 from hvguest.state import StatePublisher
+from hvguest.transport.base import Transport
 from hvguest.vss.freeze import NullObserver
 from hvguest.vss.settings import VssSettings
 
@@ -25,26 +26,48 @@ MOUNTINFO = (
 
 
 class FakeTransport:
+    """A Transport whose "device" is a pipe: a byte in it is a message ready."""
+
     path = "/dev/vmbus/hv_vss"
-    is_open = True
+    version = "Hyper-V VSS protocol 7"
 
     def __init__(self):
         self.rfd, self.wfd = os.pipe()
+        os.set_blocking(self.rfd, False)
+        self.is_open = True
         self.inbox: list[bytes] = []
         self.sent: list[bytes] = []
+
+    def open(self):
+        self.is_open = True
+        return self
 
     def fileno(self):
         return self.rfd
 
-    def read_packet(self):
+    def read_ready(self):
+        os.read(self.rfd, 1)
         return self.inbox.pop(0) if self.inbox else b""
+
+    def read_packet(self, timeout=0.0):
+        return self.read_ready()
 
     def write_packet(self, data):
         self.sent.append(data)
 
     def close(self):
+        self.is_open = False
+
+    def deliver(self, message: bytes) -> None:
+        self.inbox.append(message)
+        os.write(self.wfd, b"x")
+
+    def dispose(self):
         os.close(self.rfd)
         os.close(self.wfd)
+
+
+assert isinstance(FakeTransport(), Transport)
 
 
 @pytest.fixture
@@ -78,12 +101,12 @@ def env(tmp_path):
     service.start()
     yield service, transport, ops, now, runtime, paths
     runtime.close()
-    transport.close()
+    transport.dispose()
 
 
 def _send(service, transport, op):
-    transport.inbox.append(bytes([op]) + bytes(11))
-    service.on_readable()
+    transport.deliver(bytes([op]) + bytes(11))
+    service.runtime.run_once(0)
     return struct.unpack_from("<I", transport.sent[-1])[0]
 
 
@@ -139,9 +162,9 @@ def test_reply_write_failure_after_freeze_thaws(env):
 
     reopened = []
     transport.write_packet = broken
-    transport.reopen = lambda: reopened.append(1)
-    transport.inbox.append(bytes([5]) + bytes(11))
-    service.on_readable()
+    transport.open = lambda: reopened.append(1)
+    transport.deliver(bytes([5]) + bytes(11))
+    runtime.run_once(0)
     assert not ops.frozen and reopened == []  # thawed at once, re-registered after 0.1 s
     now[0] += 0.1
     runtime.run_once(0)
@@ -222,8 +245,9 @@ def _fail_reads(transport, reopen):
     def broken():
         raise TransportError("read failed: Bad file descriptor")
 
-    transport.read_packet = broken
-    transport.reopen = reopen
+    transport.read_ready = broken
+    transport.open = reopen
+    transport.deliver(b"")
 
 
 def test_device_gone_exits_cleanly(env, tmp_path):
@@ -236,7 +260,7 @@ def test_device_gone_exits_cleanly(env, tmp_path):
         raise TransportError("device absent")
 
     _fail_reads(transport, reopen)
-    service.on_readable()
+    runtime.run_once(0)
     now[0] += 0.1  # the first re-open waits for the back-off
     runtime.run_once(0)
     # The host withdrew the service: stop with status 0, not as a failure.
@@ -258,16 +282,18 @@ def test_device_busy_is_retried_with_backoff(env, tmp_path):
             raise TransportError("busy")
 
     _fail_reads(transport, reopen)
-    service.on_readable()
+    runtime.run_once(0)
     assert attempts == [] and runtime._exit_code is None  # not at once: 0.1 s later
     now[0] += 0.1
     runtime.run_once(0)
     assert len(attempts) == 1 and runtime._exit_code is None
+    assert service.state.doc["last_error"]["message"] == "busy"
     for _ in range(2):
         now[0] += 60
         runtime.run_once(0)
     assert len(attempts) == 3 and runtime._exit_code is None
-    assert service.state.doc["last_error"]["message"] == "busy"
+    # Registered again: the channel runner clears the error it recorded.
+    assert service.state.doc["last_error"] is None and service.state.doc["state"] == "ready"
 
 
 class _OwedRecorder:
@@ -304,8 +330,8 @@ def _with_hook(service, paths, tmp_path):
     with open(hook, "w") as f:
         f.write(f'#!/bin/sh\necho "10-a $1" >> {log}\n')
     os.chmod(hook, 0o755)
-    service.settings = replace(service.settings, hooks=True)
-    service.guard = _OwedRecorder()
+    service.work.settings = replace(service.settings, hooks=True)
+    service.work.guard = _OwedRecorder()
     return log
 
 
@@ -313,9 +339,9 @@ def test_guard_is_told_thaw_is_owed_only_once_frozen(env, tmp_path):
     service, transport, ops, now, runtime, paths = env
     log = _with_hook(service, paths, tmp_path)
     assert _send(service, transport, 5) == 0
-    assert service.guard.told == [(["10-a"], "freezefail"), (["10-a"], "thaw")]
+    assert service.work.guard.told == [(["10-a"], "freezefail"), (["10-a"], "thaw")]
     assert _send(service, transport, 6) == 0
-    assert service.guard.told[-1] == ([], "thaw")
+    assert service.work.guard.told[-1] == ([], "thaw")
     assert log.read_text().split() == ["10-a", "freeze", "10-a", "thaw"]
     hvlog.flush()
 
@@ -330,5 +356,47 @@ def test_internal_error_during_freeze_still_gives_freezefail(env, tmp_path):
     service.engine.freeze = broken
     assert _send(service, transport, 5) == 0x80004005
     assert log.read_text().split() == ["10-a", "freeze", "10-a", "freezefail"]
-    assert service.guard.told[-1] == ([], "freezefail")
+    assert service.work.guard.told[-1] == ([], "freezefail")
     hvlog.flush()
+
+
+def test_daemon_stop_thaws_before_the_device_closes(env):
+    """The runtime's stop path (SIGTERM): the thaw comes first, the device is
+    closed after, and the state file says stopped."""
+    service, transport, ops, now, runtime, paths = env
+    assert _send(service, transport, 5) == 0
+    seen = []
+    real_thaw = ops.thaw
+
+    def thaw(fd):
+        seen.append(transport.is_open)
+        real_thaw(fd)
+
+    ops.thaw = thaw
+    runtime.stop(0)
+    assert runtime.run() == 0
+    assert not ops.frozen and seen and all(seen)
+    assert not transport.is_open
+    assert service.state.doc["state"] == "stopped"
+    assert service.state.doc["details"]["last_freeze"]["thaw"]["why"] == "stop"
+    hvlog.flush()
+
+
+def test_read_failure_while_frozen_thaws_at_once(env):
+    service, transport, ops, now, runtime, paths = env
+    assert _send(service, transport, 5) == 0
+    _fail_reads(transport, lambda: None)
+    runtime.run_once(0)
+    assert not ops.frozen and not service.state.held
+    assert service.role.state.name == "IDLE"
+    hvlog.flush()
+
+
+def test_replies_and_their_log_lines_come_from_the_role(env, caplog):
+    service, transport, ops, now, runtime, paths = env
+    caplog.set_level(logging.INFO)
+    assert _send(service, transport, 6) == 0x80004005
+    (record,) = [r for r in caplog.records if "THAW ->" in r.getMessage()]
+    assert record.getMessage() == "THAW -> HV_E_FAIL: THAW without a FREEZE: nothing is frozen"
+    assert record.levelno == logging.WARNING and record.HVGUEST_VSS_OP == "THAW"
+    assert service.state.doc["last_op"]["result"] == "HV_E_FAIL"
