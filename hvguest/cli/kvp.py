@@ -16,9 +16,9 @@ from typing import Any
 from hvguest.cli.privilege import require_writable
 from hvguest.config import load_config
 from hvguest.errors import HvGuestError, LocalUsageError
-from hvguest.heartbeat.roots import add_root_options, paths_from_cli
 from hvguest.paths import Paths
 from hvguest.pool import DEFAULT_MAX_RECORDS, PoolStore
+from hvguest.roots import add_root_options, paths_from_args
 from hvguest.text import printable, say, terminal_safe_json
 from hvguest.wire.pool import POOL_COUNT
 
@@ -96,7 +96,7 @@ def register(sub: Any) -> None:
 
 
 def _store(args: argparse.Namespace) -> tuple[Paths, PoolStore]:
-    paths = paths_from_cli(args)
+    paths = paths_from_args(args)
     return paths, PoolStore(paths)
 
 
@@ -197,7 +197,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_set(args: argparse.Namespace) -> int:
-    paths = paths_from_cli(args)
+    paths = paths_from_args(args)
     unsafe = args.unsafe
     max_records = DEFAULT_MAX_RECORDS
     try:

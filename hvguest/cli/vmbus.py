@@ -7,9 +7,9 @@ import json
 import sys
 from typing import Any, TextIO
 
-from hvguest.heartbeat.inventory import Inventory, VmbusDevice, scan
-from hvguest.heartbeat.roots import add_root_options, paths_from_cli
+from hvguest.roots import add_root_options, paths_from_args
 from hvguest.text import printable, write_line
+from hvguest.vmbus.inventory import Inventory, VmbusDevice, scan
 
 
 def register(sub: Any) -> None:
@@ -62,7 +62,7 @@ def _device_text(dev: VmbusDevice, verbose: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    paths = paths_from_cli(args)
+    paths = paths_from_args(args)
     inv = scan(paths)
     if args.json:
         json.dump(inv.as_dict(), sys.stdout, indent=2)
