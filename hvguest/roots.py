@@ -16,8 +16,8 @@ from hvguest.paths import Paths
 
 # option dest -> Paths field, in the order --help lists them
 ROOT_OPTIONS = {
-    "sys_root": "sys",
     "dev_root": "dev",
+    "sys_root": "sys",
     "proc_root": "proc",
     "pool_dir": "pool_dir",
     "etc_dir": "etc",
