@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from hvguest.heartbeat.roots import add_root_options
+from hvguest.roots import add_root_options
 
 if TYPE_CHECKING:
     from hvguest.config import Config

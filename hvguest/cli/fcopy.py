@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from hvguest.config import load_config
 from hvguest.fcopy.policy import PathPolicy
 from hvguest.fcopy.settings import FcopySettings
-from hvguest.heartbeat.roots import add_root_options, paths_from_cli
+from hvguest.roots import add_root_options, paths_from_args
 from hvguest.state import pid_alive, read_state
 from hvguest.text import say, write_line
 
@@ -58,7 +58,7 @@ def register(sub: Any) -> None:
 
 
 def _settings(args: argparse.Namespace) -> FcopySettings:
-    paths = paths_from_cli(args)
+    paths = paths_from_args(args)
     path = getattr(args, "config", None) or paths.config_file
     config = load_config(path, missing_ok=getattr(args, "config", None) is None)
     settings: FcopySettings = config.get(FcopySettings)
@@ -77,7 +77,7 @@ def _size(n: int | None) -> str:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    paths = paths_from_cli(args)
+    paths = paths_from_args(args)
     doc = read_state(paths, "fcopy")
     if doc is None:
         if args.json:
@@ -122,7 +122,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_recent(args: argparse.Namespace) -> int:
-    paths = paths_from_cli(args)
+    paths = paths_from_args(args)
     doc = read_state(paths, "fcopy")
     recent = ((doc or {}).get("details") or {}).get("recent_transfers") or []
     if args.json:

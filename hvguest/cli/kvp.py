@@ -17,9 +17,9 @@ from hvguest.cli import common
 from hvguest.cli.privilege import require_writable
 from hvguest.config import load_config
 from hvguest.errors import HvGuestError, LocalUsageError
-from hvguest.heartbeat.roots import paths_from_cli
 from hvguest.paths import Paths
 from hvguest.pool import DEFAULT_MAX_RECORDS, PoolStore
+from hvguest.roots import paths_from_args
 from hvguest.text import printable, say, terminal_safe_json
 from hvguest.wire.pool import POOL_COUNT
 
@@ -89,7 +89,7 @@ def register(sub: Any) -> None:
 
 
 def _store(args: argparse.Namespace) -> tuple[Paths, PoolStore]:
-    paths = paths_from_cli(args)
+    paths = paths_from_args(args)
     return paths, PoolStore(paths)
 
 
@@ -190,7 +190,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_set(args: argparse.Namespace) -> int:
-    paths = paths_from_cli(args)
+    paths = paths_from_args(args)
     unsafe = args.unsafe
     max_records = DEFAULT_MAX_RECORDS
     try:

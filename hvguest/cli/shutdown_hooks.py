@@ -11,11 +11,11 @@ import argparse
 import sys
 from typing import Any
 
+from hvguest.cli.heartbeat_config import settings_for
 from hvguest.cli.privilege import require_root
-from hvguest.heartbeat.report import systemd_running
-from hvguest.heartbeat.roots import add_root_options, paths_from_cli
-from hvguest.heartbeat.shutdown import detect_action, list_hooks, run_hooks, save_results
-from hvguest.heartbeat.timesync import run_command
+from hvguest.proc import systemd_running
+from hvguest.roots import add_root_options, paths_from_args
+from hvguest.shutdown.hooks import detect_action, list_hooks, run_hooks, save_results
 from hvguest.state import utc_now
 from hvguest.text import say
 
@@ -44,7 +44,7 @@ def register(sub: Any) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    paths = paths_from_cli(args)
+    paths = paths_from_args(args)
     hooks = list_hooks(paths)
     if not hooks:
         say("no pre-shutdown hooks")
@@ -55,16 +55,14 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_run(args: argparse.Namespace) -> int:
-    from hvguest.cli.status import settings_for  # shares the config lookup
-
     # Root's hooks run with root's privileges or not at all: as another user they
     # would half-run (and a hook's own checks could be fooled by the caller).
     require_root("shutdown-hooks run")
-    paths = paths_from_cli(args)
+    paths = paths_from_args(args)
     settings = settings_for(args, paths.etc)
     action = args.action
     if action == "auto":
-        action = detect_action(run_command) if systemd_running(paths) else "poweroff"
+        action = detect_action() if systemd_running(paths) else "poweroff"
     results = run_hooks(
         paths,
         action=action,

@@ -1,27 +1,23 @@
 """hvguestctl status [--json] [SERVICE]: the one screen to open when something fails.
 
 Exit codes: 0 healthy (or not a Hyper-V guest: nothing to do), 1 error,
-2 degraded. Also registers ``hvguestctl shutdown-hooks`` (hvguest.cli.shutdown_hooks).
+2 degraded. The report is ``hvguest.status``: built as data, then rendered.
+Also registers ``hvguestctl shutdown-hooks`` (hvguest.cli.shutdown_hooks).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-from typing import Any, TextIO
+from typing import Any
 
 from hvguest.cli import shutdown_hooks
-from hvguest.config import load_config
-from hvguest.errors import ConfigError
-from hvguest.heartbeat.report import SERVICES, collect
-from hvguest.heartbeat.roots import add_root_options, paths_from_cli
-from hvguest.heartbeat.settings import HeartbeatSettings
-from hvguest.text import write_line
-
-SYMBOL = {"error": "x", "warning": "!", "info": "i"}
-MAX_SUMMARY_PROBLEMS = 5
+from hvguest.cli.heartbeat_config import settings_for
+from hvguest.roots import add_root_options, paths_from_args
+from hvguest.status import render_json
+from hvguest.status.collect import collect
+from hvguest.status.document import SERVICES
+from hvguest.status.render_text import render_service, render_summary
 
 
 def register(sub: Any) -> None:
@@ -37,251 +33,21 @@ def register(sub: Any) -> None:
     p.add_argument("--config", metavar="PATH", help="configuration file (timesync warn offset)")
     add_root_options(p)
     p.set_defaults(func=run)
-    shutdown_hooks.register(sub)
-
-
-def settings_for(args: argparse.Namespace, etc: str) -> HeartbeatSettings:
-    path = getattr(args, "config", None) or os.path.join(etc, "hvguest.yaml")
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        write_line(sys.stderr, f"hvguestctl: {exc} (using defaults)")
-        return HeartbeatSettings()
-    settings: HeartbeatSettings = config.get(HeartbeatSettings)
-    return settings
+    shutdown_hooks.register(sub)  # shown beside status in --help
 
 
 def run(args: argparse.Namespace) -> int:
-    paths = paths_from_cli(args)
+    paths = paths_from_args(args)
     settings = settings_for(args, paths.etc)
     doc = collect(paths, warn_offset_ms=settings.timesync_warn_offset_ms)
     if args.service:
-        entry = doc["services"][args.service]
         if args.json:
-            _dump({**_header(doc), "services": {args.service: entry}})
+            render_json.dump(render_json.one_service(doc, args.service), sys.stdout)
         else:
             render_service(doc, args.service, sys.stdout)
-        return _service_exit(entry)
+        return render_json.service_exit(doc["services"][args.service])
     if args.json:
-        _dump(doc)
+        render_json.dump(doc, sys.stdout)
     else:
         render_summary(doc, sys.stdout)
     return int(doc["exit_code"])
-
-
-def _header(doc: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in doc.items() if k not in ("services",)}
-
-
-def _service_exit(entry: dict[str, Any]) -> int:
-    return {"error": 1, "degraded": 2}.get(entry["health"], 0)
-
-
-def _dump(doc: dict[str, Any]) -> None:
-    json.dump(doc, sys.stdout, indent=2)
-    sys.stdout.write("\n")
-
-
-# -- human output -------------------------------------------------------------------
-
-
-def _daemon_text(entry: dict[str, Any], own: bool) -> str:
-    d = entry.get("daemon")
-    if not own or d is None:
-        return "(kernel)"
-    if not entry["offered"] and not d["running"]:
-        return "-"
-    if d["running"]:
-        return "running"
-    if d["source"] == "systemd":
-        return d["active_state"] or "stopped"
-    return "stopped" if d["stale_state"] else "not running"
-
-
-def _driver_text(entry: dict[str, Any]) -> str:
-    if not entry["offered"]:
-        return "-"
-    drv = entry["driver"] or "NONE"
-    dev = entry.get("device") or {}
-    return f"{drv}({dev['uio']})" if dev.get("uio") else drv
-
-
-def _when(text: object) -> str:
-    # "2026-01-02T03:04:05Z" -> "03:04:05"; keeps a line short.
-    s = str(text or "")
-    return s[11:19] if len(s) >= 19 and s[10] == "T" else s
-
-
-def _activity(service: str, entry: dict[str, Any]) -> str:
-    d = entry["details"]
-    if not entry["offered"]:
-        return "not offered by the host"
-    if service == "heartbeat":
-        health = d.get("health") or {}
-        contact = d.get("contact") or "?"
-        level = health.get("level", "?") if isinstance(health, dict) and health \
-            else "not reported"
-        return f"host contact: {contact}; app health: {level}"
-    if service == "shutdown":
-        hooks = d.get("hooks") or []
-        return f"{len(hooks)} pre-shutdown hook{'s' if len(hooks) != 1 else ''}"
-    if service == "timesync":
-        if d.get("offset_ms") is not None:
-            ref = "chrony uses it" if d.get("chrony_refclock") else "no refclock"
-            return f"offset {d['offset_ms']:+.1f} ms; {ref}"
-        return d.get("read_error") or "offset unknown"
-    if service == "vss" and d.get("frozen"):
-        return "FROZEN now"
-    last = d.get("last_freeze") if service == "vss" else None
-    if isinstance(last, dict):
-        states: dict[str, int] = {}
-        for m in last.get("mounts") or []:
-            if isinstance(m, dict):
-                states[str(m.get("state"))] = states.get(str(m.get("state")), 0) + 1
-        counts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
-        ok = "ok" if last.get("ok") else "FAILED"
-        return f"last freeze {ok} {_when(last.get('time'))} ({counts or 'no filesystems'})"
-    if service == "fcopy" and d.get("in_progress"):
-        p = d["in_progress"]
-        size = p.get("file_size", p.get("size"))
-        return f"copying {os.path.basename(str(p.get('name')))} {p.get('bytes_done')}/{size}"
-    op = entry.get("last_op")
-    text = f"{op.get('op')} {op.get('result')} {_when(op.get('time'))}" if op else ""
-    pools = d.get("pools") if service == "kvp" else None
-    if isinstance(pools, dict) and pools:
-        keys = sum(int(v.get("records", 0)) for v in pools.values() if isinstance(v, dict))
-        count = f"{keys} key" if keys == 1 else f"{keys} keys"
-        text = f"{count}; {text}" if text else count
-    return text or "no operation yet"
-
-
-def render_summary(doc: dict[str, Any], out: TextIO) -> None:
-    def line_out(text: str) -> None:
-        write_line(out, text)
-
-    if not doc["hyperv"]:
-        line_out(f"{doc['summary']}")
-        return
-    ver = f"  {doc['overall'].upper()}  ({doc['vmbus_devices']} VMBus devices)"
-    line_out(f"hvguest status:{ver}")
-    line_out(f"{'SERVICE':<10} {'HOST':<8} {'DRIVER':<20} {'DAEMON':<12} ACTIVITY")
-    for service in SERVICES:
-        entry = doc["services"][service]
-        own = service in ("heartbeat", "kvp", "vss", "fcopy")
-        line = (f"{service:<10} {'offered' if entry['offered'] else 'off':<8} "
-                f"{_driver_text(entry):<20} {_daemon_text(entry, own):<12} "
-                f"{_activity(service, entry)}")
-        line_out(line[:120].rstrip())
-    rank = {"error": 0, "warning": 1, "info": 2}
-    ordered = sorted(doc["problems"], key=lambda p: rank[p["severity"]])
-    if ordered:
-        line_out("")
-    for p in ordered[:MAX_SUMMARY_PROBLEMS]:
-        line_out(f"{SYMBOL[p['severity']]} {p['service']}: {p['message']}")
-        if p["remedy"]:
-            line_out(f"    -> {p['remedy']}")
-    if len(ordered) > MAX_SUMMARY_PROBLEMS:
-        line_out(f"... {len(ordered) - MAX_SUMMARY_PROBLEMS} more: hvguestctl status SERVICE")
-    if doc["unreadable"]:
-        line_out(f"could not read {len(doc['unreadable'])} item(s) (not root?): "
-                 "hvguestctl status --json lists them")
-
-
-def _special_details(service: str, details: dict[str, Any]) -> list[str]:
-    """Readable lines for the shapes worth a table; the keys used are removed."""
-    out: list[str] = []
-    last = details.get("last_freeze") if service == "vss" else None
-    if isinstance(last, dict):
-        details.pop("last_freeze")
-        ok = "ok" if last.get("ok") else "FAILED"
-        out.append(f"  last freeze: {last.get('time')} {ok} {last.get('reason') or ''}".rstrip()
-                   + (f" ({last['freeze_ms']} ms)" if last.get("freeze_ms") is not None else ""))
-        for m in last.get("mounts") or []:
-            if isinstance(m, dict):
-                msg = f" {m['message']}" if m.get("message") else ""
-                out.append(f"    {m.get('mount_point')} ({m.get('fstype')}): "
-                           f"{m.get('state')}{msg}")
-        thaw = last.get("thaw")
-        if isinstance(thaw, dict):
-            out.append(f"  thaw: {thaw.get('time')} {'ok' if thaw.get('ok') else 'FAILED'} "
-                       f"({thaw.get('why')}) {thaw.get('reason') or ''}".rstrip())
-    transfers = details.get("recent_transfers") if service == "fcopy" else None
-    if isinstance(transfers, list):
-        details.pop("recent_transfers")
-        if transfers:
-            out.append("  recent transfers:")
-        for t in transfers[-5:]:
-            if isinstance(t, dict):
-                out.append(f"    {t.get('finished')} {t.get('result')} {t.get('name')} "
-                           f"{t.get('size')}/{t.get('file_size')} bytes "
-                           f"{t.get('detail') or ''}".rstrip())
-    pools = details.get("pools") if service == "kvp" else None
-    if isinstance(pools, dict) and pools:
-        details.pop("pools")
-        shown = ", ".join(
-            f"{n}: {v.get('records', '?')}" if isinstance(v, dict) and "error" not in v
-            else f"{n}: unreadable" for n, v in sorted(pools.items()))
-        out.append(f"  pool records: {shown}")
-        for n, v in sorted(pools.items()):
-            holder = v.get("lock_holder") if isinstance(v, dict) else None
-            if isinstance(holder, dict):
-                out.append(f"  pool {n} locked: {holder.get('lock')} held by pid "
-                           f"{holder.get('pid')}, user {holder.get('user') or holder.get('uid')},"
-                           f" command {holder.get('command')!r}")
-    return out
-
-
-def render_service(doc: dict[str, Any], service: str, out: TextIO) -> None:
-    entry = doc["services"][service]
-    def w(text: str) -> None:
-        write_line(out, text)
-
-    w(f"{service} ({entry['host_name']}): {entry['health']}")
-    if not doc["hyperv"]:
-        w(f"  {doc['summary']}")
-        return
-    dev = entry.get("device")
-    if dev:
-        w(f"  device:   {dev['instance']} (VMBus id {dev['vmbus_id']})")
-        w(f"  driver:   {_driver_text(entry)}")
-    else:
-        w("  device:   not offered by the host")
-    d = entry.get("daemon")
-    if d:
-        run_text = "running" if d["running"] else "not running"
-        how = {"systemd": f"unit {d['unit']} {d['active_state']}/{d['sub_state']}",
-               "pid": f"pid {d['pid']}", "none": "no state published"}[d["source"]]
-        state = f", state {d['state']}" if d.get("state") else ""
-        w(f"  daemon:   {d['name']} {run_text} ({how}){state}")
-    if entry.get("protocol_version"):
-        w(f"  protocol: {entry['protocol_version']}")
-    op = entry.get("last_op")
-    if op:
-        w(f"  last op:  {op.get('op')} {op.get('result')} at {op.get('time')}"
-          f"{': ' + op['detail'] if op.get('detail') else ''}")
-    recent = entry.get("recent") or []
-    if len(recent) > 1:
-        w("  recent:")
-        for r in recent[-5:]:
-            w(f"    {r.get('time')} {r.get('op')} {r.get('result')} {r.get('detail', '')}")
-    err = entry.get("last_error")
-    if err:
-        w(f"  last error: {err.get('message')} ({err.get('time')})")
-        if err.get("remedy"):
-            w(f"    -> {err['remedy']}")
-    details = dict(entry.get("details") or {})
-    for line in _special_details(service, details):
-        w(line)
-    if details:
-        w("  details:")
-        for key, value in details.items():
-            text = json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else value
-            w(f"    {key}: {text}"[:400])
-    for p in entry["problems"]:
-        w(f"{SYMBOL[p['severity']]} {p['message']}")
-        if p["remedy"]:
-            w(f"    -> {p['remedy']}")
-    if doc["unreadable"]:
-        w("could not read:")
-        for item in doc["unreadable"]:
-            w(f"  {item}")

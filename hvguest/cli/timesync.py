@@ -13,11 +13,13 @@ import json
 import sys
 from typing import Any
 
+from hvguest.cli.heartbeat_config import settings_for
 from hvguest.cli.privilege import require_root
-from hvguest.heartbeat import timesync
-from hvguest.heartbeat.report import systemd_running
-from hvguest.heartbeat.roots import add_root_options, paths_from_cli
+from hvguest.proc import systemd_running
+from hvguest.roots import add_root_options, paths_from_args
 from hvguest.text import say
+from hvguest.timesync import check as timesync
+from hvguest.timesync import chrony
 
 
 def register(sub: Any) -> None:
@@ -37,9 +39,7 @@ def register(sub: Any) -> None:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from hvguest.cli.status import settings_for
-
-    paths = paths_from_cli(args)
+    paths = paths_from_args(args)
     settings = settings_for(args, paths.etc)
     st = timesync.check(paths, warn_offset_ms=settings.timesync_warn_offset_ms)
     if getattr(args, "json", False):
@@ -77,12 +77,10 @@ def _render(st: timesync.TimesyncStatus) -> None:
 
 
 def run_setup(args: argparse.Namespace) -> int:
-    from hvguest.cli.status import settings_for
-
     require_root("timesync setup")
-    paths = paths_from_cli(args)
+    paths = paths_from_args(args)
     settings = settings_for(args, paths.etc)
-    result = timesync.setup_chrony(
+    result = chrony.setup_chrony(
         paths,
         restart_timeout=settings.chrony_restart_timeout,
         systemd=systemd_running(paths),

@@ -7,9 +7,9 @@ import json
 import sys
 from typing import Any, TextIO
 
-from hvguest.heartbeat.inventory import Inventory, VmbusDevice, scan
-from hvguest.heartbeat.roots import add_root_options, paths_from_cli
+from hvguest.roots import add_root_options, paths_from_args
 from hvguest.text import printable, write_line
+from hvguest.vmbus.inventory import Channel, Inventory, VmbusDevice, scan
 
 
 def register(sub: Any) -> None:
@@ -25,7 +25,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _channel_line(ch: Any, counters: bool) -> str:
+def _channel_line(ch: Channel, counters: bool) -> str:
     cpu = ch.counters.get("cpu")
     line = f"\tRel_ID={ch.relid}, target_cpu={cpu if cpu is not None else '?'}"
     if counters:
@@ -62,7 +62,7 @@ def _device_text(dev: VmbusDevice, verbose: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    paths = paths_from_cli(args)
+    paths = paths_from_args(args)
     inv = scan(paths)
     if args.json:
         json.dump(inv.as_dict(), sys.stdout, indent=2)

@@ -16,8 +16,8 @@ import sys
 from typing import Any
 
 from hvguest.errors import HvGuestError
-from hvguest.heartbeat.roots import add_root_options, paths_from_cli
 from hvguest.paths import Paths
+from hvguest.roots import add_root_options, paths_from_args
 from hvguest.state import pid_alive, read_state
 from hvguest.text import say
 from hvguest.vss.freeze import FITHAW
@@ -66,7 +66,7 @@ def register(sub: Any) -> None:
 
 
 def _paths(args: argparse.Namespace) -> Paths:
-    paths = paths_from_cli(args)
+    paths = paths_from_args(args)
     lib = getattr(args, "lib_dir", None)
     if lib:
         paths = dataclasses.replace(paths, lib=os.path.abspath(lib))

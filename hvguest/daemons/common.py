@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 from hvguest.config import Config, load_config
 from hvguest.errors import ConfigError
 from hvguest.log import TARGETS, set_level, setup_logging
 from hvguest.paths import Paths
+from hvguest.roots import add_root_options, paths_from_args
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +22,11 @@ DEFAULT_CONFIG = Paths().config_file
 EXIT_CONFIG = 78
 
 
-def daemon_arg_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """Options every daemon accepts; a daemon may add its own."""
+def daemon_arg_parser(
+    prog: str, description: str, *, os_etc: bool = False
+) -> argparse.ArgumentParser:
+    """Options every daemon accepts; a daemon may add its own. ``os_etc``: the
+    daemon reads the system's /etc too (--os-etc-dir)."""
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument(
         "--config",
@@ -31,13 +34,7 @@ def daemon_arg_parser(prog: str, description: str) -> argparse.ArgumentParser:
         default=None,
         help=f"configuration file (default: {DEFAULT_CONFIG}, or hvguest.yaml in --etc-dir)",
     )
-    roots = p.add_argument_group("roots (for tests and the simulator)")
-    roots.add_argument("--dev-root", metavar="DIR", help="instead of /dev")
-    roots.add_argument("--sys-root", metavar="DIR", help="instead of /sys")
-    roots.add_argument("--proc-root", metavar="DIR", help="instead of /proc")
-    roots.add_argument("--pool-dir", metavar="DIR", help="instead of /var/lib/hyperv")
-    roots.add_argument("--etc-dir", metavar="DIR", help="instead of /etc/hvguest")
-    roots.add_argument("--run-dir", metavar="DIR", help="instead of /run/hvguest")
+    add_root_options(p, root_dir=False, os_etc=os_etc)
     p.add_argument("--debug", action="store_true", help="log debug messages")
     p.add_argument(
         "--log-target",
@@ -46,18 +43,6 @@ def daemon_arg_parser(prog: str, description: str) -> argparse.ArgumentParser:
         help="journal under systemd, stderr otherwise (default: auto)",
     )
     return p
-
-
-def paths_from_args(args: argparse.Namespace) -> Paths:
-    overrides = {
-        "dev": getattr(args, "dev_root", None),
-        "sys": getattr(args, "sys_root", None),
-        "proc": getattr(args, "proc_root", None),
-        "pool_dir": getattr(args, "pool_dir", None),
-        "etc": getattr(args, "etc_dir", None),
-        "run": getattr(args, "run_dir", None),
-    }
-    return Paths(**{k: os.path.abspath(v) for k, v in overrides.items() if v})
 
 
 def daemon_ident(service: str) -> str:

@@ -20,35 +20,29 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from hvguest.command import CommandResult
 from hvguest.config import load_config
-from hvguest.daemon import Runtime
+from hvguest.daemon import Runtime, Timer
+from hvguest.daemons.channel import run_daemon
 from hvguest.daemons.common import daemon_arg_parser, start_daemon
 from hvguest.errors import ConfigError, HvGuestError
-from hvguest.heartbeat import timesync
-from hvguest.heartbeat.health import (
-    Health,
-    HealthPublisher,
-    HealthUnavailable,
-    StoreFactory,
-    SystemctlProbe,
-    UnitProbe,
-    evaluate,
-    pool_store,
-)
-from hvguest.heartbeat.inventory import Inventory, scan
+from hvguest.health.publish import HealthPublisher, StoreFactory, pool_store
+from hvguest.health.units import Health, HealthUnavailable, SystemctlProbe, UnitProbe, evaluate
 from hvguest.heartbeat.liveness import CONTACT, NO_CONTACT, Liveness
-from hvguest.heartbeat.offers import offer_changes, offered_services
-from hvguest.heartbeat.report import systemd_running
 from hvguest.heartbeat.settings import HeartbeatSettings
-from hvguest.heartbeat.shutdown import list_hooks
 from hvguest.log import Throttle
 from hvguest.paths import Paths
+from hvguest.proc import systemd_running
+from hvguest.shutdown.hooks import list_hooks
 from hvguest.state import StatePublisher, utc_now
+from hvguest.timesync import check as timesync
+from hvguest.timesync.ptp import ClockOpener
 from hvguest.transport.udev import EventSource, EventTrigger, UdevWatcher
+from hvguest.vmbus.inventory import Inventory, scan
+from hvguest.vmbus.offers import offer_changes, offered_services
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +64,7 @@ class HeartbeatDaemon:
         *,
         probe: UnitProbe | None = None,
         store: StoreFactory | None = None,
-        clock_opener: timesync.ClockOpener | None = None,
+        clock_opener: ClockOpener | None = None,
         publisher: StatePublisher | None = None,
         monotonic: Callable[[], float] | None = None,
         now: Callable[[], str] = utc_now,
@@ -274,8 +268,8 @@ class HeartbeatDaemon:
         return f"host contact: {hb.get('contact', 'unknown')}; application health: {health}"
 
 
-def _no_chronyc(cmd: list[str], timeout: float) -> tuple[int, str]:
-    return 1, "not asked by the daemon"
+def _no_chronyc(argv: Sequence[str], timeout: float) -> CommandResult:
+    return CommandResult(1, "not asked by the daemon")
 
 
 def watch_devices(runtime: Runtime, watcher: EventSource | None,
@@ -295,10 +289,55 @@ def open_watcher(paths: Paths) -> UdevWatcher | None:
     return UdevWatcher.open(WATCHED_SUBSYSTEMS)
 
 
+class PollSchedule:
+    """The daemon's timers and signals: a poll every ``poll_interval``, a scan on device
+    events, the settings again on SIGHUP, a "stopped" state file at the end."""
+
+    def __init__(self, runtime: Runtime, daemon: HeartbeatDaemon, config_path: str) -> None:
+        self.runtime = runtime
+        self.daemon = daemon
+        self.config_path = config_path
+        self.timer: Timer | None = None
+
+    def start(self) -> None:
+        daemon, runtime = self.daemon, self.runtime
+        daemon.poll()
+        interval = daemon.settings.poll_interval
+        self.timer = runtime.call_every(interval, self.tick)
+        if watch_devices(runtime, open_watcher(daemon.paths), self.rescan) is None:
+            log.debug("no device events: changes are noticed every %g s", interval)
+        runtime.on_reload(self.reload)
+        runtime.on_stop(self.stopped)
+
+    def tick(self) -> None:
+        self.daemon.poll()
+        self.runtime.status(self.daemon.status_text())
+
+    def rescan(self) -> None:
+        self.daemon.rescan()
+        self.runtime.status(self.daemon.status_text())
+
+    def reload(self) -> None:
+        try:
+            new = load_config(self.config_path).get(HeartbeatSettings)
+        except ConfigError as exc:
+            log.error("configuration not reloaded, keeping the old one: %s", exc)
+            return
+        if new.poll_interval != self.daemon.settings.poll_interval and self.timer is not None:
+            self.timer.cancel()
+            self.timer = self.runtime.call_every(new.poll_interval, self.tick)
+        self.daemon.reconfigure(new)
+        log.info("configuration reloaded from %s", self.config_path)
+        self.tick()
+
+    def stopped(self) -> None:
+        self.daemon.publisher.update(state="stopped")
+        self.daemon.publisher.publish()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = daemon_arg_parser("hvguest-heartbeatd", "Watch heartbeat, shutdown and time sync; "
-                          "publish application health to the Hyper-V host.")
-    p.add_argument("--os-etc-dir", metavar="DIR", help="instead of /etc (chrony configuration)")
+                          "publish application health to the Hyper-V host.", os_etc=True)
     p.add_argument("--once", action="store_true", help="poll once, publish and exit")
     return p
 
@@ -309,8 +348,6 @@ def main(argv: list[str] | None = None) -> int:
         paths, config = start_daemon(SERVICE, args)
     except SystemExit as exc:  # a bad configuration: one line already printed
         return int(exc.code) if isinstance(exc.code, int) else 1
-    if args.os_etc_dir:
-        paths = replace(paths, os_etc=os.path.abspath(args.os_etc_dir))
     settings: HeartbeatSettings = config.get(HeartbeatSettings)
     if not os.path.isdir(paths.vmbus_devices):
         log.info("%s does not exist: not a Hyper-V guest, nothing to do", paths.vmbus_devices)
@@ -324,48 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         print(daemon.status_text(), file=sys.stderr)
         return 0
     runtime = Runtime("hvguest-heartbeatd")
-
-    def tick() -> None:
-        daemon.poll()
-        runtime.status(daemon.status_text())
-
-    def rescan() -> None:
-        daemon.rescan()
-        runtime.status(daemon.status_text())
-
-    daemon.poll()
-    timer = runtime.call_every(settings.poll_interval, tick)
-    if watch_devices(runtime, open_watcher(paths), rescan) is None:
-        log.debug("no device events: changes are noticed every %g s", settings.poll_interval)
-    config_path = args.config or paths.config_file
-
-    def reload() -> None:
-        nonlocal timer
-        try:
-            new = load_config(config_path).get(HeartbeatSettings)
-        except ConfigError as exc:
-            log.error("configuration not reloaded, keeping the old one: %s", exc)
-            return
-        if new.poll_interval != daemon.settings.poll_interval:
-            timer.cancel()
-            timer = runtime.call_every(new.poll_interval, tick)
-        daemon.reconfigure(new)
-        log.info("configuration reloaded from %s", config_path)
-        tick()
-
-    runtime.on_reload(reload)
-
-    def stopped() -> None:
-        daemon.publisher.update(state="stopped")
-        daemon.publisher.publish()
-
-    runtime.on_stop(stopped)
-    # READY from inside the loop: SIGTERM handling is installed by then.
-    runtime.call_later(0, lambda: runtime.ready(daemon.status_text()))
-    try:
-        return runtime.run()
-    finally:
-        runtime.close()
+    schedule = PollSchedule(runtime, daemon, args.config or paths.config_file)
+    return run_daemon(runtime, schedule.start, daemon.status_text, state=daemon.publisher)
 
 
 if __name__ == "__main__":

@@ -200,7 +200,7 @@ def main(workdir: str | None = None, reference: bool = False) -> int:
 
 
 # -- closing screen: hvguestctl status over every service --------------------------------
-# The daemons stay up until the status is shown. hvguest.heartbeat.demovm writes the
+# The daemons stay up until the status is shown. hvguest.sim.demovm writes the
 # VMBus sysfs the simulator does not model, runs hvguest-heartbeatd against it and prints
 # ``hvguestctl status`` with each sandboxed daemon's published state. It runs as a
 # program: the simulator imports no daemon code.
@@ -208,12 +208,12 @@ def main(workdir: str | None = None, reference: bool = False) -> int:
 
 def status_screen(sims: list[tuple[str, SimClient]], base: str, reference: bool) -> list[str]:
     lines = ["== STATUS =="]
-    if reference or importlib.util.find_spec("hvguest.heartbeat.demovm") is None:
+    if reference or importlib.util.find_spec("hvguest.daemons.heartbeatd") is None:
         return lines + ["  (hvguestctl status reports hvguest's own daemons)"]
     args: list[str] = []
     for service, sim in sims:
         args += ["--state", f"{service}={sim.root}/run/hvguest/{service}.json"]
-    r = subprocess.run([sys.executable, "-m", "hvguest.heartbeat.demovm",
+    r = subprocess.run([sys.executable, "-m", "hvguest.sim.demovm",
                         "--workdir", os.path.join(base, "status"), *args],
                        capture_output=True, text=True, timeout=120, check=False)
     lines += r.stdout.rstrip("\n").splitlines()

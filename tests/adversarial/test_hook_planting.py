@@ -1,7 +1,7 @@
 """Local-user attacks on the root-run hooks (VSS freeze/thaw and pre-shutdown).
 
 Each attack is run against both entry points: ``hvguest.vss.hooks`` (what
-hvguest-vssd runs) and ``hvguest.heartbeat.shutdown.run_hooks`` (what
+hvguest-vssd runs) and ``hvguest.shutdown.hooks.run_hooks`` (what
 ``hvguestctl shutdown-hooks run`` runs). A hook proves it ran by appending to a
 marker file; an attack succeeds when the attacker's code runs as root.
 """
@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from hvguest.heartbeat import shutdown
 from hvguest.paths import Paths
+from hvguest.shutdown import hooks as shutdown
 from hvguest.vss.hooks import HookRunner, discover
 
 pytestmark = [pytest.mark.root]

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 ALLOWED = {
     "hvguest", "hvguest.cli", "hvguest.cli.main", "hvguest.cli.vss", "hvguest.errors",
     "hvguest.cli.privilege", "hvguest.text",
-    "hvguest.heartbeat", "hvguest.heartbeat.roots", "hvguest.paths", "hvguest.state",
+    "hvguest.roots", "hvguest.paths", "hvguest.state",
     "hvguest.files",
     "hvguest.vss", "hvguest.vss.mounts", "hvguest.vss.freeze", "hvguest.vss.record",
 }

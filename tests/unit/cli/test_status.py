@@ -6,19 +6,25 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import jsonschema
 import pytest
 
+from hvguest import status
 from hvguest.cli.main import main as hvguestctl
-from hvguest.heartbeat import report, timesync
+from hvguest.command import CommandResult
 from hvguest.paths import Paths
+from hvguest.status import collect as report
+from hvguest.status.document import SERVICES
+from hvguest.timesync import check as timesync
+from hvguest.timesync import ptp as ptp_clock
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "sysfs"))
 import sysfs_builder  # noqa: E402
 
-SCHEMA_PATH = os.path.join(os.path.dirname(report.__file__), "status_schema.json")
+SCHEMA_PATH = os.path.join(os.path.dirname(status.__file__), "status_schema.json")
 with open(SCHEMA_PATH, encoding="utf-8") as _f:
     SCHEMA = json.load(_f)
 PIDS = {"kvp": 4101, "vss": 4102, "fcopy": 4103, "heartbeat": 4104}
@@ -37,7 +43,7 @@ class FakeTs:
         self.offset, self.error, self.source_state = offset, error, source_state
 
     def __call__(self, paths: Paths) -> timesync.TimesyncStatus:
-        st = timesync.TimesyncStatus(timesync.find_hyperv_ptp(paths), warn_offset_ms=100)
+        st = timesync.TimesyncStatus(ptp_clock.find_hyperv_ptp(paths), warn_offset_ms=100)
         st.offset_ms, st.error = self.offset, self.error
         st.chrony_installed, st.chrony_refclock = True, "/etc/chrony/conf.d/x.conf:1"
         st.chrony_source_state = self.source_state
@@ -97,7 +103,7 @@ def test_schema_is_valid() -> None:
 def test_healthy(healthy: Paths) -> None:
     doc = collect(healthy)
     assert doc["overall"] == "ok" and doc["exit_code"] == 0 and doc["hyperv"]
-    assert list(doc["services"]) == list(report.SERVICES)
+    assert list(doc["services"]) == list(SERVICES)
     kvp = doc["services"]["kvp"]
     assert kvp["offered"] and kvp["driver"] == "hv_utils" and kvp["driver_bound"]
     assert kvp["daemon"]["running"] and kvp["daemon"]["source"] == "pid"
@@ -243,11 +249,11 @@ def test_unbound_drivers(tmp_path: Any) -> None:
 def test_systemd_unit_state(healthy: Paths) -> None:
     calls: list[list[str]] = []
 
-    def runner(cmd: list[str], timeout: float) -> tuple[int, str]:
-        calls.append(cmd)
+    def runner(cmd: Sequence[str], timeout: float) -> CommandResult:
+        calls.append(list(cmd))
         if cmd[-1] == "hvguest-vss.service":
-            return 0, "ActiveState=failed\nSubState=failed\n"
-        return 0, "ActiveState=active\nSubState=running\n"
+            return CommandResult(0, "ActiveState=failed\nSubState=failed\n")
+        return CommandResult(0, "ActiveState=active\nSubState=running\n")
 
     doc = collect(healthy, use_systemd=True, runner=runner)
     assert ["systemctl", "show", "--no-pager", "-p", "ActiveState,SubState",
@@ -265,7 +271,7 @@ def test_timesync_offset_and_stale_clock(healthy: Paths) -> None:
     assert "hvguestctl timesync setup" in ts["problems"][0]["remedy"]
     # ESTALE and no reading published by the daemon: a warning that says why.
     os.unlink(os.path.join(healthy.run, "heartbeat.json"))
-    doc = collect(healthy, timesync_check=FakeTs(offset=None, error=timesync.describe_read_error(
+    doc = collect(healthy, timesync_check=FakeTs(offset=None, error=ptp_clock.describe_read_error(
         OSError(116, "Stale file handle"))))
     ts = doc["services"]["timesync"]
     assert ts["details"]["offset_ms"] is None and ts["details"]["source"] is None
@@ -350,7 +356,7 @@ def fake_clock(monkeypatch: pytest.MonkeyPatch) -> None:
         def close(self) -> None:
             pass
 
-    monkeypatch.setattr(timesync, "PhcClockSource", Clock)
+    monkeypatch.setattr(ptp_clock, "PhcClockSource", Clock)
 
 
 def _root(paths: Paths) -> str:
@@ -364,7 +370,7 @@ def test_cli_summary_fits_one_screen(healthy: Paths, fake_clock: None,
     lines = out.splitlines()
     assert lines[0].startswith("hvguest status:  OK")
     assert len(lines) <= 24 and max(len(line) for line in lines) <= 120
-    for service in report.SERVICES:
+    for service in SERVICES:
         assert any(line.startswith(service) for line in lines)
 
 

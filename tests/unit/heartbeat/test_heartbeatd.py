@@ -19,7 +19,8 @@ from hvguest import pool
 from hvguest.daemons import heartbeatd
 from hvguest.daemons.common import EXIT_CONFIG
 from hvguest.daemons.heartbeatd import HeartbeatDaemon
-from hvguest.heartbeat.health import KEY_HEALTH, KEY_REASON, HealthUnavailable
+from hvguest.health.publish import KEY_HEALTH, KEY_REASON
+from hvguest.health.units import HealthUnavailable
 from hvguest.heartbeat.settings import HeartbeatSettings
 from hvguest.paths import Paths
 from hvguest.state import read_state

@@ -14,10 +14,10 @@ from hvguest.daemons.common import (
     EXIT_CONFIG,
     daemon_arg_parser,
     daemon_ident,
-    paths_from_args,
     start_daemon,
 )
 from hvguest.paths import Paths
+from hvguest.roots import paths_from_args
 
 
 @pytest.fixture(autouse=True)

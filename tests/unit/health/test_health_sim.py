@@ -62,14 +62,14 @@ def test_status_reads_the_real_kvpd_state(sim: Any, tmp_path: Any, builder: Any)
 
     import jsonschema
 
-    from hvguest.heartbeat import report
+    from hvguest import status
 
     paths = builder.build(str(tmp_path / "m"))
     assert sim.kvp_set(0, "k", "v") == 0
     r = sim.exec([sys.executable, "-m", "hvguest.cli.main", "status", "kvp", "--json",
                   "--sys-root", paths.sys, "--dev-root", paths.dev])
     doc = json.loads(r.stdout)
-    with open(os.path.join(os.path.dirname(report.__file__), "status_schema.json")) as f:
+    with open(os.path.join(os.path.dirname(status.__file__), "status_schema.json")) as f:
         jsonschema.validate(doc, json.load(f), cls=jsonschema.Draft202012Validator)
     kvp = doc["services"]["kvp"]
     assert kvp["daemon"]["running"] and kvp["daemon"]["source"] in ("pid", "systemd")

@@ -10,12 +10,14 @@ from typing import Any
 
 import pytest
 
-from hvguest.heartbeat import demovm
-from hvguest.heartbeat.inventory import scan
+from hvguest.paths import Paths
+from hvguest.sim import demovm
+from hvguest.vmbus.inventory import scan
 
 
 def test_vm_tree_offers_the_simulated_services(tmp_path: Any) -> None:
-    paths = demovm.write_vm_tree(str(tmp_path), ["kvp", "fcopy"])
+    tree = demovm.write_vm_tree(str(tmp_path), ["kvp", "fcopy"])
+    paths = Paths(sys=tree.sys, dev=tree.dev)
     inv = scan(paths)
     assert sorted(d.name for d in inv.devices) == ["fcopy", "heartbeat", "kvp", "shutdown"]
     assert all(d.driver == "hv_utils" for d in inv.devices)

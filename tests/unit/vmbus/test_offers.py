@@ -16,12 +16,12 @@ from hvguest import pool
 from hvguest.daemon import Runtime
 from hvguest.daemons import heartbeatd
 from hvguest.daemons.heartbeatd import HeartbeatDaemon
-from hvguest.heartbeat.inventory import scan
-from hvguest.heartbeat.offers import SERVICE_TITLES, offer_changes, offered_services
 from hvguest.heartbeat.settings import HeartbeatSettings
 from hvguest.paths import Paths
 from hvguest.state import read_state
 from hvguest.transport.udev import OVERFLOW, UdevEvent
+from hvguest.vmbus.inventory import scan
+from hvguest.vmbus.offers import SERVICE_TITLES, offer_changes, offered_services
 
 VSS_INSTANCE = "2450ee40-33bf-4fbd-892e-9fb06e9214cf"
 ALL = frozenset(SERVICE_TITLES)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Set
 
-from hvguest.heartbeat.inventory import SERVICE_CLASS, Inventory
+from hvguest.vmbus.inventory import SERVICE_CLASS, Inventory
 
 # Names as the host's management tools show them, with the guest-side name added where
 # they differ, so a log line is found from either side.

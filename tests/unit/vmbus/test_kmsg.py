@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from hvguest.heartbeat import kmsg
 from hvguest.paths import Paths
+from hvguest.vmbus import kmsg
 
 
 def test_last_negotiation_wins_and_continuations_ignored(tmp_path: Any) -> None:

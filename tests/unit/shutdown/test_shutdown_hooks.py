@@ -10,8 +10,9 @@ from collections.abc import Callable
 import pytest
 
 from hvguest.cli.main import main as hvguestctl
-from hvguest.heartbeat import shutdown
+from hvguest.command import CommandResult, Runner
 from hvguest.paths import Paths
+from hvguest.shutdown import hooks as shutdown
 
 
 def _hook(paths: Paths, name: str, body: str, mode: int = 0o755) -> str:
@@ -90,8 +91,8 @@ def test_unsafe_hooks_are_skipped(paths: Paths) -> None:
 
 
 def test_detect_action() -> None:
-    def jobs(out: str, rc: int = 0) -> Callable[[list[str], float], tuple[int, str]]:
-        return lambda cmd, timeout: (rc, out)
+    def jobs(out: str, rc: int = 0) -> Runner:
+        return lambda cmd, timeout: CommandResult(rc, out)
 
     assert shutdown.detect_action(jobs("12 reboot.target start waiting\n")) == "reboot"
     assert shutdown.detect_action(jobs("3 poweroff.target start waiting\n")) == "poweroff"

@@ -10,16 +10,16 @@ next one still runs: the shutdown must not be held up.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from hvguest import hookrun
+from hvguest.command import Runner, run_command
+from hvguest.files import atomic_write
 from hvguest.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -53,13 +53,13 @@ _TARGET_ACTIONS = (("reboot.target", "reboot"), ("kexec.target", "kexec"),
                    ("halt.target", "halt"), ("poweroff.target", "poweroff"))
 
 
-def detect_action(runner: Callable[[list[str], float], tuple[int, str]]) -> str:
+def detect_action(runner: Runner = run_command) -> str:
     """What the system is going down for, from systemd's job queue ("poweroff" when
     it cannot tell: a host-initiated shutdown is a power-off)."""
-    rc, out = runner(["systemctl", "list-jobs", "--no-legend", "--no-pager"], 5.0)
-    if rc == 0:
+    jobs = runner(["systemctl", "list-jobs", "--no-legend", "--no-pager"], 5.0)
+    if jobs.ok:
         for target, action in _TARGET_ACTIONS:
-            if target in out:
+            if target in jobs.output:
                 return action
     return "poweroff"
 
@@ -129,17 +129,8 @@ def run_hooks(
 def save_results(paths: Paths, action: str, results: list[HookResult], now: str) -> None:
     """<run>/shutdown-hooks.json, for ``hvguestctl status shutdown``."""
     doc = {"time": now, "action": action, "results": [asdict(r) for r in results]}
-    os.makedirs(paths.run, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=paths.run)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, os.path.join(paths.run, RESULT_FILE))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    # /run is a tmpfs: nothing to gain from an fsync.
+    atomic_write(os.path.join(paths.run, RESULT_FILE), json.dumps(doc, indent=2), fsync=False)
 
 
 def load_results(paths: Paths) -> dict[str, object] | None:

@@ -8,16 +8,9 @@ from collections.abc import Callable, Iterator, Sequence
 import pytest
 
 from hvguest import pool
-from hvguest.heartbeat.health import (
-    KEY_HEALTH,
-    KEY_REASON,
-    Health,
-    HealthPublisher,
-    HealthUnavailable,
-    SystemctlProbe,
-    evaluate,
-    pool_store,
-)
+from hvguest.command import CommandResult
+from hvguest.health.publish import KEY_HEALTH, KEY_REASON, HealthPublisher, pool_store
+from hvguest.health.units import Health, HealthUnavailable, SystemctlProbe, evaluate
 from hvguest.paths import Paths
 
 
@@ -67,11 +60,13 @@ def test_reason_is_short() -> None:
 def test_systemctl_probe_parsing() -> None:
     calls: list[list[str]] = []
 
-    def runner(cmd: list[str], timeout: float) -> tuple[int, str]:
-        calls.append(cmd)
+    def runner(cmd: Sequence[str], timeout: float) -> CommandResult:
+        calls.append(list(cmd))
         if cmd[1] == "list-units":
-            return 0, "foo.service loaded failed failed Foo\nbar.mount loaded failed failed Bar\n"
-        return 0, "Id=web.service\nActiveState=active\n\nId=db.service\nActiveState=failed\n"
+            return CommandResult(
+                0, "foo.service loaded failed failed Foo\nbar.mount loaded failed failed Bar\n")
+        return CommandResult(
+            0, "Id=web.service\nActiveState=active\n\nId=db.service\nActiveState=failed\n")
 
     probe = SystemctlProbe(runner)
     assert probe.failed_units() == ["foo.service", "bar.mount"]
@@ -79,8 +74,9 @@ def test_systemctl_probe_parsing() -> None:
         "web.service": "active", "db.service": "failed"}
     assert calls[1][-2:] == ["web.service", "db.service"]
 
-    def broken(cmd: list[str], timeout: float) -> tuple[int, str]:
-        return 1, "System has not been booted with systemd as init system (PID 1).\nmore"
+    def broken(cmd: Sequence[str], timeout: float) -> CommandResult:
+        return CommandResult(
+            1, "System has not been booted with systemd as init system (PID 1).\nmore")
 
     with pytest.raises(HealthUnavailable, match="not been booted with systemd"):
         SystemctlProbe(broken).failed_units()
@@ -151,9 +147,9 @@ def test_user_triggered_units_do_not_degrade() -> None:
 def test_systemctl_asks_for_services_only() -> None:
     calls: list[list[str]] = []
 
-    def runner(cmd: list[str], timeout: float) -> tuple[int, str]:
-        calls.append(cmd)
-        return 0, ""
+    def runner(cmd: Sequence[str], timeout: float) -> CommandResult:
+        calls.append(list(cmd))
+        return CommandResult(0, "")
 
     SystemctlProbe(runner).failed_units()
     assert "--type=service" in calls[0] and "--system" in calls[0]

@@ -6,14 +6,17 @@ import errno
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 
 from hvguest.cli.main import main as hvguestctl
+from hvguest.command import CommandResult, Runner
 from hvguest.errors import LocalUsageError
-from hvguest.heartbeat import timesync
 from hvguest.paths import Paths
+from hvguest.timesync import check as timesync
+from hvguest.timesync import chrony
+from hvguest.timesync import ptp as ptp_clock
 
 
 class FakeClock:
@@ -40,31 +43,31 @@ def _write(path: str, text: str) -> None:
 
 
 def test_fd_to_clockid() -> None:
-    assert timesync.fd_to_clockid(3) == -29
-    assert timesync.fd_to_clockid(0) == -5
+    assert ptp_clock.fd_to_clockid(3) == -29
+    assert ptp_clock.fd_to_clockid(0) == -5
 
 
 def test_clock_gettime_realtime_matches_time() -> None:
-    assert abs(timesync._clock_gettime(timesync.CLOCK_REALTIME) - time.time()) < 1.0
+    assert abs(ptp_clock._clock_gettime(ptp_clock.CLOCK_REALTIME) - time.time()) < 1.0
 
 
 def test_find_hyperv_ptp_among_others(machine: Callable[..., Paths]) -> None:
     paths = machine(ptp=False)
     _write(os.path.join(paths.sys, "class/ptp/ptp0/clock_name"), "KVM virtual PTP\n")
-    assert timesync.find_hyperv_ptp(paths) is None
+    assert ptp_clock.find_hyperv_ptp(paths) is None
     _write(os.path.join(paths.sys, "class/ptp/ptp1/clock_name"), "hyperv\n")
     _write(os.path.join(paths.dev, "ptp1"), "")
-    ptp = timesync.find_hyperv_ptp(paths)
+    ptp = ptp_clock.find_hyperv_ptp(paths)
     assert ptp is not None and ptp.name == "ptp1" and ptp.device == os.path.join(paths.dev, "ptp1")
     os.symlink("ptp1", os.path.join(paths.dev, "ptp_hyperv"))
-    ptp = timesync.find_hyperv_ptp(paths)
+    ptp = ptp_clock.find_hyperv_ptp(paths)
     assert ptp is not None and ptp.device == os.path.join(paths.dev, "ptp_hyperv")
     assert ptp.node == os.path.join(paths.dev, "ptp1")
 
 
 def test_measure_offset_keeps_tightest_sample() -> None:
     clock = FakeClock([(100.0, 99.0, 100.2), (100.0, 99.95, 100.01), (100.0, 99.0, 100.5)])
-    off = timesync.measure_offset(clock, samples=3)
+    off = ptp_clock.measure_offset(clock, samples=3)
     assert off.delay == pytest.approx(0.01)
     assert off.offset == pytest.approx(0.055)
 
@@ -98,12 +101,12 @@ DEBIAN_CONF = (
 def test_chrony_detection_debian_layout(machine: Callable[..., Paths]) -> None:
     paths = machine()
     _write(os.path.join(paths.os_etc, "chrony/chrony.conf"), DEBIAN_CONF)
-    cfg = timesync.read_chrony_config(paths)
-    ptp = timesync.find_hyperv_ptp(paths)
+    cfg = chrony.read_chrony_config(paths)
+    ptp = ptp_clock.find_hyperv_ptp(paths)
     assert cfg.main is not None and cfg.uses(ptp, paths) == []
     _write(os.path.join(paths.os_etc, "chrony/conf.d/hyperv.conf"),
            "# host clock\nrefclock PHC /dev/ptp_hyperv poll 3 dpoll -2 offset 0\n")
-    cfg = timesync.read_chrony_config(paths)
+    cfg = chrony.read_chrony_config(paths)
     refs = cfg.uses(ptp, paths)
     assert len(refs) == 1 and refs[0].line == 2
     assert refs[0].file.endswith("conf.d/hyperv.conf")
@@ -115,8 +118,8 @@ def test_chrony_detection_rhel_include_and_ptp_node(machine: Callable[..., Paths
            "server ntp.example.com\ninclude /etc/chrony.d/*.conf\n")
     _write(os.path.join(paths.os_etc, "chrony.d/phc.conf"), "refclock PHC /dev/ptp0:extpps\n")
     _write(os.path.join(paths.os_etc, "chrony.d/other.conf"), "#refclock PHC /dev/ptp0\n")
-    cfg = timesync.read_chrony_config(paths)
-    refs = cfg.uses(timesync.find_hyperv_ptp(paths), paths)
+    cfg = chrony.read_chrony_config(paths)
+    refs = cfg.uses(ptp_clock.find_hyperv_ptp(paths), paths)
     assert [os.path.basename(r.file) for r in refs] == ["phc.conf"]
 
 
@@ -125,28 +128,28 @@ def test_running_ntp_clients(machine: Callable[..., Paths]) -> None:
     _write(os.path.join(paths.proc, "412/comm"), "chronyd\n")
     _write(os.path.join(paths.proc, "413/comm"), "systemd-timesyn\n")
     _write(os.path.join(paths.proc, "414/comm"), "bash\n")
-    assert timesync.running_ntp_clients(paths) == ["chronyd", "systemd-timesyncd"]
+    assert chrony.running_ntp_clients(paths) == ["chronyd", "systemd-timesyncd"]
 
 
 def test_chrony_source_state(machine: Callable[..., Paths]) -> None:
-    def chronyc(out: str, rc: int = 0) -> Callable[[list[str], float], tuple[int, str]]:
-        return lambda cmd, timeout: (rc, out)
+    def chronyc(out: str, rc: int = 0) -> Runner:
+        return lambda cmd, timeout: CommandResult(rc, out)
 
     sources = "^,-,192.0.2.1,2,6,377,37,-0.000012,-0.000011,0.020\n" \
               "#,*,PHC0,0,3,377,7,0.000001,0.000001,0.000010\n"
-    assert timesync.chrony_source_state(chronyc(sources)) == "selected"
-    assert timesync.chrony_source_state(chronyc(sources.replace("#,*", "#,?"))) == "unreachable"
-    assert timesync.chrony_source_state(chronyc(sources.splitlines()[0])) == "not a source"
-    assert timesync.chrony_source_state(chronyc("", 1)) is None
+    assert chrony.chrony_source_state(chronyc(sources)) == "selected"
+    assert chrony.chrony_source_state(chronyc(sources.replace("#,*", "#,?"))) == "unreachable"
+    assert chrony.chrony_source_state(chronyc(sources.splitlines()[0])) == "not a source"
+    assert chrony.chrony_source_state(chronyc("", 1)) is None
     # Only asked when chronyd runs and a refclock reads the host clock.
     paths = machine()
     _write(os.path.join(paths.os_etc, "chrony/chrony.conf"),
            "refclock PHC /dev/ptp_hyperv poll 3 dpoll -2 offset 0\n")
     calls: list[list[str]] = []
 
-    def runner(cmd: list[str], timeout: float) -> tuple[int, str]:
-        calls.append(cmd)
-        return 0, sources
+    def runner(cmd: Sequence[str], timeout: float) -> CommandResult:
+        calls.append(list(cmd))
+        return CommandResult(0, sources)
 
     st = timesync.check(paths, opener=lambda dev: FakeClock([(1, 1, 1)]), runner=runner)
     assert st.chrony_refclock and st.chrony_source_state is None and calls == []
@@ -160,18 +163,18 @@ class Recorder:
         self.calls: list[tuple[list[str], float]] = []
         self.rc, self.out = rc, out
 
-    def __call__(self, cmd: list[str], timeout: float) -> tuple[int, str]:
-        self.calls.append((cmd, timeout))
-        return self.rc, self.out
+    def __call__(self, cmd: Sequence[str], timeout: float) -> CommandResult:
+        self.calls.append((list(cmd), timeout))
+        return CommandResult(self.rc, self.out)
 
 
 def test_setup_writes_dropin_and_restarts(machine: Callable[..., Paths]) -> None:
     paths = machine()
     _write(os.path.join(paths.os_etc, "chrony/chrony.conf"), DEBIAN_CONF)
     runner = Recorder()
-    result = timesync.setup_chrony(paths, runner=runner, restart_timeout=7)
+    result = chrony.setup_chrony(paths, runner=runner, restart_timeout=7)
     assert result.changed
-    dropin = os.path.join(paths.os_etc, "chrony/conf.d", timesync.DROPIN_NAME)
+    dropin = os.path.join(paths.os_etc, "chrony/conf.d", chrony.DROPIN_NAME)
     with open(dropin) as f:
         text = f.read()
     # No udev link in the fixture: the node found is named.
@@ -180,7 +183,7 @@ def test_setup_writes_dropin_and_restarts(machine: Callable[..., Paths]) -> None
     assert not [n for n in os.listdir(os.path.dirname(dropin)) if n.endswith(".tmp")]
     assert runner.calls == [(["systemctl", "restart", "chrony.service"], 7)]
     # Second run: already configured, nothing restarted.
-    again = timesync.setup_chrony(paths, runner=runner)
+    again = chrony.setup_chrony(paths, runner=runner)
     assert not again.changed and "already configured" in again.message
     assert len(runner.calls) == 1
 
@@ -189,7 +192,7 @@ def test_setup_prefers_udev_link(machine: Callable[..., Paths]) -> None:
     paths = machine()
     os.symlink("ptp0", os.path.join(paths.dev, "ptp_hyperv"))
     _write(os.path.join(paths.os_etc, "chrony/chrony.conf"), DEBIAN_CONF)
-    result = timesync.setup_chrony(paths, runner=Recorder(), systemd=False)
+    result = chrony.setup_chrony(paths, runner=Recorder(), systemd=False)
     assert result.line == "refclock PHC /dev/ptp_hyperv poll 3 dpoll -2 offset 0"
     assert "restart chronyd" in result.message
 
@@ -197,16 +200,16 @@ def test_setup_prefers_udev_link(machine: Callable[..., Paths]) -> None:
 def test_setup_errors(machine: Callable[..., Paths]) -> None:
     paths = machine()
     with pytest.raises(LocalUsageError, match="not installed"):
-        timesync.setup_chrony(paths, runner=Recorder())
+        chrony.setup_chrony(paths, runner=Recorder())
     _write(os.path.join(paths.os_etc, "chrony.conf"), "server ntp.example.com\n")
     with pytest.raises(LocalUsageError, match="no drop-in directory"):
-        timesync.setup_chrony(paths, runner=Recorder())
+        chrony.setup_chrony(paths, runner=Recorder())
     os.unlink(os.path.join(paths.os_etc, "chrony.conf"))
     _write(os.path.join(paths.os_etc, "chrony/chrony.conf"), DEBIAN_CONF)
     with pytest.raises(LocalUsageError, match="failed \\(124\\)"):
-        timesync.setup_chrony(paths, runner=Recorder(124, "timed out after 20 s"))
+        chrony.setup_chrony(paths, runner=Recorder(124, "timed out after 20 s"))
     with pytest.raises(LocalUsageError, match="Time Synchronization"):
-        timesync.setup_chrony(machine(omit=["timesync"]), runner=Recorder())
+        chrony.setup_chrony(machine(omit=["timesync"]), runner=Recorder())
 
 
 def test_cli_timesync_status_and_setup(
@@ -216,13 +219,13 @@ def test_cli_timesync_status_and_setup(
 ) -> None:
     paths = machine()
     root = os.path.dirname(paths.sys)
-    monkeypatch.setattr(timesync, "PhcClockSource", lambda dev: FakeClock([(10.0, 9.9995, 10.0)]))
+    monkeypatch.setattr(ptp_clock, "PhcClockSource", lambda dev: FakeClock([(10.0, 9.9995, 10.0)]))
     assert hvguestctl(["timesync", "status", "--root-dir", root]) == 0
     out = capsys.readouterr().out
     assert "+0.500 ms" in out and "chrony:      not installed" in out
     assert hvguestctl(["timesync", "status", "--json", "--root-dir", root]) == 0
     assert json.loads(capsys.readouterr().out)["offset_ms"] == pytest.approx(0.5)
-    monkeypatch.setattr(timesync, "PhcClockSource", lambda dev: FakeClock([(10.0, 9.0, 10.0)]))
+    monkeypatch.setattr(ptp_clock, "PhcClockSource", lambda dev: FakeClock([(10.0, 9.0, 10.0)]))
     assert hvguestctl(["timesync", "status", "--root-dir", root]) == 2
     assert "PAST THE LIMIT" in capsys.readouterr().out
     # setup without systemd as PID 1 (the fixture's): writes, does not restart.

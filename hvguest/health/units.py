@@ -1,9 +1,6 @@
-"""Application health for the host: systemd unit states -> KVP keys in pool 1.
+"""Application health for the host: systemd unit states -> ok / degraded / critical.
 
-The host reads pool 1 as the VM's GuestExchangeItems. We publish
-``hvguest.health`` (ok / degraded / critical) and ``hvguest.health.reason``,
-rewrite them only when they change, and put them back when they vanish
-(cloud-init truncates pool 1 at boot). No other key is touched.
+The level and its reason go to the host as KVP items (hvguest.health.publish).
 
 With no ``heartbeat.health_units`` configured, only failed *system services* count,
 and never one that an unprivileged local user can start or make fail: otherwise any
@@ -19,20 +16,13 @@ checked, whatever their kind.
 from __future__ import annotations
 
 import fnmatch
-import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
-from hvguest.heartbeat.timesync import Runner, run_command
-from hvguest.paths import Paths
+from hvguest.command import Runner, run_command
 
-log = logging.getLogger(__name__)
-
-KEY_HEALTH = "hvguest.health"
-KEY_REASON = "hvguest.health.reason"
-HEALTH_POOL = 1
 REASON_MAX = 200  # well under the 1022-byte safe value limit
 
 # Started per login by logind (a user can log in and make them fail).
@@ -62,11 +52,12 @@ class SystemctlProbe:
         self.timeout = timeout
 
     def _run(self, args: list[str]) -> str:
-        rc, out = self.runner(["systemctl", *args], self.timeout)
-        if rc != 0:
-            first = out.strip().splitlines()[0] if out.strip() else "no output"
-            raise HealthUnavailable(f"systemctl {args[0]} failed ({rc}): {first[:200]}")
-        return out
+        result = self.runner(["systemctl", *args], self.timeout)
+        if not result.ok:
+            out = result.output.strip()
+            first = out.splitlines()[0] if out else "no output"
+            raise HealthUnavailable(f"systemctl {args[0]} failed ({result.code}): {first[:200]}")
+        return result.output
 
     def failed_units(self) -> list[str]:
         out = self._run(["list-units", "--system", "--type=service", "--state=failed",
@@ -136,55 +127,3 @@ def evaluate(probe: UnitProbe, units: Sequence[str]) -> Health:
     if failed:
         return Health("degraded", _short(f"{len(failed)} failed units: {_names(failed)}"))
     return Health("ok", "no failed units")
-
-
-class KvpStore(Protocol):
-    def get(self, key: str) -> str | None: ...
-
-    def set(self, key: str, value: str) -> None: ...
-
-    def delete(self, key: str) -> Any: ...
-
-
-StoreFactory = Callable[[], KvpStore]
-
-
-def pool_store(paths: Paths, pool: int = HEALTH_POOL) -> StoreFactory:
-    """Opens the shared pool store (same locks as every other pool writer)."""
-
-    def factory() -> KvpStore:
-        from hvguest.pool import open_pool  # the KVP pool module; imported late
-
-        store: KvpStore = open_pool(paths, pool)
-        return store
-
-    return factory
-
-
-class HealthPublisher:
-    """Keeps our two keys in pool 1 equal to the last evaluation."""
-
-    def __init__(self, store: StoreFactory) -> None:
-        self.store = store
-        self.writes = 0
-
-    def publish(self, health: Health) -> bool:
-        """True when something was written (changed or missing)."""
-        pool = self.store()
-        wrote = False
-        for key, value in ((KEY_HEALTH, health.level), (KEY_REASON, health.reason)):
-            if pool.get(key) != value:
-                pool.set(key, value)
-                wrote = True
-        if wrote:
-            self.writes += 1
-            log.info("published health %s (%s) in KVP pool %d", health.level, health.reason,
-                     HEALTH_POOL)
-        return wrote
-
-    def withdraw(self) -> None:
-        """Remove our keys (health unknown: say nothing rather than something stale)."""
-        pool = self.store()
-        for key in (KEY_HEALTH, KEY_REASON):
-            if pool.get(key) is not None:
-                pool.delete(key)

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from hvguest.cli.main import main as hvguestctl
-from hvguest.heartbeat.inventory import CLASSES, SERVICE_CLASS, scan
 from hvguest.paths import Paths
+from hvguest.vmbus.inventory import CLASSES, SERVICE_CLASS, scan
 
 
 def test_class_table_is_complete() -> None:

@@ -23,49 +23,43 @@ class DeviceClass:
     drivers: tuple[str, ...] = ()
 
 
-# The full class table (include/linux/hyperv.h, channel_mgmt.c, tools/hv/lsvmbus).
-CLASSES: dict[str, DeviceClass] = {
-    c.guid: c
-    for c in (
-        DeviceClass("32412632-86cb-44a2-9b5c-50d1417354f5", "ide", "Synthetic IDE Controller",
-                    ("hv_storvsc",)),
-        DeviceClass("ba6163d9-04a1-4d29-b605-72e2ffb1dc7f", "scsi", "Synthetic SCSI Controller",
-                    ("hv_storvsc",)),
-        DeviceClass("2f9bcc4a-0069-4af3-b76b-6fd0be528cda", "fc",
-                    "Synthetic fiber channel adapter", ("hv_storvsc",)),
-        DeviceClass("f8615163-df3e-46c5-913f-f2d2f965ed0e", "netvsc", "Synthetic network adapter",
-                    ("hv_netvsc",)),
-        DeviceClass("8c2eaf3d-32a7-4b09-ab99-bd1f1c86b501", "nd", "Synthetic RDMA adapter"),
-        DeviceClass("44c4f61d-4444-4400-9d52-802e27ede19f", "pcie", "PCI Express pass-through",
-                    ("hv_pci",)),
-        DeviceClass("da0a7802-e377-4aac-8e77-0558eb1073f8", "synthvid",
-                    "Synthetic framebuffer adapter", ("hyperv_drm", "hyperv_fb")),
-        DeviceClass("f912ad6d-2b17-48ea-bd65-f927a61c7684", "keyboard", "Synthetic keyboard",
-                    ("hyperv_keyboard",)),
-        DeviceClass("cfa8b69e-5b4a-4cc0-b98b-8ba1a1f3f95a", "mouse", "Synthetic mouse",
-                    ("hid_hyperv",)),
-        DeviceClass("a9a0f4e7-5a45-4d96-b827-8a841e8c03e6", "kvp", "[Data Exchange]",
-                    ("hv_utils",)),
-        DeviceClass("9527e630-d0ae-497b-adce-e80ab0175caf", "timesync", "[Time Synchronization]",
-                    ("hv_utils",)),
-        DeviceClass("57164f39-9115-4e78-ab55-382f3bd5422d", "heartbeat", "[Heartbeat]",
-                    ("hv_utils",)),
-        DeviceClass("0e0b6031-5213-4934-818b-38d90ced39db", "shutdown",
-                    "[Operating system shutdown]", ("hv_utils",)),
-        DeviceClass("34d14be3-dee4-41c8-9ae7-6b174977c192", "fcopy", "[Guest services]",
-                    ("hv_utils", "uio_hv_generic")),
-        DeviceClass("35fa2e29-ea23-4236-96ae-3a6ebacba440", "vss", "[Backup (volume checkpoint)]",
-                    ("hv_utils",)),
-        DeviceClass("525074dc-8985-46e2-8057-a307dc18a502", "balloon", "[Dynamic Memory]",
-                    ("hv_balloon",)),
-        DeviceClass("f8e65716-3cb3-4a06-9a60-1889c5cccab5", "avma1", "[Reserved system device]"),
-        DeviceClass("3375baf4-9e15-4b30-b765-67acb10d607b", "avma2", "[Reserved system device]"),
-        DeviceClass("276aacf4-ac15-426c-98dd-7521ad3f01fe", "rdv", "[Reserved system device]"),
-        # Not in lsvmbus's table: it prints "Unknown" for it.
-        DeviceClass("c376c1c3-d276-48d2-90a9-c04748072c60", "imc",
-                    "Initial Machine Configuration"),
-    )
-}
+# The full class table (include/linux/hyperv.h, channel_mgmt.c, tools/hv/lsvmbus): class
+# id, key, the drivers that bind it ("-": none in Linux), what lsvmbus prints. imc is not
+# in lsvmbus's table (it prints "Unknown" for it).
+_CLASS_TABLE = """
+32412632-86cb-44a2-9b5c-50d1417354f5 ide       hv_storvsc       Synthetic IDE Controller
+ba6163d9-04a1-4d29-b605-72e2ffb1dc7f scsi      hv_storvsc       Synthetic SCSI Controller
+2f9bcc4a-0069-4af3-b76b-6fd0be528cda fc        hv_storvsc       Synthetic fiber channel adapter
+f8615163-df3e-46c5-913f-f2d2f965ed0e netvsc    hv_netvsc        Synthetic network adapter
+8c2eaf3d-32a7-4b09-ab99-bd1f1c86b501 nd        -                Synthetic RDMA adapter
+44c4f61d-4444-4400-9d52-802e27ede19f pcie      hv_pci           PCI Express pass-through
+da0a7802-e377-4aac-8e77-0558eb1073f8 synthvid  hyperv_drm,hyperv_fb Synthetic framebuffer adapter
+f912ad6d-2b17-48ea-bd65-f927a61c7684 keyboard  hyperv_keyboard  Synthetic keyboard
+cfa8b69e-5b4a-4cc0-b98b-8ba1a1f3f95a mouse     hid_hyperv       Synthetic mouse
+a9a0f4e7-5a45-4d96-b827-8a841e8c03e6 kvp       hv_utils         [Data Exchange]
+9527e630-d0ae-497b-adce-e80ab0175caf timesync  hv_utils         [Time Synchronization]
+57164f39-9115-4e78-ab55-382f3bd5422d heartbeat hv_utils         [Heartbeat]
+0e0b6031-5213-4934-818b-38d90ced39db shutdown  hv_utils         [Operating system shutdown]
+34d14be3-dee4-41c8-9ae7-6b174977c192 fcopy     hv_utils,uio_hv_generic [Guest services]
+35fa2e29-ea23-4236-96ae-3a6ebacba440 vss       hv_utils         [Backup (volume checkpoint)]
+525074dc-8985-46e2-8057-a307dc18a502 balloon   hv_balloon       [Dynamic Memory]
+f8e65716-3cb3-4a06-9a60-1889c5cccab5 avma1     -                [Reserved system device]
+3375baf4-9e15-4b30-b765-67acb10d607b avma2     -                [Reserved system device]
+276aacf4-ac15-426c-98dd-7521ad3f01fe rdv       -                [Reserved system device]
+c376c1c3-d276-48d2-90a9-c04748072c60 imc       -                Initial Machine Configuration
+"""
+
+
+def _classes(table: str) -> dict[str, DeviceClass]:
+    out = {}
+    for line in table.strip().splitlines():
+        guid, name, drivers, description = line.split(None, 3)
+        out[guid] = DeviceClass(guid, name, description,
+                                () if drivers == "-" else tuple(drivers.split(",")))
+    return out
+
+
+CLASSES: dict[str, DeviceClass] = _classes(_CLASS_TABLE)
 
 # The integration services hvguest reports on, by service key.
 SERVICE_CLASS = {
