@@ -11,10 +11,11 @@ import argparse
 import sys
 from typing import Any
 
+from hvguest.cli import common
 from hvguest.cli.heartbeat_config import settings_for
 from hvguest.cli.privilege import require_root
 from hvguest.proc import systemd_running
-from hvguest.roots import add_root_options, paths_from_args
+from hvguest.roots import paths_from_args
 from hvguest.shutdown.hooks import detect_action, list_hooks, run_hooks, save_results
 from hvguest.state import utc_now
 from hvguest.text import say
@@ -22,25 +23,23 @@ from hvguest.text import say
 ACTIONS = ("auto", "poweroff", "reboot", "halt", "kexec", "test")
 
 
+HELP = "list or run the pre-shutdown hooks in /etc/hvguest/shutdown.d"
+DESCRIPTION = (
+    "Hooks run in name order, each within its time budget; only files owned "
+    "by root, executable and not writable by group or others are run."
+)
+
+
 def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "shutdown-hooks",
-        help="list or run the pre-shutdown hooks in /etc/hvguest/shutdown.d",
-        description="Hooks run in name order, each within its time budget; only files owned "
-        "by root, executable and not writable by group or others are run.",
-    )
-    hsub = p.add_subparsers(dest="hooks_command", metavar="ACTION")
+    hsub = common.command_group(sub, "shutdown-hooks", HELP, DESCRIPTION)
     lp = hsub.add_parser("list", help="show the hooks and whether each will run")
-    add_root_options(lp)
-    lp.set_defaults(func=run_list)
+    common.finish_action(lp, run_list)
     rp = hsub.add_parser("run", help="run the hooks now (called by the shutdown unit)")
     rp.add_argument("--action", choices=ACTIONS, default="auto",
                     help="passed to each hook as $1 and HVGUEST_SHUTDOWN_ACTION; auto: from "
                     "systemd's queued target (reboot, poweroff, ...), else poweroff")
-    rp.add_argument("--config", metavar="PATH", help="configuration file (hook budgets)")
-    add_root_options(rp)
-    rp.set_defaults(func=run_run)
-    p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
+    common.add_config_option(rp, "hook budgets")
+    common.finish_action(rp, run_run)
 
 
 def run_list(args: argparse.Namespace) -> int:

@@ -10,33 +10,30 @@ import argparse
 import dataclasses
 import errno
 import fcntl
-import json
 import os
 import sys
 from typing import Any
 
+from hvguest.cli import common
 from hvguest.errors import HvGuestError
 from hvguest.paths import Paths
-from hvguest.roots import add_root_options, paths_from_args
+from hvguest.roots import paths_from_args
 from hvguest.state import pid_alive, read_state
 from hvguest.text import say
 from hvguest.vss.freeze import FITHAW
 from hvguest.vss.mounts import read_mountinfo
 from hvguest.vss.record import clear_record, read_record, record_path
 
+HELP = "live backups: freeze status, emergency thaw, freeze plan"
+DESCRIPTION = "Inspect and control hvguest-vssd's filesystem freezes."
+
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "vss",
-        help="live backups: freeze status, emergency thaw, freeze plan",
-        description="Inspect and control hvguest-vssd's filesystem freezes.",
-    )
-    vsub = p.add_subparsers(dest="vss_command", metavar="ACTION")
+    vsub = common.command_group(sub, "vss", HELP, DESCRIPTION)
 
     s = vsub.add_parser("status", help="frozen now? results of the last freeze, per mount")
-    s.add_argument("--json", action="store_true", help="machine-readable output")
-    add_root_options(s)
-    s.set_defaults(func=cmd_status)
+    common.add_json_option(s)
+    common.finish_action(s, cmd_status)
 
     t = vsub.add_parser(
         "thaw",
@@ -51,18 +48,15 @@ def register(sub: Any) -> None:
         action="store_true",
         help="say nothing and exit 0 when nothing is recorded as frozen",
     )
-    add_root_options(t)
-    t.set_defaults(func=cmd_thaw)
+    common.finish_action(t, cmd_thaw)
 
     pl = vsub.add_parser(
         "plan", help="which mounts a freeze would cover, in which order, and why not the others"
     )
-    pl.add_argument("--json", action="store_true", help="machine-readable output")
-    pl.add_argument("--config", metavar="PATH", help="configuration file")
+    common.add_json_option(pl)
+    common.add_config_option(pl)
     pl.add_argument("--lib-dir", metavar="DIR", help="instead of /usr/lib/hvguest")
-    add_root_options(pl)
-    pl.set_defaults(func=cmd_plan)
-    p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
+    common.finish_action(pl, cmd_plan)
 
 
 def _paths(args: argparse.Namespace) -> Paths:
@@ -81,8 +75,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     doc = read_state(paths, "vss")
     record = read_record(paths)
     if args.json:
-        json.dump({"state": doc, "freeze_record": record}, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        common.print_json({"state": doc, "freeze_record": record})
     if doc is None:
         if not args.json:
             say("hvguest-vssd has not published a state (not running, or not started yet)")
@@ -227,33 +220,28 @@ def cmd_thaw(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from hvguest.config import load_config
     from hvguest.errors import ConfigError
     from hvguest.vss.hooks import discover, hook_dirs
     from hvguest.vss.mounts import plan_at
     from hvguest.vss.settings import VssSettings
 
     paths = _paths(args)
-    path = args.config or paths.config_file
     try:
-        settings = load_config(path, missing_ok=args.config is None).get(VssSettings)
+        settings = common.load_cli_config(args, paths).get(VssSettings)
     except ConfigError as exc:
         say(f"hvguestctl: {exc}", file=sys.stderr)
         return 1
     plan = plan_at(paths.proc, paths.sys, exclude=settings.exclude, include=settings.include)
     hooks = discover(hook_dirs(paths.etc, paths.lib))
     if args.json:
-        json.dump(
+        common.print_json(
             {
                 "freeze_order": [dataclasses.asdict(fs) for fs in plan.order],
                 "skipped": [dataclasses.asdict(s) for s in plan.skipped],
                 "hooks": [dataclasses.asdict(h) for h in hooks.hooks] if settings.hooks else [],
                 "refused_hooks": [dataclasses.asdict(r) for r in hooks.refused],
-            },
-            sys.stdout,
-            indent=2,
+            }
         )
-        sys.stdout.write("\n")
         return 0
     say("freeze order (thaw runs in reverse):")
     if not plan.order:

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 # root check and the escaping of what it prints (both stdlib-only).
 ALLOWED = {
     "hvguest", "hvguest.cli", "hvguest.cli.main", "hvguest.cli.vss", "hvguest.errors",
-    "hvguest.cli.privilege", "hvguest.text",
+    "hvguest.cli.privilege", "hvguest.cli.common", "hvguest.text",
     "hvguest.roots", "hvguest.paths", "hvguest.state",
     "hvguest.files",
     "hvguest.vss", "hvguest.vss.mounts", "hvguest.vss.freeze", "hvguest.vss.record",
