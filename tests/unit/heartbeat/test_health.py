@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
-from hvguest import pool
 from hvguest.heartbeat.health import (
     KEY_HEALTH,
     KEY_REASON,
@@ -19,6 +18,10 @@ from hvguest.heartbeat.health import (
     pool_store,
 )
 from hvguest.paths import Paths
+from hvguest.pool import PoolRegistry
+
+# The process's open pool files, as a daemon owns them; closed after each test.
+POOLS = PoolRegistry()
 
 
 class FakeProbe:
@@ -36,7 +39,7 @@ class FakeProbe:
 @pytest.fixture(autouse=True)
 def fresh_pools() -> Iterator[None]:
     yield
-    pool.close_all()
+    POOLS.close_all()
 
 
 def test_evaluate_system_wide() -> None:
@@ -95,7 +98,7 @@ def _pool_paths(tmp_path: object) -> Paths:
 def test_publish_writes_on_change_and_after_truncation(tmp_path: object) -> None:
     paths = _pool_paths(tmp_path)
     store = pool_store(paths)
-    pf = pool.open_pool(paths, 1)
+    pf = POOLS.open(paths, 1)
     pf.set("CLOUD_INIT|1|start|x", "cloud-init's own record")
     pub = HealthPublisher(store)
     assert pub.publish(Health("ok", "no failed units"))
@@ -115,7 +118,7 @@ def test_publish_writes_on_change_and_after_truncation(tmp_path: object) -> None
 
 def test_publish_leaves_other_keys_and_withdraw(tmp_path: object) -> None:
     paths = _pool_paths(tmp_path)
-    pf = pool.open_pool(paths, 1)
+    pf = POOLS.open(paths, 1)
     pf.set("azure-init-1|vm|x", "v")
     pub = HealthPublisher(pool_store(paths))
     pub.publish(Health("critical", "db down"))
@@ -126,7 +129,8 @@ def test_publish_leaves_other_keys_and_withdraw(tmp_path: object) -> None:
 def test_pool_store_factory_uses_shared_registry(tmp_path: object) -> None:
     paths = _pool_paths(tmp_path)
     factory: Callable[[], object] = pool_store(paths)
-    assert factory() is pool.open_pool(paths, 1)
+    # one PoolFile (one descriptor, so one set of locks) however often it is asked
+    assert factory() is factory()
 
 
 # Units any local user can start or make fail: a login (user@UID.service and its
