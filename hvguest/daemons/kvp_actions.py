@@ -4,6 +4,7 @@ the executor that carries out its actions (pool writes, IP settings, log lines).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ from hvguest.roles.kvp import (
     WritePool,
 )
 from hvguest.state import StatePublisher
+from hvguest.vss.record import record_path
 from hvguest.wire.kvp import KvpIpInfo
 from hvguest.wire.status import HvStatus
 
@@ -73,6 +75,7 @@ class KvpActions:
         self.state = state
         self.throttle = throttle
         self._netconfig = netconfig
+        self._freeze_record = record_path(paths)
 
     def write(self, action: WritePool | DeletePool) -> PoolDone | PoolFailed:
         """One SET or DELETE on a pool file; nothing written on failure."""
@@ -97,6 +100,10 @@ class KvpActions:
     def check_not_frozen(self) -> None:
         """Refuse a write at once while a backup holds the pool directory's filesystem
         frozen: the write would block until the thaw, far past the kernel's 30 s."""
+        try:
+            os.stat(self._freeze_record)
+        except OSError:
+            return  # the usual case, on every SET: no freeze anywhere
         point = frozen_mount(self.paths, self.paths.pool_dir)
         if point is not None:
             raise HvGuestError(

@@ -17,7 +17,7 @@ from hvguest.pool.limits import (
     PoolRecordError,
     check_item,
 )
-from hvguest.pool.records import Signature, pwrite_all, read_records
+from hvguest.pool.records import pwrite_all, read_records, signature
 from hvguest.wire.pool import POOL_KEY_SIZE, POOL_RECORD_SIZE, POOL_VALUE_SIZE, PoolRecord
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class PoolFile(PoolHandle):
         # replaced by rename or deleted shows st_nlink 0. A rename that keeps the old
         # inode linked elsewhere is caught by the path check, at least once a second.
         st = os.fstat(self._fd)
-        if st.st_nlink == 0 or Signature.of(st) != self._sig:
+        if st.st_nlink == 0 or signature(st) != self._sig:
             return False
         if time.monotonic() - self._path_checked > PATH_CHECK_PERIOD:
             try:
@@ -63,10 +63,10 @@ class PoolFile(PoolHandle):
             self._path_checked = time.monotonic()
         return True
 
-    def _refresh(self, fd: int) -> None:
-        """Under the lock: re-read the file unless the cache is current."""
-        st = os.fstat(fd)
-        sig = Signature.of(st)
+    def _refresh(self, fd: int, st: os.stat_result) -> None:
+        """Under the locks (``st``: the file's fstat taken under them): re-read the
+        file unless the cache is current."""
+        sig = signature(st)
         if sig == self._sig and self._trusted:
             return
         records, rest = read_records(fd)
@@ -80,7 +80,7 @@ class PoolFile(PoolHandle):
             )
             os.ftruncate(fd, count * POOL_RECORD_SIZE)
             st = os.fstat(fd)
-            sig = Signature.of(st)
+            sig = signature(st)
         self._set_records(records)
         self._sig = sig
         self._trusted = time.time_ns() - st.st_mtime_ns > RACY_NS
@@ -98,22 +98,25 @@ class PoolFile(PoolHandle):
     def _stamp(self, fd: int) -> None:
         """After our own write: set an mtime no later write can reproduce."""
         st = os.fstat(fd)
-        mtime = st.st_mtime_ns - 1 - random.randrange(1 << 20)
+        mtime = st.st_mtime_ns - 1 - random.getrandbits(20)
         try:
             os.utime(fd, ns=(st.st_atime_ns, mtime))
         except OSError:
-            self._sig = Signature.of(st)
+            self._sig = signature(st)
             self._trusted = time.time_ns() - st.st_mtime_ns > RACY_NS
             return
-        self._sig = Signature(st.st_ino, st.st_size, mtime)
+        self._sig = (st.st_ino, st.st_size, mtime)
         self._trusted = True
 
     def _snapshot(self) -> None:
         """Make the cache current: lock-free when unchanged, else under the locks."""
         if self._fresh():
             return
-        with self.locked() as fd:
-            self._refresh(fd)
+        fd, st = self._lock()
+        try:
+            self._refresh(fd, st)
+        finally:
+            self._unlock(fd)
 
     # -- reading -------------------------------------------------------------
 
@@ -210,35 +213,40 @@ class PoolFile(PoolHandle):
         raw_key, raw_value = check_item(key, value, pool=self.pool, unsafe=unsafe)
         record = (raw_key, raw_value)
         data = PoolRecord(raw_key, raw_value).encode()
-        with self._mutex, self.locked() as fd:
-            self._writable_fd(fd)
-            self._refresh(fd)
-            i = self._index.get(raw_key)
-            if i is not None:
-                if self._records[i] == record:
-                    return
-                pwrite_all(fd, data, i * POOL_RECORD_SIZE)
-                self._records[i] = record
-            else:
-                if len(self._records) >= self.max_records:
-                    # Stable text (no key, no count): the daemon logs it once per period.
-                    raise PoolFullError(
-                        f"KVP pool {self.pool} is full: {self.max_records} records"
-                        f" (kvp.max_records); new keys are refused until some are deleted"
-                        f" ({self.path})"
-                    )
-                pwrite_all(fd, data, len(self._records) * POOL_RECORD_SIZE)
-                self._index[raw_key] = len(self._records)
-                self._records.append(record)
-            self._items = None
-            self._stamp(fd)
+        # _lock/_unlock rather than locked(): this is on every host SET.
+        with self._mutex:
+            fd, st = self._lock()
+            try:
+                self._writable_fd(fd)
+                self._refresh(fd, st)
+                i = self._index.get(raw_key)
+                if i is not None:
+                    if self._records[i] == record:
+                        return
+                    pwrite_all(fd, data, i * POOL_RECORD_SIZE)
+                    self._records[i] = record
+                else:
+                    if len(self._records) >= self.max_records:
+                        # Stable text (no key, no count): the daemon logs it once per period.
+                        raise PoolFullError(
+                            f"KVP pool {self.pool} is full: {self.max_records} records"
+                            f" (kvp.max_records); new keys are refused until some are deleted"
+                            f" ({self.path})"
+                        )
+                    pwrite_all(fd, data, len(self._records) * POOL_RECORD_SIZE)
+                    self._index[raw_key] = len(self._records)
+                    self._records.append(record)
+                self._items = None
+                self._stamp(fd)
+            finally:
+                self._unlock(fd)
 
     def delete(self, key: str) -> bool:
         """Remove the first record with ``key``; False if there is none."""
         raw_key = key.encode("utf-8", "surrogatepass")
         with self._mutex, self.locked() as fd:
             self._writable_fd(fd)
-            self._refresh(fd)
+            self._refresh(fd, os.fstat(fd))
             i = self._index.get(raw_key)
             if i is None:
                 return False

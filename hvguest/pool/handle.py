@@ -133,34 +133,45 @@ class PoolHandle:
     def locked(self) -> Iterator[int]:
         """Hold flock and the fcntl whole-file lock (exclusive when writable)."""
         with self._mutex:
-            deadline = time.monotonic() + self.lock_timeout
-            for _attempt in range(3):
-                fd = self._current_fd()
-                exclusive = self._writable
-                self._acquire(fd, exclusive, deadline, posix=False)
-                try:
-                    self._acquire(fd, exclusive, deadline, posix=True)
-                except BaseException:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-                    raise
-                # Replaced while we waited for the locks? Then they guard a file nobody
-                # reads any more: start over on the new one.
-                if os.fstat(fd).st_nlink > 0 or _attempt == 2:
-                    break
-                self._unlock(fd)
-            self.lock_holder = None
-            self._stuck = None
+            fd, _st = self._lock()
             try:
                 yield fd
             finally:
                 self._unlock(fd)
 
+    def _lock(self) -> tuple[int, os.stat_result]:
+        """Take both locks on the current file: its descriptor, which the caller (holding
+        ``_mutex``) must ``_unlock``, and its fstat taken under the locks."""
+        deadline = time.monotonic() + self.lock_timeout
+        for attempt in range(3):
+            fd = self._current_fd()
+            exclusive = self._writable
+            self._acquire(fd, exclusive, deadline, posix=False)
+            try:
+                self._acquire(fd, exclusive, deadline, posix=True)
+            except BaseException:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                raise
+            # Replaced while we waited for the locks? Then they guard a file nobody
+            # reads any more: start over on the new one.
+            st = os.fstat(fd)
+            if st.st_nlink > 0 or attempt == 2:
+                break
+            self._unlock(fd)
+        self.lock_holder = None
+        self._stuck = None
+        return fd, st
+
     @staticmethod
     def _unlock(fd: int) -> None:
-        with contextlib.suppress(OSError):
+        try:
             fcntl.lockf(fd, fcntl.LOCK_UN)
-        with contextlib.suppress(OSError):
+        except OSError:
+            pass
+        try:
             fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError:
+            pass
 
     def _acquire(self, fd: int, exclusive: bool, deadline: float, *, posix: bool) -> None:
         mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB

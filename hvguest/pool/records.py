@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from hvguest.errors import LocalUsageError
 from hvguest.wire.pool import POOL_KEY_SIZE, POOL_RECORD_SIZE
 
+# What tells one version of a file from another: (st_ino, st_size, st_mtime_ns). A plain
+# tuple: it is built and compared on every request.
+Signature = tuple[int, int, int]
 
-@dataclass(frozen=True)
-class Signature:
-    ino: int
-    size: int
-    mtime_ns: int
 
-    @classmethod
-    def of(cls, st: os.stat_result) -> Signature:
-        return cls(st.st_ino, st.st_size, st.st_mtime_ns)
+def signature(st: os.stat_result) -> Signature:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 # 48 records (122,880 bytes) per read: below glibc's mmap threshold, so reloading a
