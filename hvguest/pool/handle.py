@@ -13,11 +13,14 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from hvguest.errors import LocalUsageError
-from hvguest.lockholders import LockHolder, find_holders
 from hvguest.pool.limits import DEFAULT_MAX_RECORDS, LOCK_TIMEOUT, PoolBusyError
 from hvguest.pool.records import Signature
+
+if TYPE_CHECKING:
+    from hvguest.lockholders import LockHolder
 
 
 def _sleep_backoff(delay: float) -> float:
@@ -224,6 +227,8 @@ class PoolHandle:
 
     def _holder(self, fd: int, posix: bool, only: int | None = None) -> LockHolder | None:
         """The process (not us) holding the lock family on this file, from /proc/locks."""
+        from hvguest.lockholders import find_holders  # only once a lock wait gave up
+
         st = os.fstat(fd)
         for holder in find_holders(
             self.proc, st.st_dev, st.st_ino, kind="posix" if posix else "flock"
