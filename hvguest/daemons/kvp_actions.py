@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from hvguest.daemons.kvp_state import frozen_mount
@@ -59,23 +60,20 @@ class PoolView:
             raise HvGuestError(f"cannot read the addresses of {mac} over netlink: {exc}") from exc
 
 
+@dataclass
 class KvpActions:
-    """Carries out what the role asks for and says how it went."""
+    """Carries out what the role asks for and says how it went. ``netconfig`` gives
+    the IP configurator (loaded on the first SET_IP_INFO); ``throttle`` limits
+    repeated log lines; errors are also recorded in ``state``."""
 
-    def __init__(
-        self,
-        paths: Paths,
-        store: PoolStore,
-        state: StatePublisher,
-        throttle: Throttle,
-        netconfig: Callable[[], NetConfigurator],
-    ) -> None:
-        self.paths = paths
-        self.store = store
-        self.state = state
-        self.throttle = throttle
-        self._netconfig = netconfig
-        self._freeze_record = record_path(paths)
+    paths: Paths
+    store: PoolStore
+    state: StatePublisher
+    throttle: Throttle
+    netconfig: Callable[[], NetConfigurator]
+
+    def __post_init__(self) -> None:
+        self._freeze_record = record_path(self.paths)
 
     def write(self, action: WritePool | DeletePool) -> PoolDone | PoolFailed:
         """One SET or DELETE on a pool file; nothing written on failure."""
@@ -114,7 +112,7 @@ class KvpActions:
     def apply(self, action: ApplyIpConfig) -> IpApplied:
         """The host's SET_IP_INFO, applied by the configured network stack."""
         try:
-            outcome = self._netconfig().apply(action.config)
+            outcome = self.netconfig().apply(action.config)
             return IpApplied(int(outcome.status), str(outcome.detail))
         except Exception as exc:  # the reply must go out whatever happened
             log.exception("applying the host's IP settings failed")

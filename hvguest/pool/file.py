@@ -6,7 +6,6 @@ import logging
 import os
 import random
 import time
-from typing import Any
 
 from hvguest.errors import LocalUsageError
 from hvguest.pool.handle import PoolHandle
@@ -31,8 +30,8 @@ class PoolFile(PoolHandle):
     Open it through ``PoolRegistry.open()`` so that one process holds one descriptor
     per file (see ``PoolHandle``)."""
 
-    def __init__(self, path: str, pool: int, **options: Any) -> None:
-        super().__init__(path, pool, **options)
+    def __post_init__(self) -> None:
+        super().__post_init__()
         # (key, value) raw bytes cut at the NUL; tuples, not PoolRecords: a reload of
         # thousands of records is on the request path.
         self._records: list[tuple[bytes, bytes]] = []

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from hvguest.errors import LocalUsageError
@@ -28,24 +29,18 @@ def _sleep_backoff(delay: float) -> float:
     return min(delay * 2, 0.02)
 
 
+@dataclass(eq=False)  # one object per file: identity, not field equality
 class PoolHandle:
     """The descriptor of one pool file (reopened when the path names another inode)
     and both locks, each with a bounded wait that names the holder on giving up."""
 
-    def __init__(
-        self,
-        path: str,
-        pool: int,
-        *,
-        lock_timeout: float = LOCK_TIMEOUT,
-        max_records: int = DEFAULT_MAX_RECORDS,
-        proc: str = "/proc",
-    ) -> None:
-        self.path = path
-        self.pool = pool
-        self.lock_timeout = lock_timeout
-        self.max_records = max_records
-        self.proc = proc
+    path: str
+    pool: int
+    lock_timeout: float = field(default=LOCK_TIMEOUT, kw_only=True)
+    max_records: int = field(default=DEFAULT_MAX_RECORDS, kw_only=True)
+    proc: str = field(default="/proc", kw_only=True)  # where /proc/locks names holders
+
+    def __post_init__(self) -> None:
         # The process that made the last lock wait give up (for status), and its pid
         # with the lock family while it is believed to still hold the lock.
         self.lock_holder: dict[str, object] | None = None

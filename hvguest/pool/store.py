@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from dataclasses import dataclass, field
 
 from hvguest.errors import LocalUsageError
 from hvguest.paths import Paths
@@ -60,23 +61,17 @@ class PoolRegistry:
             self.generation += 1
 
 
+@dataclass
 class PoolStore:
-    """The five pools of one pool directory."""
+    """The five pools of one pool directory, opened through the process's registry
+    with this store's lock timeout and record limit."""
 
-    def __init__(
-        self,
-        paths: Paths,
-        registry: PoolRegistry,
-        *,
-        lock_timeout: float = LOCK_TIMEOUT,
-        max_records: int = DEFAULT_MAX_RECORDS,
-    ) -> None:
-        self.paths = paths
-        self.registry = registry
-        self.lock_timeout = lock_timeout
-        self.max_records = max_records
-        self._pools: dict[int, PoolFile] = {}
-        self._generation = registry.generation
+    paths: Paths
+    registry: PoolRegistry
+    lock_timeout: float = field(default=LOCK_TIMEOUT, kw_only=True)
+    max_records: int = field(default=DEFAULT_MAX_RECORDS, kw_only=True)
+    _pools: dict[int, PoolFile] = field(default_factory=dict, init=False, repr=False)
+    _generation: int = field(default=-1, init=False, repr=False)  # -1: nothing cached yet
 
     def pool(self, pool: int) -> PoolFile:
         # Cached: this is on every host request. The registry's close_all() drops the
