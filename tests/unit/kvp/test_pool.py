@@ -180,6 +180,29 @@ def test_same_process_shares_one_descriptor(paths):
     assert POOLS.open(paths, 3) is PoolStore(paths, POOLS).pool(3)
 
 
+def test_registry_is_an_object_its_owner_closes(paths):
+    store = PoolStore(paths, POOLS, lock_timeout=0.5, max_records=7)
+    pf = store.pool(2)
+    assert (pf.lock_timeout, pf.max_records) == (0.5, 7)
+    pf.set("k", "v")
+    fd = pf._fd
+    assert fd is not None
+    # Another registry is another owner: its own PoolFile, not this one.
+    other = PoolRegistry()
+    try:
+        assert other.open(paths, 2) is not pf
+    finally:
+        other.close_all()
+    assert os.fstat(fd)  # closing the other owner's files left ours open
+    POOLS.close_all()
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    # The store drops what it cached: a fresh PoolFile (one descriptor) from now on.
+    again = store.pool(2)
+    assert again is not pf and again is POOLS.open(paths, 2)
+    assert again.get("k") == "v"
+
+
 def test_replaced_file_is_reopened(paths):
     pf = POOLS.open(paths, 0)
     pf.set("a", "1")
