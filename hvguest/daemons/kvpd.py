@@ -215,7 +215,7 @@ class KvpService:
         while True:
             outcome: Outcome | None = None
             for action in step.actions:
-                if isinstance(action, WritePool | DeletePool):
+                if isinstance(action, (WritePool, DeletePool)):  # a tuple: faster than a union
                     outcome = self.actions.write(action)
                 elif isinstance(action, Log):
                     self.actions.log(action)

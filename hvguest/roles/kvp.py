@@ -204,7 +204,7 @@ class KvpRole:
             note = Log(WARNING, "rejected KVP %s request: %s", (op, str(exc)),
                        _pool_field(message[1]) if len(message) > 1 else {})
             return self._done(kvp_reply(message, status), status, op, now, (note,))
-        if isinstance(request, KvpSet | KvpDelete):
+        if isinstance(request, (KvpSet, KvpDelete)):  # a tuple: faster than a union
             return self._write(message, request)
         if isinstance(request, KvpRegister):
             self.state = TRANSITIONS.next(self.state, "REGISTER")
