@@ -35,6 +35,7 @@ from hvguest.kvp.settings import KvpSettings, nic_excluded, nic_rank
 from hvguest.paths import Paths
 from hvguest.pool import OwnKeys, PoolRegistry, PoolStore
 from hvguest.roles.kvp import (
+    Action,
     ApplyIpConfig,
     DeletePool,
     KvpRole,
@@ -209,7 +210,7 @@ class KvpService:
         if step.reply is not None:
             self.channel.send(step.reply)
 
-    def _carry_out(self, step: Step[Any]) -> Step[Any]:
+    def _carry_out(self, step: Step[Action]) -> Step[Action]:
         """Run the step's actions; an action whose outcome the reply depends on comes
         back through ``complete()``, whose step is carried out in turn."""
         while True:
