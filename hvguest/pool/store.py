@@ -29,14 +29,8 @@ class PoolRegistry:
         self._lock = threading.Lock()
         self.generation = 0  # bumped by close_all(): stores drop what they cached
 
-    def open(
-        self,
-        paths: Paths,
-        pool: int,
-        *,
-        lock_timeout: float | None = None,
-        max_records: int | None = None,
-    ) -> PoolFile:
+    def open(self, paths: Paths, pool: int, *, lock_timeout: float | None = None,
+             max_records: int | None = None) -> PoolFile:
         """The PoolFile for pool ``pool`` (0-4) under ``paths.pool_dir``;
         ``lock_timeout``/``max_records`` given here apply to it from now on."""
         if not isinstance(pool, int) or not 0 <= pool < POOL_COUNT:
