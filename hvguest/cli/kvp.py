@@ -18,7 +18,7 @@ from hvguest.cli.privilege import require_writable
 from hvguest.config import load_config
 from hvguest.errors import HvGuestError, LocalUsageError
 from hvguest.paths import Paths
-from hvguest.pool import DEFAULT_MAX_RECORDS, PoolStore
+from hvguest.pool import DEFAULT_MAX_RECORDS, PoolRegistry, PoolStore
 from hvguest.roots import paths_from_args
 from hvguest.text import printable, say, terminal_safe_json
 from hvguest.wire.pool import POOL_COUNT
@@ -90,7 +90,7 @@ def register(sub: Any) -> None:
 
 def _store(args: argparse.Namespace) -> tuple[Paths, PoolStore]:
     paths = paths_from_args(args)
-    return paths, PoolStore(paths)
+    return paths, PoolStore(paths, PoolRegistry())
 
 
 def _pools(args: argparse.Namespace) -> list[int]:
@@ -200,7 +200,8 @@ def cmd_set(args: argparse.Namespace) -> int:
     except (HvGuestError, KeyError):
         pass
     require_writable("kvp set", paths.pool_file(args.pool))
-    PoolStore(paths, max_records=max_records).set(args.pool, args.key, args.value, unsafe=unsafe)
+    store = PoolStore(paths, PoolRegistry(), max_records=max_records)
+    store.set(args.pool, args.key, args.value, unsafe=unsafe)
     return 0
 
 

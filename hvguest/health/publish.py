@@ -35,10 +35,14 @@ StoreFactory = Callable[[], KvpStore]
 def pool_store(paths: Paths, pool: int = HEALTH_POOL) -> StoreFactory:
     """Opens the shared pool store (same locks as every other pool writer)."""
 
-    def factory() -> KvpStore:
-        from hvguest.pool import open_pool  # the KVP pool module; imported late
+    registry: list[Any] = []  # the process's PoolRegistry, made on first use
 
-        store: KvpStore = open_pool(paths, pool)
+    def factory() -> KvpStore:
+        from hvguest.pool import PoolRegistry  # the KVP pool module; imported late
+
+        if not registry:
+            registry.append(PoolRegistry())
+        store: KvpStore = registry[0].open(paths, pool)
         return store
 
     return factory

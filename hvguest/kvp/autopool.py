@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from hvguest.kvp.ipinfo import os_root
 from hvguest.kvp.netlink import NetlinkReader
@@ -149,34 +150,29 @@ class Fqdn:
             )
 
 
+@dataclass
 class AutoPool:
-    """``items()``: the ten (key, value) pairs of pool 2, in hv_kvp_daemon's order."""
+    """``items()``: the ten (key, value) pairs of pool 2, in hv_kvp_daemon's order.
 
-    def __init__(
-        self,
-        paths: Paths,
-        *,
-        version: Callable[[], str | None],
-        exclude: Callable[[str], bool] = lambda name: False,
-        rank: Callable[[str], int] = lambda name: 0,
-        reader: NetlinkReader | None = None,
-        fqdn: Fqdn | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.paths = paths
-        self.version = version
-        self.exclude = exclude
-        self.rank = rank
-        self.reader = reader or NetlinkReader()
-        self.fqdn = fqdn or Fqdn()
-        self.clock = clock
+    ``version``: the protocol version the kernel registered (IntegrationServicesVersion);
+    ``exclude``/``rank``: which interfaces' addresses are left out / listed first."""
+
+    paths: Paths
+    version: Callable[[], str | None] = field(kw_only=True)
+    exclude: Callable[[str], bool] = field(default=lambda name: False, kw_only=True)
+    rank: Callable[[str], int] = field(default=lambda name: 0, kw_only=True)
+    reader: NetlinkReader = field(default_factory=NetlinkReader, kw_only=True)
+    fqdn: Fqdn = field(default_factory=lambda: Fqdn(), kw_only=True)
+    clock: Callable[[], float] = field(default=time.monotonic, kw_only=True)
+
+    def __post_init__(self) -> None:
         uname = os.uname()
         self._static = {
             "OSBuildNumber": uname.release,
             "OSVersion": uname.release.split("-", 1)[0],
             "ProcessorArchitecture": uname.machine,
         }
-        name, major, minor = os_identity(paths, uname.sysname)
+        name, major, minor = os_identity(self.paths, uname.sysname)
         self._static.update(OSName=name, OSMajorVersion=major, OSMinorVersion=minor)
         self._addresses: tuple[str, str] | None = None
         self._addresses_at = 0.0

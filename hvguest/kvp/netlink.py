@@ -12,7 +12,9 @@ import ipaddress
 import os
 import socket
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 NETLINK_ROUTE = 0
 RTM_NEWLINK, RTM_GETLINK = 16, 18
@@ -165,12 +167,18 @@ class NetlinkReader:
             self.close()  # a half-read dump would poison the next one
             raise
 
+    def _replies(
+        self, request: int, header: struct.Struct, reply: int
+    ) -> Iterator[tuple[tuple[Any, ...], bytes]]:
+        """The decoded header and the payload of each ``reply`` message of a dump."""
+        for kind, payload in self._dump(request, header.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
+            if kind == reply:
+                yield header.unpack_from(payload), payload
+
     def links(self) -> list[Link]:
         links = []
-        for kind, payload in self._dump(RTM_GETLINK, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
-            if kind != RTM_NEWLINK:
-                continue
-            _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(payload)
+        for header, payload in self._replies(RTM_GETLINK, _IFINFOMSG, RTM_NEWLINK):
+            _family, _type, index, flags, _change = header
             attrs = _attrs(payload, _IFINFOMSG.size)
             mac = attrs.get(IFLA_ADDRESS, b"")
             links.append(
@@ -185,10 +193,8 @@ class NetlinkReader:
 
     def addresses(self) -> list[Address]:
         out = []
-        for kind, payload in self._dump(RTM_GETADDR, _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
-            if kind != RTM_NEWADDR:
-                continue
-            family, prefixlen, flags, _scope, index = _IFADDRMSG.unpack_from(payload)
+        for header, payload in self._replies(RTM_GETADDR, _IFADDRMSG, RTM_NEWADDR):
+            family, prefixlen, flags, _scope, index = header
             if family not in (socket.AF_INET, socket.AF_INET6):
                 continue
             attrs = _attrs(payload, _IFADDRMSG.size)

@@ -6,16 +6,10 @@ import fnmatch
 from dataclasses import dataclass
 
 from hvguest.configschema import config_section, setting
+from hvguest.validators import nonempty_globs
 
 DEFAULT_EXCLUDE_NICS = ["lo", "veth*", "docker*", "virbr*", "cali*", "flannel*", "cni*"]
 NETWORK_STACKS = ("auto", "networkmanager", "networkd", "netplan", "ifupdown", "none")
-
-
-def _globs(value: list[str]) -> str | None:
-    for pattern in value:
-        if not pattern:
-            return "an empty pattern matches nothing; remove it"
-    return None
 
 
 @config_section("kvp", help="Key-value pair exchange with the host (Data Exchange)")
@@ -27,7 +21,7 @@ class KvpSettings:
             "globs on interface names whose addresses are never reported to the host\n"
             "(NetworkAddressIPv4/IPv6, GET_IP_INFO)"
         ),
-        validate=_globs,
+        validate=nonempty_globs,
     )
     primary_nics: list[str] = setting(
         [],
@@ -35,7 +29,7 @@ class KvpSettings:
             "globs on interface names listed first in NetworkAddressIPv4/IPv6, in this\n"
             "order; empty: kernel order"
         ),
-        validate=_globs,
+        validate=nonempty_globs,
     )
     unsafe_sizes: bool = setting(
         False,

@@ -1,9 +1,12 @@
-"""The KVP role: one decoded request in, one reply plus actions out (protocol.md §2).
+"""The KVP role: one request in, a ``Step`` (reply and actions) out (protocol.md §2).
 
-Pure: no I/O and no clock. Lookups go through the ``KvpData`` interface the daemon
-supplies (pool store, generated AUTO items, adapter addresses); side effects that take
-time (applying a host-pushed IP configuration) come back as actions, and the daemon
-reports their outcome with ``ip_config_done()`` to get the reply.
+Pure, on the one role contract (``hvguest.roles.step``): no I/O and no clock.
+Lookups go through the read-only ``KvpView`` the daemon passes in (pool files,
+generated AUTO items, adapter addresses). Everything that changes the machine is an
+action the daemon carries out: ``WritePool`` and ``DeletePool`` (a SET or DELETE),
+``ApplyIpConfig`` (a SET_IP_INFO), ``Log``. The reply to such a request depends on
+the outcome, so ``handle()`` returns no reply for it; the daemon reports the outcome
+through ``complete()``, which returns the reply.
 
 Differences from hv_kvp_daemon, all deliberate (see tests/sim/test_differential_kvp.py):
 a bad pool byte, index, size or string gets a failure reply instead of a crash or a
@@ -16,14 +19,13 @@ address alphabet) and anything else gets HV_INVALIDARG before any file is touche
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from hvguest.errors import HvGuestError, LocalUsageError, WireError
-from hvguest.wire.ipconfig import HostValueError, IpConfig, parse_ip_config
+from hvguest.roles.step import Log, Step, Transitions
 from hvguest.wire.kvp import (
     KVP_MSG_SIZE,
     KvpDelete,
@@ -44,34 +46,43 @@ from hvguest.wire.kvp import (
 )
 from hvguest.wire.status import HvStatus, status_name
 
+if TYPE_CHECKING:  # the parser (and ipaddress) loads on the first SET_IP_INFO
+    from hvguest.wire.ipconfig import IpConfig
+
+__all__ = [
+    "ApplyIpConfig", "DeletePool", "IpApplied", "KvpRole", "KvpState", "KvpView", "Log",
+    "PoolDone", "PoolFailed", "Step", "WritePool", "normalise_mac",
+]
+
+# Log levels as numbers: the role does not import logging.
+WARNING, ERROR, INFO = 30, 40, 20
+OK, CONT, FAIL = HvStatus.HV_S_OK, HvStatus.HV_S_CONT, HvStatus.HV_E_FAIL
+
 
 class KvpState(Enum):
     UNREGISTERED = "unregistered"
     READY = "ready"
+    WRITING = "writing"  # a SET or DELETE is being written; its reply is pending
     APPLYING = "applying"  # a SET_IP_INFO is being applied; its reply is pending
 
 
-# state -> event -> next state; a missing entry is a bug in the caller.
-TRANSITIONS: dict[KvpState, dict[str, KvpState]] = {
-    KvpState.UNREGISTERED: {"registered": KvpState.READY, "lost": KvpState.UNREGISTERED},
-    KvpState.READY: {
-        "registered": KvpState.READY,
-        "request": KvpState.READY,
-        "set_ip_info": KvpState.APPLYING,
-        "lost": KvpState.UNREGISTERED,
-    },
-    KvpState.APPLYING: {"applied": KvpState.READY, "lost": KvpState.UNREGISTERED},
-}
+_R, _U, _W, _A = KvpState.READY, KvpState.UNREGISTERED, KvpState.WRITING, KvpState.APPLYING
+# (state, message type or outcome) -> next state. Requests arrive one at a time (the
+# kernel sends the next only after our reply): one while a reply is pending is misuse.
+TRANSITIONS = Transitions("KVP", {
+    (_U, "registered"): _R, (_U, "lost"): _U,
+    (_R, "registered"): _R, (_R, "lost"): _U,
+    **{(_R, op): _R for op in ("malformed", "REGISTER", "GET", "ENUMERATE", "GET_IP_INFO")},
+    (_R, "SET"): _W, (_R, "DELETE"): _W, (_R, "SET_IP_INFO"): _A,
+    (_W, "pool written"): _R, (_W, "lost"): _U,
+    (_A, "ip applied"): _R, (_A, "lost"): _U,
+})
 
 
-class KvpData(Protocol):
-    """What the role may look up. Methods raise HvGuestError on failure."""
+class KvpView(Protocol):
+    """What the role may look up (read-only). Methods raise HvGuestError on failure."""
 
     def get(self, pool: int, key: str) -> str | None: ...
-
-    def set(self, pool: int, key: str, value: str) -> None: ...
-
-    def delete(self, pool: int, key: str) -> bool: ...
 
     def item(self, pool: int, index: int) -> tuple[str, str] | None: ...
 
@@ -82,42 +93,60 @@ class KvpData(Protocol):
         ...
 
 
-# -- actions -------------------------------------------------------------------
+# -- actions and their outcomes ---------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Log:
-    level: int
-    message: str
-    args: tuple[object, ...] = ()
-    pool: int | None = None
+@dataclass(frozen=True, slots=True)
+class WritePool:
+    """Insert or update ``key`` in ``pool``; answer with PoolDone or PoolFailed."""
 
-
-@dataclass(frozen=True)
-class PoolChanged:
     pool: int
+    key: str
+    value: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
+class DeletePool:
+    """Remove ``key`` from ``pool``; answer with PoolDone(found) or PoolFailed."""
+
+    pool: int
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
 class ApplyIpConfig:
+    """Apply the host's IP settings; answer with IpApplied."""
+
     config: IpConfig
 
 
-Action = Log | PoolChanged | ApplyIpConfig
+Action = Log | WritePool | DeletePool | ApplyIpConfig
 
 
-@dataclass(frozen=True)
-class Result:
-    """``reply`` is None only while an ApplyIpConfig action is outstanding."""
+@dataclass(frozen=True, slots=True)
+class PoolDone:
+    """The write or delete happened (``found`` False: the key to delete was absent)."""
 
-    reply: bytes | None
+    found: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class PoolFailed:
+    """Nothing was written. ``kind``: "full" (the record limit), "busy" (another
+    writer held the lock past the bounded wait), "frozen" (a backup holds the
+    filesystem) or "error"; ``detail`` says what and where."""
+
+    detail: str
+    kind: str = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class IpApplied:
     status: int
-    op: str
-    actions: tuple[Action, ...] = ()
+    detail: str
 
-    @property
-    def status_name(self) -> str:
-        return status_name(self.status)
+
+Outcome = PoolDone | PoolFailed | IpApplied
 
 
 @dataclass
@@ -129,11 +158,177 @@ class Counters:
 
 # WireError.field -> status of the failure reply.
 _FIELD_STATUS = {
-    "length": HvStatus.HV_E_FAIL,
-    "operation": HvStatus.HV_E_FAIL,
-    "pool": HvStatus.HV_E_FAIL,
-    "index": HvStatus.HV_S_CONT,  # no item can have that number: end of enumeration
+    "length": FAIL,
+    "operation": FAIL,
+    "pool": FAIL,
+    "index": CONT,  # no item can have that number: end of enumeration
 }
+_STATUS_NAMES = {int(s): s.name for s in HvStatus}
+_OP_NAMES = {KvpGet: "GET", KvpEnumerate: "ENUMERATE", KvpGetIpInfo: "GET_IP_INFO"}
+_NO_ACTIONS: tuple[Action, ...] = ()
+
+
+class KvpRole:
+    """Serves the kernel's KVP requests for one registration at a time."""
+
+    def __init__(self, view: KvpView) -> None:
+        self.view = view
+        self.state = KvpState.UNREGISTERED
+        self.version: str | None = None
+        self.counters = Counters()
+        self.last: tuple[str, str, float] | None = None  # op, status name, time
+        self.last_status = int(OK)
+        self._pending: tuple[bytes, str, int] | None = None  # request, op, pool
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def registered(self, version: str) -> None:
+        self.state = TRANSITIONS.next(self.state, "registered")
+        self.version = version
+
+    def lost(self) -> None:
+        """The transport failed: a pending reply is moot."""
+        self.state = TRANSITIONS.next(self.state, "lost")
+        self._pending = None
+
+    # -- requests ----------------------------------------------------------------
+
+    def handle(self, message: bytes, now: float) -> Step[Action]:
+        """Answer one message read from the device (or ask for the work it needs)."""
+        try:
+            request = decode_kvp_request(message)
+        except WireError as exc:
+            status = _FIELD_STATUS.get(exc.field or "", HvStatus.HV_INVALIDARG)
+            op = op_name(message)
+            self.state = TRANSITIONS.next(self.state, "malformed")
+            note = Log(WARNING, "rejected KVP %s request: %s", (op, str(exc)),
+                       _pool_field(message[1]) if len(message) > 1 else {})
+            return self._done(kvp_reply(message, status), status, op, now, (note,))
+        if isinstance(request, (KvpSet, KvpDelete)):  # a tuple: faster than a union
+            return self._write(message, request)
+        if isinstance(request, KvpRegister):
+            self.state = TRANSITIONS.next(self.state, "REGISTER")
+            note = Log(WARNING, "registration message received as a request; refused")
+            return self._done(kvp_reply(message, FAIL), FAIL, "REGISTER", now, (note,))
+        if isinstance(request, KvpSetIpInfo):
+            return self._set_ip_info(message, request, now)
+        op = _OP_NAMES[type(request)]
+        self.state = TRANSITIONS.next(self.state, op)
+        try:
+            if isinstance(request, KvpGet):
+                return self._get(message, request, now)
+            if isinstance(request, KvpEnumerate):
+                return self._enumerate(message, request, now)
+            return self._get_ip_info(message, request, now)
+        except HvGuestError as exc:
+            return self._failed(message, op, message[1], str(exc), now)
+
+    def _enumerate(self, raw: bytes, request: KvpEnumerate, now: float) -> Step[Action]:
+        if request.pool == KvpPool.AUTO:
+            items = self.view.auto_items()
+            item = items[request.index] if request.index < len(items) else None
+        else:
+            item = self.view.item(request.pool, request.index)
+        if item is None:
+            return self._done(kvp_reply(raw, CONT), CONT, "ENUMERATE", now)
+        reply = kvp_enumerate_reply(raw, item[0], item[1])
+        cut = host_cut(item[0], item[1])
+        if cut:
+            note = Log(WARNING, "KVP item %r in pool %d: %s", (item[0][:64], request.pool, cut))
+            return self._done(reply, OK, "ENUMERATE", now, (note,))
+        return self._done(reply, OK, "ENUMERATE", now)
+
+    def _get(self, raw: bytes, request: KvpGet, now: float) -> Step[Action]:
+        value = None
+        if request.pool == KvpPool.AUTO:
+            value = dict(self.view.auto_items()).get(request.key)
+        if value is None:
+            value = self.view.get(request.pool, request.key)
+        if value is None:
+            return self._done(kvp_reply(raw, CONT), CONT, "GET", now)
+        return self._done(kvp_get_reply(raw, value), OK, "GET", now)
+
+    def _get_ip_info(self, raw: bytes, request: KvpGetIpInfo, now: float) -> Step[Action]:
+        mac = normalise_mac(request.adapter_id)
+        info = None if mac is None else self.view.ip_info(mac, request.addr_family)
+        if info is None:
+            note = Log(WARNING, "GET_IP_INFO: no network interface has MAC %r",
+                       (request.adapter_id,))
+            return self._done(kvp_reply(raw, FAIL), FAIL, "GET_IP_INFO", now, (note,))
+        # The host's adapter_id stays as sent, as with the C daemon.
+        reply_info = KvpIpInfo(
+            request.adapter_id, info.addr_family, info.dhcp_enabled, info.ip_addr,
+            info.sub_net, info.gate_way, info.dns_addr,
+        )
+        return self._done(kvp_ip_info_reply(raw, reply_info), OK, "GET_IP_INFO", now)
+
+    def _write(self, raw: bytes, request: KvpSet | KvpDelete) -> Step[Action]:
+        if isinstance(request, KvpSet):
+            self.state = TRANSITIONS.next(self.state, "SET")
+            self._pending = (raw, "SET", request.pool)
+            return Step(None, (WritePool(request.pool, request.key, request.value),))
+        self.state = TRANSITIONS.next(self.state, "DELETE")
+        self._pending = (raw, "DELETE", request.pool)
+        return Step(None, (DeletePool(request.pool, request.key),))
+
+    def _set_ip_info(self, raw: bytes, request: KvpSetIpInfo, now: float) -> Step[Action]:
+        from hvguest.wire.ipconfig import HostValueError, parse_ip_config
+
+        next_state = TRANSITIONS.next(self.state, "SET_IP_INFO")
+        try:
+            config = parse_ip_config(request)
+        except HostValueError as exc:
+            # str(exc) shows the offending value escaped and cut: safe for any log.
+            note = Log(WARNING, "SET_IP_INFO refused: %s", (str(exc),))
+            inval = HvStatus.HV_INVALIDARG
+            return self._done(kvp_reply(raw, inval), inval, "SET_IP_INFO", now, (note,))
+        self.state = next_state
+        self._pending = (raw, "SET_IP_INFO", 0)
+        return Step(None, (ApplyIpConfig(config),))
+
+    # -- outcomes of actions --------------------------------------------------------
+
+    def complete(self, outcome: Outcome, now: float) -> Step[Action]:
+        """The outcome of the WritePool, DeletePool or ApplyIpConfig asked for: the reply."""
+        event = "ip applied" if isinstance(outcome, IpApplied) else "pool written"
+        self.state = TRANSITIONS.next(self.state, event)
+        pending, self._pending = self._pending, None
+        if pending is None:  # pragma: no cover - the transition table forbids it
+            raise LocalUsageError("KVP role: no request pending")
+        raw, op, pool = pending
+        if isinstance(outcome, IpApplied):
+            status = outcome.status
+            level = INFO if status == OK else ERROR
+            note = Log(level, "SET_IP_INFO %s: %s", (status_name(status), outcome.detail))
+            return self._done(kvp_reply(raw, status), status, op, now, (note,))
+        if isinstance(outcome, PoolFailed):
+            return self._failed(raw, op, pool, outcome.detail, now)
+        status = OK if outcome.found else CONT
+        return self._done(kvp_reply(raw, status), status, op, now)
+
+    def _failed(self, raw: bytes, op: str, pool: int, detail: str, now: float) -> Step[Action]:
+        note = Log(ERROR, "KVP %s failed: %s", (op, detail), _pool_field(pool))
+        return self._done(kvp_reply(raw, FAIL), FAIL, op, now, (note,))
+
+    def _done(
+        self, reply: bytes, status: int, op: str, now: float,
+        actions: tuple[Action, ...] = _NO_ACTIONS,
+    ) -> Step[Action]:
+        counters = self.counters
+        counters.requests += 1
+        counters.by_op[op] = counters.by_op.get(op, 0) + 1
+        if status != OK and status != CONT:
+            counters.failures += 1
+        self.last = (op, _STATUS_NAMES.get(status) or status_name(status), now)
+        self.last_status = status
+        return Step(reply, actions)
+
+
+_POOL_FIELDS = [{"POOL": str(n)} for n in range(256)]
+
+
+def _pool_field(pool: int) -> dict[str, str]:
+    return _POOL_FIELDS[pool]
 
 
 def normalise_mac(text: str) -> str | None:
@@ -149,203 +344,6 @@ def normalise_mac(text: str) -> str | None:
     return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
 
 
-class KvpRole:
-    """Serves the kernel's KVP requests for one registration at a time."""
-
-    def __init__(self, data: KvpData) -> None:
-        self.data = data
-        self.state = KvpState.UNREGISTERED
-        self.version: str | None = None
-        self.counters = Counters()
-        self.last: tuple[str, str, float] | None = None  # op, status name, time
-        self._pending: bytes | None = None  # the SET_IP_INFO being applied
-
-    # -- state -------------------------------------------------------------
-
-    def _move(self, event: str) -> None:
-        try:
-            self.state = TRANSITIONS[self.state][event]
-        except KeyError:
-            raise LocalUsageError(f"KVP role: event {event!r} in state {self.state.name}") from None
-
-    def registered(self, version: str) -> None:
-        self._move("registered")
-        self.version = version
-
-    def lost(self) -> None:
-        """The transport failed: any pending SET_IP_INFO reply is moot."""
-        self._move("lost")
-        self._pending = None
-
-    # -- requests ----------------------------------------------------------
-
-    def handle(self, message: bytes, now: float) -> Result:
-        """Answer one message read from the device."""
-        try:
-            request = decode_kvp_request(message)
-        except WireError as exc:
-            status = _FIELD_STATUS.get(exc.field or "", HvStatus.HV_INVALIDARG)
-            op = _op_name(message)
-            pool = message[1] if len(message) > 1 else None
-            self._move("request")
-            return self._done(
-                kvp_reply(message, status),
-                status,
-                op,
-                now,
-                Log(logging.WARNING, "rejected KVP %s request: %s", (op, str(exc)), pool),
-            )
-        if isinstance(request, KvpRegister):
-            self._move("request")
-            return self._done(
-                kvp_reply(message, HvStatus.HV_E_FAIL),
-                HvStatus.HV_E_FAIL,
-                "REGISTER",
-                now,
-                Log(logging.WARNING, "registration message received as a request; refused"),
-            )
-        if isinstance(request, KvpSetIpInfo):
-            return self._set_ip_info(message, request, now)
-        self._move("request")
-        try:
-            return self._serve(message, request, now)
-        except HvGuestError as exc:
-            op = KvpOp(message[0]).name
-            return self._done(
-                kvp_reply(message, HvStatus.HV_E_FAIL),
-                HvStatus.HV_E_FAIL,
-                op,
-                now,
-                Log(logging.ERROR, "KVP %s failed: %s", (op, str(exc)), message[1]),
-            )
-
-    def _serve(
-        self,
-        raw: bytes,
-        request: KvpGet | KvpSet | KvpDelete | KvpEnumerate | KvpGetIpInfo,
-        now: float,
-    ) -> Result:
-        if isinstance(request, KvpEnumerate):
-            if request.pool == KvpPool.AUTO:
-                items = self.data.auto_items()
-                item = items[request.index] if request.index < len(items) else None
-            else:
-                item = self.data.item(request.pool, request.index)
-            if item is None:
-                return self._done(
-                    kvp_reply(raw, HvStatus.HV_S_CONT), HvStatus.HV_S_CONT, "ENUMERATE", now
-                )
-            reply = kvp_enumerate_reply(raw, item[0], item[1])
-            cut = _host_cut(item[0], item[1])
-            if cut:
-                note = Log(
-                    logging.WARNING, "KVP item %r in pool %d: %s", (item[0][:64], request.pool, cut)
-                )
-                return self._done(reply, HvStatus.HV_S_OK, "ENUMERATE", now, note)
-            return self._done(reply, HvStatus.HV_S_OK, "ENUMERATE", now)
-        if isinstance(request, KvpGet):
-            value = None
-            if request.pool == KvpPool.AUTO:
-                value = dict(self.data.auto_items()).get(request.key)
-            if value is None:
-                value = self.data.get(request.pool, request.key)
-            if value is None:
-                return self._done(
-                    kvp_reply(raw, HvStatus.HV_S_CONT), HvStatus.HV_S_CONT, "GET", now
-                )
-            return self._done(kvp_get_reply(raw, value), HvStatus.HV_S_OK, "GET", now)
-        if isinstance(request, KvpSet):
-            self.data.set(request.pool, request.key, request.value)
-            return self._done(
-                kvp_reply(raw, HvStatus.HV_S_OK),
-                HvStatus.HV_S_OK,
-                "SET",
-                now,
-                PoolChanged(request.pool),
-            )
-        if isinstance(request, KvpDelete):
-            if not self.data.delete(request.pool, request.key):
-                return self._done(
-                    kvp_reply(raw, HvStatus.HV_S_CONT), HvStatus.HV_S_CONT, "DELETE", now
-                )
-            return self._done(
-                kvp_reply(raw, HvStatus.HV_S_OK),
-                HvStatus.HV_S_OK,
-                "DELETE",
-                now,
-                PoolChanged(request.pool),
-            )
-        return self._get_ip_info(raw, request, now)
-
-    def _get_ip_info(self, raw: bytes, request: KvpGetIpInfo, now: float) -> Result:
-        mac = normalise_mac(request.adapter_id)
-        info = None if mac is None else self.data.ip_info(mac, request.addr_family)
-        if info is None:
-            return self._done(
-                kvp_reply(raw, HvStatus.HV_E_FAIL),
-                HvStatus.HV_E_FAIL,
-                "GET_IP_INFO",
-                now,
-                Log(
-                    logging.WARNING,
-                    "GET_IP_INFO: no network interface has MAC %r",
-                    (request.adapter_id,),
-                ),
-            )
-        # The host's adapter_id stays as sent, as with the C daemon.
-        reply_info = KvpIpInfo(
-            request.adapter_id,
-            info.addr_family,
-            info.dhcp_enabled,
-            info.ip_addr,
-            info.sub_net,
-            info.gate_way,
-            info.dns_addr,
-        )
-        return self._done(kvp_ip_info_reply(raw, reply_info), HvStatus.HV_S_OK, "GET_IP_INFO", now)
-
-    def _set_ip_info(self, raw: bytes, request: KvpSetIpInfo, now: float) -> Result:
-        try:
-            config = parse_ip_config(request)
-        except HostValueError as exc:
-            # str(exc) shows the offending value escaped and cut: safe for any log.
-            self._move("request")
-            return self._done(
-                kvp_reply(raw, HvStatus.HV_INVALIDARG),
-                HvStatus.HV_INVALIDARG,
-                "SET_IP_INFO",
-                now,
-                Log(logging.WARNING, "SET_IP_INFO refused: %s", (str(exc),)),
-            )
-        self._move("set_ip_info")
-        self._pending = raw
-        return Result(None, HvStatus.HV_S_OK, "SET_IP_INFO", (ApplyIpConfig(config),))
-
-    def ip_config_done(self, status: int, detail: str, now: float) -> Result:
-        """The outcome of the ApplyIpConfig action: the reply to send."""
-        raw = self._pending
-        self._move("applied")
-        self._pending = None
-        if raw is None:  # pragma: no cover - the transition table forbids it
-            raise LocalUsageError("KVP role: no SET_IP_INFO pending")
-        level = logging.INFO if status == HvStatus.HV_S_OK else logging.ERROR
-        return self._done(
-            kvp_reply(raw, status),
-            status,
-            "SET_IP_INFO",
-            now,
-            Log(level, "SET_IP_INFO %s: %s", (status_name(status), detail)),
-        )
-
-    def _done(self, reply: bytes, status: int, op: str, now: float, *actions: Action) -> Result:
-        self.counters.requests += 1
-        self.counters.by_op[op] = self.counters.by_op.get(op, 0) + 1
-        if status not in (HvStatus.HV_S_OK, HvStatus.HV_S_CONT):
-            self.counters.failures += 1
-        self.last = (op, _STATUS_NAMES.get(status) or status_name(status), now)
-        return Result(reply, status, op, tuple(actions))
-
-
 # What the kernel passes on to the host of an enumerated item, in UTF-16 code units.
 HOST_KEY_UNITS = 254
 HOST_VALUE_UNITS = 1022
@@ -355,7 +353,7 @@ def _units(text: str) -> int:
     return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
-def _host_cut(key: str, value: str) -> str:
+def host_cut(key: str, value: str) -> str:
     """Why the host will see this item cut ("" if it will not): the kernel truncates
     silently, so at least the guest says so."""
     # a str of n characters is n..2n UTF-16 units: encode only when it may be too long
@@ -366,10 +364,7 @@ def _host_cut(key: str, value: str) -> str:
     return ""
 
 
-_STATUS_NAMES = {int(s): s.name for s in HvStatus}
-
-
-def _op_name(message: bytes) -> str:
+def op_name(message: bytes) -> str:
     if len(message) != KVP_MSG_SIZE:
         return "malformed"
     try:

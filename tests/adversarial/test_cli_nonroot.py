@@ -17,10 +17,12 @@ import pytest
 import sysfs_builder
 from hostile import NOBODY, hvguestctl
 
-from hvguest import pool as poolmod
 from hvguest.paths import Paths
-from hvguest.pool import PoolStore
+from hvguest.pool import PoolRegistry, PoolStore
 from hvguest.vss.record import record_path, write_record
+
+# The process's open pool files, as a daemon owns them; closed after each test.
+POOLS = PoolRegistry()
 
 pytestmark = pytest.mark.root
 
@@ -33,8 +35,8 @@ def machine() -> Iterator[Paths]:
     for dirpath, dirnames, _files in os.walk(top):
         for d in dirnames:
             os.chmod(os.path.join(dirpath, d), 0o755)
-    PoolStore(paths).set(1, "existing", "v")
-    poolmod.close_all()
+    PoolStore(paths, POOLS).set(1, "existing", "v")
+    POOLS.close_all()
     yield paths
     shutil.rmtree(top)
 

@@ -21,10 +21,12 @@ from typing import Any
 import pytest
 from hostile import NOBODY, user_name
 
-from hvguest import pool as poolmod
 from hvguest.paths import Paths
-from hvguest.pool import PoolBusyError, PoolFullError, PoolStore
+from hvguest.pool import PoolBusyError, PoolFullError, PoolRegistry, PoolStore
 from hvguest.wire.pool import POOL_RECORD_SIZE
+
+# The process's open pool files, as a daemon owns them; closed after each test.
+POOLS = PoolRegistry()
 
 pytestmark = pytest.mark.root
 
@@ -36,12 +38,12 @@ def paths() -> Iterator[Paths]:
     top = tempfile.mkdtemp(prefix="hvguest-adv-")
     os.chmod(top, 0o755)
     yield Paths(pool_dir=os.path.join(top, "hyperv"), proc="/proc")
-    poolmod.close_all()
+    POOLS.close_all()
     shutil.rmtree(top)
 
 
 def test_pool_full_refuses_new_keys_and_writes_nothing(paths: Paths) -> None:
-    store = PoolStore(paths, max_records=5)
+    store = PoolStore(paths, POOLS, max_records=5)
     for i in range(5):
         store.set(0, f"k{i}", "v")
     path = paths.pool_file(0)
@@ -62,7 +64,7 @@ def test_pool_files_are_0644(paths: Paths) -> None:
     # Microsoft's validation suite and unprivileged `hvguestctl kvp list` rely on it).
     os.umask(0o077)
     try:
-        PoolStore(paths).open_all()
+        PoolStore(paths, POOLS).open_all()
     finally:
         os.umask(0o022)
     for n in range(5):
@@ -97,14 +99,14 @@ def _stop(pid: int, fd: int) -> None:
 
 
 def test_lock_held_by_unprivileged_user_fails_bounded_and_names_holder(paths: Paths) -> None:
-    store = PoolStore(paths, lock_timeout=0.3)
+    store = PoolStore(paths, POOLS, lock_timeout=0.3)
     store.set(1, "before", "v")
-    poolmod.close_all()
+    POOLS.close_all()
     path = paths.pool_file(1)
     assert os.stat(path).st_mode & stat.S_IROTH
     pid, fd = _lock_as_nobody(path)
     try:
-        store = PoolStore(paths, lock_timeout=0.3)
+        store = PoolStore(paths, POOLS, lock_timeout=0.3)
         with pytest.raises(PoolBusyError) as exc:
             store.set(1, "k", "v")
         text = str(exc.value)

@@ -19,12 +19,14 @@ import pytest
 import sysfs_builder
 from hostile import HOSTILE, assert_inert
 
-from hvguest import pool as poolmod
 from hvguest.cli.main import main
 from hvguest.log import setup_logging
 from hvguest.paths import Paths
-from hvguest.pool import PoolStore
+from hvguest.pool import PoolRegistry, PoolStore
 from hvguest.text import printable
+
+# The process's open pool files, as a daemon owns them; closed after each test.
+POOLS = PoolRegistry()
 
 T = "2026-01-02T03:04:05Z"
 
@@ -32,10 +34,10 @@ T = "2026-01-02T03:04:05Z"
 @pytest.fixture()
 def machine(tmp_path: Any) -> Paths:
     paths = sysfs_builder.build(str(tmp_path / "m"), kernel="6.12")
-    store = PoolStore(paths)
+    store = PoolStore(paths, POOLS)
     store.set(0, HOSTILE, HOSTILE, unsafe=True)
     store.set(0, "plain", "value")
-    poolmod.close_all()
+    POOLS.close_all()
     return paths
 
 
@@ -190,10 +192,10 @@ def test_error_messages_on_stderr_escaped(capsys: pytest.CaptureFixture[str],
 
 @pytest.mark.parametrize("unbuffered", [True, False])
 def test_pipe_into_head_ends_quietly(machine: Paths, unbuffered: bool) -> None:
-    store = PoolStore(machine)
+    store = PoolStore(machine, POOLS)
     for i in range(3000):
         store.set(1, f"key{i}", "v" * 200)
-    poolmod.close_all()
+    POOLS.close_all()
     env = dict(os.environ)
     env.pop("PYTHONUNBUFFERED", None)
     if unbuffered:

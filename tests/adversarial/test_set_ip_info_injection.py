@@ -24,7 +24,7 @@ from stack_parsers import READERS, Settings
 from hvguest.command import CommandResult
 from hvguest.kvp.netconfig import NetConfigurator
 from hvguest.paths import Paths
-from hvguest.roles.kvp import ApplyIpConfig, KvpRole, Log
+from hvguest.roles.kvp import ApplyIpConfig, IpApplied, KvpRole, Log
 from hvguest.wire.kvp_layout import IP_DHCP_ENABLED_OFFSET, IP_STRING_FIELDS, new_message
 from hvguest.wire.status import HvStatus
 
@@ -164,7 +164,7 @@ def serve(roots, stack: str, raw: bytes) -> tuple[int, list[str], Recorder]:
     if applies:
         configurator = NetConfigurator(paths, stack=stack, runner=runner)
         outcome = configurator.apply(applies[0].config)
-        result = role.ip_config_done(outcome.status, outcome.detail, 0.0)
+        result = role.complete(IpApplied(outcome.status, outcome.detail), 0.0)
         actions += result.actions
     assert result.reply is not None
     lines = [a.message % a.args for a in actions if isinstance(a, Log)]
@@ -286,7 +286,7 @@ RENDER_ATTACKS = {
 @pytest.mark.parametrize("attack", sorted(RENDER_ATTACKS))
 def test_renderers_cannot_be_handed_raw_or_zoned_values(roots, stack, attack):
     from hvguest.kvp.netconfig import plan_for
-    from hvguest.roles.kvp import IpConfig
+    from hvguest.wire.ipconfig import IpConfig
 
     fields = dict(adapter_id=GUID, dhcp=False, addresses=(), gateways=(), dns=())
     fields.update(RENDER_ATTACKS[attack])

@@ -56,6 +56,8 @@ def _message(d: Draw, valid: Callable[[], bytes], size: int) -> bytes:
 
 
 class FakeKvpData:
+    """The read-only view, and the pool actions carried out on the same dicts."""
+
     def __init__(self, d: Draw) -> None:
         self.d = d
         self.pools: dict[int, dict[str, str]] = {}
@@ -68,13 +70,13 @@ class FakeKvpData:
         self._maybe_fail()
         return self.pools.get(pool, {}).get(key)
 
-    def set(self, pool: int, key: str, value: str) -> None:
-        self._maybe_fail()
-        self.pools.setdefault(pool, {})[key] = value
-
-    def delete(self, pool: int, key: str) -> bool:
-        self._maybe_fail()
-        return self.pools.get(pool, {}).pop(key, None) is not None
+    def carry_out(self, action: kr.WritePool | kr.DeletePool) -> kr.PoolDone | kr.PoolFailed:
+        if self.d.below(16) == 0:
+            return kr.PoolFailed("pool file unavailable (fake)", "busy")
+        if isinstance(action, kr.WritePool):
+            self.pools.setdefault(action.pool, {})[action.key] = action.value
+            return kr.PoolDone()
+        return kr.PoolDone(self.pools.get(action.pool, {}).pop(action.key, None) is not None)
 
     def item(self, pool: int, index: int) -> tuple[str, str] | None:
         self._maybe_fail()
@@ -110,17 +112,17 @@ def _kvp_request(d: Draw) -> bytes:
     return requests[d.below(len(requests))]().encode()
 
 
-def _kvp_reply_ok(result: kr.Result, message: bytes, fake: FakeKvpData) -> bool:
+def _kvp_reply_ok(result: kr.Step[kr.Action], message: bytes, fake: FakeKvpData) -> bool:
     """Replies are well-formed; a successful one carries what the store holds."""
     assert result.reply is not None and len(result.reply) == KVP_MSG_SIZE, "KVP reply size"
-    assert int.from_bytes(result.reply[:4], "little") == result.status, "status not in reply"
+    status = int.from_bytes(result.reply[:4], "little")
     try:
         request = kvp.decode_kvp_request(message)
     except WireError:
-        assert result.status not in (OK,), f"malformed request answered {result.status_name}"
+        assert status != OK, f"malformed request answered {status:#x}"
         return False
-    if result.status != OK:
-        return result.status == CONT
+    if status != OK:
+        return status == CONT
     stored = fake.pools.get(request.pool, {}) if hasattr(request, "pool") else {}
     if isinstance(request, kvp.KvpSet):
         assert stored.get(request.key) == request.value, "SET answered OK, value not stored"
@@ -154,15 +156,20 @@ def kvp_role_target(data: bytes) -> bool:
                 role.lost()
                 continue
             status = OK if d.flag() else FAILURES[d.below(3)]
-            result = role.ip_config_done(status, d.text(20), now)
-            assert result.status == status and result.reply is not None
-            assert len(result.reply) == KVP_MSG_SIZE, "SET_IP_INFO reply size"
+            result = role.complete(kr.IpApplied(status, d.text(20)), now)
+            assert result.reply is not None and len(result.reply) == KVP_MSG_SIZE
+            assert int.from_bytes(result.reply[:4], "little") == status, "SET_IP_INFO status"
         else:
             message = _message(d, lambda: _kvp_request(d), KVP_MSG_SIZE)
             requests = role.counters.requests
             result = role.handle(message, now)
-            if result.reply is None:
-                assert role.state is kr.KvpState.APPLYING and result.status == OK
+            writes = [a for a in result.actions if isinstance(a, kr.WritePool | kr.DeletePool)]
+            if writes:  # the daemon writes, then hands the outcome back for the reply
+                assert result.reply is None and role.state is kr.KvpState.WRITING
+                assert role.counters.requests == requests, "counted before the outcome"
+                result = role.complete(fake.carry_out(writes[0]), now)
+            elif result.reply is None:
+                assert role.state is kr.KvpState.APPLYING
                 assert any(isinstance(a, kr.ApplyIpConfig) for a in result.actions)
                 served = True
                 continue

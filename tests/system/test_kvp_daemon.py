@@ -13,15 +13,18 @@ import struct
 
 import pytest
 
-from hvguest import pool as poolmod
 from hvguest.config import load_config_text
 from hvguest.daemon import Runtime
 from hvguest.daemons.kvpd import KvpService
 from hvguest.errors import TransportError
 from hvguest.kvp.settings import KvpSettings
 from hvguest.paths import Paths
+from hvguest.pool import PoolRegistry
 from hvguest.roles.kvp import KvpState
 from hvguest.wire.kvp import KvpGet, KvpSet
+
+# The process's open pool files, as a daemon owns them; closed after each test.
+POOLS = PoolRegistry()
 
 pytestmark = [pytest.mark.system]
 
@@ -49,7 +52,7 @@ class FakeTransport:
     def fileno(self) -> int:
         return self._r
 
-    def read_packet(self) -> bytes:
+    def read_ready(self) -> bytes:
         item = self.inbox.pop(0)
         if isinstance(item, Exception):
             raise item
@@ -78,7 +81,7 @@ def env(tmp_path, monkeypatch):
     yield service, transport, runtime, sock, paths
     runtime.close()
     sock.close()
-    poolmod.close_all()
+    POOLS.close_all()
 
 
 def status(reply: bytes) -> int:
@@ -92,7 +95,7 @@ def test_start_registers_publishes_and_serves(env):
     assert b"READY=1" in sock.recv(4096)
     assert service.role.state is KvpState.READY and service.role.version == "3.1"
     assert (
-        poolmod.open_pool(paths, 1).get(
+        POOLS.open(paths, 1).get(
             "hvguest.version",
         )
         is not None
@@ -100,10 +103,10 @@ def test_start_registers_publishes_and_serves(env):
     doc = json.load(open(os.path.join(paths.run, "kvp.json")))
     assert doc["state"] == "ready" and doc["details"]["protocol_version"] == "3.1"
     transport.inbox += [KvpSet(0, "k", "v").encode(), KvpGet(0, "k").encode()]
-    service.on_readable()
-    service.on_readable()
+    service.channel._on_readable()
+    service.channel._on_readable()
     assert [status(r) for r in transport.sent] == [0, 0]
-    service._publish()
+    service.channel.publish()
     doc = json.load(open(os.path.join(paths.run, "kvp.json")))
     assert doc["details"]["requests"] == 2 and doc["details"]["pools"]["0"]["records"] == 1
     assert doc["last_op"]["op"] == "GET" and doc["last_op"]["result"] == "HV_S_OK"
@@ -116,15 +119,15 @@ def test_reregisters_after_a_device_error(env, caplog):
     service, transport, runtime, _sock, _paths = env
     service.start()
     transport.inbox.append(TransportError("read failed: EINVAL"))
-    service.on_readable()
+    service.channel._on_readable()
     # Re-registered after the first back-off step (0.1 s), not within the failure.
-    assert transport.opens == 1 and service._reopen_timer is not None
-    while service._reopen_timer is not None:
+    assert transport.opens == 1 and service.channel._reopen_timer is not None
+    while service.channel._reopen_timer is not None:
         runtime.run_once(0.2)
     assert transport.opens == 2 and transport.is_open
     assert service.role.state is KvpState.READY
     transport.inbox.append(KvpGet(0, "missing").encode())
-    service.on_readable()
+    service.channel._on_readable()
     assert status(transport.sent[-1]) == 0x80070103
     assert "re-registering" in caplog.text
 
@@ -135,11 +138,11 @@ def test_keeps_retrying_while_the_device_is_gone(env, caplog):
     transport.fail_opens = 3
     for _ in range(3):
         transport.inbox.append(TransportError("device is going away"))
-    service.on_readable()
+    service.channel._on_readable()
     assert service.role.state is KvpState.UNREGISTERED
-    assert service._reopen_timer is not None
+    assert service.channel._reopen_timer is not None
     for _ in range(4):  # run the scheduled retries (the first waits too) without waiting
-        timer = service._reopen_timer
+        timer = service.channel._reopen_timer
         if timer is None:
             break
         timer.cancel()
@@ -162,10 +165,10 @@ def test_set_ip_info_failure_inside_apply_still_replies(env, monkeypatch):
     service._netconfig = Broken()
     request = KvpSetIpInfo(0, "{a3c5e2f0-1111-2222-3333-444455556666}", 1, True, "", "", "", "")
     transport.inbox += [request.encode(), KvpGet(0, "k").encode()]
-    service.on_readable()
+    service.channel._on_readable()
     assert status(transport.sent[-1]) == 0x80004005
     assert service.role.state is KvpState.READY
-    service.on_readable()  # the next request is served normally
+    service.channel._on_readable()  # the next request is served normally
     assert status(transport.sent[-1]) == 0x80070103
 
 
@@ -176,9 +179,9 @@ def test_unexpected_error_still_replies(env, monkeypatch):
     def boom(pool, key):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(service.data, "get", boom)
+    monkeypatch.setattr(service.role.view, "get", boom)
     transport.inbox.append(KvpGet(0, "k").encode())
-    service.on_readable()
+    service.channel._on_readable()
     assert status(transport.sent[-1]) == 0x80004005
 
 
@@ -196,13 +199,13 @@ def test_unusable_pool_directory_still_serves_the_rest(tmp_path, monkeypatch):
     try:
         service.start()
         transport.inbox += [KvpEnumerate(2, 0).encode(), KvpSet(0, "k", "v").encode()]
-        service.on_readable()
-        service.on_readable()
+        service.channel._on_readable()
+        service.channel._on_readable()
         assert [status(r) for r in transport.sent] == [0, 0x80004005]
         assert "cannot create pool directory" in service.state.doc["last_error"]["message"]
     finally:
         runtime.close()
-        poolmod.close_all()
+        POOLS.close_all()
 
 
 def test_writes_refused_at_once_while_the_pool_filesystem_is_frozen(env):
@@ -216,10 +219,10 @@ def test_writes_refused_at_once_while_the_pool_filesystem_is_frozen(env):
         {"pid": 1, "started": "now", "mounts": [{"mount_point": paths.pool_dir, "dev": "0:0"}]},
     )
     transport.inbox += [KvpSet(0, "k", "v").encode(), KvpGet(0, "k").encode()]
-    service.on_readable()
-    service.on_readable()
+    service.channel._on_readable()
+    service.channel._on_readable()
     assert [status(r) for r in transport.sent] == [0x80004005, 0x80070103]
     clear_record(paths)
     transport.inbox.append(KvpSet(0, "k", "v").encode())
-    service.on_readable()
+    service.channel._on_readable()
     assert status(transport.sent[-1]) == 0

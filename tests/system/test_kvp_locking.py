@@ -9,9 +9,11 @@ import time
 
 import pytest
 
-from hvguest import pool as poolmod
 from hvguest.paths import Paths
-from hvguest.pool import PoolBusyError, open_pool
+from hvguest.pool import PoolBusyError, PoolRegistry
+
+# The process's open pool files, as a daemon owns them; closed after each test.
+POOLS = PoolRegistry()
 
 pytestmark = [pytest.mark.system]
 
@@ -30,7 +32,7 @@ time.sleep(float(sys.argv[3]))
 @pytest.fixture()
 def paths(tmp_path):
     yield Paths(pool_dir=str(tmp_path))
-    poolmod.close_all()
+    POOLS.close_all()
 
 
 def hold(path: str, kind: str, seconds: float) -> subprocess.Popen[str]:
@@ -43,7 +45,7 @@ def hold(path: str, kind: str, seconds: float) -> subprocess.Popen[str]:
 
 @pytest.mark.parametrize(("kind", "named"), [("fcntl", "hv_kvp_daemon"), ("flock", "cloud-init")])
 def test_busy_lock_gives_up_with_a_clear_error(paths, kind, named):
-    pf = open_pool(paths, 1, lock_timeout=0.3)
+    pf = POOLS.open(paths, 1, lock_timeout=0.3)
     pf.set("a", "1")
     proc = hold(pf.path, kind, 5)
     try:
@@ -61,7 +63,7 @@ def test_busy_lock_gives_up_with_a_clear_error(paths, kind, named):
 
 @pytest.mark.parametrize("kind", ["fcntl", "flock"])
 def test_waits_for_a_short_holder(paths, kind):
-    pf = open_pool(paths, 0, lock_timeout=5)
+    pf = POOLS.open(paths, 0, lock_timeout=5)
     pf.set("a", "1")
     proc = hold(pf.path, kind, 0.5)
     try:

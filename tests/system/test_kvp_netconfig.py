@@ -12,7 +12,7 @@ import pytest
 
 from hvguest.kvp.netconfig import NetConfigurator
 from hvguest.paths import Paths
-from hvguest.roles.kvp import IpConfig
+from hvguest.wire.ipconfig import IpConfig
 from hvguest.wire.status import HvStatus
 
 pytestmark = [pytest.mark.system]

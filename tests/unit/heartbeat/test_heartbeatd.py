@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from hvguest import pool
 from hvguest.daemons import heartbeatd
 from hvguest.daemons.common import EXIT_CONFIG
 from hvguest.daemons.heartbeatd import HeartbeatDaemon
@@ -23,7 +22,11 @@ from hvguest.health.publish import KEY_HEALTH, KEY_REASON
 from hvguest.health.units import HealthUnavailable
 from hvguest.heartbeat.settings import HeartbeatSettings
 from hvguest.paths import Paths
+from hvguest.pool import PoolRegistry
 from hvguest.state import read_state
+
+# The process's open pool files, as a daemon owns them; closed after each test.
+POOLS = PoolRegistry()
 
 HB = "fd149e91-82e0-4a7d-afa6-2a4166cbd7c0"
 HB_RELID = 9
@@ -65,7 +68,7 @@ class Mono:
 @pytest.fixture(autouse=True)
 def fresh_pools() -> Iterator[None]:
     yield
-    pool.close_all()
+    POOLS.close_all()
 
 
 def make(paths: Paths, **settings: Any) -> tuple[HeartbeatDaemon, FakeProbe, FakeClock, Mono]:
@@ -88,7 +91,7 @@ def test_poll_publishes_state_and_health(machine: Callable[..., Paths], builder:
     assert det["shutdown"]["offered"] and det["shutdown"]["hooks"] == 0
     assert det["timesync"]["offset_ms"] == 0 and det["timesync"]["ptp_clock"] == "ptp0"
     assert det["health"] == {"level": "ok", "reason": "no failed units", "published": True}
-    pf = pool.open_pool(paths, 1)
+    pf = POOLS.open(paths, 1)
     assert pf.get(KEY_HEALTH) == "ok" and pf.get(KEY_REASON) == "no failed units"
     assert doc["last_op"]["op"] == "health" and doc["last_op"]["result"] == "ok"
     # A unit fails: the host sees "degraded".
@@ -104,7 +107,7 @@ def test_health_republished_after_pool_truncated(machine: Callable[..., Paths]) 
     d.poll()
     os.truncate(paths.pool_file(1), 0)
     d.poll()
-    assert pool.open_pool(paths, 1).get(KEY_HEALTH) == "ok"
+    assert POOLS.open(paths, 1).get(KEY_HEALTH) == "ok"
 
 
 def test_liveness_and_no_contact(machine: Callable[..., Paths], builder: Any,
@@ -158,7 +161,7 @@ def test_repeating_failures_logged_once_per_period(machine: Callable[..., Paths]
     assert len(health) == 1 and len(offset) == 1
     doc = read_state(paths, "heartbeat")
     assert doc is not None and doc["details"]["health"] is None
-    assert pool.open_pool(paths, 1).get(KEY_HEALTH) is None  # withdrawn, not stale
+    assert POOLS.open(paths, 1).get(KEY_HEALTH) is None  # withdrawn, not stale
     probe.broken = False
     clock.offset = 0.0
     mono.t += 10
@@ -176,7 +179,7 @@ def test_no_service_manager_no_health(machine: Callable[..., Paths]) -> None:
     d.poll()
     doc = read_state(paths, "heartbeat")
     assert doc is not None and doc["details"]["health"] is None and doc["last_error"] is None
-    assert pool.open_pool(paths, 1).get(KEY_HEALTH) is None
+    assert POOLS.open(paths, 1).get(KEY_HEALTH) is None
 
 
 def test_channel_absent(machine: Callable[..., Paths]) -> None:

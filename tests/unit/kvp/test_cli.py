@@ -6,15 +6,18 @@ import json
 
 import pytest
 
-from hvguest import pool as poolmod
 from hvguest.cli.kvp import diff_items
 from hvguest.cli.main import main
+from hvguest.pool import PoolRegistry
+
+# The process's open pool files, as a daemon owns them; closed after each test.
+POOLS = PoolRegistry()
 
 
 @pytest.fixture()
 def pooldir(tmp_path):
     yield str(tmp_path / "hyperv")
-    poolmod.close_all()
+    POOLS.close_all()
 
 
 def run(capsys, *argv):
@@ -82,10 +85,9 @@ def test_watch_reports_another_writers_change(capsys, pooldir):
     import time
 
     from hvguest.paths import Paths
-    from hvguest.pool import open_pool
 
     assert run(capsys, "set", "a", "1", "--pool-dir", pooldir)[0] == 0
-    pf = open_pool(Paths(pool_dir=pooldir), 1)
+    pf = POOLS.open(Paths(pool_dir=pooldir), 1)
 
     def writer():
         time.sleep(0.15)

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from fake_udev import FakeWatcher
 
-from hvguest import pool as poolmod
 from hvguest.config import load_config_text
 from hvguest.daemon import Runtime
 from hvguest.daemons import kvpd
@@ -20,7 +19,11 @@ from hvguest.daemons.kvpd import KvpService
 from hvguest.kvp.autopool import Fqdn
 from hvguest.kvp.settings import KvpSettings
 from hvguest.paths import Paths
+from hvguest.pool import PoolRegistry
 from hvguest.transport.udev import UdevEvent
+
+# The process's open pool files, as a daemon owns them; closed after each test.
+POOLS = PoolRegistry()
 
 
 class FakeTransport:
@@ -38,7 +41,7 @@ class FakeTransport:
     def fileno(self) -> int:
         return self._r
 
-    def read_packet(self) -> bytes:
+    def read_ready(self) -> bytes:
         return b""
 
     def write_packet(self, data: bytes) -> None:
@@ -103,7 +106,7 @@ def env(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     service.stop()
     runtime.close()
     watcher.close()
-    poolmod.close_all()
+    POOLS.close_all()
 
 
 def test_interface_burst_refreshes_fqdn_once_then_follows_up(env: Any) -> None:
@@ -157,4 +160,4 @@ def test_without_a_watcher_nothing_is_registered(
     finally:
         service.stop()
         runtime.close()
-        poolmod.close_all()
+        POOLS.close_all()

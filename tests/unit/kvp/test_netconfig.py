@@ -12,8 +12,7 @@ from hvguest.command import CommandResult
 from hvguest.kvp.netconfig import NetConfigurator, detect_stack
 from hvguest.kvp.netrender import render_ifupdown, render_networkd
 from hvguest.paths import Paths
-from hvguest.roles.kvp import IpConfig
-from hvguest.wire.ipconfig import LinkName, MacAddress
+from hvguest.wire.ipconfig import IpConfig, LinkName, MacAddress
 from hvguest.wire.status import HvStatus
 
 GUID = "a3c5e2f0-1111-2222-3333-444455556666"

@@ -7,11 +7,14 @@ import stat
 
 import pytest
 
-from hvguest import pool as poolmod
 from hvguest.errors import LocalUsageError
 from hvguest.paths import Paths
-from hvguest.pool import OwnKeys, PoolStore, check_item, open_pool
+from hvguest.pool import OwnKeys, PoolRecordError, PoolRegistry, PoolStore, check_item
+from hvguest.pool import file as pool_file
 from hvguest.wire.pool import POOL_RECORD_SIZE, PoolRecord, decode_pool
+
+# The process's open pool files, as a daemon owns them; closed after each test.
+POOLS = PoolRegistry()
 
 R = POOL_RECORD_SIZE
 
@@ -19,7 +22,7 @@ R = POOL_RECORD_SIZE
 @pytest.fixture()
 def paths(tmp_path):
     yield Paths(pool_dir=str(tmp_path / "hyperv"))
-    poolmod.close_all()
+    POOLS.close_all()
 
 
 def raw_record(key: bytes, value: bytes) -> bytes:
@@ -29,7 +32,7 @@ def raw_record(key: bytes, value: bytes) -> bytes:
 def test_open_all_creates_dir_and_files_with_modes(paths):
     old = os.umask(0o077)
     try:
-        PoolStore(paths).open_all()
+        PoolStore(paths, POOLS).open_all()
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(paths.pool_dir).st_mode) == 0o755
@@ -40,7 +43,7 @@ def test_open_all_creates_dir_and_files_with_modes(paths):
 
 
 def test_set_get_update_in_place_and_format(paths):
-    pf = open_pool(paths, 1)
+    pf = POOLS.open(paths, 1)
     pf.set("a", "1")
     pf.set("b", "2")
     pf.set("a", "x" * 10)
@@ -62,7 +65,7 @@ def test_delete_shifts_later_records_and_keeps_foreign_bytes(paths):
     foreign = b"k3\0junk".ljust(512, b"\0") + b"v3\0stale".ljust(2048, b"\0")
     with open(path, "wb") as f:
         f.write(raw_record(b"k1", b"v1") + raw_record(b"k2", b"v2") + foreign)
-    pf = open_pool(paths, 0)
+    pf = POOLS.open(paths, 0)
     assert pf.delete("k2") is True
     data = open(path, "rb").read()
     assert data == raw_record(b"k1", b"v1") + foreign
@@ -74,7 +77,7 @@ def test_first_match_wins_like_the_c_daemon(paths):
     os.makedirs(paths.pool_dir)
     with open(paths.pool_file(1), "wb") as f:
         f.write(raw_record(b"dup", b"first") + raw_record(b"dup", b"second"))
-    pf = open_pool(paths, 1)
+    pf = POOLS.open(paths, 1)
     assert pf.get("dup") == "first"
     pf.set("dup", "new")
     records, _ = decode_pool(open(paths.pool_file(1), "rb").read())
@@ -82,7 +85,7 @@ def test_first_match_wins_like_the_c_daemon(paths):
 
 
 def test_external_change_is_seen(paths):
-    pf = open_pool(paths, 1)
+    pf = POOLS.open(paths, 1)
     pf.set("mine", "1")
     assert pf.items() == [("mine", "1")]
     # cloud-init style append (flock, no fcntl)
@@ -100,7 +103,7 @@ def test_external_change_is_seen(paths):
 
 
 def test_cache_avoids_rereads(paths):
-    pf = open_pool(paths, 1)
+    pf = POOLS.open(paths, 1)
     for i in range(50):
         pf.set(f"k{i}", str(i))
     before = pf.reloads
@@ -114,7 +117,7 @@ def test_partial_trailing_record_ignored_and_repaired(paths):
     os.makedirs(paths.pool_dir)
     with open(paths.pool_file(1), "wb") as f:
         f.write(raw_record(b"a", b"1") + b"half a record")
-    pf = open_pool(paths, 1)
+    pf = POOLS.open(paths, 1)
     assert pf.items() == [("a", "1")]
     assert os.path.getsize(paths.pool_file(1)) == R  # repaired under lock
     pf.set("b", "2")
@@ -130,7 +133,7 @@ def test_invalid_records_are_skipped_not_fatal(paths, caplog):
         f.write(b"n" * 512 + b"unterminated key".ljust(2048, b"\0"))
         f.write(b"\0" * R)
         f.write(raw_record(b"good2", b"w"))
-    pf = open_pool(paths, 1)
+    pf = POOLS.open(paths, 1)
     assert pf.items() == [("good1", "v"), ("good2", "w")]
     assert pf.item(1) == ("good2", "w")
     assert pf.item(2) is None
@@ -138,7 +141,7 @@ def test_invalid_records_are_skipped_not_fatal(paths, caplog):
     assert "invalid UTF-8" in caplog.text
     pf.items()  # throttled: no second line per record
     assert caplog.text.count("bad\\xff") == 1
-    with pytest.raises(poolmod.PoolRecordError):
+    with pytest.raises(PoolRecordError):
         pf.get("badval")
 
 
@@ -155,7 +158,7 @@ def test_invalid_records_are_skipped_not_fatal(paths, caplog):
     ],
 )
 def test_limits(paths, key, value, unsafe, message):
-    pf = open_pool(paths, 1)
+    pf = POOLS.open(paths, 1)
     with pytest.raises(LocalUsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
         pf.set(key, value, unsafe=unsafe)
     assert pf.record_count() == 0
@@ -170,15 +173,38 @@ def test_limits_boundaries_accepted():
 def test_pool_range(paths):
     for bad in (-1, 5, 200):
         with pytest.raises(LocalUsageError):
-            open_pool(paths, bad)
+            POOLS.open(paths, bad)
 
 
 def test_same_process_shares_one_descriptor(paths):
-    assert open_pool(paths, 3) is PoolStore(paths).pool(3)
+    assert POOLS.open(paths, 3) is PoolStore(paths, POOLS).pool(3)
+
+
+def test_registry_is_an_object_its_owner_closes(paths):
+    store = PoolStore(paths, POOLS, lock_timeout=0.5, max_records=7)
+    pf = store.pool(2)
+    assert (pf.lock_timeout, pf.max_records) == (0.5, 7)
+    pf.set("k", "v")
+    fd = pf._fd
+    assert fd is not None
+    # Another registry is another owner: its own PoolFile, not this one.
+    other = PoolRegistry()
+    try:
+        assert other.open(paths, 2) is not pf
+    finally:
+        other.close_all()
+    assert os.fstat(fd)  # closing the other owner's files left ours open
+    POOLS.close_all()
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    # The store drops what it cached: a fresh PoolFile (one descriptor) from now on.
+    again = store.pool(2)
+    assert again is not pf and again is POOLS.open(paths, 2)
+    assert again.get("k") == "v"
 
 
 def test_replaced_file_is_reopened(paths):
-    pf = open_pool(paths, 0)
+    pf = POOLS.open(paths, 0)
     pf.set("a", "1")
     tmp = paths.pool_file(0) + ".new"
     with open(tmp, "wb") as f:
@@ -193,7 +219,7 @@ def test_replaced_file_is_reopened(paths):
 
 
 def test_own_keys_republished_after_truncation(paths):
-    pf = open_pool(paths, 1)
+    pf = POOLS.open(paths, 1)
     keys = OwnKeys(pf)
     keys.publish("hvguest.version", "1")
     pf.set("CLOUD_INIT|1|other", "x")
@@ -208,19 +234,19 @@ def test_own_keys_republished_after_truncation(paths):
 
 
 def test_renamed_away_file_is_noticed_within_a_second(paths, monkeypatch):
-    pf = open_pool(paths, 0)
+    pf = POOLS.open(paths, 0)
     pf.set("a", "1")
     assert pf.get("a") == "1"
     # An admin moves the file aside (the old inode keeps a name) and puts another one.
     os.rename(paths.pool_file(0), paths.pool_file(0) + ".bak")
     with open(paths.pool_file(0), "wb") as f:
         f.write(raw_record(b"a", b"2"))
-    monkeypatch.setattr(poolmod, "PATH_CHECK_PERIOD", 0.0)
+    monkeypatch.setattr(pool_file, "PATH_CHECK_PERIOD", 0.0)
     assert pf.get("a") == "2"
 
 
 def test_deleted_file_is_noticed(paths):
-    pf = open_pool(paths, 0)
+    pf = POOLS.open(paths, 0)
     pf.set("a", "1")
     os.unlink(paths.pool_file(0))
     assert pf.get("a") is None

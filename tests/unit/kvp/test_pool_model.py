@@ -9,9 +9,12 @@ import tempfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hvguest import pool as poolmod
 from hvguest.paths import Paths
+from hvguest.pool import PoolRegistry
 from hvguest.wire.pool import decode_pool
+
+# The process's open pool files, as a daemon owns them; closed after each test.
+POOLS = PoolRegistry()
 
 KEYS = st.sampled_from(["a", "b", "c", "ключ", "k" * 254])
 VALUES = st.text(
@@ -32,7 +35,7 @@ OPS = st.lists(
 def test_store_matches_model(ops):
     with tempfile.TemporaryDirectory() as tmp:
         paths = Paths(pool_dir=tmp)
-        pf = poolmod.open_pool(paths, 1)
+        pf = POOLS.open(paths, 1)
         model: list[tuple[str, str]] = []
         assert pf.record_count() == 0  # opens (creates) the file, as the daemon does
         try:
@@ -67,4 +70,4 @@ def test_store_matches_model(ops):
             assert [(r.key_text(), r.value_text()) for r in records] == model
             assert os.path.getsize(paths.pool_file(1)) == 2560 * len(model)
         finally:
-            poolmod.close_all()
+            POOLS.close_all()

@@ -9,14 +9,18 @@ import pytest
 from hvguest.errors import LocalUsageError
 from hvguest.roles.kvp import (
     ApplyIpConfig,
+    DeletePool,
+    IpApplied,
     KvpRole,
     KvpState,
     Log,
-    PoolChanged,
+    PoolDone,
+    PoolFailed,
+    Step,
+    WritePool,
     normalise_mac,
-    parse_ip_config,
 )
-from hvguest.wire.ipconfig import HostValueError
+from hvguest.wire.ipconfig import HostValueError, parse_ip_config
 from hvguest.wire.kvp import (
     KVP_MSG_SIZE,
     KvpDelete,
@@ -50,12 +54,6 @@ class FakeData:
     def get(self, pool, key):
         return self.pools[pool].get(key)
 
-    def set(self, pool, key, value):
-        self.pools[pool][key] = value
-
-    def delete(self, pool, key):
-        return self.pools[pool].pop(key, None) is not None
-
     def item(self, pool, index):
         items = list(self.pools[pool].items())
         return items[index] if index < len(items) else None
@@ -65,6 +63,32 @@ class FakeData:
 
     def ip_info(self, mac, family):
         return self.macs.get(mac)
+
+
+class Served:
+    """A request served the way the daemon serves it: the role's pool actions carried
+    out on the fake pools and their outcome handed back through complete()."""
+
+    def __init__(self, role: KvpRole, message: bytes, now: float, fail: str = "") -> None:
+        step = role.handle(message, now)
+        self.actions = list(step.actions)
+        for action in step.actions:
+            if isinstance(action, WritePool | DeletePool):
+                assert step.reply is None, "no reply before the write's outcome"
+                step = role.complete(self._carry_out(role, action, fail), now)
+                self.actions += step.actions
+        self.reply = step.reply
+        self.status = status_of(step.reply)
+
+    @staticmethod
+    def _carry_out(role, action, fail):
+        if fail:
+            return PoolFailed(fail)
+        pool = role.view.pools[action.pool]
+        if isinstance(action, WritePool):
+            pool[action.key] = action.value
+            return PoolDone()
+        return PoolDone(pool.pop(action.key, None) is not None)
 
 
 @pytest.fixture()
@@ -79,27 +103,27 @@ def status_of(reply: bytes) -> int:
 
 
 def test_set_get_enumerate_delete(role):
-    res = role.handle(KvpSet(0, "key", "value").encode(), 1.0)
+    res = Served(role, KvpSet(0, "key", "value").encode(), 1.0)
     assert res.status == OK and status_of(res.reply) == OK
-    assert PoolChanged(0) in res.actions
-    res = role.handle(KvpGet(0, "key").encode(), 2.0)
+    assert WritePool(0, "key", "value") in res.actions
+    res = Served(role, KvpGet(0, "key").encode(), 2.0)
     assert decode_kvp_reply(0, res.reply).value == "value"
-    res = role.handle(KvpEnumerate(0, 0).encode(), 3.0)
+    res = Served(role, KvpEnumerate(0, 0).encode(), 3.0)
     reply = decode_kvp_reply(3, res.reply)
     assert (reply.status, reply.key, reply.value) == (0, "key", "value")
-    assert role.handle(KvpEnumerate(0, 1).encode(), 3.0).status == CONT
-    assert role.handle(KvpDelete(0, "key").encode(), 4.0).status == OK
-    assert role.handle(KvpDelete(0, "key").encode(), 4.0).status == CONT
-    assert role.handle(KvpGet(0, "key").encode(), 5.0).status == CONT
+    assert Served(role, KvpEnumerate(0, 1).encode(), 3.0).status == CONT
+    assert Served(role, KvpDelete(0, "key").encode(), 4.0).status == OK
+    assert Served(role, KvpDelete(0, "key").encode(), 4.0).status == CONT
+    assert Served(role, KvpGet(0, "key").encode(), 5.0).status == CONT
     assert role.last == ("GET", "HV_S_CONT", 5.0)
     assert role.counters.requests == 7 and role.counters.failures == 0
 
 
 def test_auto_pool_is_generated(role):
-    reply = decode_kvp_reply(3, role.handle(KvpEnumerate(2, 1).encode(), 0).reply)
+    reply = decode_kvp_reply(3, Served(role, KvpEnumerate(2, 1).encode(), 0).reply)
     assert (reply.key, reply.value) == ("OSName", "Debian GNU/Linux")
-    assert role.handle(KvpEnumerate(2, 2).encode(), 0).status == CONT
-    assert decode_kvp_reply(0, role.handle(KvpGet(2, "OSName").encode(), 0).reply).value == (
+    assert Served(role, KvpEnumerate(2, 2).encode(), 0).status == CONT
+    assert decode_kvp_reply(0, Served(role, KvpGet(2, "OSName").encode(), 0).reply).value == (
         "Debian GNU/Linux"
     )
 
@@ -134,28 +158,36 @@ def raw_msg(op, pool, **fields):
     ],
 )
 def test_bad_requests_get_failure_replies_and_state_survives(role, message, status):
-    res = role.handle(message, 0)
+    res = Served(role, message, 0)
     assert res.status == status
     assert len(res.reply) == KVP_MSG_SIZE and status_of(res.reply) == status
     assert any(isinstance(a, Log) for a in res.actions)
     assert role.state is KvpState.READY
-    assert role.handle(KvpSet(1, "after", "ok").encode(), 0).status == OK
-    assert role.data.pools[0] == {}
+    assert Served(role, KvpSet(1, "after", "ok").encode(), 0).status == OK
+    assert role.view.pools[0] == {}
 
 
 def test_store_failure_is_e_fail(role):
-    def boom(*args):
-        raise LocalUsageError("KVP value is 3000 bytes, limit 2047 (pool 0)")
-
-    role.data.set = boom
-    res = role.handle(KvpSet(0, "k", "v").encode(), 0)
+    res = Served(role, KvpSet(0, "k", "v").encode(), 0,
+                 fail="KVP value is 3000 bytes, limit 2047 (pool 0)")
     assert res.status == FAIL
-    assert "3000 bytes" in res.actions[0].args[1]
+    (note,) = [a for a in res.actions if isinstance(a, Log)]
+    assert "3000 bytes" in note.args[1] and note.fields == {"POOL": "0"}
+
+
+def test_lookup_failure_is_e_fail(role):
+    def boom(*args):
+        raise LocalUsageError("KVP value of 'k' is not valid UTF-8 (pool 0)")
+
+    role.view.get = boom
+    res = Served(role, KvpGet(0, "k").encode(), 0)
+    assert res.status == FAIL and "not valid UTF-8" in res.actions[0].args[1]
+    assert role.state is KvpState.READY
 
 
 @pytest.mark.parametrize("mac", ["00:15:5D:00:00:01", "00:15:5d:00:00:01", "00-15-5d-00-00-01"])
 def test_get_ip_info_mac_case_insensitive(role, mac):
-    res = role.handle(KvpGetIpInfo(0, mac, 0).encode(), 0)
+    res = Served(role, KvpGetIpInfo(0, mac, 0).encode(), 0)
     info = decode_kvp_reply(4, res.reply).ip_info
     assert res.status == OK
     assert info.adapter_id == mac and info.ip_addr == "192.0.2.10"
@@ -163,8 +195,8 @@ def test_get_ip_info_mac_case_insensitive(role, mac):
 
 
 def test_get_ip_info_unknown_mac(role):
-    assert role.handle(KvpGetIpInfo(0, "00:15:5D:FF:FF:FF", 0).encode(), 0).status == FAIL
-    assert role.handle(KvpGetIpInfo(0, "not a mac", 0).encode(), 0).status == FAIL
+    assert Served(role, KvpGetIpInfo(0, "00:15:5D:FF:FF:FF", 0).encode(), 0).status == FAIL
+    assert Served(role, KvpGetIpInfo(0, "not a mac", 0).encode(), 0).status == FAIL
 
 
 def set_ip(**kw):
@@ -192,11 +224,11 @@ def test_set_ip_info_becomes_an_action_then_a_reply(role):
     assert [a.compressed for a in cfg.addresses] == ["192.0.2.20/24", "2001:db8::20/64"]
     assert [g.compressed for g in cfg.gateways] == ["192.0.2.1"]
     assert [d.compressed for d in cfg.dns] == ["192.0.2.53", "2001:db8::53"]
-    done = role.ip_config_done(HvStatus.HV_GUID_NOTFOUND, "no such adapter", 1.0)
+    done = role.complete(IpApplied(HvStatus.HV_GUID_NOTFOUND, "no such adapter"), 1.0)
     assert status_of(done.reply) == HvStatus.HV_GUID_NOTFOUND
     assert role.state is KvpState.READY
     with pytest.raises(LocalUsageError):
-        role.ip_config_done(0, "", 2.0)
+        role.complete(IpApplied(0, ""), 2.0)
 
 
 @pytest.mark.parametrize(
@@ -211,7 +243,7 @@ def test_set_ip_info_becomes_an_action_then_a_reply(role):
     ],
 )
 def test_set_ip_info_invalid_is_invalidarg(role, kw):
-    res = role.handle(set_ip(**kw).encode(), 0)
+    res = Served(role, set_ip(**kw).encode(), 0)
     assert res.status == INVAL and status_of(res.reply) == INVAL
     assert role.state is KvpState.READY
 
@@ -224,7 +256,7 @@ def test_dhcp_ignores_addresses_but_still_checks_them():
 
 
 def test_refusal_log_names_field_and_escaped_value(role):
-    res = role.handle(set_ip(dns_addr="fe80::53%x\n    pre-up reboot").encode(), 0)
+    res = Served(role, set_ip(dns_addr="fe80::53%x\n    pre-up reboot").encode(), 0)
     assert res.status == INVAL
     (log,) = res.actions
     line = log.message % log.args
@@ -242,17 +274,87 @@ def test_helpers():
 def test_requests_before_registration_are_a_bug():
     r = KvpRole(FakeData())
     with pytest.raises(LocalUsageError):
-        r.handle(KvpGet(0, "k").encode(), 0)
+        Served(r, KvpGet(0, "k").encode(), 0)
     r.registered("3.1")
     r.lost()
     assert r.state is KvpState.UNREGISTERED
 
 
 def test_enumerating_an_item_the_host_sees_cut_is_logged(role):
-    role.data.pools[1]["long"] = "x" * 1500
-    role.data.pools[1]["ok"] = "y" * 1022
-    res = role.handle(KvpEnumerate(1, 0).encode(), 0)
+    role.view.pools[1]["long"] = "x" * 1500
+    role.view.pools[1]["ok"] = "y" * 1022
+    res = Served(role, KvpEnumerate(1, 0).encode(), 0)
     assert res.status == OK
     (note,) = res.actions
     assert "value is 1500 UTF-16 units, the host sees the first 1022" in note.args[2]
-    assert role.handle(KvpEnumerate(1, 1).encode(), 0).actions == ()
+    assert Served(role, KvpEnumerate(1, 1).encode(), 0).actions == []
+
+
+# -- the role contract: handle() -> Step, complete() -> Step, a table of transitions --
+
+
+def test_set_asks_for_a_pool_write_and_replies_only_on_its_outcome(role):
+    step = role.handle(KvpSet(0, "key", "value").encode(), 1.0)
+    assert isinstance(step, Step)
+    assert step.reply is None and step.actions == (WritePool(0, "key", "value"),)
+    assert role.state is KvpState.WRITING
+    assert role.counters.requests == 0, "not answered yet"
+    assert role.view.pools[0] == {}, "the role itself writes nothing"
+    done = role.complete(PoolDone(), 1.5)
+    assert status_of(done.reply) == OK and done.actions == ()
+    assert role.state is KvpState.READY and role.last == ("SET", "HV_S_OK", 1.5)
+
+
+def test_delete_asks_for_a_pool_delete_and_an_absent_key_is_cont(role):
+    step = role.handle(KvpDelete(3, "gone").encode(), 0)
+    assert step.reply is None and step.actions == (DeletePool(3, "gone"),)
+    done = role.complete(PoolDone(found=False), 0)
+    assert status_of(done.reply) == CONT and role.state is KvpState.READY
+
+
+@pytest.mark.parametrize("kind", ["full", "busy", "frozen", "error"])
+def test_failed_pool_write_is_e_fail_logged_with_its_detail(role, kind):
+    request = KvpSet(4, "k", "v").encode()
+    role.handle(request, 0)
+    detail = f"KVP pool 4: {kind} (/var/lib/hyperv/.kvp_pool_4)"
+    done = role.complete(PoolFailed(detail, kind), 2.0)
+    assert len(done.reply) == KVP_MSG_SIZE
+    assert status_of(done.reply) == FAIL
+    assert done.reply[4:] == request[4:], "the request echoed, only the status set"
+    (note,) = done.actions
+    assert note.level == 40 and note.message % note.args == f"KVP SET failed: {detail}"
+    assert note.fields == {"POOL": "4"}
+    assert role.counters.failures == 1 and role.last == ("SET", "HV_E_FAIL", 2.0)
+    assert role.state is KvpState.READY
+
+
+@pytest.mark.parametrize(
+    ("message", "event"),
+    [(KvpGet(0, "k").encode(), "'GET'"), (KvpSet(0, "k", "v").encode(), "'SET'"),
+     (raw_msg(9, 0), "'malformed'"), (raw_msg(100, 0), "'REGISTER'")],
+)
+def test_a_request_while_a_reply_is_pending_is_misuse_naming_state_and_message(
+    role, message, event
+):
+    role.handle(KvpDelete(0, "k").encode(), 0)
+    with pytest.raises(LocalUsageError) as exc:
+        role.handle(message, 0)
+    assert "WRITING" in str(exc.value) and event in str(exc.value)
+
+
+def test_outcomes_not_asked_for_are_misuse(role):
+    with pytest.raises(LocalUsageError, match=r"'pool written'.*READY"):
+        role.complete(PoolDone(), 0)
+    role.handle(KvpSet(0, "k", "v").encode(), 0)
+    with pytest.raises(LocalUsageError, match=r"'ip applied'.*WRITING"):
+        role.complete(IpApplied(0, "done"), 0)
+    role.lost()
+    with pytest.raises(LocalUsageError, match=r"'pool written'.*UNREGISTERED"):
+        role.complete(PoolDone(), 0)
+
+
+def test_a_lost_channel_forgets_the_pending_write(role):
+    role.handle(KvpSet(0, "k", "v").encode(), 0)
+    role.lost()
+    role.registered("3.1")
+    assert Served(role, KvpGet(0, "k").encode(), 0).status == CONT

@@ -12,16 +12,19 @@ from typing import Any
 import pytest
 from fake_udev import FakeWatcher
 
-from hvguest import pool
 from hvguest.daemon import Runtime
 from hvguest.daemons import heartbeatd
 from hvguest.daemons.heartbeatd import HeartbeatDaemon
 from hvguest.heartbeat.settings import HeartbeatSettings
 from hvguest.paths import Paths
+from hvguest.pool import PoolRegistry
 from hvguest.state import read_state
 from hvguest.transport.udev import OVERFLOW, UdevEvent
 from hvguest.vmbus.inventory import scan
 from hvguest.vmbus.offers import SERVICE_TITLES, offer_changes, offered_services
+
+# The process's open pool files, as a daemon owns them; closed after each test.
+POOLS = PoolRegistry()
 
 VSS_INSTANCE = "2450ee40-33bf-4fbd-892e-9fb06e9214cf"
 ALL = frozenset(SERVICE_TITLES)
@@ -30,7 +33,7 @@ ALL = frozenset(SERVICE_TITLES)
 @pytest.fixture(autouse=True)
 def fresh_pools() -> Iterator[None]:
     yield
-    pool.close_all()
+    POOLS.close_all()
 
 
 # -- the pure diff -------------------------------------------------------------------
