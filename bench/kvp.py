@@ -1,6 +1,6 @@
 """KVP throughput: hvguest-kvpd vs hv_kvp_daemon vs a null daemon, through the simulator.
 
-    python -m bench kvp [--reference] [--runs N] [--keys N] [--records N]
+    python -m bench kvp [--reference] [--baseline DIR] [--runs N] [--keys N] [--records N]
 
 Per run and daemon, in a fresh sandbox: SET of N keys (pool 0), GET of the same keys,
 ENUMERATE of a pool file holding M records (pool 1, written before the first request).
@@ -8,7 +8,9 @@ Each phase is queued in the simulator as one batch: the host still sends one
 transaction at a time and waits for its answer, but the benchmark's own control round
 trip per request is gone, so the figures are the daemon's and the device path's.
 Daemons alternate run by run; medians are reported with the ratio hvguest/reference
-and each daemon's resident memory after the run. The null daemon registers and
+and each daemon's resident memory after the run. ``--baseline DIR`` adds
+hvguest-kvpd imported from another source tree (an older commit, e.g. from
+``git worktree add``) to the same alternating rounds. The null daemon registers and
 answers every request at once without any work: the ceiling of the harness itself.
 Needs root and /dev/fuse (and hyperv-daemons for --reference).
 Timing never fails anything; it is for reading.
@@ -99,6 +101,9 @@ def main(argv: list[str]) -> int:
         "--records", type=int, default=1000, help="records enumerated (default 1000)"
     )
     parser.add_argument("--no-null", action="store_true", help="skip the null daemon")
+    parser.add_argument(
+        "--baseline", metavar="DIR", help="also run hvguest-kvpd from the source tree DIR"
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
         print("bench kvp: needs root and /dev/fuse (the simulator's sandbox)", file=sys.stderr)
@@ -112,11 +117,16 @@ def main(argv: list[str]) -> int:
             )
             return 2
         names.append("reference")
+    if args.baseline:
+        names.append("baseline")
     if not args.no_null:
         names.append("null")
     results: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory(prefix="bench-kvp-") as tmp:
         cmds = commands(tmp)
+        if args.baseline:
+            tree = os.path.abspath(args.baseline)
+            cmds["baseline"] = ["env", f"PYTHONPATH={tree}", *cmds["hvguest"]]
         for run, name in schedule(names, args.runs):
             r = measure(cmds[name], args.keys, args.records, os.path.join(tmp, f"{name}-{run}"))
             results[name].append(r)
