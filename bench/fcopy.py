@@ -6,7 +6,9 @@ alternating over ``--runs`` rounds (absolute numbers on this kind of machine swi
 a lot; only back-to-back ratios mean something):
 
 * hvguest-fcopyd,
-* the reference hv_fcopy_daemon (``--reference``; legacy transport only),
+* the reference (``--reference``): Debian's hv_fcopy_daemon on the legacy
+  transport, the upstream hv_fcopy_uio_daemon (built by scripts/setup into
+  .venv/reference; ``HVGUEST_UIO_REFERENCE`` overrides) on the UIO ring,
 * a null daemon that registers and answers HV_S_OK without touching a file: the
   ceiling the harness allows,
 * with ``--floor``, two minimal Python daemons that pwrite each fragment (one also
@@ -33,6 +35,10 @@ from hvguest.sim.client import SimClient
 MIB = 1 << 20
 FRAGMENT = 6144
 REFERENCE = "/usr/sbin/hv_fcopy_daemon"
+UIO_REFERENCE = os.environ.get(
+    "HVGUEST_UIO_REFERENCE",
+    os.path.join(os.path.dirname(__file__), "..", ".venv", "reference", "hv_fcopy_uio_daemon"),
+)
 DEST = "/tmp"  # allowed by hvguest's default policy; the same place for every daemon
 
 # A do-nothing daemon for the legacy device: register, then answer every message 0,
@@ -141,7 +147,9 @@ def run_one(
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bench fcopy", description=__doc__.split("\n")[0])
     p.add_argument(
-        "--reference", action="store_true", help=f"also run {REFERENCE} (legacy transport)"
+        "--reference",
+        action="store_true",
+        help=f"also run {REFERENCE} (legacy) or the upstream hv_fcopy_uio_daemon (uio)",
     )
     p.add_argument("--size-mib", type=int, default=256, help="file size (default 256)")
     p.add_argument("--runs", type=int, default=3, help="alternating rounds (default 3)")
@@ -183,18 +191,16 @@ def main(argv: list[str]) -> int:
         ],
     }
     if args.reference:
-        if args.transport != "legacy":
-            print(
-                "bench fcopy: the reference daemon speaks only the legacy device", file=sys.stderr
+        reference = REFERENCE if args.transport == "legacy" else os.path.realpath(UIO_REFERENCE)
+        if not os.access(reference, os.X_OK):
+            hint = (
+                "apt-get install hyperv-daemons"
+                if args.transport == "legacy"
+                else "scripts/setup builds it; or set HVGUEST_UIO_REFERENCE"
             )
+            print(f"bench fcopy: {reference} missing ({hint})", file=sys.stderr)
             return 1
-        if not os.path.exists(REFERENCE):
-            print(
-                f"bench fcopy: {REFERENCE} missing (apt-get install hyperv-daemons)",
-                file=sys.stderr,
-            )
-            return 1
-        daemons["reference"] = [REFERENCE, "-n"]
+        daemons["reference"] = [reference, "-n"]
     if args.floor:
         if args.transport != "legacy":
             print("bench fcopy: the floor daemons speak only the legacy device", file=sys.stderr)

@@ -33,29 +33,26 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import functools
 import logging
 import os
 import signal
 import sys
 import threading
-from typing import Any
 
 from hvguest.backoff import Backoff
 from hvguest.config import Config
 from hvguest.daemon import Runtime
 from hvguest.daemons.common import daemon_arg_parser, start_daemon
-from hvguest.daemons.fcopy_ring import drain, wait_interrupt
 from hvguest.daemons.fcopy_service import FcopyService, ic_reply
 from hvguest.errors import HvGuestError, TransportError
 from hvguest.fcopy.settings import FcopySettings
 from hvguest.log import Throttle
 from hvguest.paths import Paths
 from hvguest.state import StatePublisher, read_state
-from hvguest.transport.chardev import FCOPY_READ_SIZE
-from hvguest.transport.ring import RingError
-from hvguest.transport.uio import DeviceNotBound, bound_driver, find_device
+from hvguest.transport.chardev import FCOPY_READ_SIZE, CharDevTransport
+from hvguest.transport.uio import DeviceNotBound, UioTransport, bound_driver, find_device
+from hvguest.transport.uio_ring import CorruptPacket
 from hvguest.wire.fcopy import (
     fcopy_reply,
 )
@@ -106,7 +103,7 @@ class FcopyDaemon:
         self.settings: FcopySettings = config.get(FcopySettings)
         self.publisher = StatePublisher(SERVICE, paths)
         self.service = FcopyService(self.settings, self.publisher)
-        self.transport: Any = None
+        self.transport: CharDevTransport | UioTransport | None = None
         self.lock = threading.Lock()
         self.stopping = False
         self.backoff = Backoff()
@@ -138,7 +135,7 @@ class FcopyDaemon:
         if self.kind == "legacy":
             from hvguest.transport.chardev import open_fcopy
 
-            self.transport = open_fcopy(self.paths)
+            legacy = self.transport = open_fcopy(self.paths)
             with self.lock:
                 self.publisher.update(
                     device=self.paths.vmbus_device("hv_fcopy"),
@@ -148,23 +145,21 @@ class FcopyDaemon:
                 self.publisher.publish()
             worker = threading.Thread(
                 target=self._legacy_worker,
-                args=(self.transport,),
+                args=(legacy,),
                 name="fcopy-device",
                 daemon=True,
             )
             worker.start()
         else:
-            from hvguest.transport.uio import UioTransport
-
-            self.transport = UioTransport(self.paths).open()
+            ring = self.transport = UioTransport(self.paths).open()
             self.publisher.update(
-                device=f"/dev/{self.transport.uio_name} ({self.transport.device_dir})",
+                device=f"/dev/{ring.uio_name} ({ring.device_dir})",
                 state="ready",
                 details={"transport": self.kind},
             )
             self.publisher.publish()
             threading.Thread(
-                target=self._uio_worker, args=(self.transport,), name="fcopy-ring", daemon=True
+                target=self._uio_worker, args=(ring,), name="fcopy-ring", daemon=True
             ).start()
 
     # -- legacy char device ------------------------------------------------------
@@ -177,7 +172,7 @@ class FcopyDaemon:
     # write from another on FUSE). The main thread keeps signals, timers and the
     # watchdog; ``self.lock`` serialises the service between the two.
 
-    def _legacy_worker(self, transport: Any) -> None:
+    def _legacy_worker(self, transport: CharDevTransport) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, _LOOP_SIGNALS)  # they belong to the loop
         # Every message is read into the same buffer: a WRITE is written to its file
         # straight from there (before the reply, see ``write_now``), without a copy
@@ -187,7 +182,7 @@ class FcopyDaemon:
         service, lock = self.service, self.lock
         while not self.stopping:
             try:
-                length = self._read_legacy(transport, buffer)
+                length = transport.read_into(buffer)
                 if not length:
                     continue
                 with lock:
@@ -212,33 +207,20 @@ class FcopyDaemon:
                 with contextlib.suppress(TransportError):
                     transport.write_packet(fcopy_reply(HvStatus.HV_E_FAIL))
 
-    @staticmethod
-    def _read_legacy(transport: Any, buffer: bytearray) -> int:
-        """Block until the kernel queues a message (read() ignores O_NONBLOCK); the
-        message goes to ``buffer``, its length is returned."""
-        try:
-            length = os.readv(transport.fileno(), (buffer,))
-        except (BlockingIOError, InterruptedError):
-            return 0  # woken with nothing queued (EAGAIN)
-        except OSError as exc:
-            if exc.errno == errno.EINVAL:
-                raise TransportError(
-                    f"{transport.path}: queued message is larger than {FCOPY_READ_SIZE} bytes"
-                ) from exc
-            raise TransportError(f"{transport.path}: read failed: {exc.strerror}") from exc
-        if not length and getattr(transport, "is_socket", False):
-            raise TransportError(f"{transport.path}: peer closed the connection")
-        return length
+    # -- UIO ring (hvguest.transport.uio_ring) -------------------------------------
+    #
+    # One thread blocks in wait_interrupt() until the host signals, then drain()
+    # answers every queued packet straight from the ring and re-arms (which also
+    # signals the host). Polling first, or signalling once per response, would
+    # each add a round trip per packet on a FUSE-served device.
 
-    # -- UIO ring (hvguest.daemons.fcopy_ring) -------------------------------------
-
-    def _uio_worker(self, transport: Any) -> None:
+    def _uio_worker(self, transport: UioTransport) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, _LOOP_SIGNALS)  # they belong to the loop
         first = True
         while not self.stopping:
             try:
                 if not first:
-                    wait_interrupt(transport)
+                    transport.wait_interrupt()
                 first = False  # packets queued before we opened raised no interrupt
                 with self.lock:
                     if self.stopping:
@@ -254,16 +236,27 @@ class FcopyDaemon:
     def on_uio_readable(self) -> None:
         """Serve the ring from the loop thread (used when no worker runs)."""
         try:
+            assert isinstance(self.transport, UioTransport)
             self._drain_uio(self.transport)
         except TransportError as exc:
             self._lost(exc)
 
-    def _drain_uio(self, transport: Any) -> None:
+    def _drain_uio(self, transport: UioTransport) -> None:
         answer = functools.partial(ic_reply, self.service)
-        if drain(transport, answer, self.service.after_reply, self._bad_packet):
-            self.backoff.healthy()  # a request served: the next failure starts over
+        while True:
+            try:
+                answered = transport.drain(answer)
+            except CorruptPacket as exc:
+                # Its framing hides where the next packet starts: drop what is
+                # queued (the host times out and retries), then serve on.
+                self._bad_packet(exc, transport.discard_corrupt())
+                continue
+            if answered:
+                self.service.after_reply()
+                self.backoff.healthy()  # a request served: the next failure starts over
+            return
 
-    def _bad_packet(self, exc: RingError, dropped: int) -> None:
+    def _bad_packet(self, exc: CorruptPacket, dropped: int) -> None:
         log.error("fcopy: bad packet in the ring (%s); skipped %d queued bytes", exc, dropped)
         self.service.abort(f"bad packet: {exc}")
         self.publisher.record_error(f"bad packet from the host skipped: {exc}")
@@ -275,8 +268,9 @@ class FcopyDaemon:
         with self.lock:
             self.service.abort(f"channel failed: {exc}")
             self.publisher.record_error(str(exc))
-        with contextlib.suppress(Exception):
-            self.transport.close()
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                self.transport.close()
         self.transport = None
         self._wait_and_reopen()
 

@@ -8,8 +8,9 @@ final name. Without OVER_WRITE the final step is ``linkat``, which fails if a fi
 appeared meanwhile, so an existing file is never replaced by accident.
 
 The sha256 is computed as the data arrives while it arrives in order (the common
-case: no second pass over the file); a WRITE anywhere else (a resend, a gap) stops
-that, and COMPLETE reads the file back once to hash what is really in it.
+case: no second pass over the file), on a worker thread beside the transfer
+(``hvguest.fcopy.hasher``); a WRITE anywhere else (a resend, a gap) stops that, and
+COMPLETE reads the file back once to hash what is really in it.
 
 Every OS error is turned into the status the host expects: ENOSPC/EDQUOT/EFBIG ->
 HV_ERROR_DISK_FULL, an existing target without OVER_WRITE -> HV_ERROR_ALREADY_EXISTS,
@@ -27,6 +28,7 @@ import secrets
 import stat
 from dataclasses import dataclass
 
+from hvguest.fcopy.hasher import BackgroundHash
 from hvguest.fcopy.policy import PathPolicy, Target, TransferRefused, foreign_file
 from hvguest.wire.status import HvStatus
 
@@ -78,7 +80,7 @@ class FileWriter:
         self._fd = -1
         self._temp_name: str | None = None  # None: O_TMPFILE (no name at all)
         self._overwrite = False
-        self._hash = hashlib.sha256()
+        self._hash = BackgroundHash()
         self._hashed = 0  # the in-order hash covers [0, _hashed); -1: out of order
         self._size = 0
         self._flushed = 0
@@ -109,7 +111,8 @@ class FileWriter:
         # In a shared root a name that was free at START may be taken by another
         # user before COMPLETE: link without replacing, as without OVER_WRITE.
         self._overwrite = overwrite and (existed or not target.shared)
-        self._hash = hashlib.sha256()
+        self._hash.close()
+        self._hash = BackgroundHash()
         self._hashed = 0
         self._size = 0
         self._flushed = 0
@@ -144,8 +147,9 @@ class FileWriter:
             if self.checksum:
                 self._hash.update(data)
             self._hashed = end
-        else:
+        elif self._hashed >= 0:
             self._hashed = -1  # hash the file at COMPLETE
+            self._hash.close()
         self._size = max(self._size, end)
         if end - self._flushed >= WRITEBACK_WINDOW:
             self._start_writeback(end)
@@ -219,6 +223,7 @@ class FileWriter:
         self._flushed = end
 
     def _close(self) -> None:
+        self._hash.close()
         if self._fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._fd)

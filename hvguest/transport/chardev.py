@@ -140,20 +140,7 @@ class CharDevTransport:
             return b""
         if not events & select.POLLIN and events & _ERR_EVENTS:
             raise TransportError(f"{self.path}: device is going away (poll {events:#x})")
-        try:
-            data = os.read(fd, self.read_size)
-        except (InterruptedError, BlockingIOError):
-            return b""
-        except OSError as exc:
-            if exc.errno == errno.EINVAL:
-                raise TransportError(
-                    f"{self.path}: queued message is larger than the {self.read_size}-byte"
-                    " read buffer"
-                ) from exc
-            raise TransportError(f"{self.path}: read failed: {exc.strerror}") from exc
-        if not data and self.is_socket:
-            raise TransportError(f"{self.path}: peer closed the connection")
-        return data
+        return self.read_ready()
 
     def read_ready(self) -> bytes:
         """The message the caller's poll just reported, read at once: one system
@@ -164,15 +151,31 @@ class CharDevTransport:
         except (InterruptedError, BlockingIOError):
             return b""
         except OSError as exc:
-            if exc.errno == errno.EINVAL:
-                raise TransportError(
-                    f"{self.path}: queued message is larger than the {self.read_size}-byte"
-                    " read buffer"
-                ) from exc
-            raise TransportError(f"{self.path}: read failed: {exc.strerror}") from exc
+            raise self._read_error(exc, self.read_size) from exc
         if not data and self.is_socket:
             raise TransportError(f"{self.path}: peer closed the connection")
         return data
+
+    def read_into(self, buffer: bytearray) -> int:
+        """Block until the kernel queues a message (read() ignores O_NONBLOCK) and
+        read it into ``buffer``: its length, 0 for a wake-up with nothing queued.
+        For a thread that owns the device: no poll round trip, no allocation."""
+        try:
+            length = os.readv(self.fileno(), (buffer,))
+        except (InterruptedError, BlockingIOError):
+            return 0
+        except OSError as exc:
+            raise self._read_error(exc, len(buffer)) from exc
+        if not length and self.is_socket:
+            raise TransportError(f"{self.path}: peer closed the connection")
+        return length
+
+    def _read_error(self, exc: OSError, size: int) -> TransportError:
+        if exc.errno == errno.EINVAL:
+            return TransportError(
+                f"{self.path}: queued message is larger than the {size}-byte read buffer"
+            )
+        return TransportError(f"{self.path}: read failed: {exc.strerror}")
 
     def write_packet(self, data: bytes) -> None:
         fd = self.fileno()

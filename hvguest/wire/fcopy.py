@@ -215,6 +215,17 @@ def fcopy_reply(status: int) -> bytes:
     return pack_status(status)
 
 
+def decode_fcopy_reply(reply: bytes) -> int:
+    """The status in a reply built by ``fcopy_reply``."""
+    if len(reply) != FCOPY_REPLY_SIZE:
+        raise WireError(
+            f"fcopy reply is {len(reply)} bytes, expected {FCOPY_REPLY_SIZE}",
+            field="status",
+            limit=FCOPY_REPLY_SIZE,
+        )
+    return int.from_bytes(reply, "little")
+
+
 def decode_fcopy_register_reply(buf: bytes) -> int:
     """Check the kernel's registration echo (4 bytes, u32 1) and return the version."""
     return registration_echo(buf, FCOPY_CURRENT_VERSION, "fcopy registration reply")
