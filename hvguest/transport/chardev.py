@@ -285,53 +285,52 @@ def check_kvp_echo(echo: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("ascii", "replace")
 
 
-def check_vss_echo(echo: bytes) -> str:
-    try:
-        return str(decode_vss_register_reply(echo))
-    except WireError as exc:
-        raise TransportError(str(exc)) from exc
+def _decoded_echo(decode: Callable[[bytes], int]) -> Callable[[bytes], str]:
+    def check(echo: bytes) -> str:
+        try:
+            return str(decode(echo))
+        except WireError as exc:
+            raise TransportError(str(exc)) from exc
+
+    return check
 
 
-def check_fcopy_echo(echo: bytes) -> str:
-    try:
-        return str(decode_fcopy_register_reply(echo))
-    except WireError as exc:
-        raise TransportError(str(exc)) from exc
+check_vss_echo = _decoded_echo(decode_vss_register_reply)
+check_fcopy_echo = _decoded_echo(decode_fcopy_register_reply)
+
+# name -> (registration message, read size, echo check). VSS: host FREEZE messages
+# reach the daemon as 12-byte hv_vss_msg; the C daemon reads the 4-byte echo with a
+# 12-byte buffer too.
+_DEVICES: dict[str, tuple[bytes, int, Callable[[bytes], str]]] = {
+    "kvp": (KVP_REGISTER_MSG, KVP_MSG_SIZE, check_kvp_echo),
+    "vss": (VSS_REGISTER_MSG, VSS_MSG_SIZE, check_vss_echo),
+    "fcopy": (FCOPY_REGISTER_MSG, FCOPY_READ_SIZE, check_fcopy_echo),
+}
+
+
+def device_transport(paths: Paths, name: str) -> CharDevTransport:
+    """The (unopened) transport of /dev/vmbus/hv_<name>: kvp, vss or fcopy."""
+    register, read_size, check_echo = _DEVICES[name]
+    return CharDevTransport(
+        paths.vmbus_device(f"hv_{name}"),
+        register=register,
+        read_size=read_size,
+        check_echo=check_echo,
+        name=name,
+        holder=f"hv_{name}_daemon",
+    )
 
 
 def kvp_transport(paths: Paths) -> CharDevTransport:
-    return CharDevTransport(
-        paths.vmbus_device("hv_kvp"),
-        register=KVP_REGISTER_MSG,
-        read_size=KVP_MSG_SIZE,
-        check_echo=check_kvp_echo,
-        name="kvp",
-        holder="hv_kvp_daemon",
-    )
+    return device_transport(paths, "kvp")
 
 
 def vss_transport(paths: Paths) -> CharDevTransport:
-    return CharDevTransport(
-        paths.vmbus_device("hv_vss"),
-        register=VSS_REGISTER_MSG,
-        # Host FREEZE messages reach the daemon as 12-byte hv_vss_msg; the C
-        # daemon reads the 4-byte echo with a 12-byte buffer too.
-        read_size=VSS_MSG_SIZE,
-        check_echo=check_vss_echo,
-        name="vss",
-        holder="hv_vss_daemon",
-    )
+    return device_transport(paths, "vss")
 
 
 def fcopy_transport(paths: Paths) -> CharDevTransport:
-    return CharDevTransport(
-        paths.vmbus_device("hv_fcopy"),
-        register=FCOPY_REGISTER_MSG,
-        read_size=FCOPY_READ_SIZE,
-        check_echo=check_fcopy_echo,
-        name="fcopy",
-        holder="hv_fcopy_daemon",
-    )
+    return device_transport(paths, "fcopy")
 
 
 def open_kvp(paths: Paths) -> CharDevTransport:
