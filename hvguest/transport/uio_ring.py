@@ -62,13 +62,21 @@ class RingChannel:
         index out of range, TX full) or TransportError (the device)."""
         try:
             return self._drain(handler)
-        except RingAbandoned:
-            raise
         except RingError as exc:
-            if exc.field in _INDICES:
-                ring = self.rx if str(exc).startswith(self.rx.name) else self.tx
-                raise abandon(ring, exc) from exc
-            raise CorruptPacket(str(exc), field=exc.field) from exc
+            error = self._judge(exc)
+        except TransportError as exc:
+            error = TransportError(str(exc))
+        # Raised out here, without the original's traceback: its frames hold views
+        # of the ring, and while any is alive the mapping cannot be closed (and a
+        # channel that is not closed is not given fresh rings).
+        raise error
+
+    def _judge(self, exc: RingError) -> RingError:
+        if isinstance(exc, RingAbandoned):
+            return RingAbandoned(str(exc), field=exc.field)
+        if exc.field in _INDICES:
+            return abandon(self.rx if str(exc).startswith(self.rx.name) else self.tx, exc)
+        return CorruptPacket(str(exc), field=exc.field)
 
     def _drain(self, handler: PacketHandler) -> int:
         rx, tx = self.rx, self.tx

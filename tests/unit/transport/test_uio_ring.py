@@ -131,3 +131,28 @@ def test_full_tx_abandons_the_ring() -> None:
     r.rx.write_packet(request(1), 1)
     with pytest.raises(RingAbandoned, match="TX"):
         r.channel.drain(lambda p: 0)
+
+
+def test_errors_keep_no_view_of_the_ring_alive() -> None:
+    """A drain that fails must not leave views of the ring behind (in the error's
+    traceback): the mapping could not be closed, so the channel never got fresh
+    rings after an abandoned one."""
+    import mmap
+
+    m = mmap.mmap(-1, 2 * RING)
+    view = memoryview(m)
+    tx = RingBuffer(view[:RING], RING, name="TX")
+    rx = RingBuffer(view[RING:], RING, name="RX")
+    view.release()
+
+    def corrupt_while_masked() -> None:
+        rx.read_index = RING  # the host breaks the ring before the re-arm check
+
+    channel = RingChannel(tx, rx, corrupt_while_masked)
+    rx.write_packet(request(1), 1)
+    with pytest.raises(RingAbandoned) as caught:
+        channel.drain(lambda p: 0)
+    assert caught.value.__traceback__ is not None
+    tx.release()
+    rx.release()
+    m.close()  # BufferError while a payload view survives
