@@ -116,7 +116,7 @@ def test_corrupt_packet_then_discard_corrupt_and_serve_on() -> None:
 def test_index_out_of_range_abandons_the_ring(field: str) -> None:
     r = Rings()
     setattr(r.rx, field, RING)  # beyond the data area
-    with pytest.raises(RingAbandoned, match=f"abandoning the ring: RX read_index"):
+    with pytest.raises(RingAbandoned, match="abandoning the ring: RX read_index"):
         r.channel.drain(lambda p: 0)
     with pytest.raises(RingAbandoned):
         r.channel.discard_corrupt()
