@@ -177,22 +177,25 @@ class FcopyService:
         waits for the reply either way, and a write after it would only sit in
         front of our next read, delaying the next fragment just as much, while
         here a failure reaches the host on the very request that caused it (and,
-        as for a write behind, on every later WRITE/COMPLETE of the transfer)."""
+        as for a write behind, on every later WRITE/COMPLETE of the transfer).
+        Its checksum waits for ``after_reply()``: nothing of the reply depends on it."""
         pending = self._pending_write
         if pending is None:
             return _S_OK
         self._pending_write = None
         try:
-            self.writer.write(*pending)
+            self.writer.write(*pending, defer_hash=True)
         except TransferRefused as exc:
             self._write_failed(pending[0], exc)
             return exc.status
         return _S_OK
 
     def after_reply(self) -> None:
-        """The reply is on its way: write the fragment it acknowledged."""
+        """The reply is on its way: write the fragment it acknowledged, and hash
+        what ``write_now()`` wrote."""
         if self._pending_write is not None:
             self._flush_pending()
+        self.writer.hash_deferred()
 
     def _flush_pending(self) -> None:
         assert self._pending_write is not None

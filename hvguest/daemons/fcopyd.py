@@ -191,6 +191,8 @@ class FcopyDaemon:
                     status = service.write_now() if service.accept(view, length) else None
                 if status is not None:
                     transport.write_packet(_REPLIES.get(status) or fcopy_reply(status))
+                    with lock:
+                        service.after_reply()  # the checksum, off the round trip
                     continue
                 with lock:
                     status = service.handle(bytes(view[:length]), utf16=False)
@@ -245,14 +247,13 @@ class FcopyDaemon:
         answer = functools.partial(ic_reply, self.service)
         while True:
             try:
-                answered = transport.drain(answer)
+                answered = transport.drain(answer, self.service.after_reply)
             except CorruptPacket as exc:
                 # Its framing hides where the next packet starts: drop what is
                 # queued (the host times out and retries), then serve on.
                 self._bad_packet(exc, transport.discard_corrupt())
                 continue
             if answered:
-                self.service.after_reply()
                 self.backoff.healthy()  # a request served: the next failure starts over
             return
 

@@ -8,9 +8,11 @@ final name. Without OVER_WRITE the final step is ``linkat``, which fails if a fi
 appeared meanwhile, so an existing file is never replaced by accident.
 
 The sha256 is computed as the data arrives while it arrives in order (the common
-case: no second pass over the file), on a worker thread beside the transfer
-(``hvguest.fcopy.hasher``); a WRITE anywhere else (a resend, a gap) stops that, and
-COMPLETE reads the file back once to hash what is really in it.
+case: no second pass over the file); a WRITE anywhere else (a resend, a gap) stops
+that, and COMPLETE reads the file back once to hash what is really in it. The daemon
+loops hash a fragment after its reply (``write(..., defer_hash=True)`` keeps a copy,
+``hash_deferred()`` hashes it): the host sends the next fragment only once it has
+the reply, so hashing before it would add to every round trip.
 
 Every OS error is turned into the status the host expects: ENOSPC/EDQUOT/EFBIG ->
 HV_ERROR_DISK_FULL, an existing target without OVER_WRITE -> HV_ERROR_ALREADY_EXISTS,
@@ -28,7 +30,6 @@ import secrets
 import stat
 from dataclasses import dataclass
 
-from hvguest.fcopy.hasher import BackgroundHash
 from hvguest.fcopy.policy import PathPolicy, Target, TransferRefused, foreign_file
 from hvguest.wire.status import HvStatus
 
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".hvguest-fcopy."
 WRITEBACK_WINDOW = 32 << 20
+_DEFER_MAX = 64 << 10  # a deferred fragment is copied; larger ones are hashed at once
 _REHASH_BLOCK = 1 << 20
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # Filesystems without O_TMPFILE answer one of these.
@@ -80,8 +82,12 @@ class FileWriter:
         self._fd = -1
         self._temp_name: str | None = None  # None: O_TMPFILE (no name at all)
         self._overwrite = False
-        self._hash = BackgroundHash()
+        self._hash = hashlib.sha256()
         self._hashed = 0  # the in-order hash covers [0, _hashed); -1: out of order
+        # A fragment written but not hashed yet (its bytes copied: the caller's
+        # buffer is reused for the next message).
+        self._deferred = bytearray(_DEFER_MAX)
+        self._deferred_len = 0
         self._size = 0
         self._flushed = 0
 
@@ -111,16 +117,19 @@ class FileWriter:
         # In a shared root a name that was free at START may be taken by another
         # user before COMPLETE: link without replacing, as without OVER_WRITE.
         self._overwrite = overwrite and (existed or not target.shared)
-        self._hash.close()
-        self._hash = BackgroundHash()
+        self._hash = hashlib.sha256()
+        self._deferred_len = 0
         self._hashed = 0
         self._size = 0
         self._flushed = 0
         log.debug("receiving %s (temporary %s)", target.path, self._temp_name or "O_TMPFILE")
         return target
 
-    def write(self, offset: int, data: bytes | memoryview) -> None:
-        """Write ``data`` at ``offset`` and add it to the checksum."""
+    def write(self, offset: int, data: bytes | memoryview, *, defer_hash: bool = False) -> None:
+        """Write ``data`` at ``offset`` and add it to the checksum (with
+        ``defer_hash``, at the next ``hash_deferred()``, write or commit)."""
+        if self._deferred_len:
+            self.hash_deferred()
         fd = self._fd
         if fd < 0:
             raise TransferRefused("no file is open for writing")
@@ -144,15 +153,27 @@ class FileWriter:
             ) from exc
         end = offset + len(data)
         if self._hashed == offset:
-            if self.checksum:
+            if not self.checksum:
+                pass
+            elif defer_hash and len(data) <= _DEFER_MAX:
+                self._deferred[: len(data)] = data
+                self._deferred_len = len(data)
+            else:
                 self._hash.update(data)
             self._hashed = end
-        elif self._hashed >= 0:
+        else:
             self._hashed = -1  # hash the file at COMPLETE
-            self._hash.close()
         self._size = max(self._size, end)
         if end - self._flushed >= WRITEBACK_WINDOW:
             self._start_writeback(end)
+
+    def hash_deferred(self) -> None:
+        """Add the fragment ``write(..., defer_hash=True)`` kept to the checksum."""
+        n = self._deferred_len
+        if n:
+            self._deferred_len = 0
+            if self._hashed >= 0:
+                self._hash.update(memoryview(self._deferred)[:n])
 
     def commit(self) -> Committed:
         target = self.target
@@ -198,6 +219,7 @@ class FileWriter:
         over the file when the data did not arrive in order."""
         if not self.checksum:
             return None
+        self.hash_deferred()
         if self._hashed >= 0:
             return self._hash.hexdigest()
         h = hashlib.sha256()
@@ -223,7 +245,7 @@ class FileWriter:
         self._flushed = end
 
     def _close(self) -> None:
-        self._hash.close()
+        self._deferred_len = 0
         if self._fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._fd)

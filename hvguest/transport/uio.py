@@ -18,6 +18,7 @@ import os
 import select
 import struct
 import time
+from collections.abc import Callable
 from typing import Self
 
 from hvguest.errors import TransportError
@@ -283,9 +284,9 @@ class UioTransport:
         """Block until the host signals (read(4) of the interrupt count)."""
         self._read_interrupt(self.fileno())
 
-    def drain(self, handler: PacketHandler) -> int:
+    def drain(self, handler: PacketHandler, after_reply: Callable[[], None] | None = None) -> int:
         """Answer every queued packet and re-arm (``RingChannel.drain``)."""
-        return self._channel().drain(handler)
+        return self._channel().drain(handler, after_reply)
 
     def discard_corrupt(self) -> int:
         """Drop what RX holds after a ``CorruptPacket`` (``RingChannel.discard_corrupt``)."""

@@ -55,13 +55,18 @@ class RingChannel:
         self.rx = rx
         self._signal = signal
 
-    def drain(self, handler: PacketHandler) -> int:
+    def drain(self, handler: PacketHandler, after_reply: Callable[[], None] | None = None) -> int:
         """Answer every packet in RX, re-enable interrupts, and go again if packets
         arrived while they were masked (those raised no interrupt). Returns the
         number of replies sent. Raises CorruptPacket (framing), RingAbandoned (an
-        index out of range, TX full) or TransportError (the device)."""
+        index out of range, TX full) or TransportError (the device).
+
+        With ``after_reply``, the host is signalled after each reply (once its
+        packet is consumed) and ``after_reply()`` runs then: work the reply does
+        not depend on overlaps with the host's next request."""
+        error: TransportError
         try:
-            return self._drain(handler)
+            return self._drain(handler, after_reply)
         except RingError as exc:
             error = self._judge(exc)
         except TransportError as exc:
@@ -78,32 +83,38 @@ class RingChannel:
             return abandon(self.rx if str(exc).startswith(self.rx.name) else self.tx, exc)
         return CorruptPacket(str(exc), field=exc.field)
 
-    def _drain(self, handler: PacketHandler) -> int:
+    def _drain(self, handler: PacketHandler, after_reply: Callable[[], None] | None) -> int:
         rx, tx = self.rx, self.tx
         answered = 0
+        rearmed = False  # interrupts unmasked (and the host signalled) since the last reply
         while True:
-            while True:
-                w, r = rx._indices()
-                if w == r:
-                    break
-                ptype, trans_id, payload, after = rx.peek_packet(w, r)
-                if ptype != VM_PKT_DATA_INBAND:
-                    # IC traffic is in-band data only; a completion or other type
-                    # asks for no answer.
-                    log.warning("%s: VMBus packet type %d ignored", rx.name, ptype)
-                    rx.read_index = after
-                    continue
-                reply = handler(payload)
-                if reply is not None:
-                    if isinstance(reply, int):
-                        tx.write_response(payload, trans_id, reply)
-                    else:
-                        tx.write_packet(reply, trans_id)
-                    answered += 1
-                rx.read_index = after  # only now may the host reuse those bytes
-            more = self.rearm()
-            if not more:
-                return answered
+            w, r = rx._indices()
+            if w == r:
+                if rearmed:
+                    return answered
+                self._signal()
+                rearmed = True
+                continue  # packets that arrived while masked raised no interrupt
+            ptype, trans_id, payload, after = rx.peek_packet(w, r)
+            if ptype != VM_PKT_DATA_INBAND:
+                # IC traffic is in-band data only; a completion or other type
+                # asks for no answer.
+                log.warning("%s: VMBus packet type %d ignored", rx.name, ptype)
+                rx.read_index = after
+                continue
+            reply = handler(payload)
+            if reply is not None:
+                if isinstance(reply, int):
+                    tx.write_response(payload, trans_id, reply)
+                else:
+                    tx.write_packet(reply, trans_id)
+                answered += 1
+                rearmed = False
+            rx.read_index = after  # only now may the host reuse those bytes
+            if after_reply is not None and not rearmed:
+                self._signal()
+                rearmed = True
+                after_reply()
 
     def rearm(self) -> bool:
         """Unmask RX interrupts and signal the host; True when packets arrived

@@ -156,3 +156,18 @@ def test_errors_keep_no_view_of_the_ring_alive() -> None:
     tx.release()
     rx.release()
     m.close()  # BufferError while a payload view survives
+
+
+def test_after_reply_runs_once_the_host_is_signalled_and_the_packet_consumed() -> None:
+    r = Rings()
+    r.rx.write_packet(request(1), 1)
+    r.rx.write_packet(request(2), 2)
+    seen: list[tuple[int, int, int]] = []
+
+    def after() -> None:  # (signals so far, bytes still queued, replies visible)
+        seen.append((r.signals, r.rx.available, len(r.tx.read_packet() or ())))
+
+    assert r.channel.drain(lambda p: 0, after) == 2
+    # Signalled for each reply before its after-work; the packet was consumed first.
+    assert seen == [(1, 16 + 40 + 8, 2), (2, 0, 2)]
+    assert r.signals == 2  # no extra re-arm: the last reply's signal re-armed
