@@ -36,13 +36,14 @@ import contextlib
 import functools
 import logging
 import os
-import signal
 import sys
 import threading
+from collections.abc import Callable
 
 from hvguest.backoff import Backoff
 from hvguest.config import Config
 from hvguest.daemon import Runtime
+from hvguest.daemons.channel import DeviceThread
 from hvguest.daemons.common import daemon_arg_parser, start_daemon
 from hvguest.daemons.fcopy_service import FcopyService, ic_reply
 from hvguest.errors import HvGuestError, TransportError
@@ -69,7 +70,7 @@ NOT_OFFERED = (
 )
 PROGRESS_PERIOD = 1.0
 _REPLIES = {s.value: fcopy_reply(s) for s in HvStatus}
-_LOOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+_FAIL = HvStatus.HV_E_FAIL.value
 
 
 # -- transport detection -------------------------------------------------------------
@@ -143,13 +144,9 @@ class FcopyDaemon:
                     details={"transport": self.kind},
                 )
                 self.publisher.publish()
-            worker = threading.Thread(
-                target=self._legacy_worker,
-                args=(legacy,),
-                name="fcopy-device",
-                daemon=True,
-            )
-            worker.start()
+            buffer = bytearray(FCOPY_READ_SIZE)
+            self._worker("fcopy-device", functools.partial(self._serve_legacy, legacy, buffer),
+                         on_bug=functools.partial(legacy.write_packet, _REPLIES[_FAIL]))
         else:
             ring = self.transport = UioTransport(self.paths).open()
             self.publisher.update(
@@ -158,9 +155,13 @@ class FcopyDaemon:
                 details={"transport": self.kind},
             )
             self.publisher.publish()
-            threading.Thread(
-                target=self._uio_worker, args=(ring,), name="fcopy-ring", daemon=True
-            ).start()
+            self._first_drain = True
+            self._worker("fcopy-ring", functools.partial(self._serve_ring, ring))
+
+    def _worker(self, name: str, serve_one: Callable[[], None],
+                on_bug: Callable[[], None] = lambda: None) -> None:
+        DeviceThread(name, self.runtime, serve_one, stopping=lambda: self.stopping,
+                     failed=self._lost, on_bug=on_bug).start()
 
     # -- legacy char device ------------------------------------------------------
     #
@@ -172,42 +173,24 @@ class FcopyDaemon:
     # write from another on FUSE). The main thread keeps signals, timers and the
     # watchdog; ``self.lock`` serialises the service between the two.
 
-    def _legacy_worker(self, transport: CharDevTransport) -> None:
-        signal.pthread_sigmask(signal.SIG_BLOCK, _LOOP_SIGNALS)  # they belong to the loop
-        # Every message is read into the same buffer: a WRITE is written to its file
-        # straight from there (before the reply, see ``write_now``), without a copy
-        # or an allocation per message.
-        buffer = bytearray(FCOPY_READ_SIZE)
-        view = memoryview(buffer)
+    def _serve_legacy(self, transport: CharDevTransport, buffer: bytearray) -> None:
+        """One message: read into ``buffer`` (reused: a WRITE is written to its file
+        straight from there, before the reply, see ``write_now``), answer it."""
+        length = transport.read_into(buffer)
+        if not length:
+            return
         service, lock = self.service, self.lock
-        while not self.stopping:
-            try:
-                length = transport.read_into(buffer)
-                if not length:
-                    continue
-                with lock:
-                    if self.stopping:
-                        return
-                    status = service.write_now() if service.accept(view, length) else None
-                if status is not None:
-                    transport.write_packet(_REPLIES.get(status) or fcopy_reply(status))
-                    with lock:
-                        service.after_reply()  # the checksum, off the round trip
-                    continue
-                with lock:
-                    status = service.handle(bytes(view[:length]), utf16=False)
-                transport.write_packet(_REPLIES.get(status) or fcopy_reply(status))
-                with lock:
-                    service.after_reply()
-                    self.backoff.healthy()
-            except TransportError as exc:
-                if not self.stopping:
-                    self.runtime.call_soon_threadsafe(functools.partial(self._lost, exc))
+        view = memoryview(buffer)
+        with lock:
+            if self.stopping:
                 return
-            except Exception:  # a bug must not silence the channel: fail this request
-                log.exception("fcopy: unexpected failure serving the device")
-                with contextlib.suppress(TransportError):
-                    transport.write_packet(fcopy_reply(HvStatus.HV_E_FAIL))
+            status = service.write_now() if service.accept(view, length) else None
+            if status is None:
+                status = service.handle(bytes(view[:length]), utf16=False)
+        transport.write_packet(_REPLIES.get(status) or fcopy_reply(status))
+        with lock:
+            service.after_reply()  # the checksum, off the round trip
+            self.backoff.healthy()
 
     # -- UIO ring (hvguest.transport.uio_ring) -------------------------------------
     #
@@ -216,24 +199,13 @@ class FcopyDaemon:
     # signals the host). Polling first, or signalling once per response, would
     # each add a round trip per packet on a FUSE-served device.
 
-    def _uio_worker(self, transport: UioTransport) -> None:
-        signal.pthread_sigmask(signal.SIG_BLOCK, _LOOP_SIGNALS)  # they belong to the loop
-        first = True
-        while not self.stopping:
-            try:
-                if not first:
-                    transport.wait_interrupt()
-                first = False  # packets queued before we opened raised no interrupt
-                with self.lock:
-                    if self.stopping:
-                        return
-                    self._drain_uio(transport)
-            except TransportError as exc:
-                if not self.stopping:
-                    self.runtime.call_soon_threadsafe(functools.partial(self._lost, exc))
-                return
-            except Exception:  # a bug must not silence the channel
-                log.exception("fcopy: unexpected failure serving the ring")
+    def _serve_ring(self, transport: UioTransport) -> None:
+        if not self._first_drain:  # packets queued before we opened raised no interrupt
+            transport.wait_interrupt()
+        self._first_drain = False
+        with self.lock:
+            if not self.stopping:
+                self._drain_uio(transport)
 
     def on_uio_readable(self) -> None:
         """Serve the ring from the loop thread (used when no worker runs)."""
