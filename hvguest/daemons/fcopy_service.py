@@ -11,7 +11,6 @@ a Copy-VMFile transfer.
 from __future__ import annotations
 
 import logging
-import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from hvguest.state import StatePublisher, utc_now
 from hvguest.wire.fcopy import (
     DATA_FRAGMENT,
     WRITE_DATA_OFFSET,
+    WRITE_HEAD,
     FcopyComplete,
     FcopyOp,
     FcopyWrite,
@@ -60,8 +60,6 @@ from hvguest.wire.status import HvStatus, status_name
 
 log = logging.getLogger(__name__)
 
-# hv_do_fcopy up to its data: operation @0, offset @40, size @48.
-_WRITE_HEAD = struct.Struct("<I36xQI")
 # Plain ints for the per-fragment path (enum attribute lookups cost more).
 _OP_WRITE = int(FcopyOp.WRITE_TO_FILE)
 _S_OK = int(HvStatus.HV_S_OK)
@@ -158,7 +156,7 @@ class FcopyService:
             self._flush_pending()
         if length < WRITE_DATA_OFFSET or self.role.state is not FcopyState.RECEIVING:
             return False
-        op, offset, size = _WRITE_HEAD.unpack_from(message)
+        op, offset, size = WRITE_HEAD.unpack_from(message)
         if (
             op != _OP_WRITE
             or size > DATA_FRAGMENT

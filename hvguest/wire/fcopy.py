@@ -9,6 +9,7 @@ are UTF-16LE, <= 259 code units + a 0 unit. ``utf16`` selects the form.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Self
@@ -46,6 +47,10 @@ WRITE_OFFSET_OFFSET = 40
 WRITE_SIZE_OFFSET = 48
 WRITE_DATA_OFFSET = 52
 FCOPY_REPLY_SIZE = 4
+# operation @0, offset @40, size @48 of hv_do_fcopy, for the per-fragment path that
+# reads a WRITE's head without decoding the whole message.
+WRITE_HEAD = struct.Struct("<I36xQI")
+assert WRITE_HEAD.size == WRITE_DATA_OFFSET
 
 
 class FcopyOp(IntEnum):
