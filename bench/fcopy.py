@@ -9,6 +9,8 @@ a lot; only back-to-back ratios mean something):
 * the reference (``--reference``): Debian's hv_fcopy_daemon on the legacy
   transport, the upstream hv_fcopy_uio_daemon (built by scripts/setup into
   .venv/reference; ``HVGUEST_UIO_REFERENCE`` overrides) on the UIO ring,
+* with ``--baseline DIR``, hvguest-fcopyd imported from the source tree DIR (a
+  checkout of an earlier commit, say): before and after in the same rounds,
 * a null daemon that registers and answers HV_S_OK without touching a file: the
   ceiling the harness allows,
 * with ``--floor``, two minimal Python daemons that pwrite each fragment (one also
@@ -159,6 +161,11 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="also run minimal Python daemons that only pwrite (+ sha256) each fragment",
     )
+    p.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also run hvguest-fcopyd from the hvguest package under DIR (e.g. an older checkout)",
+    )
     p.add_argument("--workdir", help="keep simulator logs here (default: a temporary dir)")
     p.add_argument(
         "--no-checksum",
@@ -190,6 +197,10 @@ def main(argv: list[str]) -> int:
             config,
         ],
     }
+    if args.baseline:
+        # env(1) execs: the simulator's daemon pid stays the daemon's.
+        baseline = ["env", f"PYTHONPATH={os.path.abspath(args.baseline)}"]
+        daemons["baseline"] = baseline + daemons["hvguest"]
     if args.reference:
         reference = REFERENCE if args.transport == "legacy" else os.path.realpath(UIO_REFERENCE)
         if not os.access(reference, os.X_OK):
@@ -253,7 +264,7 @@ def main(argv: list[str]) -> int:
         print(f"{name:<10} {med[name]:8.1f} {vs_ref:>8} {vs_ceil:>11} {cpu:10.2f}{flag}")
     # Load changes from minute to minute: the ratio within each round (daemons run
     # back to back) is steadier than the ratio of medians.
-    for other in ("reference", "null", "py-write", "py-w+sha"):
+    for other in ("reference", "baseline", "null", "py-write", "py-w+sha"):
         if other in results and len(results[other].mbps) == len(results["hvguest"].mbps):
             ratios = [
                 h / o for h, o in zip(results["hvguest"].mbps, results[other].mbps, strict=True)

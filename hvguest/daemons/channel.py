@@ -31,7 +31,8 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from dataclasses import KW_ONLY, dataclass
+from typing import Any, ClassVar, Protocol
 
 from hvguest.backoff import Backoff
 from hvguest.daemon import Runtime, Timer
@@ -214,6 +215,7 @@ class Channel:
         self.runtime.status(self.service.status_text())
 
 
+@dataclass(eq=False)
 class DeviceThread:
     """A blocking worker-thread channel: one thread owns a device and calls
     ``serve_one()`` (read one message or batch, blocking; answer it) until
@@ -228,24 +230,20 @@ class DeviceThread:
     serving goes on.
     """
 
-    SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+    SIGNALS: ClassVar[frozenset[int]] = frozenset(
+        {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    )
 
-    def __init__(
-        self,
-        name: str,
-        runtime: Runtime,
-        serve_one: Callable[[], None],
-        *,
-        stopping: Callable[[], bool],
-        failed: Callable[[TransportError], None],
-        on_bug: Callable[[], None] = lambda: None,
-    ) -> None:
-        self.runtime = runtime
-        self.serve_one = serve_one
-        self.stopping = stopping
-        self.failed = failed
-        self.on_bug = on_bug
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+    name: str
+    runtime: Runtime
+    serve_one: Callable[[], None]
+    _: KW_ONLY
+    stopping: Callable[[], bool]
+    failed: Callable[[TransportError], None]
+    on_bug: Callable[[], None] = lambda: None
+
+    def __post_init__(self) -> None:
+        self.thread = threading.Thread(target=self._run, name=self.name, daemon=True)
 
     def start(self) -> None:
         self.thread.start()

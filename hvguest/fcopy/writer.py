@@ -28,7 +28,7 @@ import logging
 import os
 import secrets
 import stat
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 
 from hvguest.fcopy.policy import PathPolicy, Target, TransferRefused, foreign_file
 from hvguest.wire.status import HvStatus
@@ -55,6 +55,7 @@ class Committed:
     sha256: str | None  # None when checksums are off
 
 
+@dataclass(eq=False)
 class FileWriter:
     """One transfer's file at a time; ``open`` / ``write`` / ``commit`` / ``discard``.
 
@@ -62,34 +63,25 @@ class FileWriter:
     ``commit`` the temporary file is already gone.
     """
 
-    def __init__(
-        self,
-        policy: PathPolicy,
-        *,
-        file_mode: int = 0o644,
-        uid: int = -1,
-        gid: int = -1,
-        use_tmpfile: bool = True,
-        checksum: bool = True,
-    ) -> None:
-        self.policy = policy
-        self.file_mode = file_mode
-        self.uid = uid
-        self.gid = gid
-        self.use_tmpfile = use_tmpfile
-        self.checksum = checksum
-        self.target: Target | None = None
-        self._fd = -1
-        self._temp_name: str | None = None  # None: O_TMPFILE (no name at all)
-        self._overwrite = False
-        self._hash = hashlib.sha256()
-        self._hashed = 0  # the in-order hash covers [0, _hashed); -1: out of order
-        # A fragment written but not hashed yet (its bytes copied: the caller's
-        # buffer is reused for the next message).
-        self._deferred = bytearray(_DEFER_MAX)
-        self._deferred_len = 0
-        self._size = 0
-        self._flushed = 0
+    policy: PathPolicy
+    _: KW_ONLY
+    file_mode: int = 0o644
+    uid: int = -1
+    gid: int = -1
+    use_tmpfile: bool = True
+    checksum: bool = True
+    target: Target | None = field(default=None, init=False)
+    _fd: int = field(default=-1, init=False)
+    _temp_name: str | None = field(default=None, init=False)  # None: O_TMPFILE (no name)
+    _overwrite: bool = field(default=False, init=False)
+    _hash: hashlib._Hash = field(default_factory=hashlib.sha256, init=False)
+    _hashed: int = field(default=0, init=False)  # hash covers [0, _hashed); -1: out of order
+    # A fragment written but not hashed yet (its bytes copied: the caller's buffer
+    # is reused for the next message).
+    _deferred: bytearray = field(default_factory=lambda: bytearray(_DEFER_MAX), init=False)
+    _deferred_len: int = field(default=0, init=False)
+    _size: int = field(default=0, init=False)
+    _flushed: int = field(default=0, init=False)
 
     @property
     def active(self) -> bool:

@@ -94,33 +94,31 @@ class FcopyState(Enum):
 
 
 _S = FcopyState
-_ANY_STATE = tuple(_S)
+# (states, event, next state). Events of handle(): the request classified (a WRITE
+# beyond the announced size, a COMPLETE short of it); of complete(): the outcome.
+_ROWS: tuple[tuple[tuple[FcopyState, ...], str, FcopyState], ...] = (
+    ((_S.IDLE, _S.RECEIVING, _S.FAILED), "START", _S.OPENING),
+    ((_S.IDLE, _S.RECEIVING, _S.FAILED), "START_TOO_BIG", _S.IDLE),
+    ((_S.IDLE, _S.RECEIVING, _S.FAILED), "CANCEL", _S.IDLE),
+    ((_S.IDLE,), "WRITE", _S.IDLE),  # refused
+    ((_S.IDLE,), "COMPLETE", _S.IDLE),  # refused
+    ((_S.IDLE,), "MALFORMED", _S.IDLE),
+    ((_S.RECEIVING,), "WRITE", _S.WRITING),
+    ((_S.RECEIVING,), "COMPLETE", _S.COMMITTING),
+    ((_S.RECEIVING,), "COMPLETE_SHORT", _S.IDLE),
+    ((_S.RECEIVING,), "WRITE_BEYOND", _S.FAILED),
+    ((_S.RECEIVING, _S.FAILED), "MALFORMED", _S.FAILED),
+    ((_S.RECEIVING,), "FRAGMENT_FAILED", _S.FAILED),
+    ((_S.FAILED,), "WRITE", _S.FAILED),  # refused
+    ((_S.FAILED,), "COMPLETE", _S.IDLE),  # refused; the next transfer may start
+    ((_S.OPENING, _S.WRITING), "DONE", _S.RECEIVING),
+    ((_S.COMMITTING,), "DONE", _S.IDLE),
+    ((_S.OPENING, _S.COMMITTING), "DONE_FAILED", _S.IDLE),
+    ((_S.WRITING,), "DONE_FAILED", _S.FAILED),
+    (tuple(_S), "LOST", _S.IDLE),
+)
 TRANSITIONS = Transitions[FcopyState](
-    "fcopy",
-    {
-        **{(s, "START"): _S.OPENING for s in (_S.IDLE, _S.RECEIVING, _S.FAILED)},
-        **{(s, "START_TOO_BIG"): _S.IDLE for s in (_S.IDLE, _S.RECEIVING, _S.FAILED)},
-        **{(s, "CANCEL"): _S.IDLE for s in (_S.IDLE, _S.RECEIVING, _S.FAILED)},
-        (_S.IDLE, "WRITE"): _S.IDLE,  # refused
-        (_S.IDLE, "COMPLETE"): _S.IDLE,  # refused
-        (_S.IDLE, "MALFORMED"): _S.IDLE,
-        (_S.RECEIVING, "WRITE"): _S.WRITING,
-        (_S.RECEIVING, "WRITE_BEYOND"): _S.FAILED,
-        (_S.RECEIVING, "COMPLETE"): _S.COMMITTING,
-        (_S.RECEIVING, "COMPLETE_SHORT"): _S.IDLE,
-        (_S.RECEIVING, "MALFORMED"): _S.FAILED,
-        (_S.RECEIVING, "FRAGMENT_FAILED"): _S.FAILED,
-        (_S.FAILED, "WRITE"): _S.FAILED,  # refused
-        (_S.FAILED, "COMPLETE"): _S.IDLE,  # refused; the next transfer may start
-        (_S.FAILED, "MALFORMED"): _S.FAILED,
-        (_S.OPENING, "DONE"): _S.RECEIVING,
-        (_S.OPENING, "DONE_FAILED"): _S.IDLE,
-        (_S.WRITING, "DONE"): _S.RECEIVING,
-        (_S.WRITING, "DONE_FAILED"): _S.FAILED,
-        (_S.COMMITTING, "DONE"): _S.IDLE,
-        (_S.COMMITTING, "DONE_FAILED"): _S.IDLE,
-        **{(s, "LOST"): _S.IDLE for s in _ANY_STATE},
-    },
+    "fcopy", {(state, event): to for states, event, to in _ROWS for state in states}
 )
 
 _OPS = {
