@@ -27,6 +27,11 @@ upstream UIO daemon):
   refused; CANCEL works over UIO too; UTF-16 names are decoded strictly;
 * on UIO every queued packet is served per interrupt, responses echo the request's
   trans_id, and a packet with bad framing is skipped instead of silencing the channel.
+
+Threads: the main thread runs the event loop (signals, timers, state file, watchdog,
+re-opening); one ``DeviceThread`` per open channel ("fcopy-device" or "fcopy-ring")
+blocks in the transport's read and serves each message; they share the service under
+``FcopyDaemon.lock``.
 """
 
 from __future__ import annotations
@@ -145,7 +150,8 @@ class FcopyDaemon:
                 )
                 self.publisher.publish()
             buffer = bytearray(FCOPY_READ_SIZE)
-            self._worker("fcopy-device", functools.partial(self._serve_legacy, legacy, buffer),
+            serve = functools.partial(self._serve_legacy, legacy, buffer, memoryview(buffer))
+            self._worker("fcopy-device", serve,
                          on_bug=functools.partial(legacy.write_packet, _REPLIES[_FAIL]))
         else:
             ring = self.transport = UioTransport(self.paths).open()
@@ -168,19 +174,21 @@ class FcopyDaemon:
     # One thread owns the device and serves it like the kernel expects: a blocking
     # read() of the next message, the file work, the 4-byte reply. Polling first
     # would cost a round trip per poll on a FUSE-served device and gains nothing:
-    # the kernel holds one message at a time and waits for our reply. Only this
-    # thread touches the descriptor (a read blocked in one thread would stall a
-    # write from another on FUSE). The main thread keeps signals, timers and the
-    # watchdog; ``self.lock`` serialises the service between the two.
+    # the kernel holds one message at a time and waits for our reply. The thread
+    # is a ``DeviceThread`` (hvguest.daemons.channel): only it touches the
+    # descriptor, the main thread keeps signals, timers and the watchdog, and
+    # ``self.lock`` serialises the service between the two. A fragment's checksum
+    # is computed after its reply, off the host's round trip.
 
-    def _serve_legacy(self, transport: CharDevTransport, buffer: bytearray) -> None:
+    def _serve_legacy(
+        self, transport: CharDevTransport, buffer: bytearray, view: memoryview
+    ) -> None:
         """One message: read into ``buffer`` (reused: a WRITE is written to its file
         straight from there, before the reply, see ``write_now``), answer it."""
         length = transport.read_into(buffer)
         if not length:
             return
         service, lock = self.service, self.lock
-        view = memoryview(buffer)
         with lock:
             if self.stopping:
                 return
@@ -195,9 +203,10 @@ class FcopyDaemon:
     # -- UIO ring (hvguest.transport.uio_ring) -------------------------------------
     #
     # One thread blocks in wait_interrupt() until the host signals, then drain()
-    # answers every queued packet straight from the ring and re-arms (which also
-    # signals the host). Polling first, or signalling once per response, would
-    # each add a round trip per packet on a FUSE-served device.
+    # answers every queued packet straight from the ring; after each reply it
+    # re-arms (which also signals the host) and only then hashes the fragment
+    # (``after_reply``), while the host prepares the next one. Polling first would
+    # add a round trip per packet on a FUSE-served device.
 
     def _serve_ring(self, transport: UioTransport) -> None:
         if not self._first_drain:  # packets queued before we opened raised no interrupt
