@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Self
+from typing import ClassVar, Self
 
 from hvguest.errors import WireError
 from hvguest.wire._codec import (
@@ -161,30 +161,32 @@ class FcopyWrite:
         )
 
 
+class _OperationOnly:
+    """A request that is its operation only (COMPLETE, CANCEL)."""
+
+    OP: ClassVar[FcopyOp]
+
+    def encode(self, utf16: bool = False) -> bytes:
+        return _header(self.OP)
+
+    @classmethod
+    def decode(cls, data: bytes, *, utf16: bool = False) -> Self:
+        check_min_length(data, FCOPY_OP_SIZE, f"fcopy {cls.OP.name} message")
+        return cls()
+
+
 @dataclass(frozen=True)
-class FcopyComplete:
+class FcopyComplete(_OperationOnly):
     """COMPLETE_FCOPY: close the file."""
 
-    def encode(self, utf16: bool = False) -> bytes:
-        return _header(FcopyOp.COMPLETE_FCOPY)
-
-    @classmethod
-    def decode(cls, data: bytes, *, utf16: bool = False) -> Self:
-        check_min_length(data, FCOPY_OP_SIZE, "fcopy COMPLETE_FCOPY message")
-        return cls()
+    OP = FcopyOp.COMPLETE_FCOPY
 
 
 @dataclass(frozen=True)
-class FcopyCancel:
+class FcopyCancel(_OperationOnly):
     """CANCEL_FCOPY: abandon the copy (also the kernel's fake cancel on suspend)."""
 
-    def encode(self, utf16: bool = False) -> bytes:
-        return _header(FcopyOp.CANCEL_FCOPY)
-
-    @classmethod
-    def decode(cls, data: bytes, *, utf16: bool = False) -> Self:
-        check_min_length(data, FCOPY_OP_SIZE, "fcopy CANCEL_FCOPY message")
-        return cls()
+    OP = FcopyOp.CANCEL_FCOPY
 
 
 FcopyRequest = FcopyStart | FcopyWrite | FcopyComplete | FcopyCancel
