@@ -48,7 +48,7 @@ from collections.abc import Callable
 from hvguest.backoff import Backoff
 from hvguest.config import Config
 from hvguest.daemon import Runtime
-from hvguest.daemons.channel import DeviceThread
+from hvguest.daemons.channel import DeviceThread, run_daemon
 from hvguest.daemons.common import daemon_arg_parser, start_daemon
 from hvguest.daemons.fcopy_service import FcopyService, ic_reply
 from hvguest.errors import HvGuestError, TransportError
@@ -322,16 +322,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _start_failed(daemon: FcopyDaemon, runtime: Runtime, exc: HvGuestError) -> int:
-    log.error("%s", exc)
-    print(f"hvguest-fcopyd: {exc}", file=sys.stderr, flush=True)
-    daemon.publisher.record_error(str(exc))
-    daemon.publisher.update(state="failed")
-    daemon.publisher.publish()
-    runtime.close()
-    return 1
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     paths, config = start_daemon(SERVICE, args)
@@ -343,26 +333,27 @@ def main(argv: list[str] | None = None) -> int:
     runtime = Runtime("hvguest-fcopyd")
     daemon = FcopyDaemon(paths, config, runtime, kind)
     daemon.prepare()
-    try:
-        daemon.open_transport()
-    except HvGuestError as exc:
-        if kind == "uio":
+
+    def start() -> None:
+        try:
+            daemon.open_transport()
+        except HvGuestError as exc:
+            if kind != "uio":
+                print(f"hvguest-fcopyd: {exc}", file=sys.stderr, flush=True)
+                raise
             # Not bound yet (hvguest-uio-bind failed or has not run), or a channel that
             # fails at once: say so and wait for it with the re-open back-off.
             daemon._say("reopen", logging.WARNING, "cannot open the fcopy channel: %s", exc)
             daemon.publisher.record_error(str(exc))
             daemon._wait_and_reopen()
-        else:
-            return _start_failed(daemon, runtime, exc)
-    runtime.on_stop(daemon.stop)
+        runtime.on_stop(daemon.stop)
+        runtime.call_every(PROGRESS_PERIOD, daemon.tick)
 
-    runtime.call_every(PROGRESS_PERIOD, daemon.tick)
-    roots = ", ".join(daemon.settings.allowed_roots) or "none"
-    runtime.ready(f"receiving files over the {kind} transport into {roots}")
-    try:
-        return runtime.run()
-    finally:
-        runtime.close()
+    def ready() -> str:
+        roots = ", ".join(daemon.settings.allowed_roots) or "none"
+        return f"receiving files over the {kind} transport into {roots}"
+
+    return run_daemon(runtime, start, ready, state=daemon.publisher)
 
 
 if __name__ == "__main__":

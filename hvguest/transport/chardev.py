@@ -20,10 +20,12 @@ import socket
 import stat
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Self
 
 from hvguest.errors import TransportError, WireError
 from hvguest.paths import Paths
+from hvguest.transport.base import Opens
 from hvguest.wire.fcopy import FCOPY_REGISTER_MSG, decode_fcopy_register_reply
 from hvguest.wire.kvp import (
     KVP_MSG_SIZE,
@@ -46,31 +48,26 @@ FCOPY_READ_SIZE = 8192
 _ERR_EVENTS = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
 
-class CharDevTransport:
-    """One registered connection to a /dev/vmbus/hv_* device (or simulator socket)."""
+@dataclass(eq=False)
+class CharDevTransport(Opens):
+    """One registered connection to a /dev/vmbus/hv_* device (or simulator socket).
+    ``holder``: who likely holds a busy device (default hv_<name>_daemon)."""
 
-    def __init__(
-        self,
-        path: str,
-        *,
-        register: bytes,
-        read_size: int,
-        check_echo: Callable[[bytes], str],
-        name: str,
-        holder: str | None = None,
-        register_timeout: float = REGISTER_TIMEOUT,
-    ) -> None:
-        self.path = path
-        self.name = name
-        self.register = register
-        self.read_size = read_size
-        self.check_echo = check_echo
-        self.holder = holder or f"hv_{name}_daemon"
-        self.register_timeout = register_timeout
-        self.version: str | None = None
-        self.is_socket = False
-        self._fd: int | None = None
-        self._sock: socket.socket | None = None
+    path: str
+    _: KW_ONLY
+    register: bytes
+    read_size: int
+    check_echo: Callable[[bytes], str]
+    name: str
+    holder: str = ""
+    register_timeout: float = REGISTER_TIMEOUT
+    version: str | None = field(default=None, init=False)
+    is_socket: bool = field(default=False, init=False)
+    _fd: int | None = field(default=None, init=False)
+    _sock: socket.socket | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.holder = self.holder or f"hv_{self.name}_daemon"
 
     # -- lifecycle -------------------------------------------------------
 
@@ -120,14 +117,6 @@ class CharDevTransport:
         if self._fd is None:
             raise TransportError(f"{self.path}: not open")
         return self._fd
-
-    def __enter__(self) -> Self:
-        if self._fd is None:
-            self.open()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- messages --------------------------------------------------------
 

@@ -23,6 +23,7 @@ from typing import Self
 
 from hvguest.errors import TransportError
 from hvguest.paths import Paths
+from hvguest.transport.base import Opens
 from hvguest.transport.ring import RingBuffer
 from hvguest.transport.uio_ring import PacketHandler, RingChannel
 
@@ -84,7 +85,7 @@ def uio_bound(device_dir: str) -> bool:
     return driver == UIO_DRIVER
 
 
-class UioTransport:
+class UioTransport(Opens):
     """The VMBus device of ``class_id`` served through /dev/uioN."""
 
     def __init__(
@@ -255,18 +256,14 @@ class UioTransport:
         self.close()
         self.open()
 
+    @property
+    def is_open(self) -> bool:
+        return self._fd is not None
+
     def fileno(self) -> int:
         if self._fd is None:
             raise TransportError("UIO transport is not open")
         return self._fd
-
-    def __enter__(self) -> Self:
-        if self._fd is None:
-            self.open()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- packets ----------------------------------------------------------------
 
