@@ -11,8 +11,8 @@ relies on.
 
 from __future__ import annotations
 
+import mmap
 import struct
-from typing import Any
 
 from hvguest.errors import TransportError, WireError
 from hvguest.wire.icmsg import mark_response
@@ -47,7 +47,9 @@ class RingBuffer(RingView):
     """One direction: ``mem`` holds the ring (header page + data area) of
     ``size`` bytes."""
 
-    def __init__(self, mem: Any, size: int, *, name: str = "ring") -> None:
+    def __init__(
+        self, mem: memoryview | bytearray | mmap.mmap, size: int, *, name: str = "ring"
+    ) -> None:
         view = memoryview(mem).cast("B")
         if size <= RING_HEADER_SIZE or size % 8:
             raise ValueError(
