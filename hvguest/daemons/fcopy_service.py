@@ -169,6 +169,14 @@ class FcopyService:
         self._progress_dirty = True
         return True
 
+    def write_fragment(self, message: bytes | memoryview, length: int) -> int | None:
+        """``accept()`` and ``write_now()`` in one call, for the device loops: the
+        status to send for a WRITE that continues the transfer, None when the
+        message needs ``handle()``."""
+        if not self.accept(message, length):
+            return None
+        return self.write_now()
+
     def write_now(self) -> int:
         """Write the fragment ``accept()`` took, before its reply: the status to
         send. The daemon loops do this rather than write behind the reply: the host
@@ -375,9 +383,8 @@ def ic_reply(service: FcopyService, payload: bytes | memoryview) -> bytes | int 
     msgtype = ic_msgtype(payload)
     if msgtype == _MSG_FCOPY:
         body = memoryview(payload)[ICMSG_HDR_SIZE:]
-        if service.accept(body, len(body)):
-            return service.write_now()
-        return service.handle(bytes(body), utf16=True)
+        status = service.write_fragment(body, len(body))
+        return service.handle(bytes(body), utf16=True) if status is None else status
     if msgtype == IcMsgType.NEGOTIATE:
         reply, fw, srv = negotiate_response(
             bytes(payload), FCOPY_FW_VERSIONS, FCOPY_SRV_VERSIONS

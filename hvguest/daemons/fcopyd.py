@@ -192,7 +192,7 @@ class FcopyDaemon:
         with lock:
             if self.stopping:
                 return
-            status = service.write_now() if service.accept(view, length) else None
+            status = service.write_fragment(view, length)
             if status is None:
                 status = service.handle(bytes(view[:length]), utf16=False)
         transport.write_packet(_REPLIES.get(status) or fcopy_reply(status))

@@ -128,17 +128,23 @@ class RingBuffer(RingView):
             self.write_packet(bytes(out), trans_id)  # wraps, or the refusal with its reason
             return
         if w + length + PACKET_TRAILER_SIZE > self.dsize:
-            out = bytearray(request)
-            mark_response(out, status)
-            self.append(w, build_inband_packet(bytes(out), trans_id))
-            return
-        data = self._data
-        _DESC.pack_into(data, w, VM_PKT_DATA_INBAND, PACKET_DESCRIPTOR_SIZE // 8, length // 8,
-                        0, trans_id)
-        body = data[w + PACKET_DESCRIPTOR_SIZE : w + length]
-        body[:] = request
-        mark_response(body, status)
-        _TRAILER.pack_into(data, w + length, w << 32)
+            # It wraps around the end: framed in one buffer, copied in two pieces.
+            out = bytearray(length)
+            _DESC.pack_into(out, 0, VM_PKT_DATA_INBAND, PACKET_DESCRIPTOR_SIZE // 8,
+                            length // 8, 0, trans_id)
+            body = memoryview(out)[PACKET_DESCRIPTOR_SIZE:]
+            body[:] = request
+            mark_response(body, status)
+            self.copy_in(w, bytes(out))
+            self.copy_in((w + length) % self.dsize, _TRAILER.pack(w << 32))
+        else:
+            data = self._data
+            _DESC.pack_into(data, w, VM_PKT_DATA_INBAND, PACKET_DESCRIPTOR_SIZE // 8,
+                            length // 8, 0, trans_id)
+            body = data[w + PACKET_DESCRIPTOR_SIZE : w + length]
+            body[:] = request
+            mark_response(body, status)
+            _TRAILER.pack_into(data, w + length, w << 32)
         self.write_index = (w + length + PACKET_TRAILER_SIZE) % self.dsize
 
     def read_packet(self) -> tuple[VmPacketDescriptor, bytes] | None:
