@@ -169,28 +169,31 @@ class FcopyService:
         self._progress_dirty = True
         return True
 
-    def write_fragment(self, message: bytes | memoryview, length: int) -> int | None:
+    def write_fragment(
+        self, message: bytes | memoryview, length: int, *, defer_hash: bool = True
+    ) -> int | None:
         """``accept()`` and ``write_now()`` in one call, for the device loops: the
         status to send for a WRITE that continues the transfer, None when the
         message needs ``handle()``."""
         if not self.accept(message, length):
             return None
-        return self.write_now()
+        return self.write_now(defer_hash=defer_hash)
 
-    def write_now(self) -> int:
+    def write_now(self, *, defer_hash: bool = True) -> int:
         """Write the fragment ``accept()`` took, before its reply: the status to
         send. The daemon loops do this rather than write behind the reply: the host
         waits for the reply either way, and a write after it would only sit in
         front of our next read, delaying the next fragment just as much, while
         here a failure reaches the host on the very request that caused it (and,
         as for a write behind, on every later WRITE/COMPLETE of the transfer).
-        Its checksum waits for ``after_reply()``: nothing of the reply depends on it."""
+        With ``defer_hash`` its checksum waits for ``after_reply()``: nothing of the
+        reply depends on it."""
         pending = self._pending_write
         if pending is None:
             return _S_OK
         self._pending_write = None
         try:
-            self.writer.write(*pending, defer_hash=True)
+            self.writer.write(*pending, defer_hash=defer_hash)
         except TransferRefused as exc:
             self._write_failed(pending[0], exc)
             return exc.status
