@@ -6,7 +6,11 @@ alternating over ``--runs`` rounds (absolute numbers on this kind of machine swi
 a lot; only back-to-back ratios mean something):
 
 * hvguest-fcopyd,
-* the reference hv_fcopy_daemon (``--reference``; legacy transport only),
+* the reference (``--reference``): Debian's hv_fcopy_daemon on the legacy
+  transport, the upstream hv_fcopy_uio_daemon (built by scripts/setup into
+  .venv/reference; ``HVGUEST_UIO_REFERENCE`` overrides) on the UIO ring,
+* with ``--baseline DIR``, hvguest-fcopyd imported from the source tree DIR (a
+  checkout of an earlier commit, say): before and after in the same rounds,
 * a null daemon that registers and answers HV_S_OK without touching a file: the
   ceiling the harness allows,
 * with ``--floor``, two minimal Python daemons that pwrite each fragment (one also
@@ -33,6 +37,10 @@ from hvguest.sim.client import SimClient
 MIB = 1 << 20
 FRAGMENT = 6144
 REFERENCE = "/usr/sbin/hv_fcopy_daemon"
+UIO_REFERENCE = os.environ.get(
+    "HVGUEST_UIO_REFERENCE",
+    os.path.join(os.path.dirname(__file__), "..", ".venv", "reference", "hv_fcopy_uio_daemon"),
+)
 DEST = "/tmp"  # allowed by hvguest's default policy; the same place for every daemon
 
 # A do-nothing daemon for the legacy device: register, then answer every message 0,
@@ -141,7 +149,9 @@ def run_one(
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bench fcopy", description=__doc__.split("\n")[0])
     p.add_argument(
-        "--reference", action="store_true", help=f"also run {REFERENCE} (legacy transport)"
+        "--reference",
+        action="store_true",
+        help=f"also run {REFERENCE} (legacy) or the upstream hv_fcopy_uio_daemon (uio)",
     )
     p.add_argument("--size-mib", type=int, default=256, help="file size (default 256)")
     p.add_argument("--runs", type=int, default=3, help="alternating rounds (default 3)")
@@ -150,6 +160,11 @@ def main(argv: list[str]) -> int:
         "--floor",
         action="store_true",
         help="also run minimal Python daemons that only pwrite (+ sha256) each fragment",
+    )
+    p.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also run hvguest-fcopyd from the hvguest package under DIR (e.g. an older checkout)",
     )
     p.add_argument("--workdir", help="keep simulator logs here (default: a temporary dir)")
     p.add_argument(
@@ -182,19 +197,21 @@ def main(argv: list[str]) -> int:
             config,
         ],
     }
+    if args.baseline:
+        # env(1) execs: the simulator's daemon pid stays the daemon's.
+        baseline = ["env", f"PYTHONPATH={os.path.abspath(args.baseline)}"]
+        daemons["baseline"] = baseline + daemons["hvguest"]
     if args.reference:
-        if args.transport != "legacy":
-            print(
-                "bench fcopy: the reference daemon speaks only the legacy device", file=sys.stderr
+        reference = REFERENCE if args.transport == "legacy" else os.path.realpath(UIO_REFERENCE)
+        if not os.access(reference, os.X_OK):
+            hint = (
+                "apt-get install hyperv-daemons"
+                if args.transport == "legacy"
+                else "scripts/setup builds it; or set HVGUEST_UIO_REFERENCE"
             )
+            print(f"bench fcopy: {reference} missing ({hint})", file=sys.stderr)
             return 1
-        if not os.path.exists(REFERENCE):
-            print(
-                f"bench fcopy: {REFERENCE} missing (apt-get install hyperv-daemons)",
-                file=sys.stderr,
-            )
-            return 1
-        daemons["reference"] = [REFERENCE, "-n"]
+        daemons["reference"] = [reference, "-n"]
     if args.floor:
         if args.transport != "legacy":
             print("bench fcopy: the floor daemons speak only the legacy device", file=sys.stderr)
@@ -247,7 +264,7 @@ def main(argv: list[str]) -> int:
         print(f"{name:<10} {med[name]:8.1f} {vs_ref:>8} {vs_ceil:>11} {cpu:10.2f}{flag}")
     # Load changes from minute to minute: the ratio within each round (daemons run
     # back to back) is steadier than the ratio of medians.
-    for other in ("reference", "null", "py-write", "py-w+sha"):
+    for other in ("reference", "baseline", "null", "py-write", "py-w+sha"):
         if other in results and len(results[other].mbps) == len(results["hvguest"].mbps):
             ratios = [
                 h / o for h, o in zip(results["hvguest"].mbps, results[other].mbps, strict=True)

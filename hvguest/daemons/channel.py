@@ -16,15 +16,23 @@ role and what its actions do; what is the same lives here, once:
 
 A service plugs in through ``ChannelService``; it owns its role and carries out its
 actions, and calls ``send()`` for replies.
+
+``DeviceThread`` is the other way to serve a device: a worker thread that owns it and
+blocks in its reads (hvguest-fcopyd: on a FUSE-served device every poll is a round
+trip, and the kernel holds one message at a time anyway).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from dataclasses import KW_ONLY, dataclass
+from typing import Any, ClassVar, Protocol
 
 from hvguest.backoff import Backoff
 from hvguest.daemon import Runtime, Timer
@@ -205,6 +213,59 @@ class Channel:
 
     def _notify_status(self) -> None:
         self.runtime.status(self.service.status_text())
+
+
+@dataclass(eq=False)
+class DeviceThread:
+    """A blocking worker-thread channel: one thread owns a device and calls
+    ``serve_one()`` (read one message or batch, blocking; answer it) until
+    ``stopping()``. Only this thread touches the device (a read blocked in one
+    thread would stall a write from another on FUSE); the loop thread keeps the
+    signals (blocked here), timers and the watchdog, and the service guards what
+    both threads share with its own lock.
+
+    A ``TransportError`` ends the worker and reaches ``failed`` on the loop thread
+    (which closes, re-opens and starts a new worker); any other exception is a bug
+    in serving one message: logged, ``on_bug()`` answers the host if it can, and
+    serving goes on.
+    """
+
+    SIGNALS: ClassVar[frozenset[int]] = frozenset(
+        {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    )
+
+    name: str
+    runtime: Runtime
+    serve_one: Callable[[], None]
+    _: KW_ONLY
+    stopping: Callable[[], bool]
+    failed: Callable[[TransportError], None]
+    on_bug: Callable[[], None] = lambda: None
+
+    def __post_init__(self) -> None:
+        self.thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)  # they belong to the loop
+        while not self.stopping():
+            try:
+                self.serve_one()
+            except TransportError as exc:
+                if not self.stopping():
+                    # Only the message: the traceback's frames may hold views of a
+                    # device mapping that the loop thread is about to close.
+                    error = TransportError(str(exc))
+                    self.runtime.call_soon_threadsafe(functools.partial(self.failed, error))
+                return
+            except Exception:  # a bug must not silence the channel
+                log.exception("%s: unexpected failure serving the device", self.thread.name)
+                try:
+                    self.on_bug()
+                except TransportError:
+                    pass
 
 
 def run_daemon(

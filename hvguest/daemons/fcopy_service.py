@@ -11,7 +11,6 @@ a Copy-VMFile transfer.
 from __future__ import annotations
 
 import logging
-import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -24,49 +23,46 @@ from hvguest.fcopy.settings import FcopySettings
 from hvguest.fcopy.writer import Committed, FileWriter, stale_directories, sweep_stale
 from hvguest.roles.fcopy import (
     Action,
+    ChannelLost,
     CommitTarget,
     DiscardTarget,
+    Done,
     FcopyRole,
     FcopyState,
+    FcopyStep,
+    FragmentFailed,
+    Malformed,
     OpenTarget,
-    Step,
     Transfer,
     WriteData,
 )
+from hvguest.roles.step import Log
 from hvguest.state import StatePublisher, utc_now
 from hvguest.wire.fcopy import (
     DATA_FRAGMENT,
     WRITE_DATA_OFFSET,
+    WRITE_HEAD,
     FcopyComplete,
     FcopyOp,
     FcopyWrite,
+    decode_fcopy_reply,
     decode_fcopy_request,
 )
 from hvguest.wire.icmsg import (
     FCOPY_FW_VERSIONS,
     FCOPY_SRV_VERSIONS,
-    ICMSG_FLAGS_OFFSET,
     ICMSG_HDR_SIZE,
-    ICMSG_RESPONSE_FLAGS,
-    ICMSG_STATUS_OFFSET,
-    IcHeader,
     IcMsgType,
-    ic_response,
+    ic_msgtype,
     negotiate_response,
 )
 from hvguest.wire.status import HvStatus, status_name
 
 log = logging.getLogger(__name__)
 
-# hv_do_fcopy up to its data: operation @0, offset @40, size @48.
-_WRITE_HEAD = struct.Struct("<I36xQI")
 # Plain ints for the per-fragment path (enum attribute lookups cost more).
 _OP_WRITE = int(FcopyOp.WRITE_TO_FILE)
 _S_OK = int(HvStatus.HV_S_OK)
-# The IC header fields the per-packet path reads and writes (see IcHeader).
-_IC_MSGTYPE = struct.Struct("<H")
-_IC_MSGTYPE_OFFSET = 12
-_IC_STATUS = struct.Struct("<I")
 _MSG_FCOPY = int(IcMsgType.FCOPY)
 
 
@@ -130,7 +126,7 @@ class FcopyService:
             request = decode_fcopy_request(body, utf16=utf16)
         except WireError as exc:
             log.warning("fcopy: malformed message (%d bytes): %s", len(body), exc)
-            step = self.role.bad_request(exc, now)
+            step = self.role.handle(Malformed(exc), now)
         else:
             late_kind = isinstance(request, FcopyWrite | FcopyComplete)
             step = self.role.handle(request, now)
@@ -160,7 +156,7 @@ class FcopyService:
             self._flush_pending()
         if length < WRITE_DATA_OFFSET or self.role.state is not FcopyState.RECEIVING:
             return False
-        op, offset, size = _WRITE_HEAD.unpack_from(message)
+        op, offset, size = WRITE_HEAD.unpack_from(message)
         if (
             op != _OP_WRITE
             or size > DATA_FRAGMENT
@@ -173,28 +169,42 @@ class FcopyService:
         self._progress_dirty = True
         return True
 
-    def write_now(self) -> int:
+    def write_fragment(
+        self, message: bytes | memoryview, length: int, *, defer_hash: bool = True
+    ) -> int | None:
+        """``accept()`` and ``write_now()`` in one call, for the device loops: the
+        status to send for a WRITE that continues the transfer, None when the
+        message needs ``handle()``."""
+        if not self.accept(message, length):
+            return None
+        return self.write_now(defer_hash=defer_hash)
+
+    def write_now(self, *, defer_hash: bool = True) -> int:
         """Write the fragment ``accept()`` took, before its reply: the status to
         send. The daemon loops do this rather than write behind the reply: the host
         waits for the reply either way, and a write after it would only sit in
         front of our next read, delaying the next fragment just as much, while
         here a failure reaches the host on the very request that caused it (and,
-        as for a write behind, on every later WRITE/COMPLETE of the transfer)."""
+        as for a write behind, on every later WRITE/COMPLETE of the transfer).
+        With ``defer_hash`` its checksum waits for ``after_reply()``: nothing of the
+        reply depends on it."""
         pending = self._pending_write
         if pending is None:
             return _S_OK
         self._pending_write = None
         try:
-            self.writer.write(*pending)
+            self.writer.write(*pending, defer_hash=defer_hash)
         except TransferRefused as exc:
             self._write_failed(pending[0], exc)
             return exc.status
         return _S_OK
 
     def after_reply(self) -> None:
-        """The reply is on its way: write the fragment it acknowledged."""
+        """The reply is on its way: write the fragment it acknowledged, and hash
+        what ``write_now()`` wrote."""
         if self._pending_write is not None:
             self._flush_pending()
+        self.writer.hash_deferred()
 
     def _flush_pending(self) -> None:
         assert self._pending_write is not None
@@ -207,10 +217,14 @@ class FcopyService:
 
     def _write_failed(self, offset: int, exc: TransferRefused) -> None:
         self._late_failure = exc.status
-        self.role.write_failed(offset, exc.status, self.clock(), str(exc))
+        failed = FragmentFailed(offset, exc.status, str(exc))
+        self._run(self.role.complete(failed, self.clock()), self.clock())
         self._record_finished()
 
-    def _run(self, step: Step, now: float) -> int:
+    def _run(self, step: FcopyStep, now: float) -> int:
+        """Carry out ``step``'s actions (the first failing one stops the rest) and
+        return the status to send: the step's reply, or the one ``complete()``
+        answers for the actions' outcome."""
         status: int = HvStatus.HV_S_OK
         detail = ""
         for action in step.actions:
@@ -225,12 +239,18 @@ class FcopyService:
                 log.error("fcopy: %s", detail)
                 self.writer.discard(detail)
                 break
-        if step.reply is not None:
-            return step.reply
-        return self.role.finish(status, self.clock(), detail)
+        if step.reply is None:
+            step = self.role.complete(Done(status, detail), self.clock())
+            for action in step.actions:
+                self._act(action)
+        assert step.reply is not None
+        return decode_fcopy_reply(step.reply)
 
     def _act(self, action: Action) -> None:
-        if isinstance(action, WriteData):
+        if isinstance(action, Log):
+            log.log(action.level, action.message, *action.args,
+                    extra={f"HVGUEST_{k.upper()}": v for k, v in action.fields.items()})
+        elif isinstance(action, WriteData):
             self.writer.write(action.offset, action.data)
         elif isinstance(action, OpenTarget):
             self.writer.open(
@@ -253,7 +273,7 @@ class FcopyService:
         """The channel is gone (stop, device reopened): drop any open transfer."""
         self._pending_write = None
         self._late_failure = None
-        for action in self.role.abort(reason, self.clock()):
+        for action in self.role.complete(ChannelLost(reason), self.clock()).actions:
             self._act(action)
         self.writer.discard(reason)
         if self.role.finished:
@@ -356,34 +376,26 @@ class FcopyService:
 # -- UIO / IC framing --------------------------------------------------------------
 
 
-def ic_reply(service: FcopyService, payload: bytes) -> bytes | bytearray | None:
-    """The response to one IC packet from the ring, or None when it cannot be
-    answered (too short to carry an IC header)."""
+def ic_reply(service: FcopyService, payload: bytes | memoryview) -> bytes | int | None:
+    """What to answer one IC packet from the ring (``transport.uio_ring.Reply``): the
+    status of the response that echoes it, a NEGOTIATE response, or None when it
+    cannot be answered (too short to carry an IC header)."""
     if len(payload) < ICMSG_HDR_SIZE:
         log.warning("fcopy: %d-byte packet has no IC header; skipped", len(payload))
         return None
-    (msgtype,) = _IC_MSGTYPE.unpack_from(payload, _IC_MSGTYPE_OFFSET)
+    msgtype = ic_msgtype(payload)
     if msgtype == _MSG_FCOPY:
         body = memoryview(payload)[ICMSG_HDR_SIZE:]
-        if service.accept(body, len(body)):
-            return _ic_answer(payload, service.write_now())
-        return _ic_answer(payload, service.handle(bytes(body), utf16=True))
-    header = IcHeader.decode(payload)
-    if header.msgtype == IcMsgType.NEGOTIATE:
-        reply, fw, srv = negotiate_response(payload, FCOPY_FW_VERSIONS, FCOPY_SRV_VERSIONS)
+        status = service.write_fragment(body, len(body))
+        return service.handle(bytes(body), utf16=True) if status is None else status
+    if msgtype == IcMsgType.NEGOTIATE:
+        reply, fw, srv = negotiate_response(
+            bytes(payload), FCOPY_FW_VERSIONS, FCOPY_SRV_VERSIONS
+        )
         if fw is None or srv is None:
             log.warning("fcopy: version negotiation failed (host offered no 3.0 / 1.1)")
         else:
             log.info("fcopy: negotiated framework %s, service %s", fw, srv)
         return reply
-    log.warning("fcopy: IC message type %d is not file copy; answered HV_E_FAIL", header.msgtype)
-    return ic_response(payload, HvStatus.HV_E_FAIL)
-
-
-def _ic_answer(payload: bytes, status: int) -> bytearray:
-    """``ic_response()`` with one copy of the packet instead of two: a WRITE's
-    response carries its whole 6 KiB fragment back."""
-    out = bytearray(payload)
-    _IC_STATUS.pack_into(out, ICMSG_STATUS_OFFSET, status & 0xFFFFFFFF)
-    out[ICMSG_FLAGS_OFFSET] = ICMSG_RESPONSE_FLAGS
-    return out
+    log.warning("fcopy: IC message type %d is not file copy; answered HV_E_FAIL", msgtype)
+    return int(HvStatus.HV_E_FAIL)

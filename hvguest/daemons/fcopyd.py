@@ -27,35 +27,38 @@ upstream UIO daemon):
   refused; CANCEL works over UIO too; UTF-16 names are decoded strictly;
 * on UIO every queued packet is served per interrupt, responses echo the request's
   trans_id, and a packet with bad framing is skipped instead of silencing the channel.
+
+Threads: the main thread runs the event loop (signals, timers, state file, watchdog,
+re-opening); one ``DeviceThread`` per open channel ("fcopy-device" or "fcopy-ring")
+blocks in the transport's read and serves each message; they share the service under
+``FcopyDaemon.lock``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import functools
 import logging
 import os
-import signal
 import sys
 import threading
-from typing import Any
+from collections.abc import Callable
 
 from hvguest.backoff import Backoff
 from hvguest.config import Config
 from hvguest.daemon import Runtime
+from hvguest.daemons.channel import DeviceThread, run_daemon
 from hvguest.daemons.common import daemon_arg_parser, start_daemon
-from hvguest.daemons.fcopy_ring import drain, wait_interrupt
 from hvguest.daemons.fcopy_service import FcopyService, ic_reply
 from hvguest.errors import HvGuestError, TransportError
 from hvguest.fcopy.settings import FcopySettings
 from hvguest.log import Throttle
 from hvguest.paths import Paths
 from hvguest.state import StatePublisher, read_state
-from hvguest.transport.chardev import FCOPY_READ_SIZE
-from hvguest.transport.ring import RingError
-from hvguest.transport.uio import DeviceNotBound, bound_driver, find_device
+from hvguest.transport.chardev import FCOPY_READ_SIZE, CharDevTransport
+from hvguest.transport.uio import DeviceNotBound, UioTransport, bound_driver, find_device
+from hvguest.transport.uio_ring import CorruptPacket
 from hvguest.wire.fcopy import (
     fcopy_reply,
 )
@@ -72,7 +75,7 @@ NOT_OFFERED = (
 )
 PROGRESS_PERIOD = 1.0
 _REPLIES = {s.value: fcopy_reply(s) for s in HvStatus}
-_LOOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+_FAIL = HvStatus.HV_E_FAIL.value
 
 
 # -- transport detection -------------------------------------------------------------
@@ -106,7 +109,7 @@ class FcopyDaemon:
         self.settings: FcopySettings = config.get(FcopySettings)
         self.publisher = StatePublisher(SERVICE, paths)
         self.service = FcopyService(self.settings, self.publisher)
-        self.transport: Any = None
+        self.transport: CharDevTransport | UioTransport | None = None
         self.lock = threading.Lock()
         self.stopping = False
         self.backoff = Backoff()
@@ -138,7 +141,7 @@ class FcopyDaemon:
         if self.kind == "legacy":
             from hvguest.transport.chardev import open_fcopy
 
-            self.transport = open_fcopy(self.paths)
+            legacy = self.transport = open_fcopy(self.paths)
             with self.lock:
                 self.publisher.update(
                     device=self.paths.vmbus_device("hv_fcopy"),
@@ -146,124 +149,100 @@ class FcopyDaemon:
                     details={"transport": self.kind},
                 )
                 self.publisher.publish()
-            worker = threading.Thread(
-                target=self._legacy_worker,
-                args=(self.transport,),
-                name="fcopy-device",
-                daemon=True,
-            )
-            worker.start()
+            buffer = bytearray(FCOPY_READ_SIZE)
+            serve = functools.partial(self._serve_legacy, legacy, buffer, memoryview(buffer))
+            self._worker("fcopy-device", serve,
+                         on_bug=functools.partial(legacy.write_packet, _REPLIES[_FAIL]))
         else:
-            from hvguest.transport.uio import UioTransport
-
-            self.transport = UioTransport(self.paths).open()
+            ring = self.transport = UioTransport(self.paths).open()
             self.publisher.update(
-                device=f"/dev/{self.transport.uio_name} ({self.transport.device_dir})",
+                device=f"/dev/{ring.uio_name} ({ring.device_dir})",
                 state="ready",
                 details={"transport": self.kind},
             )
             self.publisher.publish()
-            threading.Thread(
-                target=self._uio_worker, args=(self.transport,), name="fcopy-ring", daemon=True
-            ).start()
+            self._first_drain = True
+            self._worker("fcopy-ring", functools.partial(self._serve_ring, ring))
+
+    def _worker(self, name: str, serve_one: Callable[[], None],
+                on_bug: Callable[[], None] = lambda: None) -> None:
+        DeviceThread(name, self.runtime, serve_one, stopping=lambda: self.stopping,
+                     failed=self._lost, on_bug=on_bug).start()
 
     # -- legacy char device ------------------------------------------------------
     #
     # One thread owns the device and serves it like the kernel expects: a blocking
     # read() of the next message, the file work, the 4-byte reply. Polling first
     # would cost a round trip per poll on a FUSE-served device and gains nothing:
-    # the kernel holds one message at a time and waits for our reply. Only this
-    # thread touches the descriptor (a read blocked in one thread would stall a
-    # write from another on FUSE). The main thread keeps signals, timers and the
-    # watchdog; ``self.lock`` serialises the service between the two.
+    # the kernel holds one message at a time and waits for our reply. The thread
+    # is a ``DeviceThread`` (hvguest.daemons.channel): only it touches the
+    # descriptor, the main thread keeps signals, timers and the watchdog, and
+    # ``self.lock`` serialises the service between the two. Here a fragment is
+    # hashed before its reply, straight from the buffer: measured with bench fcopy,
+    # hashing after the reply (a copy of the fragment, a second pass through the
+    # lock) was slower on this device, unlike on the ring.
 
-    def _legacy_worker(self, transport: Any) -> None:
-        signal.pthread_sigmask(signal.SIG_BLOCK, _LOOP_SIGNALS)  # they belong to the loop
-        # Every message is read into the same buffer: a WRITE is written to its file
-        # straight from there (before the reply, see ``write_now``), without a copy
-        # or an allocation per message.
-        buffer = bytearray(FCOPY_READ_SIZE)
-        view = memoryview(buffer)
+    def _serve_legacy(
+        self, transport: CharDevTransport, buffer: bytearray, view: memoryview
+    ) -> None:
+        """One message: read into ``buffer`` (reused: a WRITE is written to its file
+        straight from there, before the reply, see ``write_now``), answer it."""
+        length = transport.read_into(buffer)
+        if not length:
+            return
         service, lock = self.service, self.lock
-        while not self.stopping:
-            try:
-                length = self._read_legacy(transport, buffer)
-                if not length:
-                    continue
-                with lock:
-                    if self.stopping:
-                        return
-                    status = service.write_now() if service.accept(view, length) else None
-                if status is not None:
-                    transport.write_packet(_REPLIES.get(status) or fcopy_reply(status))
-                    continue
-                with lock:
-                    status = service.handle(bytes(view[:length]), utf16=False)
-                transport.write_packet(_REPLIES.get(status) or fcopy_reply(status))
-                with lock:
-                    service.after_reply()
-                    self.backoff.healthy()
-            except TransportError as exc:
-                if not self.stopping:
-                    self.runtime.call_soon_threadsafe(functools.partial(self._lost, exc))
+        with lock:
+            if self.stopping:
                 return
-            except Exception:  # a bug must not silence the channel: fail this request
-                log.exception("fcopy: unexpected failure serving the device")
-                with contextlib.suppress(TransportError):
-                    transport.write_packet(fcopy_reply(HvStatus.HV_E_FAIL))
+            status = service.write_fragment(view, length, defer_hash=False)
+            common = status is not None
+            if status is None:
+                status = service.handle(bytes(view[:length]), utf16=False)
+        transport.write_packet(_REPLIES.get(status) or fcopy_reply(status))
+        if not common:
+            with lock:
+                service.after_reply()
+                self.backoff.healthy()
 
-    @staticmethod
-    def _read_legacy(transport: Any, buffer: bytearray) -> int:
-        """Block until the kernel queues a message (read() ignores O_NONBLOCK); the
-        message goes to ``buffer``, its length is returned."""
-        try:
-            length = os.readv(transport.fileno(), (buffer,))
-        except (BlockingIOError, InterruptedError):
-            return 0  # woken with nothing queued (EAGAIN)
-        except OSError as exc:
-            if exc.errno == errno.EINVAL:
-                raise TransportError(
-                    f"{transport.path}: queued message is larger than {FCOPY_READ_SIZE} bytes"
-                ) from exc
-            raise TransportError(f"{transport.path}: read failed: {exc.strerror}") from exc
-        if not length and getattr(transport, "is_socket", False):
-            raise TransportError(f"{transport.path}: peer closed the connection")
-        return length
+    # -- UIO ring (hvguest.transport.uio_ring) -------------------------------------
+    #
+    # One thread blocks in wait_interrupt() until the host signals, then drain()
+    # answers every queued packet straight from the ring; after each reply it
+    # re-arms (which also signals the host) and only then hashes the fragment
+    # (``after_reply``), while the host prepares the next one. Polling first would
+    # add a round trip per packet on a FUSE-served device.
 
-    # -- UIO ring (hvguest.daemons.fcopy_ring) -------------------------------------
-
-    def _uio_worker(self, transport: Any) -> None:
-        signal.pthread_sigmask(signal.SIG_BLOCK, _LOOP_SIGNALS)  # they belong to the loop
-        first = True
-        while not self.stopping:
-            try:
-                if not first:
-                    wait_interrupt(transport)
-                first = False  # packets queued before we opened raised no interrupt
-                with self.lock:
-                    if self.stopping:
-                        return
-                    self._drain_uio(transport)
-            except TransportError as exc:
-                if not self.stopping:
-                    self.runtime.call_soon_threadsafe(functools.partial(self._lost, exc))
-                return
-            except Exception:  # a bug must not silence the channel
-                log.exception("fcopy: unexpected failure serving the ring")
+    def _serve_ring(self, transport: UioTransport) -> None:
+        if not self._first_drain:  # packets queued before we opened raised no interrupt
+            transport.wait_interrupt()
+        self._first_drain = False
+        with self.lock:
+            if not self.stopping:
+                self._drain_uio(transport)
 
     def on_uio_readable(self) -> None:
         """Serve the ring from the loop thread (used when no worker runs)."""
         try:
+            assert isinstance(self.transport, UioTransport)
             self._drain_uio(self.transport)
         except TransportError as exc:
             self._lost(exc)
 
-    def _drain_uio(self, transport: Any) -> None:
+    def _drain_uio(self, transport: UioTransport) -> None:
         answer = functools.partial(ic_reply, self.service)
-        if drain(transport, answer, self.service.after_reply, self._bad_packet):
-            self.backoff.healthy()  # a request served: the next failure starts over
+        while True:
+            try:
+                answered = transport.drain(answer, self.service.after_reply)
+            except CorruptPacket as exc:
+                # Its framing hides where the next packet starts: drop what is
+                # queued (the host times out and retries), then serve on.
+                self._bad_packet(exc, transport.discard_corrupt())
+                continue
+            if answered:
+                self.backoff.healthy()  # a request served: the next failure starts over
+            return
 
-    def _bad_packet(self, exc: RingError, dropped: int) -> None:
+    def _bad_packet(self, exc: CorruptPacket, dropped: int) -> None:
         log.error("fcopy: bad packet in the ring (%s); skipped %d queued bytes", exc, dropped)
         self.service.abort(f"bad packet: {exc}")
         self.publisher.record_error(f"bad packet from the host skipped: {exc}")
@@ -275,8 +254,9 @@ class FcopyDaemon:
         with self.lock:
             self.service.abort(f"channel failed: {exc}")
             self.publisher.record_error(str(exc))
-        with contextlib.suppress(Exception):
-            self.transport.close()
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                self.transport.close()
         self.transport = None
         self._wait_and_reopen()
 
@@ -346,16 +326,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _start_failed(daemon: FcopyDaemon, runtime: Runtime, exc: HvGuestError) -> int:
-    log.error("%s", exc)
-    print(f"hvguest-fcopyd: {exc}", file=sys.stderr, flush=True)
-    daemon.publisher.record_error(str(exc))
-    daemon.publisher.update(state="failed")
-    daemon.publisher.publish()
-    runtime.close()
-    return 1
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     paths, config = start_daemon(SERVICE, args)
@@ -367,26 +337,27 @@ def main(argv: list[str] | None = None) -> int:
     runtime = Runtime("hvguest-fcopyd")
     daemon = FcopyDaemon(paths, config, runtime, kind)
     daemon.prepare()
-    try:
-        daemon.open_transport()
-    except HvGuestError as exc:
-        if kind == "uio":
+
+    def start() -> None:
+        try:
+            daemon.open_transport()
+        except HvGuestError as exc:
+            if kind != "uio":
+                print(f"hvguest-fcopyd: {exc}", file=sys.stderr, flush=True)
+                raise
             # Not bound yet (hvguest-uio-bind failed or has not run), or a channel that
             # fails at once: say so and wait for it with the re-open back-off.
             daemon._say("reopen", logging.WARNING, "cannot open the fcopy channel: %s", exc)
             daemon.publisher.record_error(str(exc))
             daemon._wait_and_reopen()
-        else:
-            return _start_failed(daemon, runtime, exc)
-    runtime.on_stop(daemon.stop)
+        runtime.on_stop(daemon.stop)
+        runtime.call_every(PROGRESS_PERIOD, daemon.tick)
 
-    runtime.call_every(PROGRESS_PERIOD, daemon.tick)
-    roots = ", ".join(daemon.settings.allowed_roots) or "none"
-    runtime.ready(f"receiving files over the {kind} transport into {roots}")
-    try:
-        return runtime.run()
-    finally:
-        runtime.close()
+    def ready() -> str:
+        roots = ", ".join(daemon.settings.allowed_roots) or "none"
+        return f"receiving files over the {kind} transport into {roots}"
+
+    return run_daemon(runtime, start, ready, state=daemon.publisher)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hvguest.configschema import config_section, setting
@@ -53,22 +54,22 @@ def _check_dir_mode(value: int | str) -> str | None:
     return None
 
 
-def _check_owner(value: str) -> str | None:
-    if value and not value.isdigit():
-        try:
-            pwd.getpwnam(value)
-        except KeyError:
-            return f"no such user {value!r}"
-    return None
+def _known(lookup: Callable[[str], object], what: str) -> Callable[[str], str | None]:
+    """A validator: empty, a number, or a name ``lookup`` knows."""
+
+    def check(value: str) -> str | None:
+        if value and not value.isdigit():
+            try:
+                lookup(value)
+            except KeyError:
+                return f"no such {what} {value!r}"
+        return None
+
+    return check
 
 
-def _check_group(value: str) -> str | None:
-    if value and not value.isdigit():
-        try:
-            grp.getgrnam(value)
-        except KeyError:
-            return f"no such group {value!r}"
-    return None
+_check_owner = _known(pwd.getpwnam, "user")
+_check_group = _known(grp.getgrnam, "group")
 
 
 @config_section("fcopy", help="File copy from the host (Copy-VMFile)")

@@ -9,7 +9,10 @@ appeared meanwhile, so an existing file is never replaced by accident.
 
 The sha256 is computed as the data arrives while it arrives in order (the common
 case: no second pass over the file); a WRITE anywhere else (a resend, a gap) stops
-that, and COMPLETE reads the file back once to hash what is really in it.
+that, and COMPLETE reads the file back once to hash what is really in it. The daemon
+loops hash a fragment after its reply (``write(..., defer_hash=True)`` keeps a copy,
+``hash_deferred()`` hashes it): the host sends the next fragment only once it has
+the reply, so hashing before it would add to every round trip.
 
 Every OS error is turned into the status the host expects: ENOSPC/EDQUOT/EFBIG ->
 HV_ERROR_DISK_FULL, an existing target without OVER_WRITE -> HV_ERROR_ALREADY_EXISTS,
@@ -25,7 +28,7 @@ import logging
 import os
 import secrets
 import stat
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 
 from hvguest.fcopy.policy import PathPolicy, Target, TransferRefused, foreign_file
 from hvguest.wire.status import HvStatus
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".hvguest-fcopy."
 WRITEBACK_WINDOW = 32 << 20
+_DEFER_MAX = 64 << 10  # a deferred fragment is copied; larger ones are hashed at once
 _REHASH_BLOCK = 1 << 20
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # Filesystems without O_TMPFILE answer one of these.
@@ -51,6 +55,7 @@ class Committed:
     sha256: str | None  # None when checksums are off
 
 
+@dataclass(eq=False)
 class FileWriter:
     """One transfer's file at a time; ``open`` / ``write`` / ``commit`` / ``discard``.
 
@@ -58,30 +63,25 @@ class FileWriter:
     ``commit`` the temporary file is already gone.
     """
 
-    def __init__(
-        self,
-        policy: PathPolicy,
-        *,
-        file_mode: int = 0o644,
-        uid: int = -1,
-        gid: int = -1,
-        use_tmpfile: bool = True,
-        checksum: bool = True,
-    ) -> None:
-        self.policy = policy
-        self.file_mode = file_mode
-        self.uid = uid
-        self.gid = gid
-        self.use_tmpfile = use_tmpfile
-        self.checksum = checksum
-        self.target: Target | None = None
-        self._fd = -1
-        self._temp_name: str | None = None  # None: O_TMPFILE (no name at all)
-        self._overwrite = False
-        self._hash = hashlib.sha256()
-        self._hashed = 0  # the in-order hash covers [0, _hashed); -1: out of order
-        self._size = 0
-        self._flushed = 0
+    policy: PathPolicy
+    _: KW_ONLY
+    file_mode: int = 0o644
+    uid: int = -1
+    gid: int = -1
+    use_tmpfile: bool = True
+    checksum: bool = True
+    target: Target | None = field(default=None, init=False)
+    _fd: int = field(default=-1, init=False)
+    _temp_name: str | None = field(default=None, init=False)  # None: O_TMPFILE (no name)
+    _overwrite: bool = field(default=False, init=False)
+    _hash: hashlib._Hash = field(default_factory=hashlib.sha256, init=False)
+    _hashed: int = field(default=0, init=False)  # hash covers [0, _hashed); -1: out of order
+    # A fragment written but not hashed yet (its bytes copied: the caller's buffer
+    # is reused for the next message).
+    _deferred: bytearray = field(default_factory=lambda: bytearray(_DEFER_MAX), init=False)
+    _deferred_len: int = field(default=0, init=False)
+    _size: int = field(default=0, init=False)
+    _flushed: int = field(default=0, init=False)
 
     @property
     def active(self) -> bool:
@@ -110,14 +110,18 @@ class FileWriter:
         # user before COMPLETE: link without replacing, as without OVER_WRITE.
         self._overwrite = overwrite and (existed or not target.shared)
         self._hash = hashlib.sha256()
+        self._deferred_len = 0
         self._hashed = 0
         self._size = 0
         self._flushed = 0
         log.debug("receiving %s (temporary %s)", target.path, self._temp_name or "O_TMPFILE")
         return target
 
-    def write(self, offset: int, data: bytes | memoryview) -> None:
-        """Write ``data`` at ``offset`` and add it to the checksum."""
+    def write(self, offset: int, data: bytes | memoryview, *, defer_hash: bool = False) -> None:
+        """Write ``data`` at ``offset`` and add it to the checksum (with
+        ``defer_hash``, at the next ``hash_deferred()``, write or commit)."""
+        if self._deferred_len:
+            self.hash_deferred()
         fd = self._fd
         if fd < 0:
             raise TransferRefused("no file is open for writing")
@@ -141,7 +145,12 @@ class FileWriter:
             ) from exc
         end = offset + len(data)
         if self._hashed == offset:
-            if self.checksum:
+            if not self.checksum:
+                pass
+            elif defer_hash and len(data) <= _DEFER_MAX:
+                self._deferred[: len(data)] = data
+                self._deferred_len = len(data)
+            else:
                 self._hash.update(data)
             self._hashed = end
         else:
@@ -149,6 +158,14 @@ class FileWriter:
         self._size = max(self._size, end)
         if end - self._flushed >= WRITEBACK_WINDOW:
             self._start_writeback(end)
+
+    def hash_deferred(self) -> None:
+        """Add the fragment ``write(..., defer_hash=True)`` kept to the checksum."""
+        n = self._deferred_len
+        if n:
+            self._deferred_len = 0
+            if self._hashed >= 0:
+                self._hash.update(memoryview(self._deferred)[:n])
 
     def commit(self) -> Committed:
         target = self.target
@@ -194,6 +211,7 @@ class FileWriter:
         over the file when the data did not arrive in order."""
         if not self.checksum:
             return None
+        self.hash_deferred()
         if self._hashed >= 0:
             return self._hash.hexdigest()
         h = hashlib.sha256()
@@ -219,6 +237,7 @@ class FileWriter:
         self._flushed = end
 
     def _close(self) -> None:
+        self._deferred_len = 0
         if self._fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._fd)

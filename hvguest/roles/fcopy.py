@@ -1,9 +1,19 @@
 """File copy from the host: the protocol state machine (no I/O).
 
-A decoded request goes in; out comes a ``Step``: either an immediate reply status
-(the request is refused or needs no file work) or a list of file actions for the
-writer. The daemon runs the actions and hands the writer's status back through
-``finish()``, which settles the state and returns the status to send.
+The one role contract (``hvguest.roles.step``): ``handle(message, now)`` takes a
+decoded request (or ``Malformed``) and answers a ``Step``: either the reply (the
+4-byte status of ``hvguest.wire.fcopy.fcopy_reply``: the legacy device takes it as
+is, the UIO path puts it into the IC header) or file actions for the writer. The
+daemon runs the actions and hands the result back with ``complete(Done(status),
+now)``, which settles the state and answers the reply. ``complete`` also takes
+``FragmentFailed`` (a fast-path write failed) and ``ChannelLost``. Log lines are
+``Log`` actions. States and events are a ``Transitions`` table: a message the state
+does not accept (a second request while actions are outstanding, an outcome
+nothing asked for) raises ``LocalUsageError`` naming both.
+
+``accept_write(offset, size)`` is the per-fragment fast path: for a WRITE that
+continues the open transfer within its limits it answers True (write it, reply
+HV_S_OK) with no Step built; anything else goes to ``handle()``.
 
 Decisions (the reference daemons differ; see docs of hvguest-fcopyd):
 
@@ -28,13 +38,27 @@ Decisions (the reference daemons differ; see docs of hvguest-fcopyd):
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from hvguest.errors import WireError
 from hvguest.fcopy.names import escape
+from hvguest.roles.fcopy_types import (
+    Action,
+    ChannelLost,
+    CommitTarget,
+    DiscardTarget,
+    Done,
+    FcopyStep,
+    FragmentFailed,
+    Malformed,
+    Message,
+    OpenTarget,
+    Outcome,
+    Transfer,
+    WriteData,
+)
+from hvguest.roles.step import Log, Step, Transitions
 from hvguest.wire.fcopy import (
     CREATE_PATH,
     OVER_WRITE,
@@ -43,99 +67,66 @@ from hvguest.wire.fcopy import (
     FcopyRequest,
     FcopyStart,
     FcopyWrite,
+    fcopy_reply,
 )
-from hvguest.wire.status import HvStatus
+from hvguest.wire.status import HvStatus, status_name
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "Action", "ChannelLost", "CommitTarget", "DiscardTarget", "Done", "FcopyRole",
+    "FcopyState", "FcopyStep", "FragmentFailed", "Malformed", "OpenTarget", "Transfer",
+    "WriteData",
+]
 
 KNOWN_FLAGS = OVER_WRITE | CREATE_PATH
+# logging's levels (a role does not import logging).
+INFO, WARNING = 20, 30
+_OK = int(HvStatus.HV_S_OK)
+_FAIL = int(HvStatus.HV_E_FAIL)
 
 
 class FcopyState(Enum):
     IDLE = "idle"
+    OPENING = "opening"  # OpenTarget outstanding
     RECEIVING = "receiving"
+    WRITING = "writing"  # WriteData outstanding
+    COMMITTING = "committing"  # CommitTarget outstanding
     FAILED = "failed"
 
 
-# -- actions for the writer ----------------------------------------------------
+_S = FcopyState
+# (states, event, next state). Events of handle(): the request classified (a WRITE
+# beyond the announced size, a COMPLETE short of it); of complete(): the outcome.
+_ROWS: tuple[tuple[tuple[FcopyState, ...], str, FcopyState], ...] = (
+    ((_S.IDLE, _S.RECEIVING, _S.FAILED), "START", _S.OPENING),
+    ((_S.IDLE, _S.RECEIVING, _S.FAILED), "START_TOO_BIG", _S.IDLE),
+    ((_S.IDLE, _S.RECEIVING, _S.FAILED), "CANCEL", _S.IDLE),
+    ((_S.IDLE,), "WRITE", _S.IDLE),  # refused
+    ((_S.IDLE,), "COMPLETE", _S.IDLE),  # refused
+    ((_S.IDLE,), "MALFORMED", _S.IDLE),
+    ((_S.RECEIVING,), "WRITE", _S.WRITING),
+    ((_S.RECEIVING,), "COMPLETE", _S.COMMITTING),
+    ((_S.RECEIVING,), "COMPLETE_SHORT", _S.IDLE),
+    ((_S.RECEIVING,), "WRITE_BEYOND", _S.FAILED),
+    ((_S.RECEIVING, _S.FAILED), "MALFORMED", _S.FAILED),
+    ((_S.RECEIVING,), "FRAGMENT_FAILED", _S.FAILED),
+    ((_S.FAILED,), "WRITE", _S.FAILED),  # refused
+    ((_S.FAILED,), "COMPLETE", _S.IDLE),  # refused; the next transfer may start
+    ((_S.OPENING, _S.WRITING), "DONE", _S.RECEIVING),
+    ((_S.COMMITTING,), "DONE", _S.IDLE),
+    ((_S.OPENING, _S.COMMITTING), "DONE_FAILED", _S.IDLE),
+    ((_S.WRITING,), "DONE_FAILED", _S.FAILED),
+    (tuple(_S), "LOST", _S.IDLE),
+)
+TRANSITIONS = Transitions[FcopyState](
+    "fcopy", {(state, event): to for states, event, to in _ROWS for state in states}
+)
 
-
-@dataclass(frozen=True)
-class OpenTarget:
-    """Check the target against the policy and open a temporary file for it."""
-
-    path_name: str
-    file_name: str
-    overwrite: bool
-    create_path: bool
-    file_size: int
-
-
-@dataclass(frozen=True)
-class WriteData:
-    offset: int
-    data: bytes
-
-
-@dataclass(frozen=True)
-class CommitTarget:
-    """fsync and move the temporary file to its final name."""
-
-
-@dataclass(frozen=True)
-class DiscardTarget:
-    """Drop the temporary file; nothing appears at the final name."""
-
-    reason: str
-
-
-Action = OpenTarget | WriteData | CommitTarget | DiscardTarget
-
-
-@dataclass(frozen=True)
-class Step:
-    """What to do for one request.
-
-    ``actions`` run in order; the first failing one stops the rest. When ``reply`` is
-    set it is the status to send (refusals, CANCEL); otherwise the status comes from
-    ``FcopyRole.finish()``.
-    """
-
-    actions: tuple[Action, ...] = ()
-    reply: HvStatus | None = None
-
-
-@dataclass
-class Transfer:
-    """The copy in progress (or the last one, once finished)."""
-
-    path_name: str
-    file_name: str
-    file_size: int
-    flags: int
-    started: float
-    bytes_done: int = 0  # the highest end written so far
-    gaps: int = 0  # WRITEs that started beyond bytes_done
-    overlaps: int = 0  # WRITEs that started before it (resends)
-    result: str = "in progress"
-    finished: float | None = None
-    detail: str = ""
-
-    @property
-    def target(self) -> str:
-        """The target for logs and records, control characters escaped."""
-        return escape(self.path_name.rstrip("/") + "/" + self.file_name)
-
-    def duration(self, now: float) -> float:
-        return (self.finished if self.finished is not None else now) - self.started
-
-
-@dataclass
-class _Pending:
-    """The request whose actions the daemon is running."""
-
-    kind: str
-    write_end: int = 0
+_OPS = {
+    FcopyStart: "START_FILE_COPY",
+    FcopyWrite: "WRITE_TO_FILE",
+    FcopyComplete: "COMPLETE_FCOPY",
+    FcopyCancel: "CANCEL_FCOPY",
+}
 
 
 @dataclass
@@ -147,28 +138,39 @@ class FcopyRole:
     transfer: Transfer | None = None
     # Transfers that ended since the daemon last looked (it records and clears them).
     finished: list[Transfer] = field(default_factory=list)
-    _pending: _Pending | None = None
+    _write_end: int = 0  # bytes_done once the outstanding WriteData is done
 
-    # -- requests ----------------------------------------------------------
+    # -- the contract --------------------------------------------------------
 
-    def handle(self, request: FcopyRequest, now: float) -> Step:
-        if self._pending is not None:
-            raise RuntimeError(f"fcopy {self._pending.kind}: finish() was not called")
-        handler = _TRANSITIONS[(self.state, type(request))]
-        return handler(self, request, now)
+    def handle(self, message: Message, now: float) -> FcopyStep:
+        event = self._event(message)
+        following = TRANSITIONS.next(self.state, event)  # refuses misuse before any change
+        on_event: Callable[[Message, float], FcopyStep] = getattr(self, "_on_" + event.lower())
+        step = on_event(message, now)
+        self.state = following
+        return step
+
+    def complete(self, outcome: Outcome, now: float) -> FcopyStep:
+        if isinstance(outcome, ChannelLost):
+            event = "LOST"
+        elif isinstance(outcome, FragmentFailed):
+            event = "FRAGMENT_FAILED"
+        else:
+            event = "DONE" if outcome.status == _OK else "DONE_FAILED"
+        following = TRANSITIONS.next(self.state, event)
+        step = self._settle(outcome, now)
+        self.state = following
+        return step
 
     def accept_write(self, offset: int, size: int) -> bool:
         """Fast path for the common request: a WRITE that continues the open
         transfer where its data ends, within its limits. True: write the data now
-        (report a failure with ``write_failed``); False: pass the request to
-        ``handle()`` (a resend, a gap, or a refusal). Saves building a Step."""
+        (report a failure with ``complete(FragmentFailed(...))``); False: pass the
+        request to ``handle()`` (a resend, a gap, or a refusal)."""
         transfer = self.transfer
-        if (
-            self.state is not FcopyState.RECEIVING
-            or self._pending is not None
-            or transfer is None
-            or offset != transfer.bytes_done
-        ):
+        if self.state is not FcopyState.RECEIVING or transfer is None:
+            return False
+        if offset != transfer.bytes_done:
             return False
         end = offset + size
         if end > transfer.file_size or end > self.max_file_size:
@@ -176,164 +178,151 @@ class FcopyRole:
         transfer.bytes_done = end
         return True
 
-    def write_failed(self, offset: int, status: int, now: float, detail: str) -> int:
-        """The data of an accepted fast-path WRITE could not be written."""
+    # -- events ----------------------------------------------------------------
+
+    def _event(self, message: Message) -> str:
         transfer = self.transfer
-        assert transfer is not None
-        transfer.bytes_done = offset
-        self._end(transfer, _result_name(status), now, detail)
-        self.state = FcopyState.FAILED
-        return status
+        receiving = self.state is FcopyState.RECEIVING and transfer is not None
+        if isinstance(message, FcopyWrite):
+            if receiving and message.offset + len(message.data) > self._limit():
+                return "WRITE_BEYOND"
+            return "WRITE"
+        if isinstance(message, FcopyStart):
+            return "START_TOO_BIG" if message.file_size > self.max_file_size else "START"
+        if isinstance(message, FcopyComplete):
+            if receiving and transfer is not None and transfer.bytes_done != transfer.file_size:
+                return "COMPLETE_SHORT"
+            return "COMPLETE"
+        if isinstance(message, FcopyCancel):
+            return "CANCEL"
+        return "MALFORMED"
 
-    def bad_request(self, error: WireError, now: float) -> Step:
-        """A request that does not decode: HV_E_FAIL; an open transfer is abandoned,
-        since a fragment of it may be the one that was lost."""
-        if self.state is FcopyState.RECEIVING:
-            return self._abandon(f"malformed message: {error}", "failed", now, HvStatus.HV_E_FAIL)
-        return Step(reply=HvStatus.HV_E_FAIL)
+    def _limit(self) -> int:
+        assert self.transfer is not None
+        return min(self.transfer.file_size, self.max_file_size)
 
-    def finish(self, status: int, now: float, detail: str = "") -> int:
-        """The writer's result for the last Step without ``reply``; returns the status
-        to send to the host."""
-        pending = self._pending
-        if pending is None:
-            raise RuntimeError("fcopy finish() without a pending request")
-        self._pending = None
-        transfer = self.transfer
-        assert transfer is not None
-        ok = status == HvStatus.HV_S_OK
-        if pending.kind == "start":
-            if ok:
-                self.state = FcopyState.RECEIVING
-            else:
-                self._end(transfer, _result_name(status), now, detail)
-                self.state = FcopyState.IDLE
-        elif pending.kind == "write":
-            if ok:
-                transfer.bytes_done = pending.write_end
-            else:
-                # The writer discards its file itself when a write fails.
-                self._end(transfer, _result_name(status), now, detail)
-                self.state = FcopyState.FAILED
-        elif pending.kind == "complete":
-            self._end(transfer, "ok" if ok else _result_name(status), now, detail)
-            self.state = FcopyState.IDLE
-        return status
+    def _on_start(self, request: FcopyStart, now: float) -> FcopyStep:
+        before = self._supersede(request, now)
+        self._begin(request, now)
+        open_target = OpenTarget(
+            request.path_name,
+            request.file_name,
+            bool(request.copy_flags & OVER_WRITE),
+            bool(request.copy_flags & CREATE_PATH),
+            request.file_size,
+        )
+        return Step(None, (*before, open_target))
 
-    def abort(self, reason: str, now: float) -> tuple[Action, ...]:
-        """The channel was lost (daemon stop, device reopened): actions that leave
-        nothing behind."""
-        self._pending = None
-        if self.state is FcopyState.RECEIVING:
-            assert self.transfer is not None
-            self._end(self.transfer, "aborted", now, reason)
-            self.state = FcopyState.IDLE
-            return (DiscardTarget(reason),)
-        self.state = FcopyState.IDLE
-        return ()
+    def _on_start_too_big(self, request: FcopyStart, now: float) -> FcopyStep:
+        before = self._supersede(request, now)
+        transfer = self._begin(request, now)
+        detail = f"file_size {request.file_size} exceeds the limit {self.max_file_size}"
+        self._end(transfer, "refused", now, detail)
+        return Step(fcopy_reply(_FAIL), before)
 
-    # -- transitions -------------------------------------------------------
-
-    def _start(self, request: FcopyRequest, now: float) -> Step:
-        assert isinstance(request, FcopyStart)
+    def _supersede(self, request: FcopyStart, now: float) -> tuple[Action, ...]:
         before: tuple[Action, ...] = ()
         if self.state is FcopyState.RECEIVING:
             assert self.transfer is not None
-            log.warning(
-                "START of %s while %s is open: abandoning the open transfer",
-                escape(request.file_name),
-                self.transfer.target,
+            before = (
+                Log(WARNING, "START of %s while %s is open: abandoning the open transfer",
+                    (escape(request.file_name), self.transfer.target)),
+                DiscardTarget("superseded by a new START"),
             )
             self._end(self.transfer, "superseded", now, "a new START arrived")
-            before = (DiscardTarget("superseded by a new START"),)
-        self.state = FcopyState.IDLE
-        transfer = Transfer(
+        if request.copy_flags & ~KNOWN_FLAGS:
+            before += (
+                Log(INFO, "fcopy START: ignoring unknown copy_flags bits %#x",
+                    (request.copy_flags,)),
+            )
+        return before
+
+    def _begin(self, request: FcopyStart, now: float) -> Transfer:
+        self.transfer = Transfer(
             request.path_name, request.file_name, request.file_size, request.copy_flags, now
         )
-        self.transfer = transfer
-        if request.copy_flags & ~KNOWN_FLAGS:
-            log.info("fcopy START: ignoring unknown copy_flags bits %#x", request.copy_flags)
-        if request.file_size > self.max_file_size:
-            detail = f"file_size {request.file_size} exceeds the limit {self.max_file_size}"
-            self._end(transfer, "refused", now, detail)
-            return Step(before, HvStatus.HV_E_FAIL)
-        self._pending = _Pending("start")
-        return Step(
-            before
-            + (
-                OpenTarget(
-                    request.path_name,
-                    request.file_name,
-                    bool(request.copy_flags & OVER_WRITE),
-                    bool(request.copy_flags & CREATE_PATH),
-                    request.file_size,
-                ),
-            )
-        )
+        return self.transfer
 
-    def _write(self, request: FcopyRequest, now: float) -> Step:
-        assert isinstance(request, FcopyWrite) and self.transfer is not None
-        transfer = self.transfer
-        end = request.offset + len(request.data)
-        limit = min(transfer.file_size, self.max_file_size)
-        if end > limit:
-            detail = (
-                f"WRITE of {len(request.data)} bytes at offset {request.offset} ends at {end}, "
-                f"beyond the announced file_size {transfer.file_size}"
-                if end > transfer.file_size
-                else f"WRITE ends at {end}, beyond the limit {self.max_file_size}"
-            )
-            return self._abandon(detail, "refused", now, HvStatus.HV_E_FAIL)
-        if request.data and request.offset != transfer.bytes_done:
-            _note_irregular(transfer, request.offset, end)
-        self._pending = _Pending("write", max(end, transfer.bytes_done))
-        return Step((WriteData(request.offset, request.data),))
-
-    def _complete(self, request: FcopyRequest, now: float) -> Step:
+    def _on_write(self, request: FcopyWrite, now: float) -> FcopyStep:
+        if self.state is not FcopyState.RECEIVING:
+            return self._refuse(request)
         transfer = self.transfer
         assert transfer is not None
-        if transfer.bytes_done != transfer.file_size:
-            done, size = transfer.bytes_done, transfer.file_size
-            detail = f"COMPLETE when the data ends at {done} of {size} announced bytes"
-            return self._abandon(detail, "incomplete", now, HvStatus.HV_E_FAIL, FcopyState.IDLE)
-        self._pending = _Pending("complete")
-        return Step((CommitTarget(),))
+        end = request.offset + len(request.data)
+        before: tuple[Action, ...] = ()
+        if request.data and request.offset != transfer.bytes_done:
+            before = _note_irregular(transfer, request.offset, end)
+        self._write_end = max(end, transfer.bytes_done)
+        return Step(None, (*before, WriteData(request.offset, request.data)))
 
-    def _cancel(self, request: FcopyRequest, now: float) -> Step:
-        assert self.transfer is not None
-        return self._abandon(
-            "cancelled by the host", "cancelled", now, HvStatus.HV_S_OK, FcopyState.IDLE
+    def _on_write_beyond(self, request: FcopyWrite, now: float) -> FcopyStep:
+        transfer = self.transfer
+        assert transfer is not None
+        end = request.offset + len(request.data)
+        detail = (
+            f"WRITE of {len(request.data)} bytes at offset {request.offset} ends at {end}, "
+            f"beyond the announced file_size {transfer.file_size}"
+            if end > transfer.file_size
+            else f"WRITE ends at {end}, beyond the limit {self.max_file_size}"
         )
+        return self._abandon(detail, "refused", now, _FAIL)
 
-    def _cancel_idle(self, request: FcopyRequest, now: float) -> Step:
-        self.state = FcopyState.IDLE
-        return Step(reply=HvStatus.HV_S_OK)
+    def _on_complete(self, request: FcopyComplete, now: float) -> FcopyStep:
+        if self.state is not FcopyState.RECEIVING:
+            return self._refuse(request)
+        return Step(None, (CommitTarget(),))
 
-    def _refuse_idle(self, request: FcopyRequest, now: float) -> Step:
-        log.warning("fcopy %s without a transfer in progress: refused", _op_name(request))
-        return Step(reply=HvStatus.HV_E_FAIL)
+    def _on_complete_short(self, request: FcopyComplete, now: float) -> FcopyStep:
+        assert self.transfer is not None
+        done, size = self.transfer.bytes_done, self.transfer.file_size
+        detail = f"COMPLETE when the data ends at {done} of {size} announced bytes"
+        return self._abandon(detail, "incomplete", now, _FAIL)
 
-    def _refuse_failed(self, request: FcopyRequest, now: float) -> Step:
-        log.warning("fcopy %s after the transfer failed: refused", _op_name(request))
-        if isinstance(request, FcopyComplete):
-            self.state = FcopyState.IDLE
-        return Step(reply=HvStatus.HV_E_FAIL)
+    def _on_cancel(self, request: FcopyCancel, now: float) -> FcopyStep:
+        if self.state is not FcopyState.RECEIVING:
+            return Step(fcopy_reply(_OK))
+        return self._abandon("cancelled by the host", "cancelled", now, _OK)
+
+    def _on_malformed(self, message: Malformed, now: float) -> FcopyStep:
+        if self.state is not FcopyState.RECEIVING:
+            return Step(fcopy_reply(_FAIL))
+        return self._abandon(f"malformed message: {message.error}", "failed", now, _FAIL)
+
+    def _refuse(self, request: FcopyRequest) -> FcopyStep:
+        why = "after the transfer failed" if self.state is FcopyState.FAILED else (
+            "without a transfer in progress")
+        log = Log(WARNING, "fcopy %s %s: refused", (_OPS[type(request)], why))
+        return Step(fcopy_reply(_FAIL), (log,))
+
+    # -- outcomes ----------------------------------------------------------------
+
+    def _settle(self, outcome: Outcome, now: float) -> FcopyStep:
+        transfer = self.transfer
+        if isinstance(outcome, ChannelLost):
+            if transfer is None or transfer.finished is not None:
+                return Step()
+            self._end(transfer, "aborted", now, outcome.reason)
+            return Step(None, (DiscardTarget(outcome.reason),))
+        assert transfer is not None
+        if isinstance(outcome, FragmentFailed):
+            transfer.bytes_done = outcome.offset
+            self._end(transfer, _result_name(outcome.status), now, outcome.detail)
+            return Step(fcopy_reply(outcome.status))
+        ok = outcome.status == _OK
+        if self.state is FcopyState.WRITING and ok:
+            transfer.bytes_done = self._write_end
+        elif self.state is FcopyState.COMMITTING or not ok:
+            # A failed write's file is already discarded by the writer itself.
+            self._end(transfer, _result_name(outcome.status), now, outcome.detail)
+        return Step(fcopy_reply(outcome.status))
 
     # -- helpers -----------------------------------------------------------
 
-    def _abandon(
-        self,
-        detail: str,
-        result: str,
-        now: float,
-        reply: HvStatus,
-        next_state: FcopyState = FcopyState.FAILED,
-    ) -> Step:
+    def _abandon(self, detail: str, result: str, now: float, status: int) -> FcopyStep:
         assert self.transfer is not None
-        log.warning("fcopy %s: %s", self.transfer.target, detail)
+        log = Log(WARNING, "fcopy %s: %s", (self.transfer.target, detail))
         self._end(self.transfer, result, now, detail)
-        self.state = next_state
-        return Step((DiscardTarget(detail),), reply)
+        return Step(fcopy_reply(status), (log, DiscardTarget(detail)))
 
     def _end(self, transfer: Transfer, result: str, now: float, detail: str) -> None:
         if transfer.finished is not None:
@@ -344,7 +333,7 @@ class FcopyRole:
         self.finished.append(transfer)
 
 
-def _note_irregular(transfer: Transfer, offset: int, end: int) -> None:
+def _note_irregular(transfer: Transfer, offset: int, end: int) -> tuple[Action, ...]:
     """Count a WRITE that does not continue where the data ends; log the first gap
     and the first overlap of the transfer, with the offsets."""
     high = transfer.bytes_done
@@ -356,42 +345,13 @@ def _note_irregular(transfer: Transfer, offset: int, end: int) -> None:
         transfer.overlaps += 1
         first = transfer.overlaps == 1
         what = f"overlaps the data received up to {high} (a resend?)"
-    if first:
-        log.warning("fcopy %s: WRITE of bytes %d-%d %s; accepted, logged once per transfer",
-                    transfer.target, offset, end - 1, what)
+    if not first:
+        return ()
+    return (
+        Log(WARNING, "fcopy %s: WRITE of bytes %d-%d %s; accepted, logged once per transfer",
+            (transfer.target, offset, end - 1, what)),
+    )
 
 
 def _result_name(status: int) -> str:
-    if status == HvStatus.HV_S_OK:
-        return "ok"
-    try:
-        return HvStatus(status).name
-    except ValueError:
-        return f"0x{status & 0xFFFFFFFF:08x}"
-
-
-def _op_name(request: FcopyRequest) -> str:
-    return {
-        FcopyStart: "START_FILE_COPY",
-        FcopyWrite: "WRITE_TO_FILE",
-        FcopyComplete: "COMPLETE_FCOPY",
-        FcopyCancel: "CANCEL_FCOPY",
-    }[type(request)]
-
-
-_Handler = Callable[[FcopyRole, FcopyRequest, float], Step]
-
-_TRANSITIONS: dict[tuple[FcopyState, type], _Handler] = {
-    (FcopyState.IDLE, FcopyStart): FcopyRole._start,
-    (FcopyState.IDLE, FcopyWrite): FcopyRole._refuse_idle,
-    (FcopyState.IDLE, FcopyComplete): FcopyRole._refuse_idle,
-    (FcopyState.IDLE, FcopyCancel): FcopyRole._cancel_idle,
-    (FcopyState.RECEIVING, FcopyStart): FcopyRole._start,
-    (FcopyState.RECEIVING, FcopyWrite): FcopyRole._write,
-    (FcopyState.RECEIVING, FcopyComplete): FcopyRole._complete,
-    (FcopyState.RECEIVING, FcopyCancel): FcopyRole._cancel,
-    (FcopyState.FAILED, FcopyStart): FcopyRole._start,
-    (FcopyState.FAILED, FcopyWrite): FcopyRole._refuse_failed,
-    (FcopyState.FAILED, FcopyComplete): FcopyRole._refuse_failed,
-    (FcopyState.FAILED, FcopyCancel): FcopyRole._cancel_idle,
-}
+    return "ok" if status == _OK else status_name(status)

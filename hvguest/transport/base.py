@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
 
 
 @runtime_checkable
@@ -34,3 +34,25 @@ class Transport(Protocol):
     def write_packet(self, data: bytes) -> None: ...
 
     def close(self) -> None: ...
+
+
+class Opens:
+    """``with transport:`` opens it (unless it is open already) and closes it."""
+
+    @property
+    def is_open(self) -> bool:
+        raise NotImplementedError
+
+    def open(self) -> object:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        if not self.is_open:
+            self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -20,10 +20,12 @@ import socket
 import stat
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Self
 
 from hvguest.errors import TransportError, WireError
 from hvguest.paths import Paths
+from hvguest.transport.base import Opens
 from hvguest.wire.fcopy import FCOPY_REGISTER_MSG, decode_fcopy_register_reply
 from hvguest.wire.kvp import (
     KVP_MSG_SIZE,
@@ -46,31 +48,26 @@ FCOPY_READ_SIZE = 8192
 _ERR_EVENTS = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
 
-class CharDevTransport:
-    """One registered connection to a /dev/vmbus/hv_* device (or simulator socket)."""
+@dataclass(eq=False)
+class CharDevTransport(Opens):
+    """One registered connection to a /dev/vmbus/hv_* device (or simulator socket).
+    ``holder``: who likely holds a busy device (default hv_<name>_daemon)."""
 
-    def __init__(
-        self,
-        path: str,
-        *,
-        register: bytes,
-        read_size: int,
-        check_echo: Callable[[bytes], str],
-        name: str,
-        holder: str | None = None,
-        register_timeout: float = REGISTER_TIMEOUT,
-    ) -> None:
-        self.path = path
-        self.name = name
-        self.register = register
-        self.read_size = read_size
-        self.check_echo = check_echo
-        self.holder = holder or f"hv_{name}_daemon"
-        self.register_timeout = register_timeout
-        self.version: str | None = None
-        self.is_socket = False
-        self._fd: int | None = None
-        self._sock: socket.socket | None = None
+    path: str
+    _: KW_ONLY
+    register: bytes
+    read_size: int
+    check_echo: Callable[[bytes], str]
+    name: str
+    holder: str = ""
+    register_timeout: float = REGISTER_TIMEOUT
+    version: str | None = field(default=None, init=False)
+    is_socket: bool = field(default=False, init=False)
+    _fd: int | None = field(default=None, init=False)
+    _sock: socket.socket | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.holder = self.holder or f"hv_{self.name}_daemon"
 
     # -- lifecycle -------------------------------------------------------
 
@@ -121,14 +118,6 @@ class CharDevTransport:
             raise TransportError(f"{self.path}: not open")
         return self._fd
 
-    def __enter__(self) -> Self:
-        if self._fd is None:
-            self.open()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # -- messages --------------------------------------------------------
 
     def read_packet(self, timeout: float | None = 0.0) -> bytes:
@@ -140,20 +129,7 @@ class CharDevTransport:
             return b""
         if not events & select.POLLIN and events & _ERR_EVENTS:
             raise TransportError(f"{self.path}: device is going away (poll {events:#x})")
-        try:
-            data = os.read(fd, self.read_size)
-        except (InterruptedError, BlockingIOError):
-            return b""
-        except OSError as exc:
-            if exc.errno == errno.EINVAL:
-                raise TransportError(
-                    f"{self.path}: queued message is larger than the {self.read_size}-byte"
-                    " read buffer"
-                ) from exc
-            raise TransportError(f"{self.path}: read failed: {exc.strerror}") from exc
-        if not data and self.is_socket:
-            raise TransportError(f"{self.path}: peer closed the connection")
-        return data
+        return self.read_ready()
 
     def read_ready(self) -> bytes:
         """The message the caller's poll just reported, read at once: one system
@@ -164,15 +140,31 @@ class CharDevTransport:
         except (InterruptedError, BlockingIOError):
             return b""
         except OSError as exc:
-            if exc.errno == errno.EINVAL:
-                raise TransportError(
-                    f"{self.path}: queued message is larger than the {self.read_size}-byte"
-                    " read buffer"
-                ) from exc
-            raise TransportError(f"{self.path}: read failed: {exc.strerror}") from exc
+            raise self._read_error(exc, self.read_size) from exc
         if not data and self.is_socket:
             raise TransportError(f"{self.path}: peer closed the connection")
         return data
+
+    def read_into(self, buffer: bytearray) -> int:
+        """Block until the kernel queues a message (read() ignores O_NONBLOCK) and
+        read it into ``buffer``: its length, 0 for a wake-up with nothing queued.
+        For a thread that owns the device: no poll round trip, no allocation."""
+        try:
+            length = os.readv(self.fileno(), (buffer,))
+        except (InterruptedError, BlockingIOError):
+            return 0
+        except OSError as exc:
+            raise self._read_error(exc, len(buffer)) from exc
+        if not length and self.is_socket:
+            raise TransportError(f"{self.path}: peer closed the connection")
+        return length
+
+    def _read_error(self, exc: OSError, size: int) -> TransportError:
+        if exc.errno == errno.EINVAL:
+            return TransportError(
+                f"{self.path}: queued message is larger than the {size}-byte read buffer"
+            )
+        return TransportError(f"{self.path}: read failed: {exc.strerror}")
 
     def write_packet(self, data: bytes) -> None:
         fd = self.fileno()
@@ -282,53 +274,52 @@ def check_kvp_echo(echo: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("ascii", "replace")
 
 
-def check_vss_echo(echo: bytes) -> str:
-    try:
-        return str(decode_vss_register_reply(echo))
-    except WireError as exc:
-        raise TransportError(str(exc)) from exc
+def _decoded_echo(decode: Callable[[bytes], int]) -> Callable[[bytes], str]:
+    def check(echo: bytes) -> str:
+        try:
+            return str(decode(echo))
+        except WireError as exc:
+            raise TransportError(str(exc)) from exc
+
+    return check
 
 
-def check_fcopy_echo(echo: bytes) -> str:
-    try:
-        return str(decode_fcopy_register_reply(echo))
-    except WireError as exc:
-        raise TransportError(str(exc)) from exc
+check_vss_echo = _decoded_echo(decode_vss_register_reply)
+check_fcopy_echo = _decoded_echo(decode_fcopy_register_reply)
+
+# name -> (registration message, read size, echo check). VSS: host FREEZE messages
+# reach the daemon as 12-byte hv_vss_msg; the C daemon reads the 4-byte echo with a
+# 12-byte buffer too.
+_DEVICES: dict[str, tuple[bytes, int, Callable[[bytes], str]]] = {
+    "kvp": (KVP_REGISTER_MSG, KVP_MSG_SIZE, check_kvp_echo),
+    "vss": (VSS_REGISTER_MSG, VSS_MSG_SIZE, check_vss_echo),
+    "fcopy": (FCOPY_REGISTER_MSG, FCOPY_READ_SIZE, check_fcopy_echo),
+}
+
+
+def device_transport(paths: Paths, name: str) -> CharDevTransport:
+    """The (unopened) transport of /dev/vmbus/hv_<name>: kvp, vss or fcopy."""
+    register, read_size, check_echo = _DEVICES[name]
+    return CharDevTransport(
+        paths.vmbus_device(f"hv_{name}"),
+        register=register,
+        read_size=read_size,
+        check_echo=check_echo,
+        name=name,
+        holder=f"hv_{name}_daemon",
+    )
 
 
 def kvp_transport(paths: Paths) -> CharDevTransport:
-    return CharDevTransport(
-        paths.vmbus_device("hv_kvp"),
-        register=KVP_REGISTER_MSG,
-        read_size=KVP_MSG_SIZE,
-        check_echo=check_kvp_echo,
-        name="kvp",
-        holder="hv_kvp_daemon",
-    )
+    return device_transport(paths, "kvp")
 
 
 def vss_transport(paths: Paths) -> CharDevTransport:
-    return CharDevTransport(
-        paths.vmbus_device("hv_vss"),
-        register=VSS_REGISTER_MSG,
-        # Host FREEZE messages reach the daemon as 12-byte hv_vss_msg; the C
-        # daemon reads the 4-byte echo with a 12-byte buffer too.
-        read_size=VSS_MSG_SIZE,
-        check_echo=check_vss_echo,
-        name="vss",
-        holder="hv_vss_daemon",
-    )
+    return device_transport(paths, "vss")
 
 
 def fcopy_transport(paths: Paths) -> CharDevTransport:
-    return CharDevTransport(
-        paths.vmbus_device("hv_fcopy"),
-        register=FCOPY_REGISTER_MSG,
-        read_size=FCOPY_READ_SIZE,
-        check_echo=check_fcopy_echo,
-        name="fcopy",
-        holder="hv_fcopy_daemon",
-    )
+    return device_transport(paths, "fcopy")
 
 
 def open_kvp(paths: Paths) -> CharDevTransport:

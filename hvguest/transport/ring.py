@@ -11,17 +11,25 @@ relies on.
 
 from __future__ import annotations
 
-from typing import Any
+import mmap
+import struct
 
 from hvguest.errors import TransportError, WireError
+from hvguest.wire.icmsg import mark_response
 from hvguest.wire.ring import MIN_PACKET, RingView
 from hvguest.wire.vmbus import (
     PACKET_DESCRIPTOR_SIZE,
     PACKET_TRAILER_SIZE,
     RING_HEADER_SIZE,
+    VM_PKT_DATA_INBAND,
     VmPacketDescriptor,
     build_inband_packet,
 )
+
+_DESC = struct.Struct("<HHHHQ")
+_TRAILER = struct.Struct("<Q")
+# (type, trans_id, payload, read index after the packet) of the packet at the read index.
+Packet = tuple[int, int, memoryview, int]
 
 __all__ = ["MIN_PACKET", "RingBuffer", "RingError"]
 
@@ -39,7 +47,9 @@ class RingBuffer(RingView):
     """One direction: ``mem`` holds the ring (header page + data area) of
     ``size`` bytes."""
 
-    def __init__(self, mem: Any, size: int, *, name: str = "ring") -> None:
+    def __init__(
+        self, mem: memoryview | bytearray | mmap.mmap, size: int, *, name: str = "ring"
+    ) -> None:
         view = memoryview(mem).cast("B")
         if size <= RING_HEADER_SIZE or size % 8:
             raise ValueError(
@@ -73,29 +83,25 @@ class RingBuffer(RingView):
 
     # -- packets -------------------------------------------------------------
 
-    def read_packet(self) -> tuple[VmPacketDescriptor, bytes] | None:
-        """Take the next packet: its descriptor and payload (padding included),
-        or None when the ring is empty. The read index moves only after the
-        copy, so the producer cannot overwrite what we are reading."""
-        w, r = self._indices()
+    def peek_packet(self, w: int, r: int) -> Packet:
+        """The packet at read index ``r`` (``w`` != ``r``, both checked by
+        ``_indices``), without copying it: the payload (padding included) is a view
+        of the ring, valid until ``read_index`` moves past it; only a packet that
+        wraps around the end is copied. Checks what ``read_packet`` checks."""
         available = self.used(w, r)
-        if available == 0:
-            return None
         if available < MIN_PACKET:
             raise RingError(
                 f"{self.name}: {available} bytes available, less than one packet ({MIN_PACKET})",
                 field="write_index",
             )
-        ptype, offset8, len8, flags, trans_id = self.descriptor_at(r)
-        if offset8 < PACKET_DESCRIPTOR_SIZE // 8:
-            raise RingError(
-                f"{self.name}: packet offset8 is {offset8}, minimum {PACKET_DESCRIPTOR_SIZE // 8}",
-                field="offset8",
-            )
-        if offset8 > len8:
-            raise RingError(
-                f"{self.name}: packet offset8 is {offset8}, beyond len8 {len8}", field="offset8"
-            )
+        dsize = self.dsize
+        if r + PACKET_DESCRIPTOR_SIZE <= dsize:
+            ptype, offset8, len8, _flags, trans_id = _DESC.unpack_from(self._data, r)
+        else:
+            ptype, offset8, len8, _flags, trans_id = self.descriptor_at(r)
+        if offset8 < PACKET_DESCRIPTOR_SIZE // 8 or offset8 > len8:
+            limit = "minimum 2" if offset8 < PACKET_DESCRIPTOR_SIZE // 8 else f"beyond len8 {len8}"
+            raise RingError(f"{self.name}: packet offset8 is {offset8}, {limit}", field="offset8")
         size = len8 * 8
         if size + PACKET_TRAILER_SIZE > available:
             raise RingError(
@@ -103,10 +109,56 @@ class RingBuffer(RingView):
                 f" exceeds the {available} bytes available",
                 field="len8",
             )
-        packet = self.copy_out(r, size)
-        self.consume(r, size)
-        desc = VmPacketDescriptor(ptype, offset8, len8, flags, trans_id)
-        return desc, packet[offset8 * 8 :]
+        end = r + size
+        if end <= dsize:
+            payload = self._data[r + offset8 * 8 : end]
+        else:
+            payload = memoryview(self.copy_out(r, size))[offset8 * 8 :]
+        return ptype, trans_id, payload, (end + PACKET_TRAILER_SIZE) % dsize
+
+    def write_response(self, request: memoryview, trans_id: int, status: int) -> None:
+        """Append the IC response to ``request`` (an in-band payload, a multiple of 8
+        bytes long): the request's bytes with ``status`` and the response flags
+        (``hvguest.wire.icmsg.mark_response``), copied straight into the ring."""
+        length = PACKET_DESCRIPTOR_SIZE + len(request)
+        w, r = self._indices()
+        if len(request) % 8 or length + PACKET_TRAILER_SIZE > self.dsize - self.used(w, r) - 1:
+            out = bytearray(request)
+            mark_response(out, status)
+            self.write_packet(bytes(out), trans_id)  # wraps, or the refusal with its reason
+            return
+        if w + length + PACKET_TRAILER_SIZE > self.dsize:
+            # It wraps around the end: framed in one buffer, copied in two pieces.
+            out = bytearray(length)
+            _DESC.pack_into(out, 0, VM_PKT_DATA_INBAND, PACKET_DESCRIPTOR_SIZE // 8,
+                            length // 8, 0, trans_id)
+            body = memoryview(out)[PACKET_DESCRIPTOR_SIZE:]
+            body[:] = request
+            mark_response(body, status)
+            self.copy_in(w, bytes(out))
+            self.copy_in((w + length) % self.dsize, _TRAILER.pack(w << 32))
+        else:
+            data = self._data
+            _DESC.pack_into(data, w, VM_PKT_DATA_INBAND, PACKET_DESCRIPTOR_SIZE // 8,
+                            length // 8, 0, trans_id)
+            body = data[w + PACKET_DESCRIPTOR_SIZE : w + length]
+            body[:] = request
+            mark_response(body, status)
+            _TRAILER.pack_into(data, w + length, w << 32)
+        self.write_index = (w + length + PACKET_TRAILER_SIZE) % self.dsize
+
+    def read_packet(self) -> tuple[VmPacketDescriptor, bytes] | None:
+        """Take the next packet: its descriptor and payload (padding included),
+        or None when the ring is empty. The read index moves only after the
+        copy, so the producer cannot overwrite what we are reading."""
+        w, r = self._indices()
+        if w == r:
+            return None
+        _, _, payload, after = self.peek_packet(w, r)
+        desc = VmPacketDescriptor(*self.descriptor_at(r))
+        packet = bytes(payload)
+        self.read_index = after
+        return desc, packet
 
     def write_packet(self, payload: bytes, trans_id: int, *, flags: int = 0) -> bool:
         """Append one in-band packet (type 6, offset8 2); returns whether the

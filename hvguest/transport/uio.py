@@ -18,11 +18,14 @@ import os
 import select
 import struct
 import time
+from collections.abc import Callable
 from typing import Self
 
 from hvguest.errors import TransportError
 from hvguest.paths import Paths
+from hvguest.transport.base import Opens
 from hvguest.transport.ring import RingBuffer
+from hvguest.transport.uio_ring import PacketHandler, RingChannel
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,7 @@ UIO_DRIVER = "uio_hv_generic"
 BIND_TIMEOUT = 5.0
 _POLL_STEP = 0.05
 _INT32 = struct.Struct("<i")
+_ONE = _INT32.pack(1)
 
 
 def normalize_guid(text: str) -> str:
@@ -81,7 +85,7 @@ def uio_bound(device_dir: str) -> bool:
     return driver == UIO_DRIVER
 
 
-class UioTransport:
+class UioTransport(Opens):
     """The VMBus device of ``class_id`` served through /dev/uioN."""
 
     def __init__(
@@ -99,6 +103,7 @@ class UioTransport:
         self.ring_size = 0  # per direction
         self.tx: RingBuffer | None = None
         self.rx: RingBuffer | None = None
+        self.channel: RingChannel | None = None
         self.interrupts = 0
         self._fd: int | None = None
         self._map: mmap.mmap | None = None
@@ -198,17 +203,24 @@ class UioTransport:
         except BaseException:
             os.close(fd)
             raise
-        self.device_dir, self.uio_name, self.ring_size = device_dir, uio, size
+        self.device_dir = device_dir
         self._fd, self._map = fd, mapping
-        view = memoryview(mapping)
+        self.attach(mapping, size, uio)
+        log.info("%s: %s, rings 2 x %#x bytes", device_dir, node, size)
+        return self
+
+    def attach(self, mem: mmap.mmap | bytearray, size: int, uio: str) -> None:
+        """Serve the two rings in ``mem`` (TX first, then RX, ``size`` bytes each):
+        the mapping of /dev/``uio``, or memory in tests."""
+        self.uio_name, self.ring_size = uio, size
+        view = memoryview(mem)
         self.tx = RingBuffer(view[:size], size, name=f"{uio} TX")
         self.rx = RingBuffer(view[size:], size, name=f"{uio} RX")
         view.release()
+        self.channel = RingChannel(self.tx, self.rx, self._unmask)
         # The first open masks RX interrupts; unmask without signalling, as the
-        # C daemon does. Packets already queued are picked up by read_packets().
+        # C daemon does. Packets already queued are picked up by the first drain.
         self.rx.interrupt_mask = 0
-        log.info("%s: %s, rings 2 x %#x bytes", device_dir, node, size)
-        return self
 
     def _open_node(self, node: str) -> int:
         try:
@@ -229,6 +241,7 @@ class UioTransport:
             if ring is not None:
                 ring.release()
         self.tx = self.rx = None
+        self.channel = None
         if self._map is not None:
             self._map.close()
             self._map = None
@@ -243,18 +256,14 @@ class UioTransport:
         self.close()
         self.open()
 
+    @property
+    def is_open(self) -> bool:
+        return self._fd is not None
+
     def fileno(self) -> int:
         if self._fd is None:
             raise TransportError("UIO transport is not open")
         return self._fd
-
-    def __enter__(self) -> Self:
-        if self._fd is None:
-            self.open()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- packets ----------------------------------------------------------------
 
@@ -262,6 +271,23 @@ class UioTransport:
         if self.tx is None or self.rx is None:
             raise TransportError("UIO transport is not open")
         return self.tx, self.rx
+
+    def _channel(self) -> RingChannel:
+        if self.channel is None:
+            raise TransportError("UIO transport is not open")
+        return self.channel
+
+    def wait_interrupt(self) -> None:
+        """Block until the host signals (read(4) of the interrupt count)."""
+        self._read_interrupt(self.fileno())
+
+    def drain(self, handler: PacketHandler, after_reply: Callable[[], None] | None = None) -> int:
+        """Answer every queued packet and re-arm (``RingChannel.drain``)."""
+        return self._channel().drain(handler, after_reply)
+
+    def discard_corrupt(self) -> int:
+        """Drop what RX holds after a ``CorruptPacket`` (``RingChannel.discard_corrupt``)."""
+        return self._channel().discard_corrupt()
 
     def _consume_interrupt(self) -> None:
         fd = self.fileno()
@@ -273,21 +299,27 @@ class UioTransport:
         events = ready[0][1]
         if not events & select.POLLIN and events & (select.POLLERR | select.POLLHUP):
             raise TransportError(f"/dev/{self.uio_name}: device rescinded by the host")
+        self._read_interrupt(fd)
+
+    def _read_interrupt(self, fd: int) -> None:
         try:
             data = os.read(fd, 4)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            if exc.errno == errno.EIO:
-                raise TransportError(f"/dev/{self.uio_name}: device rescinded by the host") from exc
-            raise TransportError(f"/dev/{self.uio_name}: read failed: {exc.strerror}") from exc
+            raise self._device_error("read", exc) from exc
         if len(data) == 4:
             self.interrupts = _INT32.unpack(data)[0] & 0xFFFFFFFF
 
+    def _device_error(self, what: str, exc: OSError) -> TransportError:
+        if exc.errno == errno.EIO:
+            return TransportError(f"/dev/{self.uio_name}: device rescinded by the host")
+        return TransportError(f"/dev/{self.uio_name}: {what} failed: {exc.strerror}")
+
     def read_packets(self) -> list[tuple[int, bytes]]:
         """Consume the pending interrupt (if any) and drain every packet in the
-        RX ring as (trans_id, payload). A malformed ring raises RingError (a
-        TransportError): the channel state is unknown, so reopen."""
+        RX ring as (trans_id, payload), copied. A malformed ring raises RingError
+        (a TransportError). The daemon serves with ``drain()`` instead."""
         _, rx = self._rings()
         self._consume_interrupt()
         packets: list[tuple[int, bytes]] = []
@@ -304,22 +336,19 @@ class UioTransport:
         tx, _ = self._rings()
         was_empty = tx.write_packet(payload, trans_id)
         if was_empty and tx.interrupt_mask == 0:
-            self._signal(1)
+            self._unmask()
 
     def rearm(self) -> bool:
         """Unmask RX interrupts and signal the host; True when packets arrived
         while interrupts were masked (call read_packets() again: they raise no
         interrupt of their own)."""
-        _, rx = self._rings()
-        self._signal(1)
-        return rx.available > 0
+        return self._channel().rearm()
 
-    def _signal(self, value: int) -> None:
+    def _unmask(self) -> None:
+        """write(int32 1): unmask RX interrupts and signal the host."""
         try:
-            n = os.write(self.fileno(), _INT32.pack(value))
+            n = os.write(self.fileno(), _ONE)
         except OSError as exc:
-            if exc.errno == errno.EIO:
-                raise TransportError(f"/dev/{self.uio_name}: device rescinded by the host") from exc
-            raise TransportError(f"/dev/{self.uio_name}: write failed: {exc.strerror}") from exc
+            raise self._device_error("write", exc) from exc
         if n != 4:
             raise TransportError(f"/dev/{self.uio_name}: short write of the interrupt control")

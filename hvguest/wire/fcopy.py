@@ -9,9 +9,10 @@ are UTF-16LE, <= 259 code units + a 0 unit. ``utf16`` selects the form.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Self
+from typing import ClassVar, Self
 
 from hvguest.errors import WireError
 from hvguest.wire._codec import (
@@ -46,6 +47,10 @@ WRITE_OFFSET_OFFSET = 40
 WRITE_SIZE_OFFSET = 48
 WRITE_DATA_OFFSET = 52
 FCOPY_REPLY_SIZE = 4
+# operation @0, offset @40, size @48 of hv_do_fcopy, for the per-fragment path that
+# reads a WRITE's head without decoding the whole message.
+WRITE_HEAD = struct.Struct("<I36xQI")
+assert WRITE_HEAD.size == WRITE_DATA_OFFSET
 
 
 class FcopyOp(IntEnum):
@@ -156,30 +161,32 @@ class FcopyWrite:
         )
 
 
+class _OperationOnly:
+    """A request that is its operation only (COMPLETE, CANCEL)."""
+
+    OP: ClassVar[FcopyOp]
+
+    def encode(self, utf16: bool = False) -> bytes:
+        return _header(self.OP)
+
+    @classmethod
+    def decode(cls, data: bytes, *, utf16: bool = False) -> Self:
+        check_min_length(data, FCOPY_OP_SIZE, f"fcopy {cls.OP.name} message")
+        return cls()
+
+
 @dataclass(frozen=True)
-class FcopyComplete:
+class FcopyComplete(_OperationOnly):
     """COMPLETE_FCOPY: close the file."""
 
-    def encode(self, utf16: bool = False) -> bytes:
-        return _header(FcopyOp.COMPLETE_FCOPY)
-
-    @classmethod
-    def decode(cls, data: bytes, *, utf16: bool = False) -> Self:
-        check_min_length(data, FCOPY_OP_SIZE, "fcopy COMPLETE_FCOPY message")
-        return cls()
+    OP = FcopyOp.COMPLETE_FCOPY
 
 
 @dataclass(frozen=True)
-class FcopyCancel:
+class FcopyCancel(_OperationOnly):
     """CANCEL_FCOPY: abandon the copy (also the kernel's fake cancel on suspend)."""
 
-    def encode(self, utf16: bool = False) -> bytes:
-        return _header(FcopyOp.CANCEL_FCOPY)
-
-    @classmethod
-    def decode(cls, data: bytes, *, utf16: bool = False) -> Self:
-        check_min_length(data, FCOPY_OP_SIZE, "fcopy CANCEL_FCOPY message")
-        return cls()
+    OP = FcopyOp.CANCEL_FCOPY
 
 
 FcopyRequest = FcopyStart | FcopyWrite | FcopyComplete | FcopyCancel
@@ -213,6 +220,17 @@ FCOPY_REGISTER_MSG = pack_uint(FCOPY_CURRENT_VERSION, 4, "version")
 def fcopy_reply(status: int) -> bytes:
     """The legacy device's reply: the status as a 4-byte int."""
     return pack_status(status)
+
+
+def decode_fcopy_reply(reply: bytes) -> int:
+    """The status in a reply built by ``fcopy_reply``."""
+    if len(reply) != FCOPY_REPLY_SIZE:
+        raise WireError(
+            f"fcopy reply is {len(reply)} bytes, expected {FCOPY_REPLY_SIZE}",
+            field="status",
+            limit=FCOPY_REPLY_SIZE,
+        )
+    return int.from_bytes(reply, "little")
 
 
 def decode_fcopy_register_reply(buf: bytes) -> int:

@@ -18,6 +18,7 @@ from hvguest.wire._codec import check_min_length, get_uint, pack_status, pack_ui
 from hvguest.wire.status import HvStatus
 
 ICMSG_HDR_SIZE = 28
+ICMSG_MSGTYPE_OFFSET = 12
 ICMSG_STATUS_OFFSET = 20
 ICMSG_FLAGS_OFFSET = 25
 ICMSG_SIZE_OFFSET = 18
@@ -36,6 +37,9 @@ NEGOTIATE_RESPONSE_ICMSGSIZE = 16
 
 _HEADER = struct.Struct("<IIHHHHHHIBBH")
 assert _HEADER.size == ICMSG_HDR_SIZE
+# The two fields the per-packet path touches, without decoding the whole header.
+_MSGTYPE = struct.Struct("<H")
+_STATUS = struct.Struct("<I")
 
 
 class IcMsgType(IntEnum):
@@ -143,12 +147,24 @@ class IcHeader:
         )
 
 
+def ic_msgtype(payload: bytes | bytearray | memoryview) -> int:
+    """``icmsgtype`` of an IC payload the caller checked to hold a whole header."""
+    msgtype: int = _MSGTYPE.unpack_from(payload, ICMSG_MSGTYPE_OFFSET)[0]
+    return msgtype
+
+
+def mark_response(buffer: bytearray | memoryview, status: int) -> None:
+    """Turn the request in ``buffer`` (at least a header long) into its response in
+    place: status @20, icflags = TRANSACTION|RESPONSE @25, everything else kept."""
+    _STATUS.pack_into(buffer, ICMSG_STATUS_OFFSET, status & 0xFFFFFFFF)
+    buffer[ICMSG_FLAGS_OFFSET] = ICMSG_RESPONSE_FLAGS
+
+
 def ic_response(payload: bytes, status: int) -> bytes:
     """The in-place response: same bytes and length, status @20, icflags = 5 @25."""
     check_min_length(payload, ICMSG_HDR_SIZE, "IC payload")
     out = bytearray(payload)
-    out[ICMSG_STATUS_OFFSET : ICMSG_STATUS_OFFSET + 4] = pack_status(status)
-    out[ICMSG_FLAGS_OFFSET] = ICMSG_RESPONSE_FLAGS
+    mark_response(out, status)
     return bytes(out)
 
 

@@ -13,7 +13,8 @@ import struct
 
 import pytest
 
-from hvguest.daemons.fcopy_service import FcopyService, ic_reply
+from hvguest.daemons.fcopy_service import FcopyService
+from hvguest.daemons.fcopy_service import ic_reply as ic_answer
 from hvguest.fcopy.settings import FcopySettings
 from hvguest.paths import Paths
 from hvguest.state import StatePublisher, read_state
@@ -34,12 +35,20 @@ from hvguest.wire.icmsg import (
     IcMsgType,
     IcVersion,
     build_negotiate_request,
+    ic_response,
     parse_negotiate_response,
 )
 from hvguest.wire.status import HvStatus
 
 OK = HvStatus.HV_S_OK
 FAIL = HvStatus.HV_E_FAIL
+
+
+def ic_reply(service, packet: bytes) -> bytes | None:
+    """The payload the ring transport sends back: a status answer echoes the
+    request as its IC response (``RingBuffer.write_response``)."""
+    answer = ic_answer(service, packet)
+    return ic_response(packet, answer) if isinstance(answer, int) else answer
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 import pytest
 
@@ -11,7 +12,7 @@ from hvguest.daemon import Runtime
 from hvguest.daemons.fcopyd import FcopyDaemon
 from hvguest.errors import TransportError
 from hvguest.paths import Paths
-from hvguest.transport.ring import RingBuffer
+from hvguest.transport.uio import UioTransport
 from hvguest.wire.fcopy import FcopyComplete, FcopyStart, FcopyWrite
 from hvguest.wire.icmsg import (
     ICMSG_REQUEST_FLAGS,
@@ -27,31 +28,34 @@ from hvguest.wire.vmbus import RING_HEADER_SIZE, build_inband_packet, packet_tra
 RING = 0x5000
 
 
-class MemoryUio:
-    """UioTransport's ring interface (rx, tx, rearm) over a bytearray."""
+class MemoryUio(UioTransport):
+    """The real UioTransport serving rings in a bytearray; the interrupt control
+    (unmask + signal) is counted instead of written to /dev/uioN."""
 
     def __init__(self) -> None:
+        super().__init__(Paths())
         self.mem = bytearray(2 * RING)
-        view = memoryview(self.mem)
-        self.tx = RingBuffer(view[:RING], RING, name="TX")
-        self.rx = RingBuffer(view[RING:], RING, name="RX")
+        self.attach(self.mem, RING, "uio0")
+        assert self.tx is not None and self.rx is not None
+        self.host_tx, self.host_rx = self.tx, self.rx
         self.rearms = 0
+        self.on_unmask: Callable[[], None] = lambda: None
         self.closed = False
 
     # host side
     def host_send(self, payload: bytes, trans_id: int) -> None:
-        self.rx.write_packet(payload, trans_id)
+        self.host_rx.write_packet(payload, trans_id)
 
     def host_send_raw(self, packet: bytes) -> None:
-        w = self.rx.write_index
+        w = self.host_rx.write_index
         start = RING + RING_HEADER_SIZE + w  # RX data area in the shared buffer; no wrap here
         self.mem[start : start + len(packet)] = packet
         self.mem[start + len(packet) : start + len(packet) + 8] = packet_trailer(w)
-        self.rx.write_index = w + len(packet) + 8
+        self.host_rx.write_index = w + len(packet) + 8
 
     def host_replies(self) -> list[tuple[int, bytes]]:
         out = []
-        while (got := self.tx.read_packet()) is not None:
+        while (got := self.host_tx.read_packet()) is not None:
             out.append((got[0].trans_id, got[1]))
         return out
 
@@ -59,12 +63,9 @@ class MemoryUio:
     def fileno(self) -> int:
         return 0
 
-    def write_packet(self, payload: bytes, trans_id: int) -> None:
-        self.tx.write_packet(payload, trans_id)
-
-    def rearm(self) -> bool:
+    def _unmask(self) -> None:
         self.rearms += 1
-        return self.rx.available > 0
+        self.on_unmask()
 
     def close(self) -> None:
         self.closed = True
@@ -124,7 +125,7 @@ def test_bad_descriptor_is_skipped_and_serving_continues(daemon):
     t.host_send_raw(bytes(bad))
     daemon.on_uio_readable()
     assert t.host_replies() == []
-    assert t.rx.available == 0 and not t.closed
+    assert t.host_rx.available == 0 and not t.closed
     t.host_send(ic(FcopyComplete().encode()), 6)
     daemon.on_uio_readable()
     [(tid, payload)] = t.host_replies()
@@ -141,7 +142,7 @@ def test_other_message_types_answered_e_fail(daemon):
 
 def test_corrupt_ring_index_reopens(daemon, monkeypatch):
     t = daemon.transport
-    t.rx.read_index = RING  # beyond the data area
+    t.host_rx.read_index = RING  # beyond the data area
     reopened = []
     monkeypatch.setattr(daemon, "open_transport", lambda: reopened.append(True))
     monkeypatch.setattr(daemon, "device_gone", lambda: False)
@@ -159,16 +160,14 @@ def test_corrupt_ring_index_reopens(daemon, monkeypatch):
 
 def test_packet_arriving_before_rearm_is_served(daemon):
     t = daemon.transport
-    original = t.rearm
     sent = []
 
-    def rearm() -> bool:
+    def unmask() -> None:
         if not sent:  # the host queues a packet while interrupts were masked
             sent.append(True)
             t.host_send(ic(FcopyComplete().encode()), 9)
-        return original()
 
-    t.rearm = rearm
+    t.on_unmask = unmask
     t.host_send(ic(FcopyComplete().encode()), 8)
     daemon.on_uio_readable()
     assert [tid for tid, _ in t.host_replies()] == [8, 9]
@@ -177,10 +176,10 @@ def test_packet_arriving_before_rearm_is_served(daemon):
 def test_transport_error_is_not_fatal(daemon, monkeypatch):
     t = daemon.transport
 
-    def boom() -> bool:
+    def boom() -> None:
         raise TransportError("/dev/uio0: device rescinded by the host")
 
-    t.rearm = boom
+    t.on_unmask = boom
     monkeypatch.setattr(
         daemon, "open_transport", lambda: (_ for _ in ()).throw(TransportError("x"))
     )

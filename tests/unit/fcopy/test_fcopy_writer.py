@@ -162,3 +162,26 @@ def test_writeback_started_every_window(root, monkeypatch):
     w.commit()
     assert calls == [(0, 12), (12, 12)]
     assert (root / "f").read_bytes() == b"abcdef" * 5
+
+
+def test_deferred_hash_survives_the_callers_buffer_being_reused(writer, root):
+    """The daemon loops hash a fragment after its reply, when the buffer it came
+    in (the read buffer, the ring) may already hold the next message."""
+    writer.open(str(root), "d.bin", overwrite=False, create_path=False)
+    buffer = bytearray(b"first ")
+    writer.write(0, memoryview(buffer), defer_hash=True)
+    buffer[:] = b"XXXXXX"  # the next message arrives before hash_deferred()
+    writer.hash_deferred()
+    buffer[:] = b"second"
+    writer.write(6, memoryview(buffer), defer_hash=True)
+    buffer[:] = b"YYYYYY"  # not hashed yet: commit hashes it first
+    done = writer.commit()
+    assert (root / "d.bin").read_bytes() == b"first second"
+    assert done.sha256 == hashlib.sha256(b"first second").hexdigest()
+
+
+def test_deferred_fragment_then_out_of_order_write_rehashes_the_file(writer, root):
+    writer.open(str(root), "o.bin", overwrite=False, create_path=False)
+    writer.write(0, b"abc", defer_hash=True)
+    writer.write(1, b"BC", defer_hash=True)  # a resend: the file is hashed at commit
+    assert writer.commit().sha256 == hashlib.sha256(b"aBC").hexdigest()

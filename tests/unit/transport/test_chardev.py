@@ -369,3 +369,43 @@ def test_custom_transport_socket_busy(tmp_path: os.PathLike[str]) -> None:
     finally:
         th.join(timeout=5)
         srv.close()
+
+
+def test_read_into_fills_the_callers_buffer(listener: tuple[str, list[FakeKernel]]) -> None:
+    dev, kernels = listener
+    t = open_fcopy(Paths(dev=dev))
+    try:
+        buffer = bytearray(64)
+        kernels[0].push(b"first message")
+        assert t.read_into(buffer) == 13  # blocks until the message is queued
+        assert bytes(buffer[:13]) == b"first message"
+        kernels[0].push(b"2nd")
+        assert t.read_into(buffer) == 3 and bytes(buffer[:3]) == b"2nd"
+        kernels[0].sock.shutdown(socket.SHUT_RDWR)
+        with pytest.raises(TransportError, match="peer closed"):
+            t.read_into(buffer)
+    finally:
+        t.close()
+
+
+def test_read_into_errors(
+    kvp_device: FakeDevice, tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = open_kvp(Paths(dev=str(tmp_path)))
+    try:
+        outcomes: list[BaseException | int] = []
+        for err in (errno.EAGAIN, errno.EINTR, errno.EINVAL, errno.EIO):
+
+            def fail(fd: int, buffers: object, err: int = err) -> int:
+                raise OSError(err, os.strerror(err))
+
+            monkeypatch.setattr("hvguest.transport.chardev.os.readv", fail)
+            try:
+                outcomes.append(t.read_into(bytearray(100)))
+            except TransportError as exc:
+                outcomes.append(exc)
+        assert outcomes[:2] == [0, 0]  # woken with nothing queued
+        assert "larger than the 100-byte read buffer" in str(outcomes[2])
+        assert "read failed: Input/output error" in str(outcomes[3])
+    finally:
+        t.close()
