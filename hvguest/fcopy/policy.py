@@ -21,7 +21,7 @@ may also be shared like /tmp (trusted owner, sticky bit): there the file is link
 in under its name without ever replacing a file of another user, and directories
 made for CREATE_PATH belong to us. Anything else is refused with HV_E_FAIL (the host
 knows no status for "access denied" in file copy) and the reason.
-Names with control characters or line separators are refused (hvguest.fcopy.names).
+Names with control characters or line separators are refused (hvguest.wire.fcopy_names).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from hvguest.errors import HostProtocolError
-from hvguest.fcopy.names import unsafe_reason
+from hvguest.wire.fcopy_names import unsafe_reason
 from hvguest.wire.status import HvStatus
 
 log = logging.getLogger(__name__)

@@ -42,7 +42,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from hvguest.fcopy.names import escape
 from hvguest.roles.fcopy_types import (
     Action,
     ChannelLost,
@@ -69,6 +68,7 @@ from hvguest.wire.fcopy import (
     FcopyWrite,
     fcopy_reply,
 )
+from hvguest.wire.fcopy_names import escape
 from hvguest.wire.status import HvStatus, status_name
 
 __all__ = [

@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hvguest.errors import WireError
-from hvguest.fcopy.names import escape
 from hvguest.roles.step import Log, Step
 from hvguest.wire.fcopy import FcopyRequest
+from hvguest.wire.fcopy_names import escape
 from hvguest.wire.status import HvStatus
 
 # -- messages besides the decoded requests, and outcomes -------------------------------
