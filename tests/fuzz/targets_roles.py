@@ -16,7 +16,7 @@ from hvguest.errors import HvGuestError, LocalUsageError, WireError
 from hvguest.roles import fcopy as fr
 from hvguest.roles import kvp as kr
 from hvguest.roles import vss as vr
-from hvguest.roles.step import Step
+from hvguest.roles.step import Log, Step
 from hvguest.wire import fcopy, kvp, vss
 from hvguest.wire.kvp_layout import KVP_MSG_SIZE
 from hvguest.wire.status import HvStatus, status_name
@@ -289,8 +289,11 @@ class FakeWriter:
             self.committed.append(bytes(self.tmp))
             self.open = None
             return OK
-        self.open = None  # DiscardTarget
-        return OK
+        if isinstance(action, fr.DiscardTarget):
+            self.open = None
+            return OK
+        assert isinstance(action, Log), f"unknown action {action!r}"
+        return OK  # a log line changes no file
 
     def write(self, offset: int, data: bytes) -> int:
         assert self.open is not None, "write without an open file"
@@ -325,7 +328,7 @@ def fcopy_role_target(data: bytes) -> bool:
     for _ in range(1 + d.below(24)):
         now = float(d.below(100))
         if d.below(32) == 31:
-            for action in role.abort("channel lost", now):
+            for action in role.complete(fr.ChannelLost("channel lost"), now).actions:
                 writer.run(action)
             assert role.state is fr.FcopyState.IDLE
             continue
@@ -333,7 +336,7 @@ def fcopy_role_target(data: bytes) -> bool:
         try:
             request = fcopy.decode_fcopy_request(raw, utf16=utf16)
         except WireError as exc:
-            step = role.bad_request(exc, now)
+            step = role.handle(fr.Malformed(exc), now)
             assert step.reply is not None and step.reply != OK, "malformed message accepted"
         else:
             if isinstance(request, fcopy.FcopyWrite) and role.accept_write(
@@ -342,7 +345,7 @@ def fcopy_role_target(data: bytes) -> bool:
                 overlay(writer.sent, request.offset, request.data)
                 status = writer.write(request.offset, request.data)
                 if status != OK:
-                    role.write_failed(request.offset, status, now, "fake failure")
+                    role.complete(fr.FragmentFailed(request.offset, status, "fake failure"), now)
                 continue
             step = role.handle(request, now)
             if isinstance(request, fcopy.FcopyWrite) and any(
@@ -355,9 +358,9 @@ def fcopy_role_target(data: bytes) -> bool:
             if status != OK:
                 break
         if step.reply is None:
-            role.finish(status, now)
+            role.complete(fr.Done(status), now)
         if role.state is not fr.FcopyState.RECEIVING:
-            assert writer.open is None or role._pending is not None, "file left open"
+            assert writer.open is None, "file left open"
     return bool(writer.committed)
 
 

@@ -236,6 +236,8 @@ def _targets() -> list[Target]:
         decoder("fcopy_request_utf16", lambda b: fcopy.decode_fcopy_request(b, utf16=True), *FC,
                 seeds=FCOPY_SEEDS, again=_fcopy(True)),
         decoder("fcopy_register", fcopy.decode_fcopy_register_reply, 4, 8, seeds=REG_SEEDS),
+        decoder("fcopy_reply", fcopy.decode_fcopy_reply, 4, 3, 5, seeds=REG_SEEDS,
+                again=lambda status: fcopy.decode_fcopy_reply(fcopy.fcopy_reply(status))),
         decoder("pool_record", pool.PoolRecord.decode, REC, seeds=POOL_SEEDS,
                 again=lambda r: pool.PoolRecord.decode(r.encode())),
         decoder("pool_file", _pool_text, REC, 2 * REC, 2 * REC + 7, seeds=POOL_SEEDS),
