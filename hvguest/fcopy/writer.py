@@ -26,7 +26,6 @@ import errno
 import hashlib
 import logging
 import os
-import secrets
 import stat
 from dataclasses import KW_ONLY, dataclass, field
 
@@ -287,7 +286,8 @@ class FileWriter:
                     ) from exc
                 log.debug("%s: no O_TMPFILE (%s); using a hidden name", target.directory, exc)
         for _attempt in range(5):
-            name = f"{TEMP_PREFIX}{secrets.token_hex(6)}"
+            # What secrets.token_hex(6) returns, without its imports (hmac, random).
+            name = f"{TEMP_PREFIX}{os.urandom(6).hex()}"
             try:
                 self._fd = os.open(
                     name,
@@ -319,7 +319,7 @@ class FileWriter:
             proc_path = f"/proc/self/fd/{self._fd}"
             final = name
             if self._overwrite:
-                final = f"{TEMP_PREFIX}{secrets.token_hex(6)}"
+                final = f"{TEMP_PREFIX}{os.urandom(6).hex()}"
             try:
                 os.link(proc_path, final, dst_dir_fd=dir_fd, follow_symlinks=True)
             except FileExistsError as exc:
