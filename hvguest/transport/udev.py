@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from hvguest.errors import TransportError
 from hvguest.text import printable
 from hvguest.transport.uevent import (
+    DROPPED,
     KEPT_PROPERTIES,
     Receiver,
     UdevEvent,
@@ -108,7 +109,7 @@ class UdevWatcher:
         return self._sock.fileno()
 
     def drain(self, limit: int = DRAIN_LIMIT) -> list[UdevEvent]:
-        """The queued events (at most ``limit``), oldest first; [] when none.
+        """The queued events (from at most ``limit`` datagrams), oldest first; [] when none.
 
         An overflowed receive buffer means events were lost: that is reported as one
         event with action ``OVERFLOW`` so that callers which look again on any event
@@ -117,7 +118,9 @@ class UdevWatcher:
         if self._sock is None:
             return []
         events: list[UdevEvent] = []
-        while len(events) < limit:
+        # Every datagram read counts, kept or not: a storm of other subsystems' events
+        # (or of forged ones) cannot hold the loop either.
+        for _ in range(limit):
             try:
                 data = self._receiver.next()
             except OSError as exc:
@@ -128,6 +131,8 @@ class UdevWatcher:
                 raise TransportError(f"reading udev events failed: {exc}") from exc
             if data is None:
                 break
+            if data == DROPPED:
+                continue
             event = parse_uevent(data, self.sys_root)
             if event is None:
                 self.malformed += 1

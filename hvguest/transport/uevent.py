@@ -32,6 +32,8 @@ MAX_UEVENT = 4096
 # may clamp it (net.core.rmem_max), which only makes an overflow likelier, and an
 # overflow is reported, never silent.
 RECEIVE_BUFFER = 1 << 20
+# Receiver.next()'s answer for a datagram a process sent (never parsed).
+DROPPED = b""
 ACTIONS = frozenset({"add", "remove", "change", "move", "online", "offline", "bind", "unbind"})
 # Enough to tell what happened; the rest of the environment is not kept.
 KEPT_PROPERTIES = ("DEVNAME", "DEVTYPE", "DRIVER", "IFINDEX", "INTERFACE", "MODALIAS", "SEQNUM")
@@ -121,16 +123,17 @@ class Receiver:
         self.foreign = 0  # datagrams dropped because the kernel did not send them
 
     def next(self) -> bytes | None:
-        """The next kernel datagram, or None when none is queued. ENOBUFS (events
-        lost) and other receive errors raise OSError."""
-        while True:
-            try:
-                data, address = self._recvfrom(MAX_UEVENT + 1)
-            except (BlockingIOError, InterruptedError):
-                return None
-            if isinstance(address, tuple) and address and address[0] == 0:
-                return data
-            self.foreign += 1
+        """One datagram: its bytes if the kernel sent it, ``DROPPED`` (b"") if a process
+        did, None when none is queued. ENOBUFS (events lost) and other receive errors
+        raise OSError."""
+        try:
+            data, address = self._recvfrom(MAX_UEVENT + 1)
+        except (BlockingIOError, InterruptedError):
+            return None
+        if isinstance(address, tuple) and address and address[0] == 0:
+            return data
+        self.foreign += 1
+        return DROPPED
 
 
 def receive_error_lost_events(exc: OSError) -> bool:

@@ -97,6 +97,15 @@ def test_drain_reads_at_most_limit_then_the_rest() -> None:
     assert [e.sys_name for e in w.drain(limit=3)] == ["veth3", "veth4"]
 
 
+def test_every_datagram_counts_towards_the_limit() -> None:
+    """A storm of other subsystems' or forged events cannot hold the loop."""
+    w, m = watcher(("net",))
+    m.queue = [uevent("add", "block", "loop0"), (uevent("add", "net", "forged"), 99),
+               b"junk", uevent("add", "net", "eth1")]
+    assert w.drain(limit=3) == []
+    assert [e.sys_name for e in w.drain(limit=3)] == ["eth1"]
+
+
 def test_overflow_reported_as_an_event() -> None:
     w, m = watcher(("net",))
     m.queue = [OSError(errno.ENOBUFS, "No buffer space available"), uevent("add", "net", "e")]

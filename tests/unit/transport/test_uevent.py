@@ -7,7 +7,7 @@ import errno
 
 import pytest
 
-from hvguest.transport.uevent import MAX_UEVENT, Receiver, parse_uevent
+from hvguest.transport.uevent import DROPPED, MAX_UEVENT, Receiver, parse_uevent
 
 NET_ADD = (b"add@/devices/virtual/net/eth1\0ACTION=add\0DEVPATH=/devices/virtual/net/eth1\0"
            b"SUBSYSTEM=net\0INTERFACE=eth1\0IFINDEX=3\0SEQNUM=4711\0")
@@ -114,7 +114,9 @@ class Queue:
 def test_receiver_keeps_only_the_kernels_datagrams() -> None:
     q = Queue((b"forged", (1234, 1)), (b"kernel", (0, 1)), (b"odd", "not an address"))
     r = Receiver(q.recvfrom)
+    assert r.next() == DROPPED and r.foreign == 1
     assert r.next() == b"kernel"
+    assert r.next() == DROPPED
     assert r.next() is None and r.foreign == 2
     # One byte more than a uevent may be: a longer datagram shows as too long.
     assert set(q.sizes) == {MAX_UEVENT + 1}
