@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("kvp", "vss", "fcopy")
+BENCHMARKS = ("kvp", "vss", "fcopy", "rss")
 
 
 def main(argv: list[str]) -> int:

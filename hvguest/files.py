@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 
 
 def atomic_write(
@@ -26,7 +25,7 @@ def atomic_write(
     if not os.path.isdir(directory):
         os.makedirs(directory, mode=dir_mode, exist_ok=True)
         os.chmod(directory, dir_mode)
-    fd, tmp = tempfile.mkstemp(prefix=".hvguest-", suffix=".tmp", dir=directory)
+    fd, tmp = _create_temporary(directory)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
@@ -39,3 +38,17 @@ def atomic_write(
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _create_temporary(directory: str) -> tuple[int, str]:
+    """A new file of our own beside the target, mode 0600 until chmod, never an existing
+    name or a link (O_EXCL). Not tempfile.mkstemp: its module pulls in shutil, bz2 and
+    lzma, 0.7 MB of resident memory in every daemon, for the same five lines."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+    for _attempt in range(100):
+        tmp = os.path.join(directory, f".hvguest-{os.urandom(6).hex()}.tmp")
+        try:
+            return os.open(tmp, flags, 0o600), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no unused temporary name in {directory}")

@@ -14,24 +14,25 @@ loops hash a fragment after its reply (``write(..., defer_hash=True)`` keeps a c
 ``hash_deferred()`` hashes it): the host sends the next fragment only once it has
 the reply, so hashing before it would add to every round trip.
 
-Every OS error is turned into the status the host expects: ENOSPC/EDQUOT/EFBIG ->
-HV_ERROR_DISK_FULL, an existing target without OVER_WRITE -> HV_ERROR_ALREADY_EXISTS,
-anything else -> HV_E_FAIL.
+Every OS error becomes the status the host expects: ENOSPC/EDQUOT/EFBIG -> HV_ERROR_DISK_FULL,
+an existing target without OVER_WRITE -> HV_ERROR_ALREADY_EXISTS, anything else -> HV_E_FAIL.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
 import os
-import secrets
 import stat
 from dataclasses import KW_ONLY, dataclass, field
+from typing import TYPE_CHECKING
 
 from hvguest.fcopy.policy import PathPolicy, Target, TransferRefused, foreign_file
 from hvguest.wire.status import HvStatus
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,12 @@ _REHASH_BLOCK = 1 << 20
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # Filesystems without O_TMPFILE answer one of these.
 _NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT)
+
+
+def _new_sha256() -> _Hash:
+    import hashlib  # maps libcrypto (3.6 MB resident): only once a checksum is wanted
+
+    return hashlib.sha256()
 
 
 def _status_for(exc: OSError) -> HvStatus:
@@ -74,7 +81,7 @@ class FileWriter:
     _fd: int = field(default=-1, init=False)
     _temp_name: str | None = field(default=None, init=False)  # None: O_TMPFILE (no name)
     _overwrite: bool = field(default=False, init=False)
-    _hash: hashlib._Hash = field(default_factory=hashlib.sha256, init=False)
+    _hash: _Hash | None = field(default=None, init=False)  # None: checksums off
     _hashed: int = field(default=0, init=False)  # hash covers [0, _hashed); -1: out of order
     # A fragment written but not hashed yet (its bytes copied: the caller's buffer
     # is reused for the next message).
@@ -109,7 +116,7 @@ class FileWriter:
         # In a shared root a name that was free at START may be taken by another
         # user before COMPLETE: link without replacing, as without OVER_WRITE.
         self._overwrite = overwrite and (existed or not target.shared)
-        self._hash = hashlib.sha256()
+        self._hash = _new_sha256() if self.checksum else None
         self._deferred_len = 0
         self._hashed = 0
         self._size = 0
@@ -145,13 +152,12 @@ class FileWriter:
             ) from exc
         end = offset + len(data)
         if self._hashed == offset:
-            if not self.checksum:
-                pass
-            elif defer_hash and len(data) <= _DEFER_MAX:
-                self._deferred[: len(data)] = data
-                self._deferred_len = len(data)
-            else:
-                self._hash.update(data)
+            if self._hash is not None:  # else checksums are off
+                if defer_hash and len(data) <= _DEFER_MAX:
+                    self._deferred[: len(data)] = data
+                    self._deferred_len = len(data)
+                else:
+                    self._hash.update(data)
             self._hashed = end
         else:
             self._hashed = -1  # hash the file at COMPLETE
@@ -164,7 +170,7 @@ class FileWriter:
         n = self._deferred_len
         if n:
             self._deferred_len = 0
-            if self._hashed >= 0:
+            if self._hashed >= 0 and self._hash is not None:
                 self._hash.update(memoryview(self._deferred)[:n])
 
     def commit(self) -> Committed:
@@ -212,9 +218,9 @@ class FileWriter:
         if not self.checksum:
             return None
         self.hash_deferred()
-        if self._hashed >= 0:
+        if self._hashed >= 0 and self._hash is not None:
             return self._hash.hexdigest()
-        h = hashlib.sha256()
+        h = _new_sha256()
         offset = 0
         while offset < self._size:
             block = os.pread(self._fd, min(_REHASH_BLOCK, self._size - offset), offset)
@@ -287,7 +293,7 @@ class FileWriter:
                     ) from exc
                 log.debug("%s: no O_TMPFILE (%s); using a hidden name", target.directory, exc)
         for _attempt in range(5):
-            name = f"{TEMP_PREFIX}{secrets.token_hex(6)}"
+            name = f"{TEMP_PREFIX}{os.urandom(6).hex()}"  # secrets.token_hex(6), minus imports
             try:
                 self._fd = os.open(
                     name,
@@ -319,7 +325,7 @@ class FileWriter:
             proc_path = f"/proc/self/fd/{self._fd}"
             final = name
             if self._overwrite:
-                final = f"{TEMP_PREFIX}{secrets.token_hex(6)}"
+                final = f"{TEMP_PREFIX}{os.urandom(6).hex()}"
             try:
                 os.link(proc_path, final, dst_dir_fd=dir_fd, follow_symlinks=True)
             except FileExistsError as exc:

@@ -90,11 +90,33 @@ def os_identity(paths: Paths, sysname: str) -> tuple[str, str, str]:
     return sysname, "", ""
 
 
+# How getaddrinfo words the codec's error (logged when the lookup falls back).
+_IDNA_FAILED = "encoding with 'idna' codec failed"
+
+
+def resolver_name(hostname: str) -> str | bytes:
+    """What getaddrinfo is given for ``hostname``: an ASCII name as the bytes the
+    "idna" codec would make of it, after the codec's one check on ASCII (no empty or
+    over-long label, same UnicodeError); any other name as str, for the codec's full
+    conversion. Python passes every str host through that codec, whose first use
+    imports stringprep and unicodedata into the daemon for nothing on ASCII names."""
+    if not hostname.isascii():
+        return hostname
+    raw = hostname.encode("ascii")
+    *labels, last = raw.split(b".")
+    if any(not 0 < len(label) < 64 for label in labels):
+        raise UnicodeError(f"{_IDNA_FAILED} (UnicodeError: label empty or too long)")
+    if len(last) >= 64:
+        raise UnicodeError(f"{_IDNA_FAILED} (UnicodeError: label too long)")
+    return raw
+
+
 def canonical_name(hostname: str) -> str:
     """getaddrinfo(AI_CANONNAME) as hv_kvp_daemon asks it; the host name on failure."""
     try:
         infos = socket.getaddrinfo(
-            hostname, None, socket.AF_INET, socket.SOCK_STREAM, 0, socket.AI_CANONNAME
+            resolver_name(hostname), None, socket.AF_INET, socket.SOCK_STREAM, 0,
+            socket.AI_CANONNAME,
         )
     except (OSError, UnicodeError) as exc:
         log.info("FQDN lookup of %s failed (%s); reporting the host name", hostname, exc)

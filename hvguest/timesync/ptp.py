@@ -11,14 +11,13 @@ sample with the shortest bracket.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import glob
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from hvguest.paths import Paths
 
@@ -55,22 +54,10 @@ def find_hyperv_ptp(paths: Paths) -> PtpClock | None:
 # -- reading the clock --------------------------------------------------------
 
 
-class _Timespec(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
-
-
-_libc: Any = None
-
-
 def _clock_gettime(clockid: int) -> float:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    ts = _Timespec()
-    if _libc.clock_gettime(ctypes.c_int(clockid), ctypes.byref(ts)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return float(ts.tv_sec) + float(ts.tv_nsec) / 1e9
+    # time.clock_gettime hands any clock id to the kernel, dynamic (negative) ones
+    # included: no ctypes, whose find_library pulls tempfile, shutil and random.
+    return time.clock_gettime(clockid)
 
 
 def fd_to_clockid(fd: int) -> int:

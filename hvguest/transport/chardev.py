@@ -26,15 +26,6 @@ from typing import Self
 from hvguest.errors import TransportError, WireError
 from hvguest.paths import Paths
 from hvguest.transport.base import Opens
-from hvguest.wire.fcopy import FCOPY_REGISTER_MSG, decode_fcopy_register_reply
-from hvguest.wire.kvp import (
-    KVP_MSG_SIZE,
-    KVP_OP_REGISTER1,
-    KVP_REGISTER_MSG,
-    REGISTER_VERSION_OFFSET,
-    REGISTER_VERSION_SIZE,
-)
-from hvguest.wire.vss import VSS_MSG_SIZE, VSS_REGISTER_MSG, decode_vss_register_reply
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +252,18 @@ class CharDevTransport(Opens):
 # -- handshakes (protocol.md §2.1, §3.1, §4.2) -------------------------------
 
 
+# Each service's wire module is imported when its device is wanted: a daemon serves
+# one device, and the KVP codec alone is most of the three (resident memory).
+
+
 def check_kvp_echo(echo: bytes) -> str:
+    from hvguest.wire.kvp import (
+        KVP_MSG_SIZE,
+        KVP_OP_REGISTER1,
+        REGISTER_VERSION_OFFSET,
+        REGISTER_VERSION_SIZE,
+    )
+
     if len(echo) != KVP_MSG_SIZE:
         raise TransportError(
             f"KVP registration reply is {len(echo)} bytes, expected {KVP_MSG_SIZE}"
@@ -274,32 +276,47 @@ def check_kvp_echo(echo: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("ascii", "replace")
 
 
-def _decoded_echo(decode: Callable[[bytes], int]) -> Callable[[bytes], str]:
-    def check(echo: bytes) -> str:
-        try:
-            return str(decode(echo))
-        except WireError as exc:
-            raise TransportError(str(exc)) from exc
-
-    return check
+def _decoded_echo(decode: Callable[[bytes], int], echo: bytes) -> str:
+    try:
+        return str(decode(echo))
+    except WireError as exc:
+        raise TransportError(str(exc)) from exc
 
 
-check_vss_echo = _decoded_echo(decode_vss_register_reply)
-check_fcopy_echo = _decoded_echo(decode_fcopy_register_reply)
+def check_vss_echo(echo: bytes) -> str:
+    from hvguest.wire.vss import decode_vss_register_reply
 
-# name -> (registration message, read size, echo check). VSS: host FREEZE messages
-# reach the daemon as 12-byte hv_vss_msg; the C daemon reads the 4-byte echo with a
-# 12-byte buffer too.
-_DEVICES: dict[str, tuple[bytes, int, Callable[[bytes], str]]] = {
-    "kvp": (KVP_REGISTER_MSG, KVP_MSG_SIZE, check_kvp_echo),
-    "vss": (VSS_REGISTER_MSG, VSS_MSG_SIZE, check_vss_echo),
-    "fcopy": (FCOPY_REGISTER_MSG, FCOPY_READ_SIZE, check_fcopy_echo),
-}
+    return _decoded_echo(decode_vss_register_reply, echo)
+
+
+def check_fcopy_echo(echo: bytes) -> str:
+    from hvguest.wire.fcopy import decode_fcopy_register_reply
+
+    return _decoded_echo(decode_fcopy_register_reply, echo)
+
+
+def _device(name: str) -> tuple[bytes, int, Callable[[bytes], str]]:
+    """(registration message, read size, echo check) of kvp, vss or fcopy; KeyError
+    for any other name. VSS: host FREEZE messages reach the daemon as 12-byte
+    hv_vss_msg; the C daemon reads the 4-byte echo with a 12-byte buffer too."""
+    if name == "kvp":
+        from hvguest.wire.kvp import KVP_MSG_SIZE, KVP_REGISTER_MSG
+
+        return KVP_REGISTER_MSG, KVP_MSG_SIZE, check_kvp_echo
+    if name == "vss":
+        from hvguest.wire.vss import VSS_MSG_SIZE, VSS_REGISTER_MSG
+
+        return VSS_REGISTER_MSG, VSS_MSG_SIZE, check_vss_echo
+    if name == "fcopy":
+        from hvguest.wire.fcopy import FCOPY_REGISTER_MSG
+
+        return FCOPY_REGISTER_MSG, FCOPY_READ_SIZE, check_fcopy_echo
+    raise KeyError(name)
 
 
 def device_transport(paths: Paths, name: str) -> CharDevTransport:
     """The (unopened) transport of /dev/vmbus/hv_<name>: kvp, vss or fcopy."""
-    register, read_size, check_echo = _DEVICES[name]
+    register, read_size, check_echo = _device(name)
     return CharDevTransport(
         paths.vmbus_device(f"hv_{name}"),
         register=register,

@@ -1,41 +1,46 @@
 """Device and network interface events from the kernel's uevent netlink socket.
 
-``UdevWatcher`` wraps a ``pyudev.Monitor`` for the poll loop: ``fileno()`` to watch,
-``drain()`` to read every queued event without blocking, ``close()``. The daemons use
-it to act on a change at once instead of at their next periodic poll; the poll stays,
-because events can be unavailable (no udev in a container, a sandbox without
+``UdevWatcher`` reads the kernel's uevents (``hvguest.transport.uevent``) for the poll
+loop: ``fileno()`` to watch, ``drain()`` to read every queued event without blocking,
+``close()``. The daemons use it to act on a change at once instead of at their next
+periodic poll; the poll stays, because events can be unavailable (a sandbox without
 AF_NETLINK) or lost (receive buffer overflow), so an event is a hint to look again,
 never the only way to notice a change.
 
-Event source. libudev offers two: "udev" (events re-sent by udevd after its rules ran:
-device nodes exist, interfaces carry their final names) and "kernel" (the raw uevent,
-straight from the kernel). "udev" is better when it works, but libudev silently
-disables it when ``/run/udev/control`` is absent (no udevd: containers, early boot),
-and udevd multicasts in its own network namespace, so a daemon with a private one
-(``PrivateNetwork=``) never hears it either. The kernel source has neither problem:
-the kernel broadcasts uevents into every network namespace of the initial user
-namespace (a network interface's only into its own). So: "udev" when udevd runs and
-we share PID 1's network namespace, "kernel" otherwise, including when we cannot tell.
+Why the kernel's events and not udevd's: every change our callers look for is a
+kernel uevent of its own (a channel offered or rescinded, a driver bound, a device
+node or network interface added, renamed or removed); udevd's re-sent events add
+only what its rules did (symbolic links, permissions), which nothing here reads. And
+the kernel's reach us where udevd's do not: without udevd (containers, early boot)
+and in a private network namespace (``PrivateNetwork=``): the kernel broadcasts
+uevents into every network namespace of the initial user namespace (a network
+interface's only into its own). Reading them takes the standard library alone, where
+libudev through ctypes cost the daemons about 3 MB of resident memory each.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
-import types
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from hvguest.errors import TransportError
+from hvguest.text import printable
+from hvguest.transport.uevent import (
+    DROPPED,
+    KEPT_PROPERTIES,
+    Receiver,
+    UdevEvent,
+    open_uevent_socket,
+    parse_uevent,
+    receive_error_lost_events,
+)
+
+__all__ = ["DRAIN_LIMIT", "KEPT_PROPERTIES", "OVERFLOW", "EventTrigger", "UdevEvent",
+           "UdevWatcher"]
 
 log = logging.getLogger(__name__)
 
-UDEV_CONTROL = "/run/udev/control"
-SOURCES = ("udev", "kernel")
-# Enough to tell what happened; the whole environment (dozens of udev keys) is not kept.
-KEPT_PROPERTIES = ("DEVNAME", "DEVTYPE", "DRIVER", "IFINDEX", "INTERFACE", "MODALIAS", "SEQNUM")
 # A storm (every channel of a rescinded device, say) is read in slices so that one
 # readable socket cannot hold the loop; the rest is read on the next round.
 DRAIN_LIMIT = 256
@@ -43,71 +48,14 @@ DRAIN_LIMIT = 256
 OVERFLOW = "overflow"
 
 
-@dataclass(frozen=True)
-class UdevEvent:
-    action: str  # add, remove, change, move, bind, unbind; OVERFLOW for lost events
-    subsystem: str
-    sys_name: str
-    sys_path: str
-    properties: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
-
-    @classmethod
-    def from_device(cls, device: Any) -> UdevEvent:
-        """From a ``pyudev.Device`` received by a monitor."""
-        props = device.properties
-        kept = {k: str(props.get(k)) for k in KEPT_PROPERTIES if props.get(k) is not None}
-        return cls(
-            action=str(device.action or ""),
-            subsystem=str(device.subsystem or ""),
-            sys_name=str(device.sys_name or ""),
-            sys_path=str(device.sys_path or ""),
-            properties=types.MappingProxyType(kept),
-        )
-
-
-class MonitorLike(Protocol):
-    """The part of ``pyudev.Monitor`` used here (tests give a fake)."""
+class UeventSocket(Protocol):
+    """The part of a netlink socket used here (tests give a fake)."""
 
     def fileno(self) -> int: ...
 
-    def filter_by(self, subsystem: str, device_type: str | None = None) -> None: ...
+    def recvfrom(self, bufsize: int) -> tuple[bytes, Any]: ...
 
-    def start(self) -> None: ...
-
-    def poll(self, timeout: float | None = None) -> Any: ...
-
-
-def _pyudev_context() -> Any:
-    import pyudev  # loads libudev through ctypes: only when a watcher is wanted
-
-    return pyudev.Context()
-
-
-def _pyudev_monitor(context: Any, source: str) -> MonitorLike:
-    import pyudev
-
-    monitor: MonitorLike = pyudev.Monitor.from_netlink(context, source=source)
-    return monitor
-
-
-def _same_netns(self_ns: str, init_ns: str) -> bool | None:
-    try:
-        a, b = os.stat(self_ns), os.stat(init_ns)
-    except OSError:  # /proc/1 is not ours to inspect (hidepid, no ptrace access)
-        return None
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
-def default_source(
-    *,
-    control: str = UDEV_CONTROL,
-    self_ns: str = "/proc/self/ns/net",
-    init_ns: str = "/proc/1/ns/net",
-) -> str:
-    """"udev" when udevd runs and its multicasts reach us, else "kernel" (see above)."""
-    if not os.path.exists(control):
-        return "kernel"
-    return "udev" if _same_netns(self_ns, init_ns) else "kernel"
+    def close(self) -> None: ...
 
 
 class UdevWatcher:
@@ -117,29 +65,24 @@ class UdevWatcher:
         self,
         subsystems: Sequence[str],
         *,
-        source: str | None = None,
-        context_factory: Callable[[], Any] = _pyudev_context,
-        monitor_factory: Callable[[Any, str], MonitorLike] = _pyudev_monitor,
+        socket_factory: Callable[[], UeventSocket] = open_uevent_socket,
+        sys_root: str = "/sys",
     ) -> None:
-        """Raises ``TransportError`` when the monitor cannot be set up."""
+        """Raises ``TransportError`` when the socket cannot be set up."""
         if not subsystems:
             raise ValueError("UdevWatcher needs at least one subsystem")
-        self.source = source or default_source()
-        if self.source not in SOURCES:
-            raise ValueError(f"udev event source {self.source!r} is not one of {SOURCES}")
         self.subsystems = tuple(dict.fromkeys(subsystems))
+        self.sys_root = sys_root
         self.lost = 0
+        self.malformed = 0
         try:
-            monitor = monitor_factory(context_factory(), self.source)
-            for subsystem in self.subsystems:
-                # Installed as a socket filter: other subsystems never wake the loop.
-                monitor.filter_by(subsystem)
-            monitor.start()
-        except (OSError, ImportError) as exc:
+            sock = socket_factory()
+        except OSError as exc:
             raise TransportError(
-                f"cannot watch {self.source} events of {', '.join(self.subsystems)}: {exc}"
+                f"cannot watch kernel events of {', '.join(self.subsystems)}: {exc}"
             ) from exc
-        self._monitor: MonitorLike | None = monitor
+        self._sock: UeventSocket | None = sock
+        self._receiver = Receiver(sock.recvfrom)
 
     @classmethod
     def open(cls, subsystems: Sequence[str], **kwargs: Any) -> UdevWatcher | None:
@@ -153,45 +96,54 @@ class UdevWatcher:
 
     @property
     def closed(self) -> bool:
-        return self._monitor is None
+        return self._sock is None
+
+    @property
+    def foreign(self) -> int:
+        """Datagrams dropped because a process, not the kernel, sent them."""
+        return self._receiver.foreign
 
     def fileno(self) -> int:
-        if self._monitor is None:
+        if self._sock is None:
             raise TransportError("udev watcher is closed")
-        return self._monitor.fileno()
+        return self._sock.fileno()
 
     def drain(self, limit: int = DRAIN_LIMIT) -> list[UdevEvent]:
-        """The queued events (at most ``limit``), oldest first; [] when none.
+        """The queued events (from at most ``limit`` datagrams), oldest first; [] when none.
 
         An overflowed receive buffer means events were lost: that is reported as one
         event with action ``OVERFLOW`` so that callers which look again on any event
         do the right thing. Other receive errors raise ``TransportError``.
         """
-        if self._monitor is None:
+        if self._sock is None:
             return []
         events: list[UdevEvent] = []
-        while len(events) < limit:
+        # Every datagram read counts, kept or not: a storm of other subsystems' events
+        # (or of forged ones) cannot hold the loop either.
+        for _ in range(limit):
             try:
-                device = self._monitor.poll(timeout=0)
+                data = self._receiver.next()
             except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
+                if receive_error_lost_events(exc):
                     self.lost += 1
                     events.append(UdevEvent(OVERFLOW, "", "", ""))
                     continue
                 raise TransportError(f"reading udev events failed: {exc}") from exc
-            if device is None:
+            if data is None:
                 break
-            event = UdevEvent.from_device(device)
-            # libudev applies the filter already (kernel-source events in user space,
-            # after its socket filter let them through); checked again so that every
-            # monitor, whatever its filtering, gives the same answer.
-            if event.subsystem in self.subsystems:
+            if data == DROPPED:
+                continue
+            event = parse_uevent(data, self.sys_root)
+            if event is None:
+                self.malformed += 1
+            elif event.subsystem in self.subsystems:
                 events.append(event)
         return events
 
     def close(self) -> None:
-        """Release the socket (pyudev closes it when the last reference goes)."""
-        self._monitor = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
 
 class _Timer(Protocol):
@@ -260,7 +212,8 @@ class EventTrigger:
             return
         relevant = [e for e in events if e.action == OVERFLOW or self.wanted(e)]
         for e in relevant:
-            log.debug("uevent: %s %s %s", e.action, e.subsystem, e.sys_name or e.sys_path)
+            log.debug("uevent: %s %s %s", e.action, printable(e.subsystem),
+                      printable(e.sys_name or e.sys_path))
         if not relevant:
             return
         self.events += len(relevant)

@@ -6,6 +6,8 @@ import os
 import socket
 import threading
 
+import pytest
+
 from hvguest.kvp.autopool import AUTO_KEYS, AutoPool, Fqdn, os_identity, parse_os_release
 from hvguest.kvp.netlink import Address, Link, Snapshot
 from hvguest.paths import Paths
@@ -130,3 +132,54 @@ def test_unresolvable_name_falls_back_to_host_name(monkeypatch):
 
     monkeypatch.setattr(socket, "getaddrinfo", fail)
     assert canonical_name("guest") == "guest"
+
+
+@pytest.mark.parametrize("name", ["guest", "guest.example.com", "guest.example.", "",
+                                  "a" * 63, "a" * 64, "b." + "a" * 64, "a" * 64 + ".b",
+                                  "a..b", ".a", "..", "gäst.example", "Gast-01.EXAMPLE"])
+def test_resolver_name_is_what_the_idna_codec_makes(name: str) -> None:
+    """Bytes for ASCII (skipping the codec's imports), the same bytes or the same error."""
+    import codecs
+
+    from hvguest.kvp.autopool import resolver_name
+
+    try:
+        expected: object = codecs.encode(name, "idna")
+    except UnicodeError as exc:
+        with pytest.raises(UnicodeError) as info:
+            resolver_name(name)
+        assert str(info.value) == str(exc)
+        return
+    ours = resolver_name(name)
+    if name.isascii():
+        assert ours == expected
+    else:
+        assert ours == name  # left to the codec, as before
+
+
+def test_lookup_hands_the_resolver_the_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hvguest.kvp.autopool import canonical_name
+
+    asked: list[object] = []
+
+    def record(host: object, *args: object) -> list[tuple[object, ...]]:
+        asked.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "guest.example", ("10.0.0.1", 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", record)
+    assert canonical_name("guest") == "guest.example"
+    assert canonical_name("gäst") == "guest.example"
+    assert asked == [b"guest", "gäst"]
+    assert canonical_name("a" * 64 + ".b") == "a" * 64 + ".b"  # the codec's error path
+    assert len(asked) == 2
+
+
+def test_an_ascii_lookup_imports_no_idna_codec() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom hvguest.kvp.autopool import canonical_name\n"
+            "canonical_name('localhost')\nprint('encodings.idna' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=30).stdout.strip()
+    assert out == "False"

@@ -118,3 +118,45 @@ def test_config_level_applies_unless_debug(
     assert logging.getLogger().level == logging.WARNING
     start_daemon("kvp", parser.parse_args(["--etc-dir", str(tmp_path), "--debug"]))
     assert logging.getLogger().level == logging.DEBUG
+
+
+@pytest.mark.parametrize("columns", ["", "60", "132", "0", "wide"])
+def test_help_is_what_argparse_would_print(
+        monkeypatch: pytest.MonkeyPatch, columns: str) -> None:
+    """The daemons' formatter only spares argparse its shutil import: same help text."""
+    import argparse
+
+    from hvguest.daemons import common
+
+    if columns:
+        monkeypatch.setenv("COLUMNS", columns)
+    else:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    ours = daemon_arg_parser("hvguest-testd", "A daemon whose help is long enough to "
+                             "wrap at a narrow width, with a word or two more.")
+    plain = daemon_arg_parser("hvguest-testd", "A daemon whose help is long enough to "
+                              "wrap at a narrow width, with a word or two more.")
+    plain.formatter_class = argparse.HelpFormatter
+    assert ours.formatter_class is common.HelpFormatter
+    assert ours.format_help() == plain.format_help()
+
+
+def test_terminal_columns_matches_shutil(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from hvguest.daemons.common import terminal_columns
+
+    for value in ("", "1", "77", "-3", "x"):
+        monkeypatch.setenv("COLUMNS", value)
+        assert terminal_columns() == shutil.get_terminal_size().columns, value
+
+
+def test_a_daemon_command_line_imports_no_shutil() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom hvguest.daemons.common import daemon_arg_parser\n"
+            "daemon_arg_parser('x', 'y').parse_args([])\nprint('shutil' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=30).stdout.strip()
+    assert out == "False"

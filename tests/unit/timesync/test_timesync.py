@@ -51,6 +51,28 @@ def test_clock_gettime_realtime_matches_time() -> None:
     assert abs(ptp_clock._clock_gettime(ptp_clock.CLOCK_REALTIME) - time.time()) < 1.0
 
 
+def test_a_dynamic_clock_id_reaches_the_kernel() -> None:
+    """The negative id of an open file is the kernel's to judge: a file that is no
+    clock gives EINVAL as an OSError with its errno (how ESTALE reaches the caller)."""
+    fd = os.open(os.devnull, os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as info:
+            ptp_clock._clock_gettime(ptp_clock.fd_to_clockid(fd))
+    finally:
+        os.close(fd)
+    assert info.value.errno == errno.EINVAL
+
+
+def test_reading_the_clock_needs_no_ctypes() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, hvguest.timesync.ptp; print('ctypes' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=30).stdout.strip()
+    assert out == "False"
+
+
 def test_find_hyperv_ptp_among_others(machine: Callable[..., Paths]) -> None:
     paths = machine(ptp=False)
     _write(os.path.join(paths.sys, "class/ptp/ptp0/clock_name"), "KVM virtual PTP\n")

@@ -16,12 +16,12 @@ from hvguest.paths import Paths
 from hvguest.transport import chardev
 from hvguest.transport.base import Transport
 from hvguest.transport.chardev import (
-    KVP_MSG_SIZE,
     CharDevTransport,
     open_fcopy,
     open_kvp,
     open_vss,
 )
+from hvguest.wire.kvp import KVP_MSG_SIZE
 
 
 def kvp_echo(version: bytes = b"3.1") -> bytes:
@@ -409,3 +409,26 @@ def test_read_into_errors(
         assert "read failed: Input/output error" in str(outcomes[3])
     finally:
         t.close()
+
+
+@pytest.mark.parametrize(("service", "absent"), [
+    ("kvp", ["hvguest.wire.fcopy", "hvguest.wire.vss"]),
+    ("vss", ["hvguest.wire.fcopy", "hvguest.wire.kvp"]),
+    ("fcopy", ["hvguest.wire.kvp", "hvguest.wire.vss"]),
+])
+def test_a_device_loads_only_its_own_codec(service: str, absent: list[str]) -> None:
+    """Each daemon serves one device: the others' wire modules stay out of its memory."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom hvguest.paths import Paths\n"
+            "from hvguest.transport.chardev import device_transport\n"
+            f"t = device_transport(Paths(), {service!r})\n"
+            "print(t.path, *sorted(m for m in sys.modules if m.startswith('hvguest.wire.')"
+            " and m.split('.')[2] in ('kvp', 'vss', 'fcopy')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 0, out.stderr
+    path, *loaded = out.stdout.split()
+    assert path == f"/dev/vmbus/hv_{service}"
+    assert loaded == [f"hvguest.wire.{service}"] and not set(absent) & set(loaded)

@@ -1,5 +1,5 @@
-"""UdevWatcher over a fake pyudev monitor: filters, drain, errors, the None fallback;
-and, as root, a real kernel uevent from an interface in a private network namespace."""
+"""UdevWatcher over a fake uevent socket: filters, sender check, drain, errors, the None
+fallback; and, as root, a real kernel uevent from an interface in a private network namespace."""
 
 from __future__ import annotations
 
@@ -16,70 +16,55 @@ from typing import Any
 import pytest
 
 from hvguest.errors import TransportError
-from hvguest.transport.udev import OVERFLOW, UdevEvent, UdevWatcher, default_source
+from hvguest.transport.udev import OVERFLOW, UdevWatcher
 
 
-def device(action: str, subsystem: str, name: str, **props: str) -> SimpleNamespace:
-    return SimpleNamespace(action=action, subsystem=subsystem, sys_name=name,
-                           sys_path=f"/sys/devices/virtual/{subsystem}/{name}",
-                           properties={"SUBSYSTEM": subsystem, "ACTION": action, **props})
+def uevent(action: str, subsystem: str, name: str, **props: str) -> bytes:
+    devpath = f"/devices/virtual/{subsystem}/{name}"
+    fields = {"ACTION": action, "DEVPATH": devpath, "SUBSYSTEM": subsystem, **props}
+    return f"{action}@{devpath}\0".encode() + b"".join(
+        f"{k}={v}\0".encode() for k, v in fields.items())
 
 
-class FakeMonitor:
-    """pyudev.Monitor as UdevWatcher uses it: queued devices, poll(0) never blocks."""
+class FakeSocket:
+    """A uevent socket as UdevWatcher uses it: queued datagrams from the kernel (port
+    id 0) unless given with a sender; an OSError is raised once; never blocks."""
 
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.filters: list[str] = []
-        self.started = False
-        self.queue: list[Any] = []  # devices, or an OSError to raise once
+    def __init__(self) -> None:
+        self.queue: list[Any] = []  # bytes, (bytes, sender port id), or an OSError
+        self.closed = False
 
     def fileno(self) -> int:
         return 42
 
-    def filter_by(self, subsystem: str, device_type: str | None = None) -> None:
-        self.filters.append(subsystem)
-
-    def start(self) -> None:
-        self.started = True
-
-    def poll(self, timeout: float | None = None) -> Any:
-        assert timeout == 0, "the watcher must never block the loop"
+    def recvfrom(self, bufsize: int) -> tuple[bytes, Any]:
         if not self.queue:
-            return None
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
         item = self.queue.pop(0)
         if isinstance(item, OSError):
             raise item
-        return item
+        data, sender = item if isinstance(item, tuple) else (item, 0)
+        return data[:bufsize], (sender, 1)
+
+    def close(self) -> None:
+        self.closed = True
 
 
-def fake(monitors: list[FakeMonitor]) -> Callable[[Any, str], FakeMonitor]:
-    def factory(context: Any, source: str) -> FakeMonitor:
-        assert context == "ctx"
-        m = FakeMonitor(source)
-        monitors.append(m)
-        return m
-
-    return factory
+def watcher(subsystems: tuple[str, ...] = ("net", "vmbus")) -> tuple[UdevWatcher, FakeSocket]:
+    sock = FakeSocket()
+    return UdevWatcher(subsystems, socket_factory=lambda: sock), sock
 
 
-def watcher(subsystems: tuple[str, ...] = ("net", "vmbus")) -> tuple[UdevWatcher, FakeMonitor]:
-    made: list[FakeMonitor] = []
-    w = UdevWatcher(subsystems, source="udev", context_factory=lambda: "ctx",
-                    monitor_factory=fake(made))
-    return w, made[0]
-
-
-def test_filters_installed_and_monitor_started() -> None:
+def test_subsystems_kept_once_in_order() -> None:
     w, m = watcher(("net", "vmbus", "net"))
-    assert m.filters == ["net", "vmbus"] and m.started and m.source == "udev"
+    assert w.subsystems == ("net", "vmbus")
     assert w.fileno() == 42 and w.drain() == []
 
 
 def test_drain_returns_every_queued_event_with_a_property_subset() -> None:
     w, m = watcher()
-    m.queue = [device("add", "net", "eth1", INTERFACE="eth1", IFINDEX="3", ID_PATH="x"),
-               device("remove", "vmbus", "f8b3781b", MODALIAS="vmbus:3026")]
+    m.queue = [uevent("add", "net", "eth1", INTERFACE="eth1", IFINDEX="3", ID_PATH="x"),
+               uevent("remove", "vmbus", "f8b3781b", MODALIAS="vmbus:3026")]
     events = w.drain()
     assert [(e.action, e.subsystem, e.sys_name) for e in events] == [
         ("add", "net", "eth1"), ("remove", "vmbus", "f8b3781b")]
@@ -92,20 +77,38 @@ def test_drain_returns_every_queued_event_with_a_property_subset() -> None:
 
 def test_drain_drops_other_subsystems() -> None:
     w, m = watcher(("net",))
-    m.queue = [device("add", "block", "loop0"), device("add", "net", "eth1")]
+    m.queue = [uevent("add", "block", "loop0"), uevent("add", "net", "eth1")]
     assert [e.sys_name for e in w.drain()] == ["eth1"]
+
+
+def test_drain_drops_what_a_process_sent_and_what_is_malformed() -> None:
+    """A privileged process may send to the uevent group; only the kernel's count."""
+    w, m = watcher(("net",))
+    m.queue = [(uevent("add", "net", "forged"), 4242), b"garbage\0",
+               uevent("add", "net", "eth1")]
+    assert [e.sys_name for e in w.drain()] == ["eth1"]
+    assert w.foreign == 1 and w.malformed == 1
 
 
 def test_drain_reads_at_most_limit_then_the_rest() -> None:
     w, m = watcher(("net",))
-    m.queue = [device("add", "net", f"veth{i}") for i in range(5)]
+    m.queue = [uevent("add", "net", f"veth{i}") for i in range(5)]
     assert len(w.drain(limit=3)) == 3
     assert [e.sys_name for e in w.drain(limit=3)] == ["veth3", "veth4"]
 
 
+def test_every_datagram_counts_towards_the_limit() -> None:
+    """A storm of other subsystems' or forged events cannot hold the loop."""
+    w, m = watcher(("net",))
+    m.queue = [uevent("add", "block", "loop0"), (uevent("add", "net", "forged"), 99),
+               b"junk", uevent("add", "net", "eth1")]
+    assert w.drain(limit=3) == []
+    assert [e.sys_name for e in w.drain(limit=3)] == ["eth1"]
+
+
 def test_overflow_reported_as_an_event() -> None:
     w, m = watcher(("net",))
-    m.queue = [OSError(errno.ENOBUFS, "No buffer space available"), device("add", "net", "e")]
+    m.queue = [OSError(errno.ENOBUFS, "No buffer space available"), uevent("add", "net", "e")]
     events = w.drain()
     assert [e.action for e in events] == [OVERFLOW, "add"] and w.lost == 1
 
@@ -120,63 +123,44 @@ def test_other_receive_errors_raise_transport_error() -> None:
 def test_closed_watcher() -> None:
     w, m = watcher()
     w.close()
-    assert w.closed and w.drain() == []
+    assert w.closed and m.closed and w.drain() == []
     with pytest.raises(TransportError):
         w.fileno()
 
 
 @pytest.mark.parametrize("error", [OSError(errno.EAFNOSUPPORT, "Address family not supported"),
-                                   OSError("Could not create udev monitor"),
-                                   ImportError("libudev.so.1 not found")])
+                                   OSError(errno.EPROTONOSUPPORT, "Protocol not supported")])
 def test_open_returns_none_when_events_are_unavailable(
         error: Exception, caplog: pytest.LogCaptureFixture) -> None:
-    def broken(context: Any, source: str) -> FakeMonitor:
+    def broken() -> FakeSocket:
         raise error
 
     caplog.set_level("DEBUG", logger="hvguest.transport.udev")
-    assert UdevWatcher.open(["net"], source="kernel", context_factory=lambda: "ctx",
-                            monitor_factory=broken) is None
+    assert UdevWatcher.open(["net"], socket_factory=broken) is None
     assert any("relying on periodic polls" in r.getMessage() for r in caplog.records)
-
-
-def test_open_returns_none_when_the_context_fails() -> None:
-    def no_libudev() -> Any:
-        raise ImportError("No module named 'pyudev'")
-
-    assert UdevWatcher.open(["net"], context_factory=no_libudev) is None
 
 
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError):
-        UdevWatcher([], source="udev", context_factory=lambda: "ctx", monitor_factory=fake([]))
-    with pytest.raises(ValueError):
-        UdevWatcher(["net"], source="bogus", context_factory=lambda: "ctx",
-                    monitor_factory=fake([]))
+        UdevWatcher([], socket_factory=FakeSocket)
 
 
-def test_default_source(tmp_path: Any) -> None:
-    control = os.path.join(str(tmp_path), "control")
-    ns_a = os.path.join(str(tmp_path), "a")
-    ns_b = os.path.join(str(tmp_path), "b")
-    for p in (ns_a, ns_b):
-        open(p, "w").close()
-    missing = os.path.join(str(tmp_path), "missing")
-    # No udevd: libudev would disable the udev source; the kernel's still works.
-    assert default_source(control=control, self_ns=ns_a, init_ns=ns_a) == "kernel"
-    open(control, "w").close()
-    assert default_source(control=control, self_ns=ns_a, init_ns=ns_a) == "udev"
-    # A private network namespace never hears udevd's multicasts.
-    assert default_source(control=control, self_ns=ns_a, init_ns=ns_b) == "kernel"
-    # Cannot tell: the source that works either way.
-    assert default_source(control=control, self_ns=ns_a, init_ns=missing) == "kernel"
+def test_misc_device_name_as_libudev_shows_it() -> None:
+    w, m = watcher(("misc",))
+    m.queue = [uevent("add", "misc", "vmbus!hv_kvp", DEVNAME="vmbus/hv_kvp")]
+    (ev,) = w.drain()
+    assert ev.sys_name == "vmbus/hv_kvp" and ev.properties == {"DEVNAME": "/dev/vmbus/hv_kvp"}
+    assert ev.sys_path == "/sys/devices/virtual/misc/vmbus!hv_kvp"
 
 
-def test_event_from_device_without_action() -> None:
-    dev = SimpleNamespace(action=None, subsystem="misc", sys_name="vmbus!hv_kvp",
-                          sys_path="/sys/devices/virtual/misc/vmbus!hv_kvp",
-                          properties={"DEVNAME": "/dev/vmbus/hv_kvp"})
-    ev = UdevEvent.from_device(dev)
-    assert ev.action == "" and ev.properties == {"DEVNAME": "/dev/vmbus/hv_kvp"}
+def test_the_real_socket_is_not_pyudev() -> None:
+    """The daemons' resident memory: the watcher needs no libudev."""
+    code = ("import sys; from hvguest.transport.udev import UdevWatcher\n"
+            "w = UdevWatcher.open(['net'])\n"
+            "print(w is not None, 'pyudev' in sys.modules, 'ctypes' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=30).stdout.split()
+    assert out == ["True", "False", "False"], out
 
 
 # -- a real kernel event ---------------------------------------------------------------
@@ -190,7 +174,7 @@ _NETNS_CHILD = textwrap.dedent("""
     if libc.unshare(CLONE_NEWNET) != 0:
         sys.exit("unshare(CLONE_NEWNET): errno %d" % ctypes.get_errno())
     # Inside the new namespace: its interfaces' events reach only its own sockets.
-    watcher = UdevWatcher(["net"], source="kernel")
+    watcher = UdevWatcher(["net"])
 
     def wait_for(action):
         seen = []
@@ -269,12 +253,12 @@ def test_trigger_calls_once_per_burst_of_wanted_events() -> None:
     trig = EventTrigger(loop, w, lambda: calls.append(1), delay=2.0,
                         wanted=lambda e: e.action in ("add", "remove", "move"))
     assert loop.readers[w] == trig.on_readable and loop.stops == [trig.close]
-    m.queue = [device("change", "net", "eth0")]
+    m.queue = [uevent("change", "net", "eth0")]
     trig.on_readable()
     assert loop.later == []  # not wanted: nothing scheduled
-    m.queue = [device("add", "net", "eth1"), device("move", "net", "enp1s0")]
+    m.queue = [uevent("add", "net", "eth1"), uevent("move", "net", "enp1s0")]
     trig.on_readable()
-    m.queue = [device("remove", "net", "eth2")]
+    m.queue = [uevent("remove", "net", "eth2")]
     trig.on_readable()
     assert [d for d, _, _ in loop.later] == [2.0]
     loop.fire()
@@ -285,8 +269,43 @@ def test_trigger_calls_once_per_burst_of_wanted_events() -> None:
     loop.fire()
     assert calls == [1, 1]
     # Stop: the pending call is cancelled and the watcher closed.
-    m.queue = [device("add", "net", "eth3")]
+    m.queue = [uevent("add", "net", "eth3")]
     trig.on_readable()
     trig.close()
     loop.fire()
     assert calls == [1, 1] and w.closed and loop.readers == {}
+
+
+_FORGED_CHILD = textwrap.dedent("""
+    import ctypes, json, socket, subprocess, sys, time
+    from hvguest.transport.udev import UdevWatcher
+    from hvguest.transport.uevent import NETLINK_KOBJECT_UEVENT
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET: the forgery reaches no one else
+        sys.exit("unshare(CLONE_NEWNET): errno %d" % ctypes.get_errno())
+    watcher = UdevWatcher(["net"])
+    forger = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_KOBJECT_UEVENT)
+    forger.bind((0, 0))
+    devpath = "/devices/virtual/net/forged0"
+    forged = (f"add@{devpath}\\0ACTION=add\\0DEVPATH={devpath}\\0SUBSYSTEM=net\\0"
+              "INTERFACE=forged0\\0").encode()
+    forger.sendto(forged, (0, 1))  # root may send to the kernel's group
+    subprocess.run(["ip", "link", "add", "hvg0", "type", "veth", "peer", "hvg1"], check=True)
+    seen = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "hvg0" not in seen:
+        seen += [e.sys_name for e in watcher.drain()]
+        time.sleep(0.05)
+    print(json.dumps({"seen": seen, "foreign": watcher.foreign}))
+""")
+
+
+@pytest.mark.root
+def test_a_uevent_forged_by_a_privileged_process_is_dropped() -> None:
+    proc = subprocess.run([sys.executable, "-c", _FORGED_CHILD], capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert "hvg0" in out["seen"] and "forged0" not in out["seen"]
+    assert out["foreign"] == 1
