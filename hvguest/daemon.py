@@ -280,6 +280,10 @@ class Runtime:
             self._invoke(timer.callback, "timer")
 
     def _run_pending(self) -> None:
+        # Unlocked peek first (this runs on every loop round): a callback appended
+        # after it is not lost, its wake-up byte makes the next poll return at once.
+        if not self._pending:
+            return
         while True:
             with self._lock:
                 if not self._pending:
