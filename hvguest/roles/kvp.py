@@ -60,6 +60,10 @@ OK, CONT, FAIL = HvStatus.HV_S_OK, HvStatus.HV_S_CONT, HvStatus.HV_E_FAIL
 
 
 class KvpState(Enum):
+    # Members are singletons compared by identity: the identity hash is theirs too,
+    # and C-level (Enum's own hashes the name in Python, on every transition lookup).
+    __hash__ = object.__hash__
+
     UNREGISTERED = "unregistered"
     READY = "ready"
     WRITING = "writing"  # a SET or DELETE is being written; its reply is pending
