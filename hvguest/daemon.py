@@ -247,7 +247,7 @@ class Runtime:
                 log.error("%s: fd %d is not open; reader removed", self.name, fd)
                 self._forget(fd)
                 continue
-            self._invoke(callback, f"reader for fd {fd}")
+            self._invoke(callback, "reader for fd", fd)
         self._run_pending()
         self._run_timers()
 
@@ -280,6 +280,10 @@ class Runtime:
             self._invoke(timer.callback, "timer")
 
     def _run_pending(self) -> None:
+        # Unlocked peek first (this runs on every loop round): a callback appended
+        # after it is not lost, its wake-up byte makes the next poll return at once.
+        if not self._pending:
+            return
         while True:
             with self._lock:
                 if not self._pending:
@@ -287,13 +291,17 @@ class Runtime:
                 callback = self._pending.popleft()
             self._invoke(callback, "scheduled call")
 
-    def _invoke(self, callback: Callback, what: str) -> None:
+    def _invoke(self, callback: Callback, what: str, fd: int | None = None) -> None:
+        """Call ``callback``; log what it raises. ``fd`` completes ``what`` only in
+        that log line: no string is built for a reader on every message."""
         try:
             callback()
         except Exception as exc:
             key = (getattr(callback, "__qualname__", repr(callback)), type(exc))
             show, suppressed = self._throttle.should_log(key)
             if show:
+                if fd is not None:
+                    what = f"{what} {fd}"
                 extra = f" ({suppressed} similar failures not shown)" if suppressed else ""
                 log.exception("%s: %s %r failed%s", self.name, what, callback, extra)
 

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from hvguest.kvp.netconfig import NetConfigurator
 
 log = logging.getLogger("hvguest.daemons.kvpd")
+# Outcomes are frozen: one object each instead of one per request.
+_WRITTEN, _ABSENT = PoolDone(True), PoolDone(False)
 
 
 class PoolView:
@@ -83,8 +85,8 @@ class KvpActions:
             if isinstance(action, WritePool):
                 # The host may store what a record can hold; host-safe limits are for us.
                 pf.set(action.key, action.value, unsafe=True)
-                return PoolDone()
-            return PoolDone(pf.delete(action.key))
+                return _WRITTEN
+            return _WRITTEN if pf.delete(action.key) else _ABSENT
         except PoolFullError as exc:
             return PoolFailed(str(exc), "full")
         except PoolBusyError as exc:

@@ -191,7 +191,8 @@ class KvpService:
         """One request: the role's step, its actions carried out, the reply sent."""
         try:
             step = self.role.handle(message, self.clock())
-            step = self._carry_out(step)
+            if step.actions:  # GET and ENUMERATE usually have none
+                step = self._carry_out(step)
         except Exception:
             # A bug must not leave the host waiting 30 s for nothing: answer, then log.
             log.exception("KVP request (operation %d) failed unexpectedly",

@@ -22,6 +22,7 @@ from hvguest.wire.pool import POOL_KEY_SIZE, POOL_RECORD_SIZE, POOL_VALUE_SIZE, 
 log = logging.getLogger(__name__)
 
 _BAD_RECORD_LOG_PERIOD = 300.0
+_ZEROS = memoryview(bytes(POOL_VALUE_SIZE))
 
 
 class PoolFile(PoolHandle):
@@ -211,7 +212,12 @@ class PoolFile(PoolHandle):
         """Insert or update ``key`` (first match is updated in place)."""
         raw_key, raw_value = check_item(key, value, pool=self.pool, unsafe=unsafe)
         record = (raw_key, raw_value)
-        data = PoolRecord(raw_key, raw_value).encode()
+        # PoolRecord(raw_key, raw_value).encode() without its checks, which check_item
+        # already made (at most 511/2047 bytes, no NUL): one allocation per host SET.
+        data = b"".join((
+            raw_key, _ZEROS[: POOL_KEY_SIZE - len(raw_key)],
+            raw_value, _ZEROS[: POOL_VALUE_SIZE - len(raw_value)],
+        ))
         # _lock/_unlock rather than locked(): this is on every host SET.
         with self._mutex:
             fd, st = self._lock()

@@ -142,7 +142,7 @@ class PoolHandle:
         ``_mutex``) must ``_unlock``, and its fstat taken under the locks."""
         deadline = time.monotonic() + self.lock_timeout
         for attempt in range(3):
-            fd = self._current_fd()
+            fd = self._fd if self._fd is not None else self._current_fd()
             exclusive = self._writable
             self._acquire(fd, exclusive, deadline, posix=False)
             try:
@@ -150,12 +150,24 @@ class PoolHandle:
             except BaseException:
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 raise
-            # Replaced while we waited for the locks? Then they guard a file nobody
-            # reads any more: start over on the new one.
-            st = os.fstat(fd)
-            if st.st_nlink > 0 or attempt == 2:
+            # Does the path still name our file, now that we hold its locks? If it was
+            # replaced, renamed away or deleted (before or while we waited), the locks
+            # guard a file nobody reads any more: start over on the path's file. One
+            # stat of the path under the locks answers that and, for the same inode,
+            # is the file's fstat too (one system call less on every write).
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                pass
+            else:
+                if (st.st_dev, st.st_ino) == self._fd_ident:
+                    self._path_checked = time.monotonic()
+                    break
+            if attempt == 2:  # replaced three times over: settle for this file
+                st = os.fstat(fd)
                 break
             self._unlock(fd)
+            self._close_fd()  # the next attempt opens what the path names now
         self.lock_holder = None
         self._stuck = None
         return fd, st

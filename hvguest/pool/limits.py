@@ -43,6 +43,18 @@ def check_item(key: str, value: str, *, pool: int, unsafe: bool = False) -> tupl
     """
     key_limit = MAX_KEY_BYTES if unsafe else HOST_SAFE_KEY_BYTES
     value_limit = MAX_VALUE_BYTES if unsafe else HOST_SAFE_VALUE_BYTES
+    if type(key) is str and type(value) is str:  # every host SET: no loop, no list
+        try:
+            raw_key, raw_value = key.encode("utf-8"), value.encode("utf-8")
+        except UnicodeEncodeError:
+            raw_key = raw_value = b""  # the checks below name the field
+        if (
+            0 < len(raw_key) <= key_limit
+            and len(raw_value) <= value_limit
+            and b"\0" not in raw_key
+            and b"\0" not in raw_value
+        ):
+            return raw_key, raw_value
     out = []
     for what, text, limit in (("key", key, key_limit), ("value", value, value_limit)):
         if not isinstance(text, str):

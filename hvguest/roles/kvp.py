@@ -60,6 +60,10 @@ OK, CONT, FAIL = HvStatus.HV_S_OK, HvStatus.HV_S_CONT, HvStatus.HV_E_FAIL
 
 
 class KvpState(Enum):
+    # Members are singletons compared by identity: the identity hash is theirs too,
+    # and C-level (Enum's own hashes the name in Python, on every transition lookup).
+    __hash__ = object.__hash__
+
     UNREGISTERED = "unregistered"
     READY = "ready"
     WRITING = "writing"  # a SET or DELETE is being written; its reply is pending
@@ -164,7 +168,9 @@ _FIELD_STATUS = {
     "index": CONT,  # no item can have that number: end of enumeration
 }
 _STATUS_NAMES = {int(s): s.name for s in HvStatus}
-_OP_NAMES = {KvpGet: "GET", KvpEnumerate: "ENUMERATE", KvpGetIpInfo: "GET_IP_INFO"}
+_OP_NAMES: dict[type, str] = {
+    KvpGet: "GET", KvpEnumerate: "ENUMERATE", KvpGetIpInfo: "GET_IP_INFO",
+}
 _NO_ACTIONS: tuple[Action, ...] = ()
 
 
@@ -204,24 +210,28 @@ class KvpRole:
             note = Log(WARNING, "rejected KVP %s request: %s", (op, str(exc)),
                        _pool_field(message[1]) if len(message) > 1 else {})
             return self._done(kvp_reply(message, status), status, op, now, (note,))
+        # The reads first, found by one lookup on the class the decoder made.
+        read = _OP_NAMES.get(type(request))
+        if read is not None:
+            self.state = TRANSITIONS.next(self.state, read)
+            try:
+                if isinstance(request, KvpGet):
+                    return self._get(message, request, now)
+                if isinstance(request, KvpEnumerate):
+                    return self._enumerate(message, request, now)
+                if isinstance(request, KvpGetIpInfo):
+                    return self._get_ip_info(message, request, now)
+            except HvGuestError as exc:
+                return self._failed(message, read, message[1], str(exc), now)
         if isinstance(request, (KvpSet, KvpDelete)):  # a tuple: faster than a union
             return self._write(message, request)
         if isinstance(request, KvpRegister):
             self.state = TRANSITIONS.next(self.state, "REGISTER")
             note = Log(WARNING, "registration message received as a request; refused")
             return self._done(kvp_reply(message, FAIL), FAIL, "REGISTER", now, (note,))
-        if isinstance(request, KvpSetIpInfo):
-            return self._set_ip_info(message, request, now)
-        op = _OP_NAMES[type(request)]
-        self.state = TRANSITIONS.next(self.state, op)
-        try:
-            if isinstance(request, KvpGet):
-                return self._get(message, request, now)
-            if isinstance(request, KvpEnumerate):
-                return self._enumerate(message, request, now)
-            return self._get_ip_info(message, request, now)
-        except HvGuestError as exc:
-            return self._failed(message, op, message[1], str(exc), now)
+        if not isinstance(request, KvpSetIpInfo):  # pragma: no cover - _OP_NAMES has it
+            raise LocalUsageError(f"KVP role: no handler for {type(request).__name__}")
+        return self._set_ip_info(message, request, now)
 
     def _enumerate(self, raw: bytes, request: KvpEnumerate, now: float) -> Step[Action]:
         if request.pool == KvpPool.AUTO:

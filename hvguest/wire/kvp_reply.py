@@ -39,17 +39,63 @@ __all__ = [
 ]
 
 
+_STATUS_WORDS: dict[int, bytes] = {}  # status -> its 4 bytes (a handful of statuses occur)
+_ZEROS = memoryview(bytes(HV_KVP_EXCHANGE_MAX_VALUE_SIZE))
+_VALUE_END = ENUM_VALUE_OFFSET + HV_KVP_EXCHANGE_MAX_VALUE_SIZE
+
+
+def _status_word(status: int) -> bytes:
+    word = _STATUS_WORDS.get(status)
+    if word is None:
+        word = pack_status(status)  # WireError for a status that does not fit
+        if len(_STATUS_WORDS) < 64:
+            _STATUS_WORDS[status] = word
+    return word
+
+
 def kvp_reply(request: bytes, status: int) -> bytes:
     """The request echoed (padded or cut to 7432 bytes) with the u32 status @0."""
+    word = _status_word(status)
+    if len(request) == KVP_MSG_SIZE:  # every well-formed request: one copy
+        return b"".join((word, memoryview(request)[STATUS_OFFSET + 4 :]))
     buf = bytearray(bytes(request[:KVP_MSG_SIZE]).ljust(KVP_MSG_SIZE, b"\0"))
-    put(buf, STATUS_OFFSET, pack_status(status))
+    put(buf, STATUS_OFFSET, word)
     return bytes(buf)
 
 
-def _put_fields(buf: bytearray, key: str | None, value: str) -> None:
-    if key is not None:
-        put(buf, ENUM_KEY_OFFSET, utf8_field(key, "key", HV_KVP_EXCHANGE_MAX_KEY_SIZE))
-    put(buf, ENUM_VALUE_OFFSET, utf8_field(value, "value", HV_KVP_EXCHANGE_MAX_VALUE_SIZE))
+def _field(text: str, field: str, size: int) -> bytes:
+    """``text`` as UTF-8 without its NUL padding; WireError as ``utf8_field`` gives."""
+    try:
+        raw = text.encode("utf-8")
+    except (AttributeError, UnicodeEncodeError):
+        raw = b"\0"  # not a str, or a lone surrogate: utf8_field says which
+    if len(raw) >= size or b"\0" in raw:
+        raw = utf8_field(text, field, size)  # raises (it would return raw padded)
+    return raw
+
+
+def _answer(request: bytes, key: str | None, value: str) -> bytes:
+    """Status 0 with ``key`` @20 (None: the request's bytes stay) and ``value`` @532,
+    built in one copy."""
+    raw_value = _field(value, "value", HV_KVP_EXCHANGE_MAX_VALUE_SIZE)
+    if len(request) != KVP_MSG_SIZE:
+        buf = bytearray(kvp_reply(request, 0))
+        if key is not None:
+            put(buf, ENUM_KEY_OFFSET, utf8_field(key, "key", HV_KVP_EXCHANGE_MAX_KEY_SIZE))
+        put(buf, ENUM_VALUE_OFFSET, raw_value.ljust(HV_KVP_EXCHANGE_MAX_VALUE_SIZE, b"\0"))
+        return bytes(buf)
+    view = memoryview(request)
+    value_pad = _ZEROS[: HV_KVP_EXCHANGE_MAX_VALUE_SIZE - len(raw_value)]
+    if key is None:
+        return b"".join(
+            (_status_word(0), view[4:ENUM_VALUE_OFFSET], raw_value, value_pad, view[_VALUE_END:])
+        )
+    raw_key = _field(key, "key", HV_KVP_EXCHANGE_MAX_KEY_SIZE)
+    key_pad = _ZEROS[: HV_KVP_EXCHANGE_MAX_KEY_SIZE - len(raw_key)]
+    return b"".join((
+        _status_word(0), view[4:ENUM_KEY_OFFSET], raw_key, key_pad, raw_value, value_pad,
+        view[_VALUE_END:],
+    ))
 
 
 def kvp_enumerate_reply(request: bytes, key: str, value: str) -> bytes:
@@ -57,9 +103,7 @@ def kvp_enumerate_reply(request: bytes, key: str, value: str) -> bytes:
 
     WireError if the key exceeds 511 or the value 2047 UTF-8 bytes.
     """
-    buf = bytearray(kvp_reply(request, 0))
-    _put_fields(buf, key, value)
-    return bytes(buf)
+    return _answer(request, key, value)
 
 
 def kvp_get_reply(request: bytes, value: str) -> bytes:
@@ -70,9 +114,7 @@ def kvp_get_reply(request: bytes, value: str) -> bytes:
     ``value_size`` = 0 bytes of it), so with the C daemon the host always receives an
     empty string; writing @532 delivers the real value. The key @16..527 is untouched.
     """
-    buf = bytearray(kvp_reply(request, 0))
-    _put_fields(buf, None, value)
-    return bytes(buf)
+    return _answer(request, None, value)
 
 
 def kvp_ip_info_reply(request: bytes, info: KvpIpInfo) -> bytes:

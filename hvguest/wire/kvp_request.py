@@ -5,15 +5,15 @@ the tests). Import the names from ``kvp``.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, fields
-from typing import Self
+from typing import Self, TypeVar
 
 from hvguest.errors import WireError
 from hvguest.wire._codec import (
     check_length,
     check_min_length,
     cut_nul,
-    get_uint,
     pack_uint,
     put,
     terminated,
@@ -41,7 +41,6 @@ from hvguest.wire.kvp_layout import (
     KVP_OP_REGISTER1,
     KVP_POOL_COUNT,
     OP_OFFSET,
-    POOL_OFFSET,
     REGISTER_VERSION_OFFSET,
     REGISTER_VERSION_SIZE,
     KvpOp,
@@ -247,85 +246,100 @@ KVP_REGISTER_MSG = bytes([KVP_OP_REGISTER1]) + bytes(KVP_MSG_SIZE - 1)
 # Decoding requests (kernel -> daemon)
 
 
-def _sized_key(buf: bytes, size_offset: int, key_offset: int) -> str:
-    """A key limited by its ``key_size`` (which counts the NUL)."""
-    key_size = get_uint(buf, size_offset, 4)
+# op, pool, then the u32 words @4, @8 and @12 every operation reads some of: one call
+# instead of a slice and an int per field (the decode is on every host request).
+_HEADER = struct.Struct("<BBxxIII")
+_POOLS = tuple(KvpPool)  # indexed, not KvpPool(n): an enum call per request costs
+
+
+_R = TypeVar("_R", KvpGet, KvpSet, KvpDelete, KvpEnumerate)
+
+
+def _checked(cls: type[_R], fields: dict[str, object]) -> _R:
+    """``cls(**fields)`` for values the decoder has checked. A frozen dataclass's
+    ``__init__`` sets each field through ``object.__setattr__``, several times slower
+    than filling the instance dict, on every host request. (The request classes have
+    no ``__post_init__`` and no slots; the round-trip tests compare with ``cls(...)``.)
+    """
+    request = object.__new__(cls)
+    request.__dict__.update(fields)
+    return request
+
+
+def _text(buf: bytes, offset: int, size: int, field: str) -> str:
+    """The UTF-8 string at ``offset`` that must end with a NUL within ``size`` bytes."""
+    end = buf.find(b"\0", offset, offset + size)
+    if end < 0:  # the same error as terminated() on the field's bytes
+        terminated(bytes(buf[offset : offset + size]), field)
+    try:
+        return buf[offset:end].decode("utf-8")
+    except UnicodeDecodeError:
+        return utf8_text(bytes(buf[offset:end]), field)  # raises, naming the byte
+
+
+def _check_key_size(key_size: int) -> None:
     if key_size == 0 or key_size > HV_KVP_EXCHANGE_MAX_KEY_SIZE:
         raise WireError(
             f"KVP key_size is {key_size}, must be 1..{HV_KVP_EXCHANGE_MAX_KEY_SIZE}",
             field="key_size",
             limit=HV_KVP_EXCHANGE_MAX_KEY_SIZE,
         )
-    raw = terminated(bytes(buf[key_offset : key_offset + key_size]), "key")
-    return utf8_text(raw, "key")
 
 
-def _value_size(buf: bytes) -> int:
-    value_size = get_uint(buf, GET_VALUE_SIZE_OFFSET, 4)
+def _check_value_size(value_size: int) -> None:
     if value_size > HV_KVP_EXCHANGE_MAX_VALUE_SIZE:
         raise WireError(
             f"KVP value_size is {value_size}, limit {HV_KVP_EXCHANGE_MAX_VALUE_SIZE}",
             field="value_size",
             limit=HV_KVP_EXCHANGE_MAX_VALUE_SIZE,
         )
-    return value_size
-
-
-def _set_value(buf: bytes) -> str:
-    value_size = _value_size(buf)
-    if value_size == 0:  # the kernel forwards an unknown value_type as an empty value
-        return ""
-    raw = terminated(bytes(buf[GET_VALUE_OFFSET : GET_VALUE_OFFSET + value_size]), "value")
-    return utf8_text(raw, "value")
 
 
 def decode_kvp_request(buf: bytes) -> KvpRequest:
     """Decode one 7432-byte message read from /dev/vmbus/hv_kvp."""
     check_length(buf, KVP_MSG_SIZE, "KVP message")
-    op = buf[OP_OFFSET]
+    op, pool_number, word4, word8, word12 = _HEADER.unpack_from(buf)
     if op == KVP_OP_REGISTER1:
-        raw = terminated(
-            bytes(buf[REGISTER_VERSION_OFFSET : REGISTER_VERSION_OFFSET + REGISTER_VERSION_SIZE]),
-            "version",
-        )
-        return KvpRegister(utf8_text(raw, "version"))
+        return KvpRegister(_text(buf, REGISTER_VERSION_OFFSET, REGISTER_VERSION_SIZE, "version"))
     if op not in _KVP_OPS:
         raise WireError(
             f"KVP operation is {op}, limit {max(KvpOp)}", field="operation", limit=int(max(KvpOp))
         )
-    pool_number = buf[POOL_OFFSET]
     if pool_number >= KVP_POOL_COUNT:
         raise WireError(
             f"KVP pool is {pool_number}, limit {KVP_POOL_COUNT - 1}",
             field="pool",
             limit=KVP_POOL_COUNT - 1,
         )
-    pool = KvpPool(pool_number)
+    pool = _POOLS[pool_number]
+    # GET and SET: key_size @8 (GET_KEY_SIZE_OFFSET), value_size @12; DELETE: key_size
+    # @4; ENUMERATE: index @4.
     if op == KvpOp.GET:
-        _value_size(buf)  # not filled by the kernel for GET but must still be sane
-        return KvpGet(pool, _sized_key(buf, GET_KEY_SIZE_OFFSET, GET_KEY_OFFSET))
+        _check_value_size(word12)  # not filled by the kernel for GET but must still be sane
+        _check_key_size(word8)
+        return _checked(KvpGet, {"pool": pool, "key": _text(buf, GET_KEY_OFFSET, word8, "key")})
     if op == KvpOp.SET:
-        key = _sized_key(buf, GET_KEY_SIZE_OFFSET, GET_KEY_OFFSET)
-        return KvpSet(pool, key, _set_value(buf))
+        _check_key_size(word8)
+        key = _text(buf, GET_KEY_OFFSET, word8, "key")
+        _check_value_size(word12)
+        # value_size 0: the kernel forwards an unknown value_type as an empty value
+        value = _text(buf, GET_VALUE_OFFSET, word12, "value") if word12 else ""
+        return _checked(KvpSet, {"pool": pool, "key": key, "value": value})
     if op == KvpOp.DELETE:
-        return KvpDelete(pool, _sized_key(buf, DELETE_KEY_SIZE_OFFSET, DELETE_KEY_OFFSET))
+        _check_key_size(word4)
+        key = _text(buf, DELETE_KEY_OFFSET, word4, "key")
+        return _checked(KvpDelete, {"pool": pool, "key": key})
     if op == KvpOp.ENUMERATE:
-        index = get_uint(buf, ENUM_INDEX_OFFSET, 4)
-        if index >= 1 << 31:
+        if word4 >= 1 << 31:
             raise WireError(
-                f"KVP enumerate index is {index}, limit {(1 << 31) - 1}",
+                f"KVP enumerate index is {word4}, limit {(1 << 31) - 1}",
                 field="index",
                 limit=(1 << 31) - 1,
             )
-        return KvpEnumerate(pool, index)
+        return _checked(KvpEnumerate, {"pool": pool, "index": word4})
     if op == KvpOp.GET_IP_INFO:
-        raw = terminated(
-            bytes(
-                buf[IP_ADAPTER_ID.daemon_offset : IP_ADAPTER_ID.daemon_offset + IP_ADAPTER_ID.size]
-            ),
-            "adapter_id",
-        )
-        return KvpGetIpInfo(pool, utf8_text(raw, "adapter_id"), buf[IP_ADDR_FAMILY_OFFSET])
+        adapter_id = _text(buf, IP_ADAPTER_ID.daemon_offset, IP_ADAPTER_ID.size, "adapter_id")
+        return KvpGetIpInfo(pool, adapter_id, buf[IP_ADDR_FAMILY_OFFSET])
     return KvpSetIpInfo(pool, *KvpIpInfo.read_from(buf, strict=True).values())
 
 

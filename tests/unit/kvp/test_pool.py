@@ -245,6 +245,35 @@ def test_renamed_away_file_is_noticed_within_a_second(paths, monkeypatch):
     assert pf.get("a") == "2"
 
 
+def test_file_moved_aside_while_a_set_waits_for_the_lock(paths, monkeypatch):
+    """The path is checked under the locks: a file moved aside (still linked, so its
+    link count says nothing) while we waited for its lock gets no write; the file the
+    path names then does."""
+    pf = POOLS.open(paths, 0)
+    pf.set("a", "1")
+    acquire = pf._acquire
+    moves = []
+
+    def acquire_after_a_move(fd, exclusive, deadline, *, posix):
+        if not moves:  # another writer moves the file aside while we wait
+            moves.append(fd)
+            os.rename(paths.pool_file(0), paths.pool_file(0) + ".bak")
+            with open(paths.pool_file(0), "wb") as f:
+                f.write(raw_record(b"z", b"9"))
+        acquire(fd, exclusive, deadline, posix=posix)
+
+    monkeypatch.setattr(pf, "_acquire", acquire_after_a_move)
+    pf.set("b", "2")
+    assert moves
+    assert decode_pool(open(paths.pool_file(0) + ".bak", "rb").read())[0] == [
+        PoolRecord(b"a", b"1"),
+    ]
+    assert decode_pool(open(paths.pool_file(0), "rb").read())[0] == [
+        PoolRecord(b"z", b"9"),
+        PoolRecord(b"b", b"2"),
+    ]
+
+
 def test_deleted_file_is_noticed(paths):
     pf = POOLS.open(paths, 0)
     pf.set("a", "1")

@@ -6,6 +6,7 @@ field: every documented field at its offset, every other byte zero.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -417,3 +418,24 @@ def test_filetime_conversion() -> None:
     assert vmbus.unix_ns_to_filetime(0) == 116444736000000000
     assert vmbus.filetime_to_unix_ns(116444736000000001) == 100
     assert vmbus.unix_ns_to_filetime(1_700_000_000_000_000_000) == 133444736000000000
+
+
+@pytest.mark.parametrize(
+    "request_obj",
+    [
+        kvp.KvpGet(kvp.KvpPool.GUEST, "key"),
+        kvp.KvpSet(kvp.KvpPool.EXTERNAL, "k", "v"),
+        kvp.KvpDelete(kvp.KvpPool.EXTERNAL, "gone"),
+        kvp.KvpEnumerate(kvp.KvpPool.AUTO, 7),
+    ],
+)
+def test_decoded_kvp_request_is_the_dataclass_itself(request_obj: Any) -> None:
+    """The decoder fills the instances without __init__: they must still be the same
+    frozen values (equal, same hash and repr, pool the enum member, immutable)."""
+    decoded: Any = kvp.decode_kvp_request(request_obj.encode())
+    assert decoded == request_obj
+    assert hash(decoded) == hash(request_obj)
+    assert repr(decoded) == repr(request_obj)
+    assert type(decoded.pool) is kvp.KvpPool
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        decoded.pool = kvp.KvpPool.GUEST
