@@ -68,6 +68,8 @@ class FakeService:
         self.workers = 0
         self.lost_errors: list[str] = []
         self.lost_under_lock: list[bool] = []
+        self.device: FakeDevice | None = None
+        self.open_at_loss: list[bool] = []
 
     def registered(self, version: str) -> None:
         pass
@@ -86,6 +88,8 @@ class FakeService:
     def lost(self, error: TransportError) -> None:
         self.lost_errors.append(str(error))
         self.lost_under_lock.append(self.lock.locked())
+        assert self.device is not None
+        self.open_at_loss.append(self.device.is_open)
 
     def details(self) -> dict[str, Any]:
         return {"fake": True}
@@ -129,6 +133,7 @@ def env(tmp_path: Any) -> Iterator[Env]:
     lock = threading.Lock()
     device = FakeDevice()
     service = FakeService(lock)
+    service.device = device
     paths = Paths(run=str(tmp_path / "run"))
     gone = [False]
     channels: list[WorkerChannel] = []
@@ -154,6 +159,9 @@ def test_a_failing_worker_closes_the_device_and_it_reopens_after_the_backoff(env
     env.until("the worker's failure to reach the loop", lambda: env.device.closes == 1)
     assert env.service.lost_errors == [EIO]
     assert env.service.lost_under_lock == [True]  # the worker thread shares the service
+    # Told before the close: what it holds of the device (a view into a ring
+    # mapping) goes before the mapping does.
+    assert env.service.open_at_loss == [True]
     assert env.state()["state"] == "re-registering"  # published at once
     # The back-off: while the clock stands still, nothing re-opens.
     for _ in range(3):
