@@ -29,6 +29,7 @@ import contextlib
 import logging
 import os
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -91,7 +92,7 @@ D = TypeVar("D", bound=Device)
 S = TypeVar("S", bound=DeviceService)
 
 
-class ChannelRunner(Generic[D, S]):
+class ChannelRunner(ABC, Generic[D, S]):
     """One service's device: open, fail, re-open, publish. ``Channel`` and
     ``WorkerChannel`` add how messages are read (``_attach``/``_detach``/``_release``)."""
 
@@ -151,17 +152,17 @@ class ChannelRunner(Generic[D, S]):
 
     # -- how messages are read (the two modes) -----------------------------------
 
+    @abstractmethod
     def _attach(self) -> None:
         """The device is open: start reading it."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _detach(self) -> None:
         """The device failed: stop reading it (it is closed next)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _release(self) -> None:
         """The daemon stops: stop reading, release the device."""
-        raise NotImplementedError
 
     # -- lifecycle -------------------------------------------------------------
 
