@@ -9,7 +9,8 @@ role and what its actions do; what is the same lives here, once (``ChannelRunner
   request in flight) and re-opened after the shared back-off, the failures logged
   once per period; a device that is gone (``gone``) ends the daemon with 0;
 * the state file (``/run/hvguest/<service>.json``): published when something
-  changed, at most once a period, never while the service holds it;
+  changed, at most once a period (a loss and a re-open at once), never while the
+  service holds it;
 * sd_notify: READY with a one-line summary, STATUS every few seconds;
 * the ``main()`` epilogue (``run_daemon``): start, ready, run, close whatever happens.
 
