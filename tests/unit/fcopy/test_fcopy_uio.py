@@ -220,3 +220,16 @@ def test_non_inband_packet_ignored(daemon):
     t.host_send(ic(FcopyComplete().encode()), 5)
     serve(daemon)
     assert [tid for tid, _ in t.host_replies()] == [5]
+
+
+def test_status_line_carries_counts_never_a_host_supplied_name(daemon):
+    """sd_notify STATUS= is a newline-separated assignment list: nothing the host
+    names may reach it."""
+    t = daemon.transport
+    t.host_send(ic(FcopyStart("READY=1 name", str(daemon.root), 0, 3).encode(utf16=True)), 1)
+    serve(daemon)
+    assert daemon.status_text() == "receiving 0 of 3 bytes; 0 file(s) received, 0 failed"
+    t.host_send(ic(FcopyWrite(0, b"abc").encode()), 2)
+    t.host_send(ic(FcopyComplete().encode()), 3)
+    serve(daemon)
+    assert daemon.status_text() == "1 file(s) received, 0 failed"
