@@ -2,8 +2,8 @@
 
 ``FcopyService`` runs the protocol role (hvguest.roles.fcopy) against the file
 writer and the path policy, keeps the per-transfer records for ``hvguestctl fcopy``
-and answers each message with a status. ``ic_reply`` wraps it for the raw VMBus
-ring (kernels >= 6.10), where hvguest also answers the IC version negotiation.
+and answers each message with a status (``fcopy_ring.ic_reply`` wraps it for the
+raw VMBus ring of kernels >= 6.10).
 The per-fragment WRITE path avoids decoding whole messages: it is the hot path of
 a Copy-VMFile transfer.
 """
@@ -48,14 +48,6 @@ from hvguest.wire.fcopy import (
     decode_fcopy_reply,
     decode_fcopy_request,
 )
-from hvguest.wire.icmsg import (
-    FCOPY_FW_VERSIONS,
-    FCOPY_SRV_VERSIONS,
-    ICMSG_HDR_SIZE,
-    IcMsgType,
-    ic_msgtype,
-    negotiate_response,
-)
 from hvguest.wire.status import HvStatus, status_name
 
 log = logging.getLogger(__name__)
@@ -63,7 +55,6 @@ log = logging.getLogger(__name__)
 # Plain ints for the per-fragment path (enum attribute lookups cost more).
 _OP_WRITE = int(FcopyOp.WRITE_TO_FILE)
 _S_OK = int(HvStatus.HV_S_OK)
-_MSG_FCOPY = int(IcMsgType.FCOPY)
 
 
 # -- the service shared by both transports -------------------------------------------
@@ -371,31 +362,3 @@ class FcopyService:
     def tick(self) -> None:
         """Periodic: publish the bytes done of a running transfer."""
         self._publish_progress()
-
-
-# -- UIO / IC framing --------------------------------------------------------------
-
-
-def ic_reply(service: FcopyService, payload: bytes | memoryview) -> bytes | int | None:
-    """What to answer one IC packet from the ring (``transport.uio_ring.Reply``): the
-    status of the response that echoes it, a NEGOTIATE response, or None when it
-    cannot be answered (too short to carry an IC header)."""
-    if len(payload) < ICMSG_HDR_SIZE:
-        log.warning("fcopy: %d-byte packet has no IC header; skipped", len(payload))
-        return None
-    msgtype = ic_msgtype(payload)
-    if msgtype == _MSG_FCOPY:
-        body = memoryview(payload)[ICMSG_HDR_SIZE:]
-        status = service.write_fragment(body, len(body))
-        return service.handle(bytes(body), utf16=True) if status is None else status
-    if msgtype == IcMsgType.NEGOTIATE:
-        reply, fw, srv = negotiate_response(
-            bytes(payload), FCOPY_FW_VERSIONS, FCOPY_SRV_VERSIONS
-        )
-        if fw is None or srv is None:
-            log.warning("fcopy: version negotiation failed (host offered no 3.0 / 1.1)")
-        else:
-            log.info("fcopy: negotiated framework %s, service %s", fw, srv)
-        return reply
-    log.warning("fcopy: IC message type %d is not file copy; answered HV_E_FAIL", msgtype)
-    return int(HvStatus.HV_E_FAIL)

@@ -28,47 +28,44 @@ upstream UIO daemon):
 * on UIO every queued packet is served per interrupt, responses echo the request's
   trans_id, and a packet with bad framing is skipped instead of silencing the channel.
 
-Threads: the main thread runs the event loop (signals, timers, state file, watchdog,
-re-opening); one ``DeviceThread`` per open channel ("fcopy-device" or "fcopy-ring")
-blocks in the transport's read and serves each message; they share the service under
-``FcopyDaemon.lock``.
+Threads: the main thread runs the event loop and the channel (``WorkerChannel``:
+signals, timers, state file, watchdog, back-off and re-opening); after each open a
+``DeviceThread`` ("fcopy-device" or "fcopy-ring") blocks in the transport's read and
+serves each message; they share the service under ``FcopyDaemon.lock``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import logging
 import os
 import sys
 import threading
 from collections.abc import Callable
+from typing import Any
 
-from hvguest.backoff import Backoff
 from hvguest.config import Config
 from hvguest.daemon import Runtime
-from hvguest.daemons.channel import DeviceThread, run_daemon
+from hvguest.daemons.channel import run_daemon
 from hvguest.daemons.common import daemon_arg_parser, start_daemon
-from hvguest.daemons.fcopy_service import FcopyService, ic_reply
+from hvguest.daemons.fcopy_ring import ic_reply
+from hvguest.daemons.fcopy_service import FcopyService
+from hvguest.daemons.worker_channel import Worker, WorkerChannel
 from hvguest.errors import HvGuestError, TransportError
 from hvguest.fcopy.settings import FcopySettings
-from hvguest.log import Throttle
 from hvguest.paths import Paths
 from hvguest.state import StatePublisher, read_state
-from hvguest.transport.chardev import FCOPY_READ_SIZE, CharDevTransport
-from hvguest.transport.uio import DeviceNotBound, UioTransport, bound_driver, find_device
+from hvguest.transport.chardev import FCOPY_READ_SIZE, CharDevTransport, fcopy_transport
+from hvguest.transport.uio import UioTransport, bound_driver, find_device
 from hvguest.transport.uio_ring import CorruptPacket
-from hvguest.wire.fcopy import (
-    fcopy_reply,
-)
+from hvguest.wire.fcopy import fcopy_reply
 from hvguest.wire.status import HvStatus
 
 log = logging.getLogger(__name__)
 
 SERVICE = "fcopy"
 FCOPY_CLASS_ID = "34d14be3-dee4-41c8-9ae7-6b174977c192"
-LOG_PERIOD = 60.0
 NOT_OFFERED = (
     "Guest Service Interface not offered: enable it on the host with "
     "Enable-VMIntegrationService -Name 'Guest Service Interface'"
@@ -102,18 +99,36 @@ def detect_transport(paths: Paths) -> str | None:
 
 
 class FcopyDaemon:
-    def __init__(self, paths: Paths, config: Config, runtime: Runtime, kind: str) -> None:
+    """The transfer service on its channel (``WorkerChannel``): the channel opens,
+    re-opens, logs failures and publishes; this class serves each transport."""
+
+    def __init__(
+        self,
+        paths: Paths,
+        config: Config,
+        runtime: Runtime,
+        kind: str,
+        *,
+        device: CharDevTransport | UioTransport | None = None,
+    ) -> None:
         self.paths = paths
         self.runtime = runtime
         self.kind = kind
         self.settings: FcopySettings = config.get(FcopySettings)
         self.publisher = StatePublisher(SERVICE, paths)
         self.service = FcopyService(self.settings, self.publisher)
-        self.transport: CharDevTransport | UioTransport | None = None
+        if device is None:
+            device = fcopy_transport(paths) if kind == "legacy" else UioTransport(paths)
+        self.device = device
         self.lock = threading.Lock()
         self.stopping = False
-        self.backoff = Backoff()
-        self._throttle = Throttle(LOG_PERIOD)
+        self.channel = WorkerChannel(
+            SERVICE, runtime, device, state=self.publisher, remedy="",
+            gone=self.device_gone, lock=self.lock, reopening="waiting for device",
+            # Not bound yet (hvguest-uio-bind failed or has not run), or a ring that
+            # fails at once: say so and wait for it rather than fail the start.
+            wait_at_start=kind == "uio",
+        )
 
     # -- start-up --------------------------------------------------------------
 
@@ -137,37 +152,47 @@ class FcopyDaemon:
         temp = in_progress.get("temp") if isinstance(in_progress, dict) else None
         self.service.sweep_stale(temp)
 
-    def open_transport(self) -> None:
-        if self.kind == "legacy":
-            from hvguest.transport.chardev import open_fcopy
+    def start(self) -> None:
+        """Open the channel (legacy: a TransportError when it cannot) and serve."""
+        self.channel.start(self)
+        self.runtime.on_stop(self.stop)
+        self.runtime.call_every(PROGRESS_PERIOD, self.tick)
 
-            legacy = self.transport = open_fcopy(self.paths)
-            with self.lock:
-                self.publisher.update(
-                    device=self.paths.vmbus_device("hv_fcopy"),
-                    state="ready",
-                    details={"transport": self.kind},
-                )
-                self.publisher.publish()
-            buffer = bytearray(FCOPY_READ_SIZE)
-            serve = functools.partial(self._serve_legacy, legacy, buffer, memoryview(buffer))
-            self._worker("fcopy-device", serve,
-                         on_bug=functools.partial(legacy.write_packet, _REPLIES[_FAIL]))
-        else:
-            ring = self.transport = UioTransport(self.paths).open()
-            self.publisher.update(
-                device=f"/dev/{ring.uio_name} ({ring.device_dir})",
-                state="ready",
-                details={"transport": self.kind},
-            )
-            self.publisher.publish()
-            self._first_drain = True
-            self._worker("fcopy-ring", functools.partial(self._serve_ring, ring))
+    def device_gone(self) -> bool:
+        """Neither device is there: the host withdrew it (or the driver went)."""
+        return find_fcopy_vmbus_device(self.paths) is None and not os.path.exists(
+            self.paths.vmbus_device("hv_fcopy")
+        )
 
-    def _worker(self, name: str, serve_one: Callable[[], None],
-                on_bug: Callable[[], None] = lambda: None) -> None:
-        DeviceThread(name, self.runtime, serve_one, stopping=lambda: self.stopping,
-                     failed=self._lost, on_bug=on_bug).start()
+    # -- the channel's service (WorkerService), called under self.lock ----------
+
+    def registered(self, version: str) -> None:
+        """Nothing to do: the worker that serves the device starts next."""
+
+    def worker(self) -> Worker:
+        device = self.device
+        if isinstance(device, UioTransport):
+            return Worker("fcopy-ring", self._ring_server(device))
+        buffer = bytearray(FCOPY_READ_SIZE)
+        serve = functools.partial(self._serve_legacy, device, buffer, memoryview(buffer))
+        return Worker("fcopy-device", serve,
+                      on_bug=functools.partial(device.write_packet, _REPLIES[_FAIL]))
+
+    def lost(self, error: TransportError) -> None:
+        self.service.abort(f"channel failed: {error}")
+        self.publisher.record_error(str(error))
+
+    def details(self) -> dict[str, Any]:
+        return {"transport": self.kind}
+
+    def status_text(self) -> str:
+        # Counts only: a file name comes from the host and has no place in sd_notify.
+        counts = self.service.counts
+        done = f"{counts['ok']} file(s) received, {counts['failed']} failed"
+        progress = self.service.progress()
+        if progress is None:
+            return done
+        return f"receiving {progress['bytes_done']} of {progress['file_size']} bytes; {done}"
 
     # -- legacy char device ------------------------------------------------------
     #
@@ -175,7 +200,7 @@ class FcopyDaemon:
     # read() of the next message, the file work, the 4-byte reply. Polling first
     # would cost a round trip per poll on a FUSE-served device and gains nothing:
     # the kernel holds one message at a time and waits for our reply. The thread
-    # is a ``DeviceThread`` (hvguest.daemons.channel): only it touches the
+    # is a ``DeviceThread`` (hvguest.daemons.worker_channel): only it touches the
     # descriptor, the main thread keeps signals, timers and the watchdog, and
     # ``self.lock`` serialises the service between the two. Here a fragment is
     # hashed before its reply, straight from the buffer: measured with bench fcopy,
@@ -202,7 +227,7 @@ class FcopyDaemon:
         if not common:
             with lock:
                 service.after_reply()
-                self.backoff.healthy()
+                self.channel.backoff.healthy()
 
     # -- UIO ring (hvguest.transport.uio_ring) -------------------------------------
     #
@@ -212,21 +237,19 @@ class FcopyDaemon:
     # (``after_reply``), while the host prepares the next one. Polling first would
     # add a round trip per packet on a FUSE-served device.
 
-    def _serve_ring(self, transport: UioTransport) -> None:
-        if not self._first_drain:  # packets queued before we opened raised no interrupt
-            transport.wait_interrupt()
-        self._first_drain = False
-        with self.lock:
-            if not self.stopping:
-                self._drain_uio(transport)
+    def _ring_server(self, transport: UioTransport) -> Callable[[], None]:
+        first = True
 
-    def on_uio_readable(self) -> None:
-        """Serve the ring from the loop thread (used when no worker runs)."""
-        try:
-            assert isinstance(self.transport, UioTransport)
-            self._drain_uio(self.transport)
-        except TransportError as exc:
-            self._lost(exc)
+        def serve_one() -> None:
+            nonlocal first
+            if not first:  # packets queued before we opened raised no interrupt
+                transport.wait_interrupt()
+            first = False
+            with self.lock:
+                if not self.stopping:
+                    self._drain_uio(transport)
+
+        return serve_one
 
     def _drain_uio(self, transport: UioTransport) -> None:
         answer = functools.partial(ic_reply, self.service)
@@ -239,7 +262,7 @@ class FcopyDaemon:
                 self._bad_packet(exc, transport.discard_corrupt())
                 continue
             if answered:
-                self.backoff.healthy()  # a request served: the next failure starts over
+                self.channel.backoff.healthy()  # the next failure starts over
             return
 
     def _bad_packet(self, exc: CorruptPacket, dropped: int) -> None:
@@ -247,57 +270,7 @@ class FcopyDaemon:
         self.service.abort(f"bad packet: {exc}")
         self.publisher.record_error(f"bad packet from the host skipped: {exc}")
 
-    # -- failures ----------------------------------------------------------------
-
-    def _lost(self, exc: TransportError) -> None:
-        self._say("lost", logging.ERROR, "fcopy channel failed: %s", exc)
-        with self.lock:
-            self.service.abort(f"channel failed: {exc}")
-            self.publisher.record_error(str(exc))
-        if self.transport is not None:
-            with contextlib.suppress(Exception):
-                self.transport.close()
-        self.transport = None
-        self._wait_and_reopen()
-
-    def _say(self, what: str, level: int, message: str, *args: object) -> None:
-        """A repeating failure is logged once per LOG_PERIOD, with the count left out."""
-        show, suppressed = self._throttle.should_log(what)
-        if show:
-            more = f" ({suppressed} similar not shown)" if suppressed else ""
-            log.log(level, "%s%s", message % args, more)
-
-    def _wait_and_reopen(self) -> None:
-        delay = self.backoff.next_delay()
-        self.publisher.update(state="waiting for device")
-        self.publisher.publish()
-        self.runtime.call_later(delay, self._reopen)
-
-    def device_gone(self) -> bool:
-        return find_fcopy_vmbus_device(self.paths) is None and not os.path.exists(
-            self.paths.vmbus_device("hv_fcopy")
-        )
-
-    def _reopen(self) -> None:
-        if self.stopping:
-            return
-        if self.device_gone():
-            # The host withdrew the device (or the driver went): nothing to serve, and
-            # not a failure of this daemon; BindsTo= stops the unit as well.
-            log.info("the fcopy device has left %s: the host no longer offers it; exiting",
-                     self.paths.vmbus_devices)
-            self.runtime.stop(0)
-            return
-        try:
-            self.open_transport()
-        except HvGuestError as exc:
-            hint = "" if isinstance(exc, DeviceNotBound) else "; retrying with back-off"
-            self._say("reopen", logging.WARNING, "cannot open the fcopy channel: %s%s", exc, hint)
-            self.publisher.record_error(str(exc))
-            self._wait_and_reopen()
-            return
-        self._throttle.reset("reopen")
-        log.info("fcopy channel open after %d failed attempt(s)", self.backoff.failures)
+    # -- periodic and stop ---------------------------------------------------------
 
     def tick(self) -> None:
         with self.lock:
@@ -309,8 +282,8 @@ class FcopyDaemon:
             self.service.abort("daemon stopping")
             self.publisher.update(state="stopped", details={"in_progress": None})
             self.publisher.publish()
-        # The worker may sit in read(): leave the descriptor (and the ring mapping)
-        # to process exit rather than close something it could still use.
+        # The worker may sit in read(): the channel leaves the descriptor (and the
+        # ring mapping) to process exit rather than close something it could use.
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -340,18 +313,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def start() -> None:
         try:
-            daemon.open_transport()
+            daemon.start()
         except HvGuestError as exc:
-            if kind != "uio":
-                print(f"hvguest-fcopyd: {exc}", file=sys.stderr, flush=True)
-                raise
-            # Not bound yet (hvguest-uio-bind failed or has not run), or a channel that
-            # fails at once: say so and wait for it with the re-open back-off.
-            daemon._say("reopen", logging.WARNING, "cannot open the fcopy channel: %s", exc)
-            daemon.publisher.record_error(str(exc))
-            daemon._wait_and_reopen()
-        runtime.on_stop(daemon.stop)
-        runtime.call_every(PROGRESS_PERIOD, daemon.tick)
+            print(f"hvguest-fcopyd: {exc}", file=sys.stderr, flush=True)
+            raise
 
     def ready() -> str:
         roots = ", ".join(daemon.settings.allowed_roots) or "none"

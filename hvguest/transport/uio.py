@@ -88,6 +88,10 @@ def uio_bound(device_dir: str) -> bool:
 class UioTransport(Opens):
     """The VMBus device of ``class_id`` served through /dev/uioN."""
 
+    # The IC framework and service versions are negotiated in the ring's own
+    # messages (wire.icmsg), not when the device opens.
+    version: str | None = None
+
     def __init__(
         self,
         paths: Paths,
@@ -255,6 +259,14 @@ class UioTransport(Opens):
     def reopen(self) -> None:
         self.close()
         self.open()
+
+    @property
+    def path(self) -> str:
+        """What the state file and the logs name: the node and its VMBus device once
+        found, the class searched for before."""
+        if self.uio_name is None or self.device_dir is None:
+            return f"{self.paths.vmbus_devices} (class {self.class_id})"
+        return f"/dev/{self.uio_name} ({self.device_dir})"
 
     @property
     def is_open(self) -> bool:

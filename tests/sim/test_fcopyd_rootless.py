@@ -91,8 +91,7 @@ def env(tmp_path):
 
     def serve() -> None:
         try:
-            daemon.open_transport()
-            runtime.on_stop(daemon.stop)
+            daemon.start()
             result["rc"] = runtime.run()
         except BaseException as exc:  # surfaced by the test
             result["exc"] = exc
@@ -263,17 +262,17 @@ def test_device_gone_exits_0_and_a_dead_device_costs_no_cpu(tmp_path):
     runtime = Runtime("hvguest-fcopyd-test")
     daemon = FcopyDaemon(paths, config, runtime, "legacy")
     attempts: list[float] = []
-    real_open = daemon.open_transport
+    real_open = daemon.device.open
 
-    def counted_open() -> None:
+    def counted_open() -> object:
         attempts.append(runtime.clock())
-        real_open()
+        return real_open()
 
-    daemon.open_transport = counted_open  # type: ignore[method-assign]
+    daemon.device.open = counted_open  # type: ignore[method-assign]
     result: dict[str, object] = {}
 
     def serve() -> None:
-        daemon.open_transport()
+        daemon.start()
         result["rc"] = runtime.run()
 
     thread = threading.Thread(target=serve, daemon=True)

@@ -13,8 +13,8 @@ import struct
 
 import pytest
 
+from hvguest.daemons.fcopy_ring import ic_reply as ic_answer
 from hvguest.daemons.fcopy_service import FcopyService
-from hvguest.daemons.fcopy_service import ic_reply as ic_answer
 from hvguest.fcopy.settings import FcopySettings
 from hvguest.paths import Paths
 from hvguest.state import StatePublisher, read_state

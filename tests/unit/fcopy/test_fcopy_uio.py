@@ -1,4 +1,5 @@
-"""The daemon's UIO handler on rings in memory: draining, framing, bad packets."""
+"""The daemon's UIO handler on rings in memory: draining, framing, bad packets, and a
+failing ring handed to the channel (closed, re-opened after the back-off)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from hvguest.daemon import Runtime
 from hvguest.daemons.fcopyd import FcopyDaemon
 from hvguest.errors import TransportError
 from hvguest.paths import Paths
+from hvguest.state import read_state
 from hvguest.transport.uio import UioTransport
 from hvguest.wire.fcopy import FcopyComplete, FcopyStart, FcopyWrite
 from hvguest.wire.icmsg import (
@@ -67,6 +69,10 @@ class MemoryUio(UioTransport):
         self.rearms += 1
         self.on_unmask()
 
+    @property
+    def is_open(self) -> bool:
+        return not self.closed
+
     def close(self) -> None:
         self.closed = True
 
@@ -92,8 +98,9 @@ def daemon(tmp_path):
     root.mkdir()
     config = load_config_text(f"fcopy:\n  allowed_roots: ['{root}']\n")
     runtime = Runtime("t")
-    d = FcopyDaemon(Paths(run=str(tmp_path / "run")), config, runtime, "uio")
-    d.transport = MemoryUio()
+    d = FcopyDaemon(Paths(run=str(tmp_path / "run")), config, runtime, "uio",
+                    device=MemoryUio())
+    d.transport = d.device
     d.root = root
     yield d
     runtime.close()
@@ -103,13 +110,27 @@ def status_of(payload: bytes) -> int:
     return IcHeader.decode(payload).status
 
 
+def serve(daemon) -> None:
+    """What the ring's worker does after an open: drain what is queued (a fresh
+    worker does not wait for an interrupt first)."""
+    daemon.worker().serve_one()
+
+
+def run_until(runtime: Runtime, done: Callable[[], bool]) -> None:
+    for _ in range(50):
+        if done():
+            return
+        runtime.run_once(0.1)
+    raise AssertionError("timed out")
+
+
 def test_drains_every_queued_packet_and_echoes_trans_id(daemon):
     t = daemon.transport
     t.host_send(build_negotiate_request([IcVersion(3, 0)], [IcVersion(1, 1)]), 10)
     t.host_send(ic(FcopyStart("ü 🎉", str(daemon.root), 0, 3).encode(utf16=True)), 11)
     t.host_send(ic(FcopyWrite(0, b"abc").encode()), 12)
     t.host_send(ic(FcopyComplete().encode()), 13)
-    daemon.on_uio_readable()
+    serve(daemon)
     replies = t.host_replies()
     assert [tid for tid, _ in replies] == [10, 11, 12, 13]
     assert parse_negotiate_response(replies[0][1])[1:] == (IcVersion(3, 0), IcVersion(1, 1))
@@ -123,11 +144,11 @@ def test_bad_descriptor_is_skipped_and_serving_continues(daemon):
     bad = bytearray(build_inband_packet(ic(FcopyComplete().encode()), 5))
     struct.pack_into("<H", bad, 2, 1)  # offset8 below the descriptor
     t.host_send_raw(bytes(bad))
-    daemon.on_uio_readable()
+    serve(daemon)
     assert t.host_replies() == []
     assert t.host_rx.available == 0 and not t.closed
     t.host_send(ic(FcopyComplete().encode()), 6)
-    daemon.on_uio_readable()
+    serve(daemon)
     [(tid, payload)] = t.host_replies()
     assert tid == 6 and status_of(payload) == HvStatus.HV_E_FAIL  # COMPLETE before START
 
@@ -135,7 +156,7 @@ def test_bad_descriptor_is_skipped_and_serving_continues(daemon):
 def test_other_message_types_answered_e_fail(daemon):
     t = daemon.transport
     t.host_send(ic(bytes(8), msgtype=IcMsgType.HEARTBEAT), 3)
-    daemon.on_uio_readable()
+    serve(daemon)
     [(tid, payload)] = t.host_replies()
     assert tid == 3 and status_of(payload) == HvStatus.HV_E_FAIL
 
@@ -144,17 +165,20 @@ def test_corrupt_ring_index_reopens(daemon, monkeypatch):
     t = daemon.transport
     t.host_rx.read_index = RING  # beyond the data area
     reopened = []
-    monkeypatch.setattr(daemon, "open_transport", lambda: reopened.append(True))
-    monkeypatch.setattr(daemon, "device_gone", lambda: False)
-    monkeypatch.setattr(daemon.runtime, "remove_reader", lambda fd: None)
-    daemon.on_uio_readable()
+
+    def reopen() -> None:
+        reopened.append(True)
+        raise TransportError("still gone")
+
+    monkeypatch.setattr(t, "open", reopen)
+    monkeypatch.setattr(daemon.channel, "gone", lambda: False)
+    daemon.channel.start(daemon)  # the worker finds the corrupt ring at once
+    run_until(daemon.runtime, lambda: t.closed)
     # Closed at once; re-opened after the first back-off step, not in the same call.
-    assert t.closed and reopened == []
-    assert daemon.backoff.failures == 1
-    for _ in range(50):
-        if reopened:
-            break
-        daemon.runtime.run_once(0.1)
+    assert reopened == []
+    assert daemon.channel.backoff.failures == 1
+    assert read_state(daemon.paths, "fcopy")["state"] == "waiting for device"
+    run_until(daemon.runtime, lambda: bool(reopened))
     assert reopened == [True]
 
 
@@ -169,7 +193,7 @@ def test_packet_arriving_before_rearm_is_served(daemon):
 
     t.on_unmask = unmask
     t.host_send(ic(FcopyComplete().encode()), 8)
-    daemon.on_uio_readable()
+    serve(daemon)
     assert [tid for tid, _ in t.host_replies()] == [8, 9]
 
 
@@ -180,12 +204,12 @@ def test_transport_error_is_not_fatal(daemon, monkeypatch):
         raise TransportError("/dev/uio0: device rescinded by the host")
 
     t.on_unmask = boom
-    monkeypatch.setattr(
-        daemon, "open_transport", lambda: (_ for _ in ()).throw(TransportError("x"))
-    )
-    monkeypatch.setattr(daemon.runtime, "remove_reader", lambda fd: None)
-    daemon.on_uio_readable()  # logs, schedules a retry; does not raise
-    assert t.closed
+    t.host_send(ic(FcopyComplete().encode()), 8)  # answering it re-arms: boom
+    monkeypatch.setattr(t, "open", lambda: (_ for _ in ()).throw(TransportError("x")))
+    monkeypatch.setattr(daemon.channel, "gone", lambda: False)
+    daemon.channel.start(daemon)
+    run_until(daemon.runtime, lambda: t.closed)  # logged; does not raise
+    assert daemon.channel._reopen_timer is not None  # a retry is scheduled
 
 
 def test_non_inband_packet_ignored(daemon):
@@ -194,5 +218,18 @@ def test_non_inband_packet_ignored(daemon):
     struct.pack_into("<H", packet, 0, 11)  # VM_PKT_COMP
     t.host_send_raw(bytes(packet))
     t.host_send(ic(FcopyComplete().encode()), 5)
-    daemon.on_uio_readable()
+    serve(daemon)
     assert [tid for tid, _ in t.host_replies()] == [5]
+
+
+def test_status_line_carries_counts_never_a_host_supplied_name(daemon):
+    """sd_notify STATUS= is a newline-separated assignment list: nothing the host
+    names may reach it."""
+    t = daemon.transport
+    t.host_send(ic(FcopyStart("READY=1 name", str(daemon.root), 0, 3).encode(utf16=True)), 1)
+    serve(daemon)
+    assert daemon.status_text() == "receiving 0 of 3 bytes; 0 file(s) received, 0 failed"
+    t.host_send(ic(FcopyWrite(0, b"abc").encode()), 2)
+    t.host_send(ic(FcopyComplete().encode()), 3)
+    serve(daemon)
+    assert daemon.status_text() == "1 file(s) received, 0 failed"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from hvguest.daemon import Runtime
-from hvguest.daemons.channel import DeviceThread
+from hvguest.daemons.worker_channel import DeviceThread
 from hvguest.errors import TransportError
 
 
