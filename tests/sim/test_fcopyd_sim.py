@@ -264,6 +264,10 @@ def test_uio_corrupt_ring_is_abandoned_and_the_next_copy_succeeds(sim, tmp_path,
     src.write_bytes(b"b" * 10000)
     assert sim.fcopy_send(str(src), "/tmp", "before") == OK
     assert sim.uio_stats()["connects"] == 1
+    # The daemon may still be re-arming after the last reply (a signal makes the
+    # host read TX, which would see the corruption and skip it): corrupt only once
+    # it waits for the next interrupt.
+    wait_for("the daemon waiting for an interrupt", lambda: sim.uio_stats()["guest_idle"])
     seen = sim.uio_corrupt(what)
     if what == "tx_full":
         # The host's next request finds the daemon unable to answer: that request

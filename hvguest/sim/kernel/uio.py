@@ -191,7 +191,20 @@ class UioFcopy:
 
     def stats(self) -> dict[str, int | bool]:
         return {"open_attempts": self.device.open_attempts, "connects": self.connects,
-                "connected": self.connected}
+                "connected": self.connected, "guest_idle": self.guest_idle()}
+
+    def guest_idle(self) -> bool:
+        """The guest has read every interrupt, re-armed, and RX is empty: it can only
+        be waiting for the next interrupt, and it will not signal (and so make the
+        host read TX) before one. A test that changes the rings behind the guest's
+        back waits for this first."""
+        try:
+            rx_empty = self.rx.available() == 0
+        except RingError:  # a corrupted RX: the guest has something to find
+            return False
+        return (self.connected and not self._pending and rx_empty
+                and self.rx.interrupt_mask == 0
+                and all(seen == self.interrupts for seen in self.device._seen.values()))
 
     def irqcontrol(self, enable: bool) -> None:
         self.rx.interrupt_mask = 0 if enable else 1
