@@ -32,7 +32,7 @@ HVGUEST_CONFIG = "kvp:\n  publish_version: false\n"
 REFERENCE = ["/usr/sbin/hv_kvp_daemon", "-n"]
 MEASURES = ("SET", "GET", "ENUMERATE")
 TARGETS = {"SET": 5.0, "GET": 3.5, "ENUMERATE": 2.0}
-RSS_TARGET_MB = 20.0
+RSS_TARGET_MB = 18.0
 
 
 def commands(workdir: str) -> dict[str, list[str]]:
