@@ -128,6 +128,9 @@ class UioFcopy:
         self.log: list[str] = []
         self.sandbox_root: str | None = None  # for binding on a new_id write
         self._bind_timer: Timer | None = None
+        # tx_full: the host stopped reading TX (so it stays full) until the channel
+        # is connected again; reading it would "repair" the corruption it plays.
+        self._tx_stalled = False
         # Until the guest first unmasks RX after connecting, the host keeps checking
         # the mask and signals once it is cleared: the reference daemon clears it in
         # shared memory without signalling, after the host's first NEGOTIATE went out.
@@ -137,6 +140,7 @@ class UioFcopy:
     # -- channel state ----------------------------------------------------------------
     def connect(self) -> None:
         self._guest_ready = False
+        self._tx_stalled = False
         self.tx.reset()
         self.rx.reset()
         self.rx.interrupt_mask = 1
@@ -171,7 +175,8 @@ class UioFcopy:
         """Scribble on a ring header as a broken host would; returns the values set.
         ``rx_read``/``rx_write``: an RX index beyond the data area (the guest is
         interrupted so that it looks); ``tx_full``: TX read index just past the
-        write index, so the guest finds no room for its next response."""
+        write index, so the guest finds no room for its next response, and the host
+        stops reading TX until the channel connects again."""
         ring = self.rx if what.startswith("rx_") else self.tx
         beyond = ring.dsize + 8 * 13
         if what == "rx_read":
@@ -180,6 +185,7 @@ class UioFcopy:
             ring.write_index = beyond
         elif what == "tx_full":
             ring.read_index = (ring.write_index + 8) % ring.dsize
+            self._tx_stalled = True
         else:
             raise ValueError(f"unknown ring corruption {what!r}")
         self.log.append(f"uio0: {what} corrupted: write {ring.write_index},"
@@ -262,7 +268,7 @@ class UioFcopy:
 
     def on_guest_signal(self) -> None:
         """Drain TX (the guest's responses), then retry RX writes that did not fit."""
-        while True:
+        while not self._tx_stalled:
             try:
                 got = self.tx.read_packet()
             except RingError as exc:
