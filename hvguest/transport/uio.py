@@ -15,7 +15,6 @@ import errno
 import logging
 import mmap
 import os
-import select
 import struct
 import time
 from collections.abc import Callable
@@ -301,18 +300,6 @@ class UioTransport(Opens):
         """Drop what RX holds after a ``CorruptPacket`` (``RingChannel.discard_corrupt``)."""
         return self._channel().discard_corrupt()
 
-    def _consume_interrupt(self) -> None:
-        fd = self.fileno()
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        ready = poller.poll(0)
-        if not ready:
-            return
-        events = ready[0][1]
-        if not events & select.POLLIN and events & (select.POLLERR | select.POLLHUP):
-            raise TransportError(f"/dev/{self.uio_name}: device rescinded by the host")
-        self._read_interrupt(fd)
-
     def _read_interrupt(self, fd: int) -> None:
         try:
             data = os.read(fd, 4)
@@ -327,34 +314,6 @@ class UioTransport(Opens):
         if exc.errno == errno.EIO:
             return TransportError(f"/dev/{self.uio_name}: device rescinded by the host")
         return TransportError(f"/dev/{self.uio_name}: {what} failed: {exc.strerror}")
-
-    def read_packets(self) -> list[tuple[int, bytes]]:
-        """Consume the pending interrupt (if any) and drain every packet in the
-        RX ring as (trans_id, payload), copied. A malformed ring raises RingError
-        (a TransportError). The daemon serves with ``drain()`` instead."""
-        _, rx = self._rings()
-        self._consume_interrupt()
-        packets: list[tuple[int, bytes]] = []
-        while True:
-            got = rx.read_packet()
-            if got is None:
-                return packets
-            desc, payload = got
-            packets.append((desc.trans_id, payload))
-
-    def write_packet(self, payload: bytes, trans_id: int) -> None:
-        """Queue one in-band packet to the host; signal it when the ring was
-        empty and the host is not already draining (interrupt_mask 0)."""
-        tx, _ = self._rings()
-        was_empty = tx.write_packet(payload, trans_id)
-        if was_empty and tx.interrupt_mask == 0:
-            self._unmask()
-
-    def rearm(self) -> bool:
-        """Unmask RX interrupts and signal the host; True when packets arrived
-        while interrupts were masked (call read_packets() again: they raise no
-        interrupt of their own)."""
-        return self._channel().rearm()
 
     def _unmask(self) -> None:
         """write(int32 1): unmask RX interrupts and signal the host."""

@@ -22,10 +22,13 @@ What a bad ring costs:
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Callable
 
 from hvguest.errors import TransportError
 from hvguest.transport.ring import RingBuffer, RingError
+from hvguest.wire.icmsg import ICMSG_HDR_SIZE
+from hvguest.wire.status import HvStatus
 from hvguest.wire.vmbus import VM_PKT_DATA_INBAND
 
 log = logging.getLogger(__name__)
@@ -102,7 +105,12 @@ class RingChannel:
                 log.warning("%s: VMBus packet type %d ignored", rx.name, ptype)
                 rx.read_index = after
                 continue
-            reply = handler(payload)
+            try:
+                reply = handler(payload)
+            except (RingError, TransportError):
+                raise
+            except Exception:
+                reply = self._handler_failed(payload)
             if reply is not None:
                 if isinstance(reply, int):
                     tx.write_response(payload, trans_id, reply)
@@ -116,11 +124,16 @@ class RingChannel:
                 rearmed = True
                 after_reply()
 
-    def rearm(self) -> bool:
-        """Unmask RX interrupts and signal the host; True when packets arrived
-        while interrupts were masked (they raise no interrupt of their own)."""
-        self._signal()
-        return self.rx.available > 0
+    @staticmethod
+    def _handler_failed(payload: memoryview) -> Reply:
+        """A bug while serving one packet: answer it HV_E_FAIL (when it is long
+        enough to echo as an IC response) so that it is consumed and the next one is
+        served; left at the head of RX, every later interrupt would serve it again.
+        The traceback is logged as text: a log record holding it would hold views of
+        the ring, and a mapping with live views cannot be closed."""
+        log.error("unexpected failure serving a packet of %d bytes; answered HV_E_FAIL:\n%s",
+                  len(payload), traceback.format_exc())
+        return int(HvStatus.HV_E_FAIL) if len(payload) >= ICMSG_HDR_SIZE else None
 
     def discard_corrupt(self) -> int:
         """Drop what the host queued on RX after a ``CorruptPacket``: the bytes

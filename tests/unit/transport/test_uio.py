@@ -21,8 +21,9 @@ import pytest
 
 from hvguest.errors import TransportError
 from hvguest.paths import Paths
-from hvguest.transport.ring import RingBuffer, RingError
+from hvguest.transport.ring import RingBuffer
 from hvguest.transport.uio import FCOPY_CLASS_ID, DeviceNotBound, UioTransport
+from hvguest.transport.uio_ring import CorruptPacket, RingAbandoned
 
 INSTANCE = "eb765408-105f-49b6-b4aa-c123b64d17d4"
 RING = 0x5000
@@ -201,37 +202,56 @@ def test_ring_size_falls_back_to_channel_ring_file(fake: FakeSys) -> None:
     assert t.read_ring_size(fake.device, "uio0") == 0x5000
 
 
-def test_exchange_drain_reply_rearm(fake: FakeSys) -> None:
+def test_exchange_wait_drain_reply_signal(fake: FakeSys) -> None:
+    """What hvguest-fcopyd does on the ring: wait for the interrupt, answer every
+    queued packet in place, signal the host (which also unmasks RX interrupts)."""
     fake.attach()
     t = FakeUio(fake).open()
     host = Host(fake)
     try:
         host.send(b"negotiate" + bytes(7), 11, interrupt=False)
         host.send(b"second packet!!!", 12)
-        got = t.read_packets()
-        assert got == [(11, b"negotiate" + bytes(7)), (12, b"second packet!!!")]
+        t.wait_interrupt()
         assert t.interrupts == 1
-        # Host is idle (TX interrupt_mask 0) and TX was empty: the reply signals.
-        t.write_packet(b"reply", 11)
+        seen: list[bytes] = []
+
+        def answer(payload: memoryview) -> bytes | int | None:
+            seen.append(bytes(payload))
+            return b"reply" if payload[0] == ord("n") else None
+
+        assert t.drain(answer) == 1
+        assert seen == [b"negotiate" + bytes(7), b"second packet!!!"]
+        assert host.rx.available == 0  # both consumed, answered or not
+        got = host.tx.read_packet()
+        assert got is not None
+        assert got[0].trans_id == 11 and got[1] == b"reply\0\0\0"
+        # Once RX is empty the drain re-arms: the unmask write signals the host.
         assert fake.host_end is not None
         assert fake.host_end.recv(16) == struct.pack("<i", 1)
-        desc_payload = host.tx.read_packet()
-        assert desc_payload is not None
-        assert desc_payload[0].trans_id == 11 and desc_payload[1] == b"reply\0\0\0"
-        # While the host drains (mask 1) no extra signal.
-        host.tx.interrupt_mask = 1
-        t.write_packet(b"quiet", 12)
-        fake.host_end.setblocking(False)
-        with pytest.raises(BlockingIOError):
-            fake.host_end.recv(16)
-        fake.host_end.setblocking(True)
-        # A packet that arrives while RX is masked raises no interrupt: rearm
-        # unmasks, signals and reports it.
-        host.send(b"late" + bytes(4), 13, interrupt=False)
-        assert t.rearm() is True
-        assert fake.host_end.recv(16) == struct.pack("<i", 1)
-        assert t.read_packets() == [(13, b"late" + bytes(4))]
-        assert t.rearm() is False
+    finally:
+        host.close()
+        t.close()
+
+
+def test_packet_queued_while_masked_is_served_in_the_same_drain(fake: FakeSys) -> None:
+    """A packet that arrives while RX interrupts are masked raises none: the drain
+    looks again after re-arming and serves it without another interrupt."""
+    fake.attach()
+    t = FakeUio(fake).open()
+    host = Host(fake)
+    try:
+        host.send(b"first!!!", 1)
+        t.wait_interrupt()
+        seen: list[bytes] = []
+
+        def answer(payload: memoryview) -> bytes:
+            seen.append(bytes(payload))
+            if len(seen) == 1:  # the host queues more while we serve, interrupts masked
+                host.send(b"late" + bytes(4), 2, interrupt=False)
+            return b"ok"
+
+        assert t.drain(answer) == 2
+        assert seen == [b"first!!!", b"late" + bytes(4)]
     finally:
         host.close()
         t.close()
@@ -249,24 +269,43 @@ def test_rescind_is_a_transport_error(fake: FakeSys, monkeypatch: pytest.MonkeyP
 
         monkeypatch.setattr("hvguest.transport.uio.os.read", eio)
         with pytest.raises(TransportError, match="rescinded"):
-            t.read_packets()
+            t.wait_interrupt()
         monkeypatch.undo()
         fake.host_end.close()
         fake.host_end = None
-        with pytest.raises(TransportError):
-            t.rearm()
+        with pytest.raises(TransportError, match="write failed"):
+            t.drain(lambda payload: 0)  # the re-arm's signal cannot reach the host
     finally:
         t.close()
 
 
-def test_malformed_rx_ring_raises_ring_error(fake: FakeSys) -> None:
+def test_rx_indices_showing_less_than_a_packet_abandon_the_ring(fake: FakeSys) -> None:
     fake.attach()
     t = FakeUio(fake).open()
     host = Host(fake)
     try:
-        host.rx.write_index = 8  # fewer bytes than a packet
-        with pytest.raises(RingError):
-            t.read_packets()
+        host.rx.write_index = 8  # fewer bytes than a packet: the indices are wrong
+        with pytest.raises(RingAbandoned, match="less than one packet"):
+            t.drain(lambda payload: 0)
+    finally:
+        host.close()
+        t.close()
+
+
+def test_corrupt_framing_is_dropped_and_serving_goes_on(fake: FakeSys) -> None:
+    fake.attach()
+    t = FakeUio(fake).open()
+    host = Host(fake)
+    try:
+        host.send(b"12345678", 1, interrupt=False)
+        # The descriptor's header length says 0 (must be 16): the framing is unknown.
+        host.rx.copy_in(host.rx.read_index + 2, struct.pack("<H", 0))
+        with pytest.raises(CorruptPacket):
+            t.drain(lambda payload: 0)
+        assert t.discard_corrupt() == 32
+        assert host.rx.available == 0
+        host.send(b"next one", 2, interrupt=False)
+        assert t.drain(lambda payload: b"ok") == 1
     finally:
         host.close()
         t.close()
@@ -277,5 +316,7 @@ def test_not_open() -> None:
     with pytest.raises(TransportError):
         t.fileno()
     with pytest.raises(TransportError):
-        t.read_packets()
+        t.wait_interrupt()
+    with pytest.raises(TransportError):
+        t.drain(lambda payload: 0)
     t.close()

@@ -171,3 +171,39 @@ def test_after_reply_runs_once_the_host_is_signalled_and_the_packet_consumed() -
     # Signalled for each reply before its after-work; the packet was consumed first.
     assert seen == [(1, 16 + 40 + 8, 2), (2, 0, 2)]
     assert r.signals == 2  # no extra re-arm: the last reply's signal re-armed
+
+
+def test_a_handler_bug_fails_that_packet_and_the_ring_serves_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug while serving one packet must not leave it at the head of RX, where
+    every later interrupt would serve it again and the host would never get an
+    answer; the packet is answered HV_E_FAIL, consumed, and the next is served.
+    Nothing of the failure may keep a view of the ring alive (not even a log
+    record that a handler such as caplog holds on to): the mapping must close."""
+    import mmap
+
+    m = mmap.mmap(-1, 2 * RING)
+    view = memoryview(m)
+    tx = RingBuffer(view[:RING], RING, name="TX")
+    rx = RingBuffer(view[RING:], RING, name="RX")
+    view.release()
+    channel = RingChannel(tx, rx, lambda: None)
+    rx.write_packet(request(1), 7)
+    rx.write_packet(request(2), 8)
+
+    def handler(payload: memoryview) -> int:
+        if payload[0] == 1:
+            raise ValueError("a bug in serving one packet")
+        return 0
+
+    assert channel.drain(handler) == 2
+    assert rx.available == 0
+    replies = []
+    while (got := tx.read_packet()) is not None:
+        replies.append((got[0].trans_id, IcHeader.decode(got[1]).status))
+    assert replies == [(7, 0x80004005), (8, 0)]
+    assert "a bug in serving one packet" in caplog.text
+    tx.release()
+    rx.release()
+    m.close()  # BufferError while a payload view survives
