@@ -197,10 +197,8 @@ class KvpService:
             # A bug must not leave the host waiting 30 s for nothing: answer, then log.
             log.exception("KVP request (operation %d) failed unexpectedly",
                           message[0] if message else -1)
-            if self.role.state in (KvpState.WRITING, KvpState.APPLYING):
-                # Answered here: the pending reply is moot; the next request is new.
-                self.role.lost()
-                self.role.registered(self.role.version or "Unknown version")
+            if self.role.state is not KvpState.UNREGISTERED:
+                self.role.abandon()  # answered here: the next request is new
             self.channel.send(kvp_reply(message, HvStatus.HV_E_FAIL))
             return
         self.channel.dirty = True  # the counters moved: published within a second

@@ -80,6 +80,8 @@ TRANSITIONS = Transitions("KVP", {
     (_R, "SET"): _W, (_R, "DELETE"): _W, (_R, "SET_IP_INFO"): _A,
     (_W, "pool written"): _R, (_W, "lost"): _U,
     (_A, "ip applied"): _R, (_A, "lost"): _U,
+    # The daemon answered the request itself (its work failed unexpectedly).
+    (_R, "abandoned"): _R, (_W, "abandoned"): _R, (_A, "abandoned"): _R,
 })
 
 
@@ -195,6 +197,12 @@ class KvpRole:
     def lost(self) -> None:
         """The transport failed: a pending reply is moot."""
         self.state = TRANSITIONS.next(self.state, "lost")
+        self._pending = None
+
+    def abandon(self) -> None:
+        """The daemon answered the current request itself (carrying out its work
+        failed unexpectedly): no reply is pending any more, the next request is new."""
+        self.state = TRANSITIONS.next(self.state, "abandoned")
         self._pending = None
 
     # -- requests ----------------------------------------------------------------

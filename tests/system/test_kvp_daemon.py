@@ -185,6 +185,22 @@ def test_unexpected_error_still_replies(env, monkeypatch):
     assert status(transport.sent[-1]) == 0x80004005
 
 
+def test_a_bug_while_writing_replies_and_the_next_request_is_served(env, monkeypatch):
+    service, transport, _runtime, _sock, _paths = env
+    service.start()
+
+    def boom(action):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(service.actions, "write", boom)
+    transport.inbox += [KvpSet(0, "k", "v").encode(), KvpGet(0, "k").encode()]
+    service.channel._on_readable()
+    assert status(transport.sent[-1]) == 0x80004005
+    assert service.role.state is KvpState.READY and service.role.version == "3.1"
+    service.channel._on_readable()  # served, not refused as a request during a write
+    assert status(transport.sent[-1]) == 0x80070103
+
+
 def test_unusable_pool_directory_still_serves_the_rest(tmp_path, monkeypatch):
     from hvguest.wire.kvp import KvpEnumerate
 

@@ -358,3 +358,21 @@ def test_a_lost_channel_forgets_the_pending_write(role):
     role.lost()
     role.registered("3.1")
     assert Served(role, KvpGet(0, "k").encode(), 0).status == CONT
+
+
+@pytest.mark.parametrize("request_", [KvpSet(0, "k", "v"), KvpDelete(0, "k")])
+def test_an_abandoned_request_frees_the_role_for_the_next(role, request_):
+    """The daemon answers a request itself when carrying out its work raised: the
+    role must take the next request, keeping its registration."""
+    role.handle(request_.encode(), 0)
+    role.abandon()
+    assert role.state is KvpState.READY and role.version == "3.1"
+    assert Served(role, KvpGet(0, "k").encode(), 0).status == CONT
+    with pytest.raises(LocalUsageError, match=r"'pool written'.*READY"):
+        role.complete(PoolDone(), 0)  # nothing is pending any more
+
+
+def test_abandon_before_registration_is_misuse(role):
+    role.lost()
+    with pytest.raises(LocalUsageError, match=r"'abandoned'.*UNREGISTERED"):
+        role.abandon()
