@@ -47,6 +47,9 @@ from hvguest.vss.settings import VssSettings
 log = logging.getLogger(__name__)
 
 SERVICE = "vss"
+# A guard that failed to start (a machine too loaded to import it in time, an
+# interpreter being upgraded) is tried again this often, not only at the next FREEZE.
+GUARD_RETRY = 30.0
 REMEDY = "the VSS device is back once hv_utils is loaded"
 
 
@@ -86,6 +89,8 @@ class VssService:
         # Nothing is written while frozen: the state file waits for the thaw.
         self.channel.can_publish = lambda: not self.engine.is_frozen and not self.state.held
         self._auto_timer: Timer | None = None
+        self._guard_retry: Timer | None = None
+        self._stopping = False
 
     # -- lifecycle (the channel calls registered/serve/lost) -----------------------
 
@@ -101,6 +106,10 @@ class VssService:
             self.guard.ensure_running()  # a failure is logged and refuses FREEZE
 
     def stop(self) -> None:
+        self._stopping = True
+        if self._guard_retry is not None:
+            self._guard_retry.cancel()
+            self._guard_retry = None
         self.run(self.role.complete(Stopping(), self.clock()))
         if self.guard is not None:
             self.guard.close()
@@ -167,10 +176,20 @@ class VssService:
         self.channel.publish_if_dirty()
 
     def _guard_changed(self) -> None:
-        """The thaw guard started, failed or died: say so in the state file."""
-        if self.guard is not None and self.guard.status.get("reason"):
-            self.state.record_error(self.guard.status["reason"], "FREEZE is refused until it runs")
+        """The thaw guard started, failed or died: say so in the state file, and try
+        a guard that failed to start again later."""
+        guard = self.guard
+        if guard is not None and guard.status.get("reason"):
+            self.state.record_error(guard.status["reason"], "FREEZE is refused until it runs")
+        if (guard is not None and guard.status.get("state") == "failed"
+                and self._guard_retry is None and not self._stopping):
+            self._guard_retry = self.runtime.call_later(GUARD_RETRY, self._retry_guard)
         self._publish()
+
+    def _retry_guard(self) -> None:
+        self._guard_retry = None
+        if self.guard is not None and not self._stopping:
+            self.guard.ensure_running()  # failing again schedules the next try
 
     def apply_settings(self, settings: VssSettings) -> None:
         """New settings (SIGHUP); a freeze in progress keeps its auto-thaw deadline."""

@@ -400,3 +400,46 @@ def test_replies_and_their_log_lines_come_from_the_role(env, caplog):
     assert record.getMessage() == "THAW -> HV_E_FAIL: THAW without a FREEZE: nothing is frozen"
     assert record.levelno == logging.WARNING and record.HVGUEST_VSS_OP == "THAW"
     assert service.state.doc["last_op"]["result"] == "HV_E_FAIL"
+
+
+def test_a_guard_that_failed_to_start_is_tried_again(tmp_path, caplog):
+    """A guard that could not start (here: its interpreter is missing; on a loaded
+    machine: too slow to say ready) is tried again on a timer, not only at the next
+    FREEZE; once it runs, nothing more is scheduled."""
+    import sys
+
+    from hvguest.daemons.vssd import GUARD_RETRY
+
+    (tmp_path / "proc" / "self").mkdir(parents=True)
+    (tmp_path / "proc" / "self" / "mountinfo").write_text(MOUNTINFO)
+    paths = Paths(proc=str(tmp_path / "proc"), sys=str(tmp_path / "sys"),
+                  run=str(tmp_path / "run"), etc=str(tmp_path / "etc"),
+                  lib=str(tmp_path / "lib"))
+    now = [1000.0]
+    runtime = Runtime("test", clock=lambda: now[0])
+    transport = FakeTransport()
+    service = VssService(paths, VssSettings(auto_thaw=30, guard=True, hooks=False), runtime,
+                         transport=transport, ops=FakeOps(),
+                         state=StatePublisher("vss", paths), clock=lambda: now[0])
+    guard = service.guard
+    assert guard is not None
+    guard.python = str(tmp_path / "no-such-python3")
+    try:
+        service.start()
+        assert guard.status["state"] == "failed" and not guard.alive()
+        now[0] += GUARD_RETRY - 1
+        runtime.run_once(0)
+        assert guard.status["state"] == "failed"  # not yet
+        now[0] += 1
+        runtime.run_once(0)
+        assert guard.status["state"] == "failed"  # tried again, failed again
+        assert caplog.text.count("cannot start the thaw guard") == 2
+        guard.python = sys.executable
+        now[0] += GUARD_RETRY
+        runtime.run_once(0)
+        assert guard.status["state"] == "running" and guard.alive()
+        assert service._guard_retry is None
+    finally:
+        service.stop()
+        runtime.close()
+        transport.dispose()
