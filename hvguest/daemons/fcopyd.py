@@ -183,7 +183,10 @@ class FcopyDaemon:
         self.publisher.record_error(str(error))
 
     def details(self) -> dict[str, Any]:
-        return {"transport": self.kind}
+        writer = self.service.writer
+        # "kernel" (AF_ALG) or "openssl" once a file was hashed; "off" by configuration
+        checksum = writer.digests.engine if writer.checksum else "off"
+        return {"transport": self.kind, "checksum": checksum}
 
     def status_text(self) -> str:
         # Counts only: a file name comes from the host and has no place in sd_notify.

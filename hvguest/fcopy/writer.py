@@ -26,13 +26,10 @@ import logging
 import os
 import stat
 from dataclasses import KW_ONLY, dataclass, field
-from typing import TYPE_CHECKING
 
+from hvguest.fcopy.digest import Sha256, Sha256Source
 from hvguest.fcopy.policy import PathPolicy, Target, TransferRefused, foreign_file
 from hvguest.wire.status import HvStatus
-
-if TYPE_CHECKING:
-    from hashlib import _Hash
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +40,6 @@ _REHASH_BLOCK = 1 << 20
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # Filesystems without O_TMPFILE answer one of these.
 _NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT)
-
-
-def _new_sha256() -> _Hash:
-    import hashlib  # maps libcrypto (3.6 MB resident): only once a checksum is wanted
-
-    return hashlib.sha256()
 
 
 def _status_for(exc: OSError) -> HvStatus:
@@ -81,7 +72,9 @@ class FileWriter:
     _fd: int = field(default=-1, init=False)
     _temp_name: str | None = field(default=None, init=False)  # None: O_TMPFILE (no name)
     _overwrite: bool = field(default=False, init=False)
-    _hash: _Hash | None = field(default=None, init=False)  # None: checksums off
+    # The kernel's SHA-256 when it offers one, else OpenSSL's (hvguest.fcopy.digest).
+    digests: Sha256Source = field(default_factory=Sha256Source)
+    _hash: Sha256 | None = field(default=None, init=False)  # None: checksums off
     _hashed: int = field(default=0, init=False)  # hash covers [0, _hashed); -1: out of order
     # A fragment written but not hashed yet (its bytes copied: the caller's buffer
     # is reused for the next message).
@@ -116,7 +109,7 @@ class FileWriter:
         # In a shared root a name that was free at START may be taken by another
         # user before COMPLETE: link without replacing, as without OVER_WRITE.
         self._overwrite = overwrite and (existed or not target.shared)
-        self._hash = _new_sha256() if self.checksum else None
+        self._hash = self.digests.new() if self.checksum else None
         self._deferred_len = 0
         self._hashed = 0
         self._size = 0
@@ -209,8 +202,9 @@ class FileWriter:
 
     @property
     def sha256(self) -> str | None:
-        """The checksum of what is written so far (None when checksums are off)."""
-        return self._digest()
+        """The checksum of what is written so far (None when checksums are off or
+        no file is open)."""
+        return self._digest() if self.active else None
 
     def _digest(self) -> str | None:
         """The sha256 of the file's ``_size`` bytes: the in-order hash, or one pass
@@ -220,15 +214,18 @@ class FileWriter:
         self.hash_deferred()
         if self._hashed >= 0 and self._hash is not None:
             return self._hash.hexdigest()
-        h = _new_sha256()
-        offset = 0
-        while offset < self._size:
-            block = os.pread(self._fd, min(_REHASH_BLOCK, self._size - offset), offset)
-            if not block:  # cannot happen: the file is at least _size bytes
-                raise OSError(errno.EIO, f"file ends at {offset} of {self._size} bytes")
-            h.update(block)
-            offset += len(block)
-        return h.hexdigest()
+        h = self.digests.new()
+        try:
+            offset = 0
+            while offset < self._size:
+                block = os.pread(self._fd, min(_REHASH_BLOCK, self._size - offset), offset)
+                if not block:  # cannot happen: the file is at least _size bytes
+                    raise OSError(errno.EIO, f"file ends at {offset} of {self._size} bytes")
+                h.update(block)
+                offset += len(block)
+            return h.hexdigest()
+        finally:
+            self.digests.release(h)
 
     # -- internals -------------------------------------------------------------
 
@@ -244,6 +241,8 @@ class FileWriter:
 
     def _close(self) -> None:
         self._deferred_len = 0
+        self.digests.release(self._hash)
+        self._hash = None
         if self._fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._fd)

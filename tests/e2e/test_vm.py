@@ -68,7 +68,7 @@ def test_vm_udev_activation_and_host_operations(scratch_root: Path, deb: Path, r
     )
     for name in ("boot-without-devices", "sim-devices-ignored-by-default",
                  "udev-started-units", "kvp-set-get",
-                 "vss-freeze-thaw", "fcopy-copy", "fcopy-least-privilege",
+                 "vss-freeze-thaw", "fcopy-copy", "fcopy-least-privilege", "fcopy-kernel-digest",
                  "status-healthy", "remove-stops-units",
                  "readd-starts-units", "upgrade-restarts", "remove-package",
                  "install-with-devices", "vss-sigkill-while-frozen", "install-rpm",
