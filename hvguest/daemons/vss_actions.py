@@ -33,6 +33,8 @@ from hvguest.errors import HvGuestError
 from hvguest.paths import Paths
 from hvguest.roles.vss import CapabilityChecked, FreezeDone, ThawDone, ThawWhy
 from hvguest.state import StatePublisher, utc_now
+from hvguest.vss.foreign import Call, ForeignHook, discover_foreign
+from hvguest.vss.foreign_run import ForeignRunner
 from hvguest.vss.freeze import FreezeEngine, MountResult
 from hvguest.vss.guard_client import GuardClient
 from hvguest.vss.hooks import Hook, HookRunner, discover, hook_dirs
@@ -59,6 +61,7 @@ class FreezeWork:
     state: StatePublisher
     clock: Callable[[], float] = time.monotonic
     hooks: HookRunner | None = field(default=None, init=False)
+    foreign: ForeignRunner | None = field(default=None, init=False)
     last_freeze: dict[str, Any] | None = field(default=None, init=False)
     _thawed: list[str] = field(default_factory=list, init=False)  # for the thaw's log line
 
@@ -100,8 +103,13 @@ class FreezeWork:
         if problem is not None:
             return self._failed(started, problem, [])
         self.hooks = self._hook_runner(plan)
+        self.foreign = self._foreign_runner()
         with self._busy_with_hooks():
+            self._phase()
+            # Ours first, then the other agents' scripts (they thaw first).
             hook_error = self.hooks.freeze()
+            if hook_error is None:
+                hook_error = self.foreign.freeze()
         if hook_error is not None:
             reason = f"freeze hook failed: {hook_error}"
             self._unwind_hooks(reason)
@@ -133,6 +141,7 @@ class FreezeWork:
             self._unwind_hooks(outcome.reason)
             return self._failed(started, outcome.reason, outcome.results, elapsed)
         self.hooks.frozen()
+        self.foreign.frozen()
         self.last_freeze = _summary(started, True, outcome.reason, outcome.results, elapsed)
         self._refine_record(started, plan, outcome.results)
         return FreezeDone(True, outcome.reason)
@@ -155,6 +164,31 @@ class FreezeWork:
             env=env,
             observer=self._hooks_owed,
         )
+
+    def _foreign_runner(self) -> ForeignRunner:
+        found = discover_foreign(self.paths, self.settings.foreign_hooks)
+        for convention, why in found.skipped:
+            log.info("%s freeze scripts not run: %s", convention, why)
+        for note in found.notes:
+            log.warning("%s", note)
+        assert self.hooks is not None
+        return ForeignRunner(
+            found,
+            timeout=self.settings.hook_timeout,
+            total_timeout=self.settings.hook_phase_timeout,
+            env=self.hooks.env,
+            observer=self._foreign_owed,
+            clock=self.hooks.clock,
+        )
+
+    def _phase(self) -> None:
+        """One budget for a phase of hooks, ours and the foreign ones together."""
+        if self.hooks is None:
+            return
+        end = self.hooks.clock() + self.settings.hook_phase_timeout  # the runners' clock
+        for runner in (self.hooks, self.foreign):
+            if runner is not None:
+                runner.phase_end = end
 
     def _refine_record(self, started: str, plan: FreezePlan, results: list[MountResult]) -> None:
         """Note which planned mounts were really frozen (so an emergency thaw leaves a
@@ -222,7 +256,9 @@ class FreezeWork:
         elif why == "stop":
             log.warning("stopping while frozen: thawed %s", thawed)
         with self._busy_with_hooks():
-            errors = self.hooks.thaw() if self.hooks is not None else []
+            self._phase()
+            errors = self.foreign.thaw() if self.foreign is not None else []
+            errors += self.hooks.thaw() if self.hooks is not None else []
         for error in errors:
             log.warning("%s", error)
             self.state.record_error(f"thaw hook: {error}")
@@ -253,18 +289,28 @@ class FreezeWork:
             hooks, argument, dict(self.hooks.env), self.hooks.timeout, self.hooks.total_timeout
         )
 
+    def _foreign_owed(self, calls: list[tuple[ForeignHook, Call]], kind: str) -> None:
+        """As ``_hooks_owed``, for the other agents' scripts."""
+        if self.guard is None or self.foreign is None:
+            return
+        self.guard.foreign_owed(calls, kind, dict(self.foreign.env), self.foreign.timeout,
+                                self.foreign.total_timeout)
+
     def _unwind_hooks(self, reason: str) -> None:
         if self.hooks is None:
             return
         with self._busy_with_hooks():
-            errors = self.hooks.freeze_failed(reason)
+            self._phase()
+            errors = self.foreign.freeze_failed(reason) if self.foreign is not None else []
+            errors += self.hooks.freeze_failed(reason)
         for error in errors:
             log.warning("%s", error)
         self._record_hooks()
 
     def _record_hooks(self) -> None:
         if self.last_freeze is not None and self.hooks is not None:
-            self.last_freeze["hooks"] = [r.to_dict() for r in self.hooks.runs]
+            runs = self.hooks.runs + (self.foreign.runs if self.foreign is not None else [])
+            self.last_freeze["hooks"] = [r.to_dict() for r in runs]
 
 
 def _summary(

@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     # A module imported lazily while frozen would try to write its .pyc to a
     # frozen filesystem and hang: never write bytecode.
     sys.dont_write_bytecode = True
-    parser = daemon_arg_parser("hvguest-vssd", "Freeze and thaw filesystems for Hyper-V backups.")
+    parser = daemon_arg_parser("hvguest-vssd", "Freeze and thaw filesystems for Hyper-V backups.",
+                               os_etc=True)  # the other agents' freeze scripts live there
     parser.add_argument("--lib-dir", metavar="DIR", help="instead of /usr/lib/hvguest")
     args = parser.parse_args(argv)
     paths, config = start_daemon(SERVICE, args)
