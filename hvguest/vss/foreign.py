@@ -334,13 +334,18 @@ def running_agents(paths: Paths) -> set[str]:
     wanted = {v: k for k, v in AGENTS.items()}
     for entry in entries:
         with contextlib.suppress(OSError):
+            # The agents run as root; any user can name a process "qemu-ga", and
+            # must not make hvguest skip the scripts that way.
+            if os.stat(os.path.join(paths.proc, entry)).st_uid != 0:
+                continue
             with open(os.path.join(paths.proc, entry, "cmdline"), "rb") as f:
-                argv = f.read(4096).split(b"\0")
-            # waagent runs as `python3 -u /usr/sbin/waagent -daemon`: look at two words.
-            for word in argv[:3]:
-                base = os.path.basename(word.decode("utf-8", "replace"))
-                if base in wanted:
-                    found.add(wanted[base])
+                argv = [w.decode("utf-8", "replace") for w in f.read(4096).split(b"\0")]
+            program = os.path.basename(argv[0])
+            if program.startswith("python"):
+                # waagent runs as `python3 -u /usr/sbin/waagent -daemon`
+                program = next((os.path.basename(w) for w in argv[1:] if w[:1] != "-"), "")
+            if program in wanted:
+                found.add(wanted[program])
     return found
 
 
