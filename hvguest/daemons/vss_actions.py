@@ -62,6 +62,11 @@ class FreezeWork:
     clock: Callable[[], float] = time.monotonic
     hooks: HookRunner | None = field(default=None, init=False)
     foreign: ForeignRunner | None = field(default=None, init=False)
+    # Counters since the daemon started, for `hvguestctl status --prometheus`.
+    stats: dict[str, Any] = field(default_factory=lambda: {
+        "ok": 0, "failed": 0, "last_ok": None, "last_failed": None,
+        "hooks_run": 0, "hooks_failed": 0,
+    }, init=False)
     last_freeze: dict[str, Any] | None = field(default=None, init=False)
     _thawed: list[str] = field(default_factory=list, init=False)  # for the thaw's log line
 
@@ -143,6 +148,8 @@ class FreezeWork:
         self.hooks.frozen()
         self.foreign.frozen()
         self.last_freeze = _summary(started, True, outcome.reason, outcome.results, elapsed)
+        self.stats["ok"] += 1
+        self.stats["last_ok"] = time.time()
         self._refine_record(started, plan, outcome.results)
         return FreezeDone(True, outcome.reason)
 
@@ -218,6 +225,8 @@ class FreezeWork:
         self, started: str, reason: str, results: list[MountResult], elapsed: float = 0.0
     ) -> FreezeDone:
         self.last_freeze = _summary(started, False, reason, results, elapsed)
+        self.stats["failed"] += 1
+        self.stats["last_failed"] = time.time()
         self.state.record_error(f"FREEZE failed: {reason}", "see 'hvguestctl vss status'")
         self._log_guard_problems()
         return FreezeDone(False, reason)
@@ -311,6 +320,8 @@ class FreezeWork:
         if self.last_freeze is not None and self.hooks is not None:
             runs = self.hooks.runs + (self.foreign.runs if self.foreign is not None else [])
             self.last_freeze["hooks"] = [r.to_dict() for r in runs]
+            self.stats["hooks_run"] += sum(1 for r in runs if r.started)
+            self.stats["hooks_failed"] += sum(1 for r in runs if r.error)
 
 
 def _summary(

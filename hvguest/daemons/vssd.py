@@ -190,6 +190,7 @@ class VssService:
             "guard_pid": self.guard.pid if self.guard and self.guard.alive() else None,
             "guard": self.guard.status if self.guard else {"state": "disabled"},
             "last_freeze": self.work.last_freeze,
+            "stats": dict(self.work.stats),
         }
 
     def status_text(self) -> str:
