@@ -4,7 +4,9 @@ node_exporter's textfile collector (atomically, never during a freeze)."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 from typing import Any
@@ -128,3 +130,92 @@ def test_textfile_dir_missing_or_without_prometheus(rich: Paths, tmp_path: Any) 
     assert _ctl(rich, "--textfile-dir", str(tmp_path / "absent")) == 1
     assert not (tmp_path / "absent").exists()
     assert hvguestctl(["status", "--textfile-dir", str(tmp_path)]) == 1
+
+
+RULES = os.path.join(os.path.dirname(__file__), "..", "..", "..", "packaging", "examples",
+                     "prometheus", "hvguest.rules.yml")
+
+RULE_TESTS = """
+rule_files: [{rules}]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'hvguest_daemon_up{{instance="vm1",service="vss",daemon="hvguest-vssd"}}'
+        values: '0x10'
+      - series: 'hvguest_service_offered{{instance="vm1",service="vss"}}'
+        values: '1x10'
+      - series: 'hvguest_daemon_up{{instance="vm1",service="fcopy",daemon="hvguest-fcopyd"}}'
+        values: '0x10'
+      - series: 'hvguest_service_offered{{instance="vm1",service="fcopy"}}'
+        values: '0x10'
+      - series: 'hvguest_host_contact{{instance="vm1"}}'
+        values: '0x10'
+      - series: 'hvguest_clock_offset_seconds{{instance="vm1"}}'
+        values: '-1.5x10'
+    alert_rule_test:
+      - eval_time: 10m
+        alertname: HvguestDaemonDown
+        exp_alerts:
+          - exp_labels: {{severity: critical, instance: vm1, service: vss,
+                         daemon: hvguest-vssd}}
+            exp_annotations:
+              summary: "vm1: hvguest-vssd is down"
+              description: "The host offers vss but hvguest-vssd does not run. See
+                'hvguestctl status vss' on the VM."
+      - eval_time: 10m
+        alertname: HvguestHostContactLost
+        exp_alerts:
+          - exp_labels: {{severity: critical, instance: vm1}}
+            exp_annotations:
+              summary: "vm1: no heartbeat from the Hyper-V host"
+              description: "The host's heartbeat stopped; check the VM's Heartbeat service."
+      - eval_time: 10m
+        alertname: HvguestClockOffset
+        exp_alerts:
+          - exp_labels: {{severity: warning, instance: vm1}}
+            exp_annotations:
+              summary: "vm1: clock 1.5 s off the host's"
+              description: "Run 'hvguestctl timesync setup' on the VM (chrony with the host
+                clock)."
+  - interval: 1h
+    input_series:
+      - series: 'hvguest_vss_last_success_timestamp_seconds{{instance="vm1"}}'
+        values: '0x30'
+      - series: 'hvguest_vss_last_success_timestamp_seconds{{instance="vm2"}}'
+        values: '0+3600x30'
+    alert_rule_test:
+      - eval_time: 25h
+        alertname: HvguestNoSuccessfulFreeze
+        exp_alerts: []
+      - eval_time: 27h
+        alertname: HvguestNoSuccessfulFreeze
+        exp_alerts:
+          - exp_labels: {{severity: warning, instance: vm1}}
+            exp_annotations:
+              summary: "vm1: no successful backup freeze in 26 hours"
+              description: "The last application-consistent freeze succeeded 1d 3h 0m 0s ago.
+                See 'hvguestctl vss status' on the VM."
+"""
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None,
+                    reason="needs promtool (Debian package prometheus; scripts/setup installs it)")
+def test_example_rules_check_and_fire(tmp_path: Any) -> None:
+    rules = os.path.abspath(RULES)
+    out = subprocess.run(["promtool", "check", "rules", rules], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and "SUCCESS: 5 rules found" in out.stdout, out
+    tests = tmp_path / "rules.test.yml"
+    tests.write_text(RULE_TESTS.format(rules=json.dumps(rules)))
+    out = subprocess.run(["promtool", "test", "rules", str(tests)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_every_metric_the_rules_name_is_exported(rich: Paths) -> None:
+    with open(RULES, encoding="utf-8") as f:
+        named = set(re.findall(r"\b(hvguest_[a-z_]+)", f.read()))
+    exported = {name for name, _labels in _samples(render(collect(rich)))}
+    exported |= {f.name for f in text_string_to_metric_families(render(collect(rich)).decode())}
+    assert named and named <= exported, named - exported
