@@ -130,7 +130,7 @@ def safe_directory(path: str, *, owner_uid: int = 0) -> str:
     return walk(os.path.abspath(path), True)
 
 
-def _file_problem(st: os.stat_result, owner_uid: int) -> str | None:
+def _file_problem(st: os.stat_result, owner_uid: int, need_exec: bool = True) -> str | None:
     if stat.S_ISLNK(st.st_mode):
         return "a symbolic link (hooks must be regular files)"
     if not stat.S_ISREG(st.st_mode):
@@ -139,9 +139,20 @@ def _file_problem(st: os.stat_result, owner_uid: int) -> str | None:
         return f"owned by uid {st.st_uid}, not root"
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return f"writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
-    if not st.st_mode & stat.S_IXUSR:
+    if need_exec and not st.st_mode & stat.S_IXUSR:
         return "not executable"
     return None
+
+
+def file_problem(path: str, *, owner_uid: int = 0, need_exec: bool = True) -> str | None:
+    """Why ``path`` may not run (its directories and itself, as ``open_checked``
+    checks them), or None; a missing file raises FileNotFoundError."""
+    try:
+        directory = safe_directory(os.path.dirname(path), owner_uid=owner_uid)
+    except Unsafe as exc:
+        return str(exc)
+    return _file_problem(os.lstat(os.path.join(directory, os.path.basename(path))),
+                         owner_uid, need_exec)
 
 
 def discover(dirs: Sequence[str], *, owner_uid: int = 0) -> HookSet:
@@ -178,7 +189,7 @@ def discover(dirs: Sequence[str], *, owner_uid: int = 0) -> HookSet:
     return HookSet([h for _, h in sorted(chosen.items()) if h is not None], refused)
 
 
-def open_checked(path: str, *, owner_uid: int = 0) -> int:
+def open_checked(path: str, *, owner_uid: int = 0, need_exec: bool = True) -> int:
     """A descriptor of hook ``path``, after every check (raises Unsafe/OSError).
 
     The directories are checked again (they may have changed since discovery);
@@ -186,7 +197,7 @@ def open_checked(path: str, *, owner_uid: int = 0) -> int:
     what was checked is what the descriptor holds."""
     directory = safe_directory(os.path.dirname(path), owner_uid=owner_uid)
     full = os.path.join(directory, os.path.basename(path))
-    problem = _file_problem(os.lstat(full), owner_uid)
+    problem = _file_problem(os.lstat(full), owner_uid, need_exec)
     if problem is not None:
         raise Unsafe(problem)
     try:
@@ -196,7 +207,7 @@ def open_checked(path: str, *, owner_uid: int = 0) -> int:
             raise Unsafe("a symbolic link (hooks must be regular files)") from exc
         raise
     try:
-        problem = _file_problem(os.fstat(fd), owner_uid)
+        problem = _file_problem(os.fstat(fd), owner_uid, need_exec)
         if problem is not None:
             raise Unsafe(problem)
     except BaseException:
@@ -235,21 +246,30 @@ def run(
     env: Mapping[str, str],
     owner_uid: int = 0,
     grace: float = GRACE,
+    interpreter: str | None = None,
 ) -> Outcome:
     """Check, then run ``hook`` with ``args`` from the checked descriptor; never
-    raises for the hook's sake, never waits longer than ``timeout + 2 * grace``."""
+    raises for the hook's sake, never waits longer than ``timeout + 2 * grace``.
+
+    ``interpreter``: run ``interpreter <descriptor> args`` instead (a convention
+    that runs its scripts with ``sh script``: the script need not be executable,
+    and the interpreter reads the checked descriptor, never the path)."""
     start = time.monotonic()
     try:
-        fd = open_checked(hook.path, owner_uid=owner_uid)
+        fd = open_checked(hook.path, owner_uid=owner_uid, need_exec=interpreter is None)
     except Unsafe as exc:
         return Outcome(None, 0.0, "", f"refused: {exc}", started=False)
     except OSError as exc:
         return Outcome(None, 0.0, "", f"cannot open: {exc.strerror or exc}", started=False)
     try:
         try:
+            if interpreter is None:
+                argv, executable = [hook.path, *args], f"/proc/self/fd/{fd}"
+            else:
+                argv, executable = [interpreter, f"/proc/self/fd/{fd}", *args], interpreter
             proc = subprocess.Popen(
-                [hook.path, *args],
-                executable=f"/proc/self/fd/{fd}",
+                argv,
+                executable=executable,
                 pass_fds=(fd,),  # inherited without O_CLOEXEC: a #! interpreter opens it
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,

@@ -8,6 +8,7 @@ Also registers ``hvguestctl shutdown-hooks`` (hvguest.cli.shutdown_hooks).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -18,6 +19,8 @@ from hvguest.status import render_json
 from hvguest.status.collect import collect
 from hvguest.status.document import SERVICES
 from hvguest.status.render_text import render_service, render_summary
+from hvguest.text import say
+from hvguest.vss.record import read_record
 
 
 def register(sub: Any) -> None:
@@ -30,6 +33,11 @@ def register(sub: Any) -> None:
     )
     p.add_argument("service", nargs="?", choices=SERVICES, help="show one service in detail")
     p.add_argument("--json", action="store_true", help="the documented JSON document")
+    p.add_argument("--prometheus", action="store_true",
+                   help="the state as Prometheus metrics (text exposition format)")
+    p.add_argument("--textfile-dir", metavar="DIR",
+                   help="with --prometheus: write DIR/hvguest.prom atomically for "
+                        "node_exporter's textfile collector (nothing while a freeze runs)")
     p.add_argument("--config", metavar="PATH", help="configuration file (timesync warn offset)")
     add_root_options(p)
     p.set_defaults(func=run)
@@ -39,7 +47,16 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     paths = paths_from_args(args)
     settings = settings_for(args, paths.etc)
+    if args.textfile_dir and not args.prometheus:
+        say("hvguestctl: --textfile-dir goes with --prometheus", file=sys.stderr)
+        return 1
+    if args.prometheus and args.textfile_dir and read_record(paths) is not None:
+        # A write could land on a frozen filesystem and hang until the thaw.
+        say("hvguestctl: filesystems are frozen now; metrics not written", file=sys.stderr)
+        return 0
     doc = collect(paths, warn_offset_ms=settings.timesync_warn_offset_ms)
+    if args.prometheus:
+        return _prometheus(doc, args.textfile_dir)
     if args.service:
         if args.json:
             render_json.dump(render_json.one_service(doc, args.service), sys.stdout)
@@ -51,3 +68,22 @@ def run(args: argparse.Namespace) -> int:
     else:
         render_summary(doc, sys.stdout)
     return int(doc["exit_code"])
+
+
+def _prometheus(doc: Any, textfile_dir: str | None) -> int:
+    from hvguest.status.prometheus import render  # prometheus_client: only here
+
+    text = render(doc)
+    if textfile_dir is None:
+        sys.stdout.buffer.write(text)
+        sys.stdout.flush()
+        return 0
+    from hvguest.files import atomic_write
+
+    if not os.path.isdir(textfile_dir):
+        say(f"hvguestctl: {textfile_dir} is not a directory (node_exporter's textfile "
+            "collector reads it): nothing written", file=sys.stderr)
+        return 1
+    # node_exporter reads *.prom: the temporary file must not end in .prom.
+    atomic_write(os.path.join(textfile_dir, "hvguest.prom"), text, mode=0o644, fsync=False)
+    return 0

@@ -221,6 +221,7 @@ def cmd_thaw(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from hvguest.errors import ConfigError
+    from hvguest.vss.foreign import discover_foreign
     from hvguest.vss.hooks import discover, hook_dirs
     from hvguest.vss.mounts import plan_at
     from hvguest.vss.settings import VssSettings
@@ -233,6 +234,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 1
     plan = plan_at(paths.proc, paths.sys, exclude=settings.exclude, include=settings.include)
     hooks = discover(hook_dirs(paths.etc, paths.lib))
+    foreign = discover_foreign(paths, settings.foreign_hooks)
+    order = _hook_order(hooks.hooks if settings.hooks else [], foreign)
     if args.json:
         common.print_json(
             {
@@ -240,6 +243,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 "skipped": [dataclasses.asdict(s) for s in plan.skipped],
                 "hooks": [dataclasses.asdict(h) for h in hooks.hooks] if settings.hooks else [],
                 "refused_hooks": [dataclasses.asdict(r) for r in hooks.refused],
+                "hook_order": [
+                    {"phase": phase, "convention": conv, "run": run, "refused": refused}
+                    for phase, conv, run, refused in order
+                ],
+                "foreign_skipped": [{"convention": c, "why": w} for c, w in foreign.skipped],
             }
         )
         return 0
@@ -257,14 +265,36 @@ def cmd_plan(args: argparse.Namespace) -> int:
         say("not frozen:")
         for s in plan.skipped:
             say(f"  {s.mount_point} ({s.fstype}): {s.reason}")
-    if settings.hooks:
-        say("hooks (freeze in this order, thaw in reverse):")
-        for h in hooks.hooks:
-            say(f"  {h.path}")
-        if not hooks.hooks:
-            say("  none")
-    else:
+    if not settings.hooks:
         say("hooks: disabled (vss.hooks: false)")
+    say("hooks, in the order they run:")
+    if not order:
+        say("  none")
+    for phase, conv, run, refused in order:
+        note = f"  [REFUSED: {refused}]" if refused else ""
+        say(f"  {phase:<6} {conv:<7} {run}{note}")
     for r in hooks.refused:
         say(f"  refused {r.path}: {r.reason}")
+    for conv, why in foreign.skipped:
+        say(f"  {conv} scripts not run: {why}")
     return 0
+
+
+def _hook_order(own: Any, foreign: Any) -> list[tuple[str, str, str, str | None]]:
+    """(phase, convention, command, refusal) for a freeze that succeeds: freeze,
+    then thaw (a failed freeze gives what ran the failure call instead)."""
+    from hvguest.vss.foreign_run import ForeignRunner
+
+    rows: list[tuple[str, str, str, str | None]] = []
+    for h in own:
+        rows.append(("freeze", "hvguest", f"{h.path} freeze", None))
+    for h in foreign.hooks:
+        if h.freeze is not None:
+            rows.append(("freeze", h.convention, h.freeze.show(), h.freeze.refused))
+    runner = ForeignRunner(foreign, timeout=1, total_timeout=1)
+    runner.reached = [(g, h) for g, group in enumerate(foreign.groups) for h in group.hooks]
+    for h, call in runner.owed("thaw"):
+        rows.append(("thaw", h.convention, call.show(), call.refused))
+    for h in reversed(list(own)):
+        rows.append(("thaw", "hvguest", f"{h.path} thaw", None))
+    return rows

@@ -92,7 +92,7 @@ class FcopyService:
         self._pending_write: tuple[int, memoryview] | None = None
         self._late_failure: int | None = None
         self._progress_dirty = False
-        self.counts = {"ok": 0, "failed": 0}
+        self.counts = {"ok": 0, "failed": 0, "bytes": 0}
 
     # -- one message -----------------------------------------------------------
 
@@ -294,6 +294,7 @@ class FcopyService:
             "finished": utc_now(),
         }
         self.counts["ok" if ok else "failed"] += 1
+        self.counts["bytes"] += transfer.bytes_done
         self.recent.append(record)
         fields = {
             "HVGUEST_FCOPY_TARGET": transfer.target,
@@ -355,6 +356,7 @@ class FcopyService:
                 "recent_transfers": list(self.recent),
                 "transfers_ok": self.counts["ok"],
                 "transfers_failed": self.counts["failed"],
+                "bytes_received": self.counts["bytes"],
             },
         )
         self.publisher.publish()

@@ -238,6 +238,7 @@ class KvpService:
             "requests": c.requests,
             "failures": c.failures,
             "by_op": dict(c.by_op),
+            "failures_by_op": dict(c.failures_by_op),
             "last_request": request,
             "pools": pool_details(self.store),
             "republished_keys": self.own.republished,

@@ -33,6 +33,8 @@ from hvguest.errors import HvGuestError
 from hvguest.paths import Paths
 from hvguest.roles.vss import CapabilityChecked, FreezeDone, ThawDone, ThawWhy
 from hvguest.state import StatePublisher, utc_now
+from hvguest.vss.foreign import Call, ForeignHook, discover_foreign
+from hvguest.vss.foreign_run import ForeignRunner
 from hvguest.vss.freeze import FreezeEngine, MountResult
 from hvguest.vss.guard_client import GuardClient
 from hvguest.vss.hooks import Hook, HookRunner, discover, hook_dirs
@@ -59,6 +61,12 @@ class FreezeWork:
     state: StatePublisher
     clock: Callable[[], float] = time.monotonic
     hooks: HookRunner | None = field(default=None, init=False)
+    foreign: ForeignRunner | None = field(default=None, init=False)
+    # Counters since the daemon started, for `hvguestctl status --prometheus`.
+    stats: dict[str, Any] = field(default_factory=lambda: {
+        "ok": 0, "failed": 0, "last_ok": None, "last_failed": None,
+        "hooks_run": 0, "hooks_failed": 0,
+    }, init=False)
     last_freeze: dict[str, Any] | None = field(default=None, init=False)
     _thawed: list[str] = field(default_factory=list, init=False)  # for the thaw's log line
 
@@ -100,8 +108,13 @@ class FreezeWork:
         if problem is not None:
             return self._failed(started, problem, [])
         self.hooks = self._hook_runner(plan)
+        self.foreign = self._foreign_runner()
         with self._busy_with_hooks():
+            self._phase()
+            # Ours first, then the other agents' scripts (they thaw first).
             hook_error = self.hooks.freeze()
+            if hook_error is None:
+                hook_error = self.foreign.freeze()
         if hook_error is not None:
             reason = f"freeze hook failed: {hook_error}"
             self._unwind_hooks(reason)
@@ -133,7 +146,10 @@ class FreezeWork:
             self._unwind_hooks(outcome.reason)
             return self._failed(started, outcome.reason, outcome.results, elapsed)
         self.hooks.frozen()
+        self.foreign.frozen()
         self.last_freeze = _summary(started, True, outcome.reason, outcome.results, elapsed)
+        self.stats["ok"] += 1
+        self.stats["last_ok"] = time.time()
         self._refine_record(started, plan, outcome.results)
         return FreezeDone(True, outcome.reason)
 
@@ -155,6 +171,31 @@ class FreezeWork:
             env=env,
             observer=self._hooks_owed,
         )
+
+    def _foreign_runner(self) -> ForeignRunner:
+        found = discover_foreign(self.paths, self.settings.foreign_hooks)
+        for convention, why in found.skipped:
+            log.info("%s freeze scripts not run: %s", convention, why)
+        for note in found.notes:
+            log.warning("%s", note)
+        assert self.hooks is not None
+        return ForeignRunner(
+            found,
+            timeout=self.settings.hook_timeout,
+            total_timeout=self.settings.hook_phase_timeout,
+            env=self.hooks.env,
+            observer=self._foreign_owed,
+            clock=self.hooks.clock,
+        )
+
+    def _phase(self) -> None:
+        """One budget for a phase of hooks, ours and the foreign ones together."""
+        if self.hooks is None:
+            return
+        end = self.hooks.clock() + self.settings.hook_phase_timeout  # the runners' clock
+        for runner in (self.hooks, self.foreign):
+            if runner is not None:
+                runner.phase_end = end
 
     def _refine_record(self, started: str, plan: FreezePlan, results: list[MountResult]) -> None:
         """Note which planned mounts were really frozen (so an emergency thaw leaves a
@@ -184,6 +225,8 @@ class FreezeWork:
         self, started: str, reason: str, results: list[MountResult], elapsed: float = 0.0
     ) -> FreezeDone:
         self.last_freeze = _summary(started, False, reason, results, elapsed)
+        self.stats["failed"] += 1
+        self.stats["last_failed"] = time.time()
         self.state.record_error(f"FREEZE failed: {reason}", "see 'hvguestctl vss status'")
         self._log_guard_problems()
         return FreezeDone(False, reason)
@@ -222,7 +265,9 @@ class FreezeWork:
         elif why == "stop":
             log.warning("stopping while frozen: thawed %s", thawed)
         with self._busy_with_hooks():
-            errors = self.hooks.thaw() if self.hooks is not None else []
+            self._phase()
+            errors = self.foreign.thaw() if self.foreign is not None else []
+            errors += self.hooks.thaw() if self.hooks is not None else []
         for error in errors:
             log.warning("%s", error)
             self.state.record_error(f"thaw hook: {error}")
@@ -253,18 +298,30 @@ class FreezeWork:
             hooks, argument, dict(self.hooks.env), self.hooks.timeout, self.hooks.total_timeout
         )
 
+    def _foreign_owed(self, calls: list[tuple[ForeignHook, Call]], kind: str) -> None:
+        """As ``_hooks_owed``, for the other agents' scripts."""
+        if self.guard is None or self.foreign is None:
+            return
+        self.guard.foreign_owed(calls, kind, dict(self.foreign.env), self.foreign.timeout,
+                                self.foreign.total_timeout)
+
     def _unwind_hooks(self, reason: str) -> None:
         if self.hooks is None:
             return
         with self._busy_with_hooks():
-            errors = self.hooks.freeze_failed(reason)
+            self._phase()
+            errors = self.foreign.freeze_failed(reason) if self.foreign is not None else []
+            errors += self.hooks.freeze_failed(reason)
         for error in errors:
             log.warning("%s", error)
         self._record_hooks()
 
     def _record_hooks(self) -> None:
         if self.last_freeze is not None and self.hooks is not None:
-            self.last_freeze["hooks"] = [r.to_dict() for r in self.hooks.runs]
+            runs = self.hooks.runs + (self.foreign.runs if self.foreign is not None else [])
+            self.last_freeze["hooks"] = [r.to_dict() for r in runs]
+            self.stats["hooks_run"] += sum(1 for r in runs if r.started)
+            self.stats["hooks_failed"] += sum(1 for r in runs if r.error)
 
 
 def _summary(

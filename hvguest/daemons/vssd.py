@@ -209,6 +209,7 @@ class VssService:
             "guard_pid": self.guard.pid if self.guard and self.guard.alive() else None,
             "guard": self.guard.status if self.guard else {"state": "disabled"},
             "last_freeze": self.work.last_freeze,
+            "stats": dict(self.work.stats),
         }
 
     def status_text(self) -> str:
@@ -224,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     # A module imported lazily while frozen would try to write its .pyc to a
     # frozen filesystem and hang: never write bytecode.
     sys.dont_write_bytecode = True
-    parser = daemon_arg_parser("hvguest-vssd", "Freeze and thaw filesystems for Hyper-V backups.")
+    parser = daemon_arg_parser("hvguest-vssd", "Freeze and thaw filesystems for Hyper-V backups.",
+                               os_etc=True)  # the other agents' freeze scripts live there
     parser.add_argument("--lib-dir", metavar="DIR", help="instead of /usr/lib/hvguest")
     args = parser.parse_args(argv)
     paths, config = start_daemon(SERVICE, args)

@@ -160,6 +160,7 @@ class Counters:
     requests: int = 0
     failures: int = 0
     by_op: dict[str, int] = field(default_factory=dict)
+    failures_by_op: dict[str, int] = field(default_factory=dict)
 
 
 # WireError.field -> status of the failure reply.
@@ -337,6 +338,7 @@ class KvpRole:
         counters.by_op[op] = counters.by_op.get(op, 0) + 1
         if status != OK and status != CONT:
             counters.failures += 1
+            counters.failures_by_op[op] = counters.failures_by_op.get(op, 0) + 1
         self.last = (op, _STATUS_NAMES.get(status) or status_name(status), now)
         self.last_status = status
         return Step(reply, actions)

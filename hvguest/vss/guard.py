@@ -40,6 +40,8 @@ from collections.abc import Callable
 from typing import Any
 
 from hvguest import hookrun
+from hvguest.vss.foreign import Call
+from hvguest.vss.foreign_run import run_call
 from hvguest.vss.freeze import FITHAW
 from hvguest.vss.hooks import HookRunner
 
@@ -64,6 +66,7 @@ class Guard:
         self.stopping_at: float | None = None
         self.record: str | None = None
         self.owed: dict[str, Any] | None = None  # the last "hooks" message, if any owed
+        self.foreign: dict[str, Any] | None = None  # the last "foreign" message, if any owed
 
     def armed_and_frozen(self) -> list[int]:
         return [i for i, s in enumerate(self.states) if s in ("freezing", "frozen")]
@@ -85,6 +88,10 @@ class Guard:
         if op == "hooks":
             hooks = msg.get("hooks")
             self.owed = msg if isinstance(hooks, list) and hooks else None
+            return
+        if op == "foreign":
+            calls = msg.get("calls")
+            self.foreign = msg if isinstance(calls, list) and calls else None
             return
         if op == "disarm":
             self.release()
@@ -121,9 +128,44 @@ class Guard:
                 os.unlink(self.record)
         self.release()
 
+    def owes(self) -> bool:
+        return self.owed is not None or self.foreign is not None
+
+    def deliver_foreign(self, why: str) -> None:
+        """The other agents' scripts the daemon still owed, in the order it sent
+        (they come before hvguest's own thaw hooks)."""
+        owed, self.foreign = self.foreign, None
+        if owed is None:
+            return
+        try:
+            calls = [
+                (str(label), Call(str(path), tuple(str(a) for a in args),
+                                  None if interp is None else str(interp)),
+                 None if limit is None else float(limit), tuple(int(c) for c in codes))
+                for label, path, args, interp, limit, codes in owed["calls"]
+            ]
+            env = {str(k): str(v) for k, v in dict(owed.get("env") or {}).items()}
+            timeout, total = float(owed["timeout"]), float(owed["total"])
+        except (KeyError, TypeError, ValueError):
+            log.error("thaw guard: unreadable list of foreign scripts; not run")
+            return
+        if owed.get("kind") != "thaw":
+            env.setdefault("HVGUEST_VSS_FAILURE", why)
+        deadline = self.clock() + total
+        for label, call, limit, codes in calls:
+            budget = hookrun.budget(limit or timeout, deadline - self.clock())
+            if budget <= 0:
+                log.error("thaw guard: %s %s not run (%s): no time left", label, call.show(), why)
+                continue
+            run = run_call(label, call, timeout=budget, env=env, ok_codes=codes)
+            level = logging.ERROR if run.error else logging.WARNING
+            log.log(level, "thaw guard: ran hook %s %s (%s): %s", label, run.argument, why,
+                    run.error or "ok")
+
     def deliver_hooks(self, why: str) -> None:
         """Run the hooks the daemon still owed a thaw/freezefail (after thawing:
         hooks never run while anything of ours is frozen)."""
+        self.deliver_foreign(why)
         owed, self.owed = self.owed, None
         if owed is None:
             return
@@ -176,7 +218,7 @@ class Guard:
                 if fd == wake_fd:
                     with contextlib.suppress(OSError):
                         os.read(wake_fd, 64)
-                    if not self.states and self.owed is None:
+                    if not self.states and not self.owes():
                         return 0
                     if self.stopping_at is None:
                         self.stopping_at = now + STOP_GRACE
@@ -202,7 +244,7 @@ class Guard:
                 self.thaw_all("no thaw within the auto-thaw bound")
             if self.stopping_at is not None and now >= self.stopping_at:
                 self.thaw_all("stopped while filesystems were frozen")
-                if self.owed is None:
+                if not self.owes():
                     return 0
                 # The daemon may still be running the thaw hooks: deliver only
                 # if it goes away without finishing them.

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import hvguest
 from hvguest import hookrun
 from hvguest.state import utc_now
+from hvguest.vss.foreign import Call, ForeignHook
 from hvguest.vss.guard import GRACE, MAX_FDS, MAX_MESSAGE, READY
 
 log = logging.getLogger("hvguest.vss.guard")
@@ -228,6 +229,22 @@ class GuardClient:
     def disarm(self) -> None:
         self._send({"op": "disarm"})
 
+    def foreign_owed(
+        self, calls: list[tuple[ForeignHook, Call]], kind: str, env: dict[str, str],
+        timeout: float, total: float,
+    ) -> None:
+        """The other agents' scripts owed ``kind`` (thaw/fail), in the order to run."""
+        if calls and not self.alive():
+            try:
+                self.start()
+            except OSError as exc:
+                self.problems.append(f"cannot start the thaw guard: {exc.strerror or exc}")
+                return
+        msg = foreign_message(calls, kind, env, timeout, total)
+        if len(json.dumps(msg)) > MAX_MESSAGE // 2:
+            msg["env"] = {k: v for k, v in env.items() if k != "HVGUEST_VSS_MOUNTS"}
+        self._send(msg)
+
     def hooks_owed(
         self, hooks: list[hookrun.Hook], argument: str, env: dict[str, str],
         timeout: float, total: float,
@@ -248,6 +265,19 @@ class GuardClient:
             # A huge mount list must not make the message too big to be read.
             msg["env"] = {k: v for k, v in env.items() if k != "HVGUEST_VSS_MOUNTS"}
         self._send(msg)
+
+
+def foreign_message(
+    calls: list[tuple[ForeignHook, Call]], kind: str, env: dict[str, str], timeout: float,
+    total: float,
+) -> dict[str, object]:
+    """The guard's copy of what the other agents' scripts are owed (refused ones
+    are owed nothing: they never run)."""
+    return {
+        "op": "foreign", "kind": kind, "env": env, "timeout": timeout, "total": total,
+        "calls": [[h.label, c.path, list(c.args), c.interpreter, h.timeout, list(h.ok_codes)]
+                  for h, c in calls if c.refused is None],
+    }
 
 
 def _exit_text(code: int | None) -> str:

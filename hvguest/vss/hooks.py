@@ -111,6 +111,12 @@ class HookRunner:
         self.clock = clock
         self.started: list[Hook] = []  # got "freeze", in order
         self.runs: list[HookRun] = []
+        # Set by the daemon: one deadline for the phase, shared with the foreign
+        # conventions' scripts (hvguest.vss.foreign_run); None: a budget of our own.
+        self.phase_end: float | None = None
+
+    def _deadline(self) -> float:
+        return self.phase_end if self.phase_end is not None else self.clock() + self.total_timeout
 
     def _tell(self, argument: str) -> None:
         if self.observer is not None:
@@ -131,7 +137,7 @@ class HookRunner:
         """Run ``freeze`` in name order; stop at the first failure."""
         self.started = []
         self.runs = []
-        deadline = self.clock() + self.total_timeout
+        deadline = self._deadline()
         for hook in self.hooks:
             # Owed its freezefail from the moment it may have started quiescing.
             self.started.append(hook)
@@ -160,7 +166,7 @@ class HookRunner:
         uses it too, for the hooks a dead daemon still owed)."""
         errors = []
         env = {**self.env, **(extra or {})}
-        deadline = self.clock() + self.total_timeout
+        deadline = self._deadline()
         self._tell(argument)
         while self.started:
             hook = self.started[-1]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from hvguest.configschema import config_section, setting
 from hvguest.validators import nonempty_globs
+from hvguest.vss.foreign import check_setting
 
 # hvguest-vss.service has TimeoutStopSec=150. A stop that arrives while the freeze
 # hooks run waits for them, then thaws and runs the thaw hooks: two phases, plus
@@ -71,6 +72,18 @@ class VssSettings:
     )
     hooks: bool = setting(
         True, help="run the hooks in /etc/hvguest/vss.d and /usr/lib/hvguest/vss.d"
+    )
+    foreign_hooks: str | list[str] = setting(
+        "auto",
+        help=(
+            "the freeze scripts of other agents, run as those agents run them, after\n"
+            "hvguest's own freeze hooks and before its thaw hooks: open-vm-tools\n"
+            "(backupScripts.d, pre-freeze/post-thaw-script), qemu-ga (fsfreeze-hook)\n"
+            "and Azure Backup (VMSnapshotPluginConfig.json). 'auto': each one found\n"
+            "whose agent is not running (it would run them itself); 'none'; or a\n"
+            "list of vmware, qemu, azure (run even if the agent runs)"
+        ),
+        validate=check_setting,
     )
     failure_hook_argument: str = setting(
         "freezefail",

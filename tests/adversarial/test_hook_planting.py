@@ -1,7 +1,9 @@
 """Local-user attacks on the root-run hooks (VSS freeze/thaw and pre-shutdown).
 
-Each attack is run against both entry points: ``hvguest.vss.hooks`` (what
-hvguest-vssd runs) and ``hvguest.shutdown.hooks.run_hooks`` (what
+Each attack is run against every entry point: ``hvguest.vss.hooks`` (what
+hvguest-vssd runs), the other agents' conventions it runs too
+(``hvguest.vss.foreign``: open-vm-tools' backupScripts.d, qemu-ga's
+fsfreeze-hook.d) and ``hvguest.shutdown.hooks.run_hooks`` (what
 ``hvguestctl shutdown-hooks run`` runs). A hook proves it ran by appending to a
 marker file; an attack succeeds when the attacker's code runs as root.
 """
@@ -19,6 +21,8 @@ import pytest
 
 from hvguest.paths import Paths
 from hvguest.shutdown import hooks as shutdown
+from hvguest.vss.foreign import discover_foreign
+from hvguest.vss.foreign_run import ForeignRunner
 from hvguest.vss.hooks import HookRunner, discover
 
 pytestmark = [pytest.mark.root]
@@ -54,7 +58,30 @@ def _run_shutdown(etc: str) -> None:
     shutdown.run_hooks(Paths(etc=etc, run=etc + "-run"), hook_timeout=5, total_timeout=20)
 
 
-RUNNERS = {"vss": ("vss.d", _run_vss), "shutdown": ("shutdown.d", _run_shutdown)}
+def _run_foreign(etc: str, convention: str) -> None:
+    """Another agent's scripts as hvguest-vssd runs them (``etc`` plays /etc)."""
+    proc = etc + "-proc"  # no agent runs
+    os.makedirs(proc, exist_ok=True)
+    plan = discover_foreign(Paths(os_etc=etc, proc=proc), [convention])
+    runner = ForeignRunner(plan, timeout=5, total_timeout=20)
+    if runner.freeze() is None:
+        runner.thaw()
+    else:
+        runner.freeze_failed("attack test")
+
+
+def _run_qemu(etc: str) -> None:
+    # The stock dispatcher, root's: hvguest then runs fsfreeze-hook.d itself.
+    _script(os.path.join(etc, "qemu", "fsfreeze-hook"), os.devnull, "runs fsfreeze-hook.d")
+    _run_foreign(etc, "qemu")
+
+
+RUNNERS = {
+    "vss": ("vss.d", _run_vss),
+    "shutdown": ("shutdown.d", _run_shutdown),
+    "vmware": ("vmware-tools/backupScripts.d", lambda etc: _run_foreign(etc, "vmware")),
+    "qemu": ("qemu/fsfreeze-hook.d", _run_qemu),
+}
 
 
 @pytest.fixture(params=sorted(RUNNERS))

@@ -24,6 +24,7 @@ SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 ROOTFS_PACKAGES = (
     "systemd,systemd-sysv,dbus,udev,kmod,python3,python3-systemd,"
     "python3-yaml,python3-pyroute2,iproute2,e2fsprogs,linux-image-cloud-amd64,initramfs-tools,"
+    "python3-prometheus-client,"
     # rpm: the boot test installs the .rpm too, with its scriptlets, inside the VM.
     "rpm"
 )

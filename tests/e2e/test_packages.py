@@ -14,7 +14,7 @@ import pytest
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 UNITS = ("hvguest-kvp", "hvguest-vss", "hvguest-fcopy", "hvguest-heartbeat",
-         "hvguest-shutdown-hooks")
+         "hvguest-shutdown-hooks", "hvguest-metrics")
 
 # "systemd-analyze security" exposure (0 = locked down, 10 = unrestricted) may not
 # get worse than these figures, measured in this boot (Debian 12, systemd 252);
@@ -25,6 +25,7 @@ MAX_EXPOSURE = {
     "hvguest-fcopy": 1.9,  # 1.7 before AF_ALG (the kernel's SHA-256) was allowed
     "hvguest-heartbeat": 1.3,
     "hvguest-shutdown-hooks": 6.0,
+    "hvguest-metrics": 3.7,
 }
 
 
@@ -42,6 +43,8 @@ def assert_booted_checks(boot: e2elib.Boot) -> None:
     )
     for unit in UNITS:
         assert checks.get(f"verify-{unit}.service") == "ok", checks
+    for unit in ("hvguest-metrics.timer", "hvguest-metrics.path"):
+        assert checks.get(f"verify-{unit}") == "ok", checks
     # A broken configuration leaves each daemon's unit failed after one report.
     for daemon in ("kvp", "vss", "fcopy", "heartbeat"):
         assert checks.get(f"config-error-{daemon}") == "ok", checks

@@ -35,6 +35,8 @@ def prepare_vm_root(root: Path, deb: Path, rpm: Path) -> None:
     lib = root / "usr/local/lib/e2e"
     lib.mkdir(parents=True, exist_ok=True)
     shutil.copy(e2elib.REPO / "tests/fixtures/sysfs/sysfs_builder.py", lib)
+    for extra in e2elib.GUEST.glob("*.sh"):  # checks vm-checks sources
+        shutil.copy(extra, lib)
 
 
 @pytest.mark.skipif(not shutil.which("qemu-system-x86_64"),
@@ -74,6 +76,7 @@ def test_vm_udev_activation_and_host_operations(scratch_root: Path, deb: Path, r
                  "install-with-devices", "vss-sigkill-while-frozen", "install-rpm",
                  "rpm-vss-sigkill-while-frozen", "shutdown-hooks-armed"):
         assert checks.get(name) == "ok", (name, checks)
+    assert checks.get("metrics-textfile") == "ok", checks  # guest/metrics-checks.sh
     # The poweroff that ended the VM ran the pre-shutdown hook, told it was a poweroff.
     after = boot.output.split("E2E_RC=", 1)[-1]
     assert "E2E_SHUTDOWN_HOOK action=poweroff env=poweroff" in after, report[-3000:]

@@ -41,6 +41,7 @@ class Daemon:
         lib_hooks: dict[str, str] | None = None,
         env: dict[str, str] | None = None,
         as_installed: bool = False,
+        args: list[str] | None = None,
     ) -> None:
         base = loops.base
         self.base = base
@@ -81,6 +82,7 @@ class Daemon:
                 "--log-target",
                 "stderr",
                 "--debug",
+                *(args or []),
             ],
             stdout=self.log,
             stderr=self.log,
