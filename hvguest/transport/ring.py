@@ -20,14 +20,20 @@ from hvguest.wire.ring import MIN_PACKET, RingView
 from hvguest.wire.vmbus import (
     PACKET_DESCRIPTOR_SIZE,
     PACKET_TRAILER_SIZE,
+    READ_INDEX_OFFSET,
     RING_HEADER_SIZE,
     VM_PKT_DATA_INBAND,
+    WRITE_INDEX_OFFSET,
     VmPacketDescriptor,
     build_inband_packet,
 )
 
 _DESC = struct.Struct("<HHHHQ")
 _TRAILER = struct.Struct("<Q")
+# write_index@0 and read_index@4, adjacent: one read of both, the producer's first.
+_INDICES = struct.Struct("<II")
+_U32 = struct.Struct("<I")
+assert (WRITE_INDEX_OFFSET, READ_INDEX_OFFSET) == (0, 4)
 # (type, trans_id, payload, read index after the packet) of the packet at the read index.
 Packet = tuple[int, int, memoryview, int]
 
@@ -62,15 +68,22 @@ class RingBuffer(RingView):
         self.size = size
 
     def _indices(self) -> tuple[int, int]:
-        w = self.write_index  # the producer's index first, then the data
-        r = self.read_index
-        for value, field in ((w, "write_index"), (r, "read_index")):
-            if value >= self.dsize:
-                raise RingError(
-                    f"{self.name}: {field} is {value}, beyond the {self.dsize}-byte data area",
-                    field=field,
-                )
+        """(write_index, read_index), both checked against the data area; read
+        before the data they cover (on every packet: one unpack for both)."""
+        w, r = _INDICES.unpack_from(self.mem)
+        dsize = self.dsize
+        if w >= dsize or r >= dsize:
+            field, value = ("write_index", w) if w >= dsize else ("read_index", r)
+            raise RingError(
+                f"{self.name}: {field} is {value}, beyond the {dsize}-byte data area",
+                field=field,
+            )
         return w, r
+
+    def consume(self, after: int) -> None:
+        """Move read_index to ``after`` (the ``peek_packet`` result): the producer
+        may reuse those bytes from now on."""
+        _U32.pack_into(self.mem, READ_INDEX_OFFSET, after)
 
     @property
     def available(self) -> int:
@@ -145,7 +158,8 @@ class RingBuffer(RingView):
             body[:] = request
             mark_response(body, status)
             _TRAILER.pack_into(data, w + length, w << 32)
-        self.write_index = (w + length + PACKET_TRAILER_SIZE) % self.dsize
+        after = (w + length + PACKET_TRAILER_SIZE) % self.dsize
+        _U32.pack_into(self.mem, WRITE_INDEX_OFFSET, after)
 
     def read_packet(self) -> tuple[VmPacketDescriptor, bytes] | None:
         """Take the next packet: its descriptor and payload (padding included),
