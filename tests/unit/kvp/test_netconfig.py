@@ -223,3 +223,24 @@ def test_tool_output_reaches_the_detail_escaped_and_bounded(roots):
     assert out.detail.isascii() and out.detail.isprintable()
     assert "\\x1b]0;owned\\x07\\x1b[2J\\nline two\\u202e" in out.detail
     assert "x" * 300 not in out.detail  # the tail only
+
+
+def test_static_ipv6_takes_no_router_advertisements():
+    # Found on real systemd-networkd (QEMU boot tier): a static push with an IPv6
+    # address left the guest with a SLAAC address and an RA default route besides the
+    # host's settings. NetworkManager's keyfile (ipv6 method=manual) has none: every
+    # renderer must say the same.
+    import yaml
+
+    from hvguest.kvp.netrender import render_netplan
+
+    text = render_networkd(CONFIG, ETH0, None)
+    assert "IPv6AcceptRA=no" in text.split("\n")
+    eth = yaml.safe_load(render_netplan(CONFIG, ETH0, None))["network"]["ethernets"]["eth0"]
+    assert eth["accept-ra"] is False
+    # IPv4 only, or DHCP: IPv6 stays with the network's router advertisements.
+    v4_only = config(False, ("192.0.2.20/24",), ("192.0.2.1",))
+    for other in (v4_only, config(True)):
+        assert "IPv6AcceptRA" not in render_networkd(other, ETH0, None)
+        doc = yaml.safe_load(render_netplan(other, ETH0, None))
+        assert "accept-ra" not in doc["network"]["ethernets"]["eth0"]
