@@ -48,7 +48,7 @@ pytestmark = [
     pytest.mark.skipif(not shutil.which("mkfs.ext4"), reason="needs mkfs.ext4 (e2fsprogs)"),
 ]
 
-STACKS = ("networkd", "networkmanager")
+STACKS = ("networkd", "networkmanager", "netplan", "ifupdown")
 PHASE_CHECKS = {
     1: ("p1-sim-started", "p1-dhcp-lease", "p1-get-ip-info-dhcp", "p1-hostile-refused",
         "p1-static-applied", "p1-get-ip-info-static", "p1-rollback",
