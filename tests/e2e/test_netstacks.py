@@ -52,9 +52,10 @@ pytestmark = [
 
 # The stacks the scenario passes on. netplan and ifupdown images are built the same way
 # (netimages.PACKAGES) but do not pass yet: ``netplan apply`` runs past its share of
-# the deadline in the emulated guest, and hvguest's ifupdown stanzas are added to the
-# image's own "iface eth0 inet dhcp" instead of replacing it (ifup then runs dhclient
-# too). HVGUEST_E2E_NETSTACKS=netplan,ifupdown runs them.
+# the deadline in the emulated guest (its systemd daemon-reload alone takes ~15 s
+# there, so the apply and then the restore both time out), and hvguest's ifupdown
+# stanzas are added to the image's own "iface eth0 inet dhcp" instead of replacing it
+# (ifup then runs dhclient too). HVGUEST_E2E_NETSTACKS=netplan,ifupdown runs them.
 STACKS = tuple(os.environ.get("HVGUEST_E2E_NETSTACKS", "networkd,networkmanager").split(","))
 PHASE_CHECKS = {
     1: ("p1-sim-started", "p1-dhcp-lease", "p1-get-ip-info-dhcp", "p1-hostile-refused",
