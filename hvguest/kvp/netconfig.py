@@ -91,7 +91,9 @@ def detect_stack(paths: Paths, which: Callable[[str], str | None] = shutil.which
         return "netplan"
     if os.path.exists(os.path.join(run, "NetworkManager")) and which("nmcli"):
         return "networkmanager"
-    if os.path.isdir(os.path.join(run, "systemd", "netif")) and which("networkctl"):
+    # networkd running keeps its manager state in netif/state; the directories alone
+    # are made by systemd's tmpfiles at every boot, networkd enabled or not.
+    if os.path.exists(os.path.join(run, "systemd", "netif", "state")) and which("networkctl"):
         return "networkd"
     if os.path.exists(os.path.join(etc, "network", "interfaces")) and which("ifup"):
         return "ifupdown"

@@ -85,6 +85,10 @@ def render_networkd(config: IpConfig, name: LinkName, mac: MacAddress | None) ->
     else:
         lines += [f"Address={a}" for a in s.addresses]
         lines += [f"Gateway={g}" for g in s.gateways]
+        if s.v6:
+            # Static IPv6 means these addresses only, as NetworkManager's "manual":
+            # no SLAAC address or RA default route besides them.
+            lines.append("IPv6AcceptRA=no")
     lines += [f"DNS={d}" for d in s.dns]
     return "\n".join(lines) + "\n"
 
@@ -104,6 +108,8 @@ def render_netplan(config: IpConfig, name: LinkName, mac: MacAddress | None) -> 
             eth["addresses"] = s.addresses
         if s.gateways:
             eth["routes"] = [{"to": "default", "via": g} for g in s.gateways]
+        if s.v6:
+            eth["accept-ra"] = False  # as networkd's IPv6AcceptRA=no above
     if s.dns:
         eth["nameservers"] = {"addresses": s.dns}
     doc = {"network": {"version": 2, "ethernets": {str(name): eth}}}

@@ -95,7 +95,8 @@ def read_networkd(text: str) -> Settings:
     """systemd's INI dialect, strictly: comments, [Section] headers and Key=Value lines."""
     out = Settings()
     section = None
-    allowed = {"Match": {"Name", "MACAddress"}, "Network": {"DHCP", "Address", "Gateway", "DNS"}}
+    allowed = {"Match": {"Name", "MACAddress"}, "Network": {"DHCP", "Address", "Gateway", "DNS",
+                                                      "IPv6AcceptRA"}}
     seen: list[str] = []
     for line in text.split("\n"):
         if line == "" or line.startswith("#"):
@@ -107,7 +108,7 @@ def read_networkd(text: str) -> Settings:
                 raise Unexpected(f".network section {line!r}")
             seen.append(section)
             continue
-        pair = re.fullmatch(r"([A-Za-z]+)=(\S+)", line)
+        pair = re.fullmatch(r"([A-Za-z][A-Za-z0-9]*)=(\S+)", line)
         if section is None or pair is None or pair.group(1) not in allowed[section]:
             raise Unexpected(f".network line {line!r} in [{section}]")
         key, value = pair.groups()
@@ -123,6 +124,9 @@ def read_networkd(text: str) -> Settings:
             out.addresses.append(_value(value, "Address"))
         elif key == "Gateway":
             out.gateways.append(_value(value, "Gateway"))
+        elif key == "IPv6AcceptRA":
+            if value != "no" or out.dhcp:
+                raise Unexpected(f"IPv6AcceptRA={value}")
         else:
             out.dns.append(_value(value, "DNS"))
     if seen != ["Match", "Network"]:
@@ -137,10 +141,13 @@ def read_netplan(text: str) -> Settings:
     if doc["network"]["version"] != 2 or len(doc["network"]["ethernets"]) != 1:
         raise Unexpected(f"netplan network {doc['network']!r}")
     ((name, eth),) = doc["network"]["ethernets"].items()
-    extra = set(eth) - {"match", "set-name", "dhcp4", "addresses", "routes", "nameservers"}
+    extra = set(eth) - {"match", "set-name", "dhcp4", "addresses", "routes", "nameservers",
+                        "accept-ra"}
     if extra:
         raise Unexpected(f"netplan keys {sorted(extra)}")
     out = Settings(name=name, dhcp=eth["dhcp4"] is True)
+    if eth.get("accept-ra", False) is not False:
+        raise Unexpected(f"netplan accept-ra {eth['accept-ra']!r}")
     if "match" in eth:
         if set(eth["match"]) != {"macaddress"} or eth.get("set-name") != name:
             raise Unexpected(f"netplan match {eth['match']!r}")

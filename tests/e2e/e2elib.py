@@ -193,16 +193,18 @@ def make_image(root: Path, image: Path, size_mb: int = 2048) -> None:
 
 
 def qemu_boot(kernel: Path, initrd: Path, image: Path, serial_log: Path, *,
-              timeout: float = 480) -> Boot:
+              timeout: float = 480, nic: str = "none", smp: int = 2, append: str = "") -> Boot:
     """Boot the image under QEMU's software emulation; the guest powers off when its
-    checks are done (``-no-reboot`` turns a panic or reboot into an exit too)."""
+    checks are done (``-no-reboot`` turns a panic or reboot into an exit too).
+    ``nic``: QEMU's -nic value; ``append``: more kernel command line."""
     start = time.monotonic()
     proc = run([
-        "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "2048",
-        "-nographic", "-no-reboot", "-nic", "none", "-monitor", "none",
+        "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-smp", str(smp), "-m", "2048",
+        "-nographic", "-no-reboot", "-nic", nic, "-monitor", "none",
         "-serial", f"file:{serial_log}",
         "-kernel", str(kernel), "-initrd", str(initrd),
-        "-append", "root=/dev/vda rw console=ttyS0 panic=-1 systemd.show_status=0 quiet",
+        "-append", "root=/dev/vda rw console=ttyS0 panic=-1 systemd.show_status=0 quiet"
+        + (f" {append}" if append else ""),
         "-drive", f"file={image},if=virtio,format=raw",
     ], timeout=timeout, check=False)
     text = serial_log.read_text(errors="replace") if serial_log.exists() else ""

@@ -80,6 +80,7 @@ def test_detection_order(roots):
     (roots / "etc" / "network" / "interfaces").write_text("")
     assert detect_stack(p, which_all) == "ifupdown"
     (roots / "run" / "systemd" / "netif").mkdir(parents=True)
+    (roots / "run" / "systemd" / "netif" / "state").write_text("OPER_STATE=routable\n")
     assert detect_stack(p, which_all) == "networkd"
     (roots / "run" / "NetworkManager").mkdir()
     assert detect_stack(p, which_all) == "networkmanager"
@@ -152,6 +153,7 @@ def test_ifupdown_stanza():
 
 def test_failure_restores_previous_file(roots):
     (roots / "run" / "systemd" / "netif").mkdir(parents=True)
+    (roots / "run" / "systemd" / "netif" / "state").write_text("")  # networkd runs
     target = roots / "etc" / "systemd" / "network" / "10-hvguest-eth0.network"
     target.parent.mkdir(parents=True)
     target.write_text("previous\n")
@@ -167,6 +169,7 @@ def test_failure_restores_previous_file(roots):
 
 def test_failure_removes_new_file(roots):
     (roots / "run" / "systemd" / "netif").mkdir(parents=True)
+    (roots / "run" / "systemd" / "netif" / "state").write_text("")  # networkd runs
     runner = Recorder({"networkctl": 1})
     NetConfigurator(paths(roots), runner=runner, which=which_all).apply(CONFIG)
     assert not (roots / "etc" / "systemd" / "network" / "10-hvguest-eth0.network").exists()
@@ -213,6 +216,7 @@ def test_tool_output_reaches_the_detail_escaped_and_bounded(roots):
     """A network tool's output is not ours: its terminal escapes and newlines must not
     reach the host's log line raw, and only its tail is kept."""
     (roots / "run" / "systemd" / "netif").mkdir(parents=True)
+    (roots / "run" / "systemd" / "netif" / "state").write_text("")  # networkd runs
     hostile = "x" * 1000 + "\x1b]0;owned\x07\x1b[2J\nline two\u202e"
 
     def runner(argv, timeout):
@@ -223,3 +227,40 @@ def test_tool_output_reaches_the_detail_escaped_and_bounded(roots):
     assert out.detail.isascii() and out.detail.isprintable()
     assert "\\x1b]0;owned\\x07\\x1b[2J\\nline two\\u202e" in out.detail
     assert "x" * 300 not in out.detail  # the tail only
+
+
+def test_static_ipv6_takes_no_router_advertisements():
+    # Found on real systemd-networkd (QEMU boot tier): a static push with an IPv6
+    # address left the guest with a SLAAC address and an RA default route besides the
+    # host's settings. NetworkManager's keyfile (ipv6 method=manual) has none: every
+    # renderer must say the same.
+    import yaml
+
+    from hvguest.kvp.netrender import render_netplan
+
+    text = render_networkd(CONFIG, ETH0, None)
+    assert "IPv6AcceptRA=no" in text.split("\n")
+    eth = yaml.safe_load(render_netplan(CONFIG, ETH0, None))["network"]["ethernets"]["eth0"]
+    assert eth["accept-ra"] is False
+    # IPv4 only, or DHCP: IPv6 stays with the network's router advertisements.
+    v4_only = config(False, ("192.0.2.20/24",), ("192.0.2.1",))
+    for other in (v4_only, config(True)):
+        assert "IPv6AcceptRA" not in render_networkd(other, ETH0, None)
+        doc = yaml.safe_load(render_netplan(other, ETH0, None))
+        assert "accept-ra" not in doc["network"]["ethernets"]["eth0"]
+
+
+def test_networkd_directories_alone_are_not_networkd_running(roots):
+    # Found on a real Debian 12 ifupdown guest (QEMU boot tier): systemd's tmpfiles
+    # (systemd-network.conf) create /run/systemd/netif and its subdirectories at every
+    # boot, networkd running or not, and networkctl is in the systemd package; the push
+    # went to networkd ("Unit dbus-org.freedesktop.network1.service not found").
+    p = paths(roots)
+    (roots / "etc" / "network").mkdir()
+    (roots / "etc" / "network" / "interfaces").write_text("iface eth0 inet dhcp\n")
+    for sub in ("links", "leases", "lldp"):
+        (roots / "run" / "systemd" / "netif" / sub).mkdir(parents=True)
+    assert detect_stack(p, which_all) == "ifupdown"
+    # networkd running writes its manager state there.
+    (roots / "run" / "systemd" / "netif" / "state").write_text("OPER_STATE=routable\n")
+    assert detect_stack(p, which_all) == "networkd"
