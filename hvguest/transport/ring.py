@@ -80,7 +80,7 @@ class RingBuffer(RingView):
             )
         return w, r
 
-    def consume(self, after: int) -> None:
+    def read_to(self, after: int) -> None:
         """Move read_index to ``after`` (the ``peek_packet`` result): the producer
         may reuse those bytes from now on."""
         _U32.pack_into(self.mem, READ_INDEX_OFFSET, after)

@@ -103,7 +103,7 @@ class RingChannel:
                 # IC traffic is in-band data only; a completion or other type
                 # asks for no answer.
                 log.warning("%s: VMBus packet type %d ignored", rx.name, ptype)
-                rx.consume(after)
+                rx.read_to(after)
                 continue
             try:
                 reply = handler(payload)
@@ -118,7 +118,7 @@ class RingChannel:
                     tx.write_packet(reply, trans_id)
                 answered += 1
                 rearmed = False
-            rx.consume(after)  # only now may the host reuse those bytes
+            rx.read_to(after)  # only now may the host reuse those bytes
             if after_reply is not None and not rearmed:
                 self._signal()
                 rearmed = True
