@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Any
 
-from hvguest.cli import shutdown_hooks
+from hvguest.cli import direct, shutdown_hooks
 from hvguest.cli.heartbeat_config import settings_for
 from hvguest.roots import add_root_options, paths_from_args
 from hvguest.status import render_json
@@ -40,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     paths = paths_from_args(args)
     settings = settings_for(args, paths.etc)
     doc = collect(paths, warn_offset_ms=settings.timesync_warn_offset_ms)
+    if doc["hyperv"] and not args.service:
+        doc["direct"] = direct.status_row(args, paths)
     if args.service:
         if args.json:
             render_json.dump(render_json.one_service(doc, args.service), sys.stdout)
