@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
 
     registry = PoolRegistry()
     try:
-        items = PoolStore(paths, registry).items(KEYS_POOL)
+        # Reading creates nothing: no pool file yet is no key.
+        exists = os.path.lexists(paths.pool_file(KEYS_POOL))
+        items = PoolStore(paths, registry).items(KEYS_POOL) if exists else []
     except (OSError, HvGuestError) as exc:
         log.error("no host keys for %s: cannot read KVP pool %d: %s", user, KEYS_POOL, exc)
         return 1
