@@ -153,10 +153,13 @@ class DirectControl:
             (SERVICE_TEMPLATE, KEYS_DROPIN,
              keys_dropin(settings.enabled and settings.authorized_keys_from_host)),
         ):
-            path = os.path.join(dropin_dir(self.paths, unit), name)
-            if text is None:
+            directory = dropin_dir(self.paths, unit)
+            path = os.path.join(directory, name)
+            if text is None or not settings.enabled:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
+                with contextlib.suppress(OSError):
+                    os.rmdir(directory)  # only when nothing else is in it
             else:
                 atomic_write(path, text, mode=0o644)
 

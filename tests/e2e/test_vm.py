@@ -18,6 +18,9 @@ import e2elib
 import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# guest/direct-checks: SSH over vsock with the .deb installed.
+DIRECT_CHECKS = ("direct-off-by-default", "direct-ssh-login", "direct-scp-both-ways",
+                 "direct-status", "direct-keys-from-host", "direct-disable-refuses")
 
 
 def prepare_vm_root(root: Path, deb: Path, rpm: Path) -> None:
@@ -35,6 +38,7 @@ def prepare_vm_root(root: Path, deb: Path, rpm: Path) -> None:
     lib = root / "usr/local/lib/e2e"
     lib.mkdir(parents=True, exist_ok=True)
     shutil.copy(e2elib.REPO / "tests/fixtures/sysfs/sysfs_builder.py", lib)
+    shutil.copy(e2elib.GUEST / "direct-checks", lib)
 
 
 @pytest.mark.skipif(not shutil.which("qemu-system-x86_64"),
@@ -73,6 +77,8 @@ def test_vm_udev_activation_and_host_operations(scratch_root: Path, deb: Path, r
                  "readd-starts-units", "upgrade-restarts", "remove-package",
                  "install-with-devices", "vss-sigkill-while-frozen", "install-rpm",
                  "rpm-vss-sigkill-while-frozen", "shutdown-hooks-armed"):
+        assert checks.get(name) == "ok", (name, checks)
+    for name in DIRECT_CHECKS:
         assert checks.get(name) == "ok", (name, checks)
     # The poweroff that ended the VM ran the pre-shutdown hook, told it was a poweroff.
     after = boot.output.split("E2E_RC=", 1)[-1]

@@ -109,8 +109,10 @@ def test_another_port_and_host_keys_write_dropins(control: DirectControl, paths:
     assert not dropin(paths, SOCKET_UNIT, PORT_DROPIN).exists()
     assert not dropin(paths, SERVICE_TEMPLATE, KEYS_DROPIN).exists()
     control.enable({"port": 6000, "authorized_keys_from_host": True, "user": "ops"})
-    control.disable()  # off: the keys drop-in goes, sshd gets no keys from the host
-    assert not dropin(paths, SERVICE_TEMPLATE, KEYS_DROPIN).exists()
+    control.disable()  # off: the drop-ins go, sshd gets no keys from the host
+    assert not os.path.exists(dropin_dir(paths, SERVICE_TEMPLATE))
+    assert not os.path.exists(dropin_dir(paths, SOCKET_UNIT))
+    assert settings(paths) == DirectSettings(False, 6000, True, "ops")
 
 
 def unchanged(control: DirectControl, paths: Paths) -> None:
