@@ -213,3 +213,24 @@ def test_status_when_off_and_listening_nowhere() -> None:
     assert doc["problems"] == [] and doc["published"] is None
     assert doc["connections_since_boot"] is None  # the journal is not read
     assert report.summary(doc) == "off: vsock port 22 (inactive)"
+
+
+def test_status_summary_has_a_direct_row() -> None:
+    import io
+
+    from hvguest.status.document import SERVICES, absent_entry
+    from hvguest.status.render_text import render_summary
+
+    doc = report.collect(DirectSettings(enabled=True), FakeSystemd(
+        {SOCKET_UNIT: {"LoadState": "loaded", "ActiveState": "active",
+                       "SubState": "listening", "UnitFileState": "enabled"}},
+        journal=JOURNAL), use_systemd=True)
+    doc["summary"] = report.summary(doc)
+    status_doc: dict[str, object] = {
+        "hyperv": True, "overall": "ok", "vmbus_devices": 0, "problems": [],
+        "unreadable": [], "services": {s: absent_entry(s) for s in SERVICES}, "direct": doc}
+    out = io.StringIO()
+    render_summary(status_doc, out)  # type: ignore[arg-type]
+    rows = [line for line in out.getvalue().splitlines() if line.startswith("direct ")]
+    assert rows == ["direct     -        vsock                sshd         "
+                    "on: vsock port 22 (listening, 2 connections)"]
