@@ -58,9 +58,10 @@ def test_vm_udev_activation_and_host_operations(scratch_root: Path, deb: Path, r
     serial = tmp_path / "serial.log"
     try:
         # A hang bound only: software emulation on a busy 2-core machine runs the
-        # whole script (sim start/stop three times, five package operations) in up to ~10 min.
+        # whole script (sim start/stop three times, five package operations, a dozen
+        # ssh logins over vsock) in up to ~15 min.
         boot = e2elib.qemu_boot(boot_files / "vmlinuz", boot_files / "initrd.img", image, serial,
-                                timeout=900)
+                                timeout=1500)
     finally:
         image.unlink(missing_ok=True)
     checks = boot.checks()
