@@ -4,6 +4,7 @@ connections since boot and the host's instructions."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from hvguest.command import Runner
@@ -13,6 +14,7 @@ from hvguest.direct.publish import publish_value
 from hvguest.direct.settings import DirectSettings
 from hvguest.direct.units import (
     SOCKET_UNIT,
+    SSHD,
     SYSTEMD_VSOCK_PORT,
     SYSTEMD_VSOCK_SOCKET,
     connections_since_boot,
@@ -29,7 +31,8 @@ def conflict_text(port: int) -> str:
             "twice")
 
 
-def collect(settings: DirectSettings, runner: Runner, *, use_systemd: bool) -> dict[str, Any]:
+def collect(settings: DirectSettings, runner: Runner, *, use_systemd: bool,
+            sshd: str = SSHD) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "enabled": settings.enabled,
         "port": settings.port,
@@ -45,6 +48,9 @@ def collect(settings: DirectSettings, runner: Runner, *, use_systemd: bool) -> d
         "host_instructions": host.instructions(settings.port, settings.user),
     }
     problems: list[str] = doc["problems"]
+    if settings.enabled and not os.path.exists(sshd):
+        problems.append(f"{sshd} is missing: install openssh-server (every connection "
+                        "is closed at once)")
     if not use_systemd:
         if settings.enabled:
             problems.append("PID 1 is not systemd: nothing listens on vsock")

@@ -193,7 +193,8 @@ def test_status_reports_disagreement_and_instructions(capsys: pytest.CaptureFixt
     fake = FakeSystemd({SOCKET_UNIT: {"LoadState": "loaded", "ActiveState": "inactive",
                                       "SubState": "dead", "UnitFileState": "disabled"}},
                        journal=JOURNAL)
-    doc = report.collect(DirectSettings(enabled=True, port=2222), fake, use_systemd=True)
+    doc = report.collect(DirectSettings(enabled=True, port=2222), fake, use_systemd=True,
+                         sshd=__file__)
     assert doc["service_guid"] == "000008ae-facb-11e6-bd58-64006a7986d3"
     assert doc["connections_since_boot"] == 2
     assert doc["published"] == "ssh vsock:2222"
@@ -224,7 +225,7 @@ def test_status_summary_has_a_direct_row() -> None:
     doc = report.collect(DirectSettings(enabled=True), FakeSystemd(
         {SOCKET_UNIT: {"LoadState": "loaded", "ActiveState": "active",
                        "SubState": "listening", "UnitFileState": "enabled"}},
-        journal=JOURNAL), use_systemd=True)
+        journal=JOURNAL), use_systemd=True, sshd=__file__)
     doc["summary"] = report.summary(doc)
     status_doc: dict[str, object] = {
         "hyperv": True, "overall": "ok", "vmbus_devices": 0, "problems": [],
@@ -234,3 +235,12 @@ def test_status_summary_has_a_direct_row() -> None:
     rows = [line for line in out.getvalue().splitlines() if line.startswith("direct ")]
     assert rows == ["direct     -        vsock                sshd         "
                     "on: vsock port 22 (listening, 2 connections)"]
+
+
+def test_status_says_when_sshd_is_gone(tmp_path: Path) -> None:
+    fake = FakeSystemd({SOCKET_UNIT: {"LoadState": "loaded", "ActiveState": "active",
+                                      "SubState": "listening"}})
+    doc = report.collect(DirectSettings(enabled=True), fake, use_systemd=True,
+                         sshd=str(tmp_path / "sshd"))
+    assert doc["problems"][0].endswith("sshd is missing: install openssh-server "
+                                       "(every connection is closed at once)")
