@@ -33,6 +33,7 @@ from hvguest.direct.guid import MAX_PORT, MIN_PORT, service_guid
 from hvguest.direct.publish import PUBLISH_KEY
 from hvguest.direct.settings import DirectSettings, check_user_name
 from hvguest.direct.units import (
+    ACTION_TIMEOUT,
     KEYS_COMMAND,
     KEYS_DROPIN,
     PORT_DROPIN,
@@ -41,7 +42,6 @@ from hvguest.direct.units import (
     SSHD,
     SYSTEMD_VSOCK_PORT,
     SYSTEMD_VSOCK_SOCKET,
-    TIMEOUT,
     dropin_dir,
     keys_dropin,
     port_dropin,
@@ -121,7 +121,7 @@ class DirectControl:
     said: list[str] = field(default_factory=list)
 
     def systemctl(self, *args: str, check: bool = True) -> None:
-        result = self.runner(["systemctl", *args], TIMEOUT)
+        result = self.runner(["systemctl", *args], ACTION_TIMEOUT)
         if check and not result.ok:
             raise HvGuestError(f"systemctl {' '.join(args)} failed ({result.code}): "
                                f"{result.output[:300]}")

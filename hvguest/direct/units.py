@@ -29,7 +29,10 @@ PORT_DROPIN = "50-hvguest-port.conf"
 KEYS_DROPIN = "50-hvguest-keys.conf"
 # systemd's "unit started" catalogue entry (SD_MESSAGE_UNIT_STARTED).
 UNIT_STARTED = "39f53479d3a045ac8e11786248231fbf"
-TIMEOUT = 15.0
+TIMEOUT = 30.0  # systemctl show, journalctl
+# systemctl daemon-reload / enable / restart: a loaded machine takes its time, and
+# giving up half-way leaves the setting and the socket apart (status then says so).
+ACTION_TIMEOUT = 120.0
 _HEADER = "# Written by 'hvguestctl direct enable' from /etc/hvguest/hvguest.yaml; do not edit.\n"
 
 
