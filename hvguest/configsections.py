@@ -9,6 +9,7 @@ ImportError at start, never a section silently left out.
 from __future__ import annotations
 
 from hvguest.configschema import Config, LogSettings, SectionInfo, section_info
+from hvguest.direct.settings import DirectSettings
 from hvguest.fcopy.settings import FcopySettings
 from hvguest.heartbeat.settings import HeartbeatSettings
 from hvguest.kvp.settings import KvpSettings
@@ -20,6 +21,7 @@ SECTIONS: tuple[type, ...] = (
     VssSettings,
     FcopySettings,
     HeartbeatSettings,
+    DirectSettings,
 )
 
 

@@ -40,9 +40,9 @@ def command_modules(*, thaw_only: bool = False) -> tuple[CommandModule, ...]:
         from hvguest.cli import vss as thaw
 
         return (thaw,)
-    from hvguest.cli import fcopy, kvp, status, timesync, vmbus, vss
+    from hvguest.cli import direct, fcopy, kvp, status, timesync, vmbus, vss
 
-    return (status, vmbus, kvp, vss, fcopy, timesync)
+    return (status, vmbus, kvp, vss, fcopy, timesync, direct)
 
 
 def build_parser(modules: Sequence[CommandModule] | None = None) -> argparse.ArgumentParser:

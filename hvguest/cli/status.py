@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any
 
-from hvguest.cli import shutdown_hooks
+from hvguest.cli import direct, shutdown_hooks
 from hvguest.cli.heartbeat_config import settings_for
 from hvguest.roots import add_root_options, paths_from_args
 from hvguest.status import render_json
@@ -57,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     doc = collect(paths, warn_offset_ms=settings.timesync_warn_offset_ms)
     if args.prometheus:
         return _prometheus(doc, args.textfile_dir)
+    if doc["hyperv"] and not args.service:
+        doc["direct"] = direct.status_row(args, paths)
     if args.service:
         if args.json:
             render_json.dump(render_json.one_service(doc, args.service), sys.stdout)

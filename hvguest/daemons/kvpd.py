@@ -27,6 +27,9 @@ from hvguest.daemons.channel import Channel, run_daemon
 from hvguest.daemons.common import daemon_arg_parser, start_daemon
 from hvguest.daemons.kvp_actions import KvpActions, PoolView
 from hvguest.daemons.kvp_state import frozen_mount, last_request, pool_details
+from hvguest.direct.publish import PUBLISH_KEY as DIRECT_KEY
+from hvguest.direct.publish import publish_value as direct_value
+from hvguest.direct.settings import DirectSettings
 from hvguest.errors import HvGuestError, TransportError
 from hvguest.kvp.autopool import AutoPool
 from hvguest.kvp.ipinfo import IpInfoSource
@@ -84,6 +87,7 @@ class KvpService:
         clock: Callable[[], float] = time.monotonic,
         udev: EventSource | None = None,
         registry: PoolRegistry | None = None,
+        direct: DirectSettings | None = None,
     ) -> None:
         """``udev``: network interface events (``net_watcher()``), or None: the FQDN is
         then refreshed every ``fqdn_refresh`` seconds only. ``registry``: the process's
@@ -122,6 +126,7 @@ class KvpService:
         self._netconfig: NetConfigurator | None = None
         self.own = OwnKeys(self.store.pool(KvpPool.GUEST))
         self.udev = udev
+        self.direct = direct or DirectSettings()
         self.interface_events: EventTrigger | None = None
         self._fqdn_follow_up: Timer | None = None
 
@@ -155,6 +160,20 @@ class KvpService:
             except HvGuestError as exc:
                 log.warning("cannot publish %s in pool 1: %s", VERSION_KEY, exc)
             self.channel.dirty = True
+        self._publish_direct()
+
+    def _publish_direct(self) -> None:
+        """hvguest.direct in pool 1 while direct access is on (kept alive like
+        hvguest.version); withdrawn when off. Read at start: ``hvguestctl direct
+        enable|disable`` restart this daemon."""
+        value = direct_value(self.direct)
+        try:
+            if value is not None:
+                self.own.publish(DIRECT_KEY, value)
+            elif self.own.pool_file.get(DIRECT_KEY) is not None:
+                self.own.withdraw(DIRECT_KEY)
+        except HvGuestError as exc:
+            log.warning("cannot update %s in pool 1: %s", DIRECT_KEY, exc)
 
     def stop(self) -> None:
         self.channel.close()
@@ -286,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     paths, config = start_daemon(SERVICE, args)
     runtime = Runtime("hvguest-kvpd")
-    service = KvpService(paths, config.get(KvpSettings), runtime, udev=net_watcher())
+    service = KvpService(paths, config.get(KvpSettings), runtime, udev=net_watcher(),
+                         direct=config.get(DirectSettings))
     return run_daemon(
         runtime,
         service.start,

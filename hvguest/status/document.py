@@ -9,7 +9,7 @@ The keys are declared in the order the JSON shows them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 SCHEMA_VERSION = 1
 SERVICES = ("heartbeat", "shutdown", "timesync", "kvp", "vss", "fcopy")
@@ -100,6 +100,7 @@ class StatusDocument(TypedDict):
     unreadable: list[str]
     problems: list[ReportProblem]
     services: dict[str, ServiceEntry]
+    direct: NotRequired[dict[str, Any]]  # hvguestctl adds it (hvguest.direct.report)
 
 
 @dataclass(frozen=True)

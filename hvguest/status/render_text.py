@@ -104,6 +104,9 @@ def render_summary(doc: StatusDocument, out: TextIO) -> None:
                 f"{_driver_text(entry):<20} {_daemon_text(entry, own):<12} "
                 f"{_activity(service, entry)}")
         line_out(line[:120].rstrip())
+    direct = doc.get("direct")
+    if direct is not None:
+        line_out(f"{'direct':<10} {'-':<8} {'vsock':<20} {'sshd':<12} {direct['summary']}"[:120])
     rank = {"error": 0, "warning": 1, "info": 2}
     ordered = sorted(doc["problems"], key=lambda p: rank[p["severity"]])
     if ordered:

@@ -28,6 +28,7 @@ ROOTFS_PACKAGES = (
     # rpm: the boot test installs the .rpm too, with its scriptlets, inside the VM.
     "rpm"
 )
+ROOTFS_PACKAGES += ",openssh-server,socat"  # SSH over vsock: guest/direct-checks
 
 
 class CommandFailed(AssertionError):

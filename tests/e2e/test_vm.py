@@ -18,6 +18,9 @@ import e2elib
 import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# guest/direct-checks: SSH over vsock with the .deb installed.
+DIRECT_CHECKS = ("direct-off-by-default", "direct-ssh-login", "direct-scp-both-ways",
+                 "direct-status", "direct-keys-from-host", "direct-disable-refuses")
 
 
 def prepare_vm_root(root: Path, deb: Path, rpm: Path) -> None:
@@ -37,6 +40,7 @@ def prepare_vm_root(root: Path, deb: Path, rpm: Path) -> None:
     shutil.copy(e2elib.REPO / "tests/fixtures/sysfs/sysfs_builder.py", lib)
     for extra in e2elib.GUEST.glob("*.sh"):  # checks vm-checks sources
         shutil.copy(extra, lib)
+    shutil.copy(e2elib.GUEST / "direct-checks", lib)
 
 
 @pytest.mark.skipif(not shutil.which("qemu-system-x86_64"),
@@ -56,9 +60,10 @@ def test_vm_udev_activation_and_host_operations(scratch_root: Path, deb: Path, r
     serial = tmp_path / "serial.log"
     try:
         # A hang bound only: software emulation on a busy 2-core machine runs the
-        # whole script (sim start/stop three times, five package operations) in up to ~10 min.
+        # whole script (sim start/stop three times, five package operations, a dozen
+        # ssh logins over vsock) in up to ~15 min.
         boot = e2elib.qemu_boot(boot_files / "vmlinuz", boot_files / "initrd.img", image, serial,
-                                timeout=900)
+                                timeout=1500)
     finally:
         image.unlink(missing_ok=True)
     checks = boot.checks()
@@ -77,6 +82,8 @@ def test_vm_udev_activation_and_host_operations(scratch_root: Path, deb: Path, r
                  "rpm-vss-sigkill-while-frozen", "shutdown-hooks-armed"):
         assert checks.get(name) == "ok", (name, checks)
     assert checks.get("metrics-textfile") == "ok", checks  # guest/metrics-checks.sh
+    for name in DIRECT_CHECKS:
+        assert checks.get(name) == "ok", (name, checks)
     # The poweroff that ended the VM ran the pre-shutdown hook, told it was a poweroff.
     after = boot.output.split("E2E_RC=", 1)[-1]
     assert "E2E_SHUTDOWN_HOOK action=poweroff env=poweroff" in after, report[-3000:]
