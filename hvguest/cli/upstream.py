@@ -127,7 +127,7 @@ def usage(name: str, program: Program) -> str:
              if program.debug_flag else "")
     return (
         f"Usage: {name} [options]\n"
-        f"{program.summary}: hvguest's {program.daemon} under the name of the kernel's daemon.\n"
+        f"{program.daemon}, the {program.summary}, under this name.\n"
         "Options are:\n"
         "  -n, --no-daemon        stay in foreground, don't daemonize\n"
         f"{debug}"
