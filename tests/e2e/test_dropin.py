@@ -72,7 +72,8 @@ def assert_checks(boot: e2elib.Boot, names: list[str]) -> None:
 
 
 NSPAWN_CHECKS = [f"{kind}-{old}" for old in ALIASES for kind in ("verify", "alias", "scripts")]
-NSPAWN_CHECKS += ["units-start-reference-names", "reference-programs", "nothing-waiting"]
+NSPAWN_CHECKS += ["units-start-reference-names", "reference-programs", "mask-old-name",
+                  "nothing-waiting"]
 
 
 def test_old_unit_names_answer_deb(scratch_root: Path, deb: Path) -> None:
