@@ -26,6 +26,8 @@ ROOTFS_PACKAGES = (
     "python3-yaml,python3-pyroute2,iproute2,e2fsprogs,linux-image-cloud-amd64,initramfs-tools,"
     # rpm: the boot test installs the .rpm too, with its scriptlets, inside the VM.
     "rpm"
+    # procps: pgrep, as Microsoft's validation suite runs it (tests/e2e/guest/dropin-checks).
+    ",procps"
 )
 
 
