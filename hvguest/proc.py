@@ -24,17 +24,17 @@ def _mount_ns(paths: Paths, pid: str) -> str | None:
         return None
 
 
-def process_names(paths: Paths, *, own_mount_ns: bool = False) -> set[str]:
-    """The ``comm`` of every process (cut at 15 characters by the kernel).
+def processes(paths: Paths, *, own_mount_ns: bool = False) -> dict[int, str]:
+    """PID -> ``comm`` of every process (cut at 15 characters by the kernel).
 
     ``own_mount_ns``: only those in our mount namespace (a daemon in a container
     sees another /dev, so it cannot hold our devices), or whose namespace we
     cannot see."""
-    names: set[str] = set()
+    found: dict[int, str] = {}
     try:
         entries = os.listdir(paths.proc)
     except OSError:
-        return names
+        return found
     own = _mount_ns(paths, "self") if own_mount_ns else None
     for entry in entries:
         if entry.isdigit():
@@ -43,5 +43,10 @@ def process_names(paths: Paths, *, own_mount_ns: bool = False) -> set[str]:
                 continue
             with contextlib.suppress(OSError):
                 with open(os.path.join(paths.proc, entry, "comm"), encoding="utf-8") as f:
-                    names.add(f.read().strip())
-    return names
+                    found[int(entry)] = f.read().strip()
+    return found
+
+
+def process_names(paths: Paths, *, own_mount_ns: bool = False) -> set[str]:
+    """The ``comm`` of every process (see ``processes``)."""
+    return set(processes(paths, own_mount_ns=own_mount_ns).values())

@@ -14,7 +14,7 @@ from typing import Any
 
 from hvguest.command import Runner, run_command
 from hvguest.paths import Paths
-from hvguest.proc import process_names, systemd_running
+from hvguest.proc import processes, systemd_running
 from hvguest.state import state_file, utc_now
 from hvguest.status.daemons import daemon_info, read_state
 from hvguest.status.details import DetailsContext, service_details
@@ -112,7 +112,10 @@ class Collector:
             )
             for d in states
         }
-        procs = process_names(paths, own_mount_ns=True)
+        # hvguest's own daemons run under the reference names too: not rivals.
+        own = {d["pid"] for d in daemons.values() if d["running"]}
+        procs = {pid: comm for pid, comm in processes(paths, own_mount_ns=True).items()
+                 if pid not in own}
         problems: list[Problem] = []
         for service in SERVICES:
             entry, found = self._service(service, inv, states, daemons, procs)
@@ -135,7 +138,7 @@ class Collector:
         inv: Inventory,
         states: dict[str, PublishedState | None],
         daemons: dict[str, DaemonInfo],
-        procs: set[str],
+        procs: dict[int, str],
     ) -> tuple[ServiceEntry, list[Problem]]:
         dev = inv.service_device(service)
         daemon = DAEMON[service]

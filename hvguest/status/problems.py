@@ -13,13 +13,18 @@ from hvguest.vmbus.inventory import VmbusDevice
 
 # Character devices of the kernel transport (fcopy's only up to 6.9).
 CHARDEV = {"kvp": "hv_kvp", "vss": "hv_vss"}
-# Reference C daemons that would hold our device (comm is cut at 15 characters).
+# Reference C daemons that would hold our device, by the names the kernel (Debian,
+# Ubuntu) and Fedora/RHEL give them (comm is cut at 15 characters). hvguest's own
+# daemons run under these names too (the units start /usr/sbin/hv_kvp_daemon): the
+# caller leaves their PIDs out.
 REFERENCE_DAEMONS = {
-    "kvp": ("hv_kvp_daemon", "hv-kvp-daemon (Debian) or hypervkvpd (RHEL)"),
-    "vss": ("hv_vss_daemon", "hv-vss-daemon (Debian) or hypervvssd (RHEL)"),
-    "fcopy": ("hv_fcopy_daemon", "hv-fcopy-daemon (Debian) or hypervfcopyd (RHEL)"),
+    "kvp": ("hv_kvp_daemon", "hypervkvpd"),
+    "vss": ("hv_vss_daemon", "hypervvssd"),
+    "fcopy": ("hv_fcopy_daemon", "hv_fcopy_uio_da", "hypervfcopyd"),
 }
-FCOPY_UIO_COMM = "hv_fcopy_uio_da"
+# The packages that start them. Their unit names (hv-kvp-daemon, hypervkvpd, ...) are
+# aliases of hvguest's units now: a remedy never names them.
+REFERENCE_PACKAGES = "hyperv-daemons, {fedora}, linux-cloud-tools"
 
 
 def _osrelease(paths: Paths) -> str | None:
@@ -72,26 +77,25 @@ def driver_problem(service: str, dev: VmbusDevice, paths: Paths) -> Problem | No
 
 
 def chardev_problems(
-    paths: Paths, service: str, dev: VmbusDevice, procs: set[str]
+    paths: Paths, service: str, dev: VmbusDevice, procs: dict[int, str]
 ) -> list[Problem]:
-    """A reference C daemon holding the device, or a device node missing."""
+    """A reference C daemon holding the device, or a device node missing. ``procs``:
+    PID -> comm of the processes that are not hvguest's own daemons."""
     out: list[Problem] = []
-    ref = REFERENCE_DAEMONS.get(service)
-    if ref is not None:
-        comm, units = ref
-        running = comm[:15] in procs or (service == "fcopy" and FCOPY_UIO_COMM in procs)
-        if running:
-            held = (
-                f"/dev/vmbus/{CHARDEV[service]}" if service in CHARDEV else "the fcopy device"
+    names = REFERENCE_DAEMONS[service] if service in REFERENCE_DAEMONS else ()
+    rivals = sorted((pid, comm) for pid, comm in procs.items() if comm in names)
+    if rivals:
+        pid, comm = rivals[0]
+        held = f"/dev/vmbus/{CHARDEV[service]}" if service in CHARDEV else "the fcopy device"
+        packages = REFERENCE_PACKAGES.format(fedora=names[-1])
+        out.append(
+            Problem(
+                service,
+                "error",
+                f"another {comm} (pid {pid}) holds {held}",
+                f"stop pid {pid} and remove what starts it ({packages})",
             )
-            out.append(
-                Problem(
-                    service,
-                    "error",
-                    f"another {comm} holds {held}",
-                    f"systemctl disable --now {units}",
-                )
-            )
+        )
     node = CHARDEV.get(service)
     if node is None and service == "fcopy" and dev.driver == "hv_utils":
         node = "hv_fcopy"

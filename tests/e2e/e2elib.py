@@ -27,6 +27,8 @@ ROOTFS_PACKAGES = (
     "python3-prometheus-client,"
     # rpm: the boot test installs the .rpm too, with its scriptlets, inside the VM.
     "rpm"
+    # procps: pgrep, as Microsoft's validation suite runs it (tests/e2e/guest/dropin-checks).
+    ",procps"
 )
 ROOTFS_PACKAGES += ",openssh-server,socat"  # SSH over vsock: guest/direct-checks
 

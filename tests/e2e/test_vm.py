@@ -41,6 +41,7 @@ def prepare_vm_root(root: Path, deb: Path, rpm: Path) -> None:
     for extra in e2elib.GUEST.glob("*.sh"):  # checks vm-checks sources
         shutil.copy(extra, lib)
     shutil.copy(e2elib.GUEST / "direct-checks", lib)
+    shutil.copy(e2elib.GUEST / "dropin-checks", lib)
 
 
 @pytest.mark.skipif(not shutil.which("qemu-system-x86_64"),
@@ -82,7 +83,8 @@ def test_vm_udev_activation_and_host_operations(scratch_root: Path, deb: Path, r
                  "rpm-vss-sigkill-while-frozen", "shutdown-hooks-armed"):
         assert checks.get(name) == "ok", (name, checks)
     assert checks.get("metrics-textfile") == "ok", checks  # guest/metrics-checks.sh
-    for name in DIRECT_CHECKS:
+    for name in (*DIRECT_CHECKS, "lisa-verify-kvp", "lisa-style-vss", "lisa-style-fcopy",
+                 "old-unit-names-act"):
         assert checks.get(name) == "ok", (name, checks)
     # The poweroff that ended the VM ran the pre-shutdown hook, told it was a poweroff.
     after = boot.output.split("E2E_RC=", 1)[-1]

@@ -206,9 +206,23 @@ def test_reference_daemon_holding_the_device(healthy: Paths) -> None:
         f.write("hv_kvp_daemon\n")
     doc = collect(healthy)
     p = [p for p in doc["services"]["kvp"]["problems"] if "another" in p["message"]][0]
-    assert p["message"] == "another hv_kvp_daemon holds /dev/vmbus/hv_kvp"
-    assert p["remedy"].startswith("systemctl disable --now hv-kvp-daemon")
+    assert p["message"] == "another hv_kvp_daemon (pid 777) holds /dev/vmbus/hv_kvp"
+    # hv-kvp-daemon.service is hvguest's own unit now (an alias): the remedy names the
+    # process and the distribution's packages, never a unit name that stops hvguest.
+    assert p["remedy"] == ("stop pid 777 and remove what starts it (hyperv-daemons, "
+                           "hypervkvpd, linux-cloud-tools)")
     assert doc["exit_code"] == 1
+
+
+@pytest.mark.parametrize("name", ["hv_kvp_daemon", "hypervkvpd"])
+def test_own_daemon_under_the_reference_name_is_not_another(healthy: Paths, name: str) -> None:
+    """The units start hvguest-kvpd as /usr/sbin/hv_kvp_daemon: its own process has
+    the reference's name and must not be reported as a rival."""
+    with open(_mk(healthy, f"{PIDS['kvp']}/comm"), "w") as f:
+        f.write(f"{name}\n")
+    doc = collect(healthy)
+    assert not [p for p in doc["services"]["kvp"]["problems"] if "another" in p["message"]]
+    assert doc["exit_code"] == 0
 
 
 def test_reference_daemon_in_another_mount_namespace_is_ignored(healthy: Paths) -> None:
