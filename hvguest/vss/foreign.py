@@ -46,8 +46,8 @@ from dataclasses import dataclass, field
 
 from hvguest import hookrun
 from hvguest.paths import Paths
+from hvguest.vss.settings import CONVENTIONS
 
-CONVENTIONS = ("vmware", "qemu", "azure")
 AGENTS = {"vmware": "vmtoolsd", "qemu": "qemu-ga", "azure": "waagent"}
 AZURE_TIMEOUT = 30.0  # the extension's documented default
 TIMEOUT_MAX = 60.0  # no script beyond one hook phase (hvguest.vss.settings.HOOK_PHASE_MAX)
@@ -347,22 +347,6 @@ def running_agents(paths: Paths) -> set[str]:
             if program in wanted:
                 found.add(wanted[program])
     return found
-
-
-def check_setting(value: object) -> str | None:
-    """For ``setting(validate=...)`` of vss.foreign_hooks."""
-    if isinstance(value, str):
-        if value in ("auto", "none"):
-            return None
-        return f"expected 'auto', 'none' or a list of {', '.join(CONVENTIONS)}, got {value!r}"
-    if isinstance(value, list):
-        for item in value:
-            if item not in CONVENTIONS:
-                return f"unknown convention {item!r}: expected {', '.join(CONVENTIONS)}"
-        if len(set(value)) != len(value):
-            return "a convention is listed twice"
-        return None
-    return "expected 'auto', 'none' or a list of conventions"
 
 
 def discover_foreign(paths: Paths, setting: str | list[str]) -> ForeignPlan:

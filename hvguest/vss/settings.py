@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from hvguest.configschema import config_section, setting
 from hvguest.validators import nonempty_globs
-from hvguest.vss.foreign import check_setting
 
 # hvguest-vss.service has TimeoutStopSec=150. A stop that arrives while the freeze
 # hooks run waits for them, then thaws and runs the thaw hooks: two phases, plus
@@ -17,6 +16,26 @@ from hvguest.vss.foreign import check_setting
 UNIT_TIMEOUT_STOP = 150.0
 HOOK_PHASE_MAX = 60.0
 
+
+
+# The agents whose freeze scripts hvguest-vssd runs (hvguest.vss.foreign).
+CONVENTIONS = ("vmware", "qemu", "azure")
+
+
+def check_setting(value: object) -> str | None:
+    """For ``setting(validate=...)`` of vss.foreign_hooks."""
+    if isinstance(value, str):
+        if value in ("auto", "none"):
+            return None
+        return f"expected 'auto', 'none' or a list of {', '.join(CONVENTIONS)}, got {value!r}"
+    if isinstance(value, list):
+        for item in value:
+            if item not in CONVENTIONS:
+                return f"unknown convention {item!r}: expected {', '.join(CONVENTIONS)}"
+        if len(set(value)) != len(value):
+            return "a convention is listed twice"
+        return None
+    return "expected 'auto', 'none' or a list of conventions"
 
 @config_section("vss", help="Volume snapshots: filesystem freeze and thaw for host backups")
 @dataclass(frozen=True)
