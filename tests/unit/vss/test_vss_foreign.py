@@ -11,8 +11,9 @@ import pytest
 from hvguest.config import load_config_text
 from hvguest.errors import ConfigError
 from hvguest.paths import Paths
-from hvguest.vss.foreign import check_setting, discover_foreign, running_agents
+from hvguest.vss.foreign import discover_foreign, running_agents
 from hvguest.vss.foreign_run import ForeignRunner
+from hvguest.vss.settings import check_setting
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the scripts must be root's")
 
