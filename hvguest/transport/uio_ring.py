@@ -107,7 +107,7 @@ class RingChannel:
                 continue
             try:
                 reply = handler(payload)
-            except (RingError, TransportError):
+            except TransportError:  # RingError included: the drain decides below
                 raise
             except Exception:
                 reply = self._handler_failed(payload)

@@ -139,6 +139,20 @@ def _names(directory: str) -> tuple[str | None, list[str]]:
         return f"cannot list: {exc.strerror or exc}", []
 
 
+def _script_hook(convention: str, name: str, path: str, fail_arg: str,
+                 *, aborts: bool = True) -> ForeignHook:
+    """One script run with ``freeze`` and ``thaw``, and ``fail_arg`` when the freeze
+    fails after it; refused for all three when it fails hookrun's checks."""
+    problem = _problem(path)
+    return ForeignHook(
+        convention, name,
+        Call(path, ("freeze",), refused=problem),
+        Call(path, ("thaw",), refused=problem),
+        Call(path, (fail_arg,), refused=problem),
+        aborts=aborts,
+    )
+
+
 # -- open-vm-tools ------------------------------------------------------------------
 
 
@@ -166,13 +180,7 @@ def vmware(paths: Paths) -> ForeignGroup | None:
             path = os.path.join(directory, name)
             if not os.path.isfile(path):
                 continue  # directories and devices: the agent skips them too
-            problem = _problem(path)
-            hooks.append(ForeignHook(
-                "vmware", name,
-                Call(path, ("freeze",), refused=problem),
-                Call(path, ("thaw",), refused=problem),
-                Call(path, ("freezeFail",), refused=problem),
-            ))
+            hooks.append(_script_hook("vmware", name, path, "freezeFail"))
     return ForeignGroup("vmware", tuple(hooks)) if hooks else None
 
 
@@ -194,15 +202,10 @@ def qemu(paths: Paths) -> ForeignGroup | None:
             break
     else:
         return None
-    problem = _problem(hook)
-    if problem is not None or not _is_dispatcher(hook):
+    own = _script_hook("qemu", f"{base}/fsfreeze-hook", hook, "thaw")
+    if own.freeze is None or own.freeze.refused is not None or not _is_dispatcher(hook):
         # qemu-ga fails the freeze when it cannot run the hook.
-        return ForeignGroup("qemu", (ForeignHook(
-            "qemu", f"{base}/fsfreeze-hook",
-            Call(hook, ("freeze",), refused=problem),
-            Call(hook, ("thaw",), refused=problem),
-            Call(hook, ("thaw",), refused=problem),
-        ),))
+        return ForeignGroup("qemu", (own,))
     directory = hook + ".d"
     if not os.path.isdir(directory):
         return None  # the dispatcher does nothing
@@ -218,14 +221,8 @@ def qemu(paths: Paths) -> ForeignGroup | None:
             continue
         if not os.path.isfile(path) or not os.access(path, os.X_OK):
             continue  # the dispatcher's `[ -x ]`
-        problem = _problem(path)
-        hooks.append(ForeignHook(
-            "qemu", name,
-            Call(path, ("freeze",), refused=problem),
-            Call(path, ("thaw",), refused=problem),
-            Call(path, ("thaw",), refused=problem),
-            aborts=False,  # the dispatcher logs a status and exits 0
-        ))
+        # aborts=False: the dispatcher logs a status and exits 0
+        hooks.append(_script_hook("qemu", name, path, "thaw", aborts=False))
     return ForeignGroup("qemu", tuple(hooks), thaw_reversed=False) if hooks else None
 
 
