@@ -234,16 +234,7 @@ class GuardClient:
         timeout: float, total: float,
     ) -> None:
         """The other agents' scripts owed ``kind`` (thaw/fail), in the order to run."""
-        if calls and not self.alive():
-            try:
-                self.start()
-            except OSError as exc:
-                self.problems.append(f"cannot start the thaw guard: {exc.strerror or exc}")
-                return
-        msg = foreign_message(calls, kind, env, timeout, total)
-        if len(json.dumps(msg)) > MAX_MESSAGE // 2:
-            msg["env"] = {k: v for k, v in env.items() if k != "HVGUEST_VSS_MOUNTS"}
-        self._send(msg)
+        self._send_owed(bool(calls), foreign_message(calls, kind, env, timeout, total))
 
     def hooks_owed(
         self, hooks: list[hookrun.Hook], argument: str, env: dict[str, str],
@@ -251,18 +242,22 @@ class GuardClient:
     ) -> None:
         """Which hooks are owed ``argument`` (thaw/freezefail) right now: the
         guard runs them, in reverse, if the daemon dies before it does."""
-        if hooks and not self.alive():
+        self._send_owed(bool(hooks), {
+            "op": "hooks", "hooks": [[h.name, h.path] for h in hooks], "argument": argument,
+            "env": env, "timeout": timeout, "total": total,
+        })
+
+    def _send_owed(self, owed: bool, msg: dict[str, Any]) -> None:
+        """Tell the guard what is owed, starting it first if something is."""
+        if owed and not self.alive():
             try:
                 self.start()
             except OSError as exc:
                 self.problems.append(f"cannot start the thaw guard: {exc.strerror or exc}")
                 return
-        msg = {
-            "op": "hooks", "hooks": [[h.name, h.path] for h in hooks], "argument": argument,
-            "env": env, "timeout": timeout, "total": total,
-        }
         if len(json.dumps(msg)) > MAX_MESSAGE // 2:
             # A huge mount list must not make the message too big to be read.
+            env = msg["env"]
             msg["env"] = {k: v for k, v in env.items() if k != "HVGUEST_VSS_MOUNTS"}
         self._send(msg)
 
