@@ -3,11 +3,11 @@ withdrawn when a previous run left it and direct access is now off; other keys k
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fake_kvp_device import IdleKvpDevice
 
 from hvguest.config import load_config_text
 from hvguest.daemon import Runtime
@@ -17,33 +17,7 @@ from hvguest.kvp.settings import KvpSettings
 from hvguest.paths import Paths
 from hvguest.pool import PoolRegistry
 
-
-class FakeTransport:
-    path = "/dev/vmbus/hv_kvp"
-    version = "3.1"
-
-    def __init__(self) -> None:
-        self.is_open = False
-        self._r, self._w = os.pipe()
-
-    def open(self) -> FakeTransport:
-        self.is_open = True
-        return self
-
-    def fileno(self) -> int:
-        return self._r
-
-    def read_ready(self) -> bytes:
-        return b""
-
-    def write_packet(self, data: bytes) -> None:
-        pass
-
-    def close(self) -> None:
-        if self.is_open:
-            self.is_open = False
-            os.close(self._r)
-            os.close(self._w)
+FakeTransport = IdleKvpDevice
 
 
 @pytest.fixture

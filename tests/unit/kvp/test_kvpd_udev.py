@@ -3,13 +3,13 @@ later; other events and a failing watcher change nothing else."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fake_kvp_device import IdleKvpDevice
 from fake_udev import FakeWatcher
 
 from hvguest.config import load_config_text
@@ -26,32 +26,7 @@ from hvguest.transport.udev import UdevEvent
 POOLS = PoolRegistry()
 
 
-class FakeTransport:
-    path = "/dev/vmbus/hv_kvp"
-    version = "3.1"
-
-    def __init__(self) -> None:
-        self.is_open = False
-        self._r, self._w = os.pipe()
-
-    def open(self) -> FakeTransport:
-        self.is_open = True
-        return self
-
-    def fileno(self) -> int:
-        return self._r
-
-    def read_ready(self) -> bytes:
-        return b""
-
-    def write_packet(self, data: bytes) -> None:
-        pass
-
-    def close(self) -> None:
-        if self.is_open:
-            self.is_open = False
-            os.close(self._r)
-            os.close(self._w)
+FakeTransport = IdleKvpDevice
 
 
 class CountingResolver:
