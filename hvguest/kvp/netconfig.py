@@ -9,8 +9,15 @@ netplan, ifupdown) and configured natively:
   (mode 0600), ``nmcli connection reload`` and ``nmcli connection up``;
 * systemd-networkd: ``/etc/systemd/network/10-hvguest-<if>.network``, ``networkctl reload``
   and ``networkctl reconfigure <if>``;
-* netplan: ``/etc/netplan/90-hvguest-<if>.yaml`` (mode 0600), ``netplan apply``;
-* ifupdown: ``/etc/network/interfaces.d/hvguest-<if>``, ``ifdown``/``ifup``.
+* netplan: ``/etc/netplan/90-hvguest-<if>.yaml`` (mode 0600), ``netplan generate``, then
+  the running renderer's reload as above (``netplan apply`` only when neither networkd
+  nor NetworkManager runs: it reloads all of systemd, which alone can outlast the
+  kernel's window on a slow guest);
+* ifupdown: ``/etc/network/interfaces.d/hvguest-<if>`` maps the interface to the logical
+  interface ``hvguest-<if>`` (so the image's own ``iface <if>`` stanza stays as it is and
+  is simply no longer used); ``ifdown`` before the file changes (under the configuration
+  that brought the interface up), ``ifup`` after, each as a transient systemd service
+  where systemd runs (the DHCP client ifup starts is then not kvpd's child).
 
 Nothing of the host's text reaches these files or commands: the KVP role turns the
 request into an ``IpConfig`` of typed, zone-free addresses (``hvguest.wire.ipconfig``),
@@ -41,6 +48,7 @@ from hvguest.files import atomic_write
 from hvguest.kvp.ipinfo import run_root
 from hvguest.kvp.netrender import RENDERERS
 from hvguest.paths import Paths
+from hvguest.proc import systemd_running
 from hvguest.wire.ipconfig import IpConfig, LinkName, MacAddress, escaped
 from hvguest.wire.status import HvStatus
 
@@ -111,25 +119,69 @@ def _listdir(path: str) -> list[str]:
 # -- applying ------------------------------------------------------------------------
 
 
+Argvs = tuple[tuple[str, ...], ...]
+
+
 @dataclass(frozen=True)
 class Plan:
     path: str
     text: str
     mode: int
-    commands: tuple[tuple[str, ...], ...]
+    commands: Argvs
     # After a failure, with the previous file back (or ours gone): bring the previous
     # configuration up again.
-    restore: tuple[tuple[str, ...], ...]
+    restore: Argvs
+    # Run before the file changes, both ways: ifupdown takes an interface down with the
+    # stanzas that brought it up, so they must still be there.
+    release: Argvs = ()
+    # Run the stack's commands as transient systemd services (as_transient_unit).
+    transient: bool = False
+
+
+# iproute2 on one interface: done in milliseconds. Such a command runs within a fixed
+# short limit instead of taking a share of the deadline from the stack's own tools.
+QUICK_TOOLS = frozenset({"ip"})
+QUICK_LIMIT = 3.0
+
+
+def _heavy(commands: Sequence[Sequence[str]]) -> int:
+    return sum(1 for argv in commands if argv[0] not in QUICK_TOOLS)
+
+
+def as_transient_unit(argv: Sequence[str], limit: float) -> tuple[str, ...]:
+    """``argv`` run by systemd as a service of its own, waited for (``--pipe``: its
+    output and exit status come back here), instead of as kvpd's child. ifup starts a
+    DHCP client that must outlive the request: as kvpd's child it would run inside
+    kvpd's sandbox (its hooks unable to update the resolver) and be killed with
+    hvguest-kvp.service; this way it runs as it does when networking.service or
+    ifup@.service starts it. ``KillMode=process``: when ifup exits, what it started
+    stays; ``RuntimeMaxSec``: systemd stops the command itself at the end of its share,
+    just before kvpd would give up waiting for it. (``simple``, not ``exec``: the
+    systemd of older ifupdown systems, 237 on Ubuntu 18.04, has no ``exec``.)"""
+    return (
+        "systemd-run", "--quiet", "--pipe", "--wait", "--collect", "--service-type=simple",
+        "-p", "KillMode=process", "-p", f"RuntimeMaxSec={max(1, int(limit))}",
+        f"--description=hvguest-kvpd SET_IP_INFO: {' '.join(argv)}", *argv,
+    )  # fmt: skip
 
 
 def plan_for(
-    stack: str, paths: Paths, config: IpConfig, name: LinkName, mac: MacAddress | None
+    stack: str,
+    paths: Paths,
+    config: IpConfig,
+    name: LinkName,
+    mac: MacAddress | None,
+    *,
+    transient_units: bool = False,
 ) -> Plan:
+    """The file and the commands for ``stack``. ``transient_units``: run ifupdown's
+    commands through systemd-run (systemd is PID 1)."""
     if stack not in RENDERERS:
         raise ValueError(f"unknown network stack {stack!r}")
     text = RENDERERS[stack](config, name, mac)
     etc = paths.os_etc
-    cmds: tuple[tuple[str, ...], ...]
+    cmds: Argvs
+    restore: Argvs
     if stack == "networkmanager":
         path = os.path.join(
             etc, "NetworkManager", "system-connections", f"hvguest-{name}.nmconnection"
@@ -144,12 +196,32 @@ def plan_for(
         return Plan(path, text, 0o644, cmds, cmds)
     if stack == "netplan":
         path = os.path.join(etc, "netplan", f"90-hvguest-{name}.yaml")
-        cmds = (("netplan", "apply"),)
-        return Plan(path, text, 0o600, cmds, cmds)
+        generate = ("netplan", "generate")
+        run = run_root(paths)
+        if os.path.exists(os.path.join(run, "systemd", "netif", "state")):
+            cmds = (generate, ("networkctl", "reload"), ("networkctl", "reconfigure", name.value))
+            return Plan(path, text, 0o600, cmds, cmds)
+        if os.path.exists(os.path.join(run, "NetworkManager")):
+            # netplan names the profile it renders for a device netplan-<id>.
+            reload = ("nmcli", "connection", "reload")
+            cmds = (generate, reload, ("nmcli", "connection", "up", f"netplan-{name}"))
+            restore = (generate, reload, ("nmcli", "device", "connect", name.value))
+            return Plan(path, text, 0o600, cmds, restore)
+        return Plan(path, text, 0o600, (("netplan", "apply"),), (("netplan", "apply"),))
     if stack == "ifupdown":
         path = os.path.join(etc, "network", "interfaces.d", f"hvguest-{name}")
-        cmds = (("ifdown", "--force", name.value), ("ifup", name.value))
-        return Plan(path, text, 0o644, cmds, cmds)
+        down = ("ifdown", "--force", name.value)
+        up = ("ifup", name.value)
+        cmds = (up,)
+        if any(a.version == 6 for a in config.addresses) and not config.dhcp:
+            # Static IPv6 means these addresses only: ifup's inet6 static turns router
+            # advertisements off, but what they gave before (a SLAAC address, a
+            # default route) stays until it expires.
+            cmds += (
+                ("ip", "-6", "address", "flush", "dev", name.value, "dynamic"),
+                ("ip", "-6", "route", "flush", "dev", name.value, "proto", "ra"),
+            )
+        return Plan(path, text, 0o644, cmds, (up,), release=(down,), transient=transient_units)
     raise ValueError(f"unknown network stack {stack!r}")
 
 
@@ -158,8 +230,8 @@ class NetConfigurator:
     """Applies IpConfig objects; ``apply()`` returns the status for the host.
 
     ``stack``: "auto" (detect), "none" (refuse) or one of ``RENDERERS``; ``timeout``:
-    the whole operation's deadline; ``runner``, ``which``, ``clock``: injectable for
-    tests."""
+    the whole operation's deadline; ``runner``, ``which``, ``clock``,
+    ``transient_units``: injectable for tests."""
 
     paths: Paths
     _: KW_ONLY
@@ -168,6 +240,8 @@ class NetConfigurator:
     runner: Runner = run_command
     which: Callable[[str], str | None] = shutil.which
     clock: Callable[[], float] = time.monotonic
+    # None: through systemd-run where systemd runs (see as_transient_unit).
+    transient_units: bool | None = None
 
     def apply(self, config: IpConfig) -> Outcome:
         deadline = self.clock() + self.timeout
@@ -192,13 +266,25 @@ class NetConfigurator:
             name = LinkName(found)
         except ValueError as exc:
             return Outcome(HvStatus.HV_E_FAIL, str(exc))
-        plan = plan_for(stack, self.paths, config, name, interface_mac(self.paths, found))
+        plan = plan_for(
+            stack,
+            self.paths,
+            config,
+            name,
+            interface_mac(self.paths, found),
+            transient_units=self._transient_units(),
+        )
         previous = _read_bytes(plan.path)
-        try:
-            atomic_write(plan.path, plan.text, mode=plan.mode)
-        except OSError as exc:
-            return Outcome(HvStatus.HV_E_FAIL, f"cannot write {plan.path}: {exc.strerror}")
-        failure = self._run(plan.commands, deadline)
+        failure = self._run(plan, plan.release, deadline, later=_heavy(plan.commands))
+        if failure is None:
+            try:
+                atomic_write(plan.path, plan.text, mode=plan.mode)
+            except OSError as exc:
+                failure = f"cannot write {plan.path}: {exc.strerror}"
+                if not plan.release:  # nothing ran, nothing changed
+                    return Outcome(HvStatus.HV_E_FAIL, failure)
+            else:
+                failure = self._run(plan, plan.commands, deadline)
         if failure is None:
             return Outcome(HvStatus.HV_S_OK, f"{name} configured through {stack} ({plan.path})")
         self._restore(plan, previous, deadline)
@@ -207,17 +293,38 @@ class NetConfigurator:
             f"{stack} rejected the settings for {name}: {failure}; previous configuration restored",
         )
 
+    def _transient_units(self) -> bool:
+        if self.transient_units is not None:
+            return self.transient_units
+        return systemd_running(self.paths) and self.which("systemd-run") is not None
+
     def _run(
-        self, commands: Sequence[Sequence[str]], deadline: float, *, keep_reserve: bool = True
+        self,
+        plan: Plan,
+        commands: Sequence[Sequence[str]],
+        deadline: float,
+        *,
+        later: int = 0,
+        keep_reserve: bool = True,
     ) -> str | None:
+        """Run ``commands`` in order; the first failure's description, or None.
+
+        ``later``: how many of the stack's commands still follow this batch (each will
+        get its share)."""
         for i, argv in enumerate(commands):
             remaining = deadline - self.clock()
-            # Each command gets its share of what is left; when applying, one more
-            # share stays in reserve for the rollback.
-            share = remaining / (len(commands) - i + (1 if keep_reserve else 0))
-            if share <= 0.1:
+            if argv[0] in QUICK_TOOLS:
+                limit = min(QUICK_LIMIT, remaining)
+            else:
+                # Each of the stack's commands gets its share of what is left; when
+                # applying, one more share stays in reserve for the rollback.
+                limit = remaining / (_heavy(commands[i:]) + later + (1 if keep_reserve else 0))
+            if limit <= 0.1:
                 return f"no time left for {' '.join(argv)}"
-            result = self.runner(argv, share)
+            run = argv
+            if plan.transient and argv[0] not in QUICK_TOOLS:
+                run = as_transient_unit(argv, limit - 0.5)
+            result = self.runner(run, limit)
             if not result.ok:
                 # The tail goes into the host's log line: no control characters from the tool.
                 tail = escaped(result.output[-OUTPUT_TAIL:])
@@ -225,6 +332,11 @@ class NetConfigurator:
         return None
 
     def _restore(self, plan: Plan, previous: bytes | None, deadline: float) -> None:
+        failure = self._run(
+            plan, plan.release, deadline, later=_heavy(plan.restore), keep_reserve=False
+        )
+        if failure:
+            log.error("taking %s down for the roll-back failed: %s", plan.path, failure)
         try:
             if previous is None:
                 with contextlib.suppress(FileNotFoundError):
@@ -234,7 +346,7 @@ class NetConfigurator:
         except OSError as exc:
             log.error("cannot restore %s: %s", plan.path, exc)
             return
-        failure = self._run(plan.restore, deadline, keep_reserve=False)
+        failure = self._run(plan, plan.restore, deadline, keep_reserve=False)
         if failure:
             log.error("re-applying the previous configuration (%s) failed: %s", plan.path, failure)
 

@@ -116,22 +116,42 @@ def render_netplan(config: IpConfig, name: LinkName, mac: MacAddress | None) -> 
     return HEADER + "\n" + json.dumps(doc, indent=2, ensure_ascii=True) + "\n"
 
 
+# Installed by the package: prints "hvguest-<its argument>", the logical interface below.
+IFUPDOWN_MAPPING_SCRIPT = "/usr/lib/hvguest/ifupdown-mapping"
+
+
+def ifupdown_logical(name: LinkName) -> str:
+    return f"hvguest-{name}"
+
+
 def render_ifupdown(config: IpConfig, name: LinkName, mac: MacAddress | None) -> str:
+    """Stanzas for the logical interface ``hvguest-<if>`` and the mapping that makes
+    ``ifup <if>`` (and ``ifup -a`` at boot) use them: the image's own ``iface <if>``
+    stanzas stay untouched and unused while this file exists, and are used again once
+    it is gone."""
     s = Split(config, name, mac)
-    lines = [HEADER, f"auto {name}"]
+    logical = ifupdown_logical(name)
+    lines = [HEADER, f"auto {name}", f"mapping {name}", f"    script {IFUPDOWN_MAPPING_SCRIPT}"]
     # resolvconf's dns-nameservers option goes in the first stanza, whatever its method.
     dns = ["    dns-nameservers " + " ".join(s.dns)] if s.dns else []
     if config.dhcp:
-        lines.append(f"iface {name} inet dhcp")
+        lines.append(f"iface {logical} inet dhcp")
         lines += dns
         return "\n".join(lines) + "\n"
     # One stanza per address (ifupdown brings up every stanza of the interface, and
     # takes each down again): no "up" command lines, which ifup would run in a shell.
-    for family, addresses, gateways in (("inet", s.v4, s.gw4), ("inet6", s.v6, s.gw6)):
+    # IPv6 first: ifup handles the stanzas in file order, and inet6 static turns router
+    # advertisements off before it sets the link up; after an inet stanza had set it up,
+    # the kernel would have taken a SLAAC address and an RA default route already.
+    for family, addresses, gateways in (("inet6", s.v6, s.gw6), ("inet", s.v4, s.gw4)):
         for i, address in enumerate(addresses):
-            lines += [f"iface {name} {family} static", f"    address {address}"]
+            lines += [f"iface {logical} {family} static", f"    address {address}"]
             if i == 0 and gateways:
                 lines.append(f"    gateway {gateways[0]}")
+            if family == "inet6":
+                # Static IPv6 means these addresses only (as networkd's IPv6AcceptRA=no):
+                # ifup sets autoconf 0 by itself, but leaves router advertisements on.
+                lines.append("    accept_ra 0")
             lines += dns
             dns = []
     return "\n".join(lines) + "\n"

@@ -172,11 +172,16 @@ def read_ifupdown(text: str, name: str) -> Settings:
     if lines[-1] != "":
         raise Unexpected("stanza does not end with a newline")
     family = None
-    n = re.escape(name)
+    # The stanzas are the logical interface's, reached through the mapping.
+    n = re.escape(f"hvguest-{name}")
+    mapping = [f"mapping {name}", "    script /usr/lib/hvguest/ifupdown-mapping"]
     for line in lines[:-1]:
         if line.startswith("#") and line.isprintable():
             continue
         if line == f"auto {name}":
+            continue
+        if family is None and mapping and line == mapping[0]:
+            mapping.pop(0)
             continue
         m = re.fullmatch(rf"iface {n} (inet6?) (static|dhcp)", line)
         if m:
@@ -192,11 +197,15 @@ def read_ifupdown(text: str, name: str) -> Settings:
         if m:
             (out.addresses if m.group(1) == "address" else out.gateways).append(m.group(2))
             continue
+        if line == "    accept_ra 0" and family == "inet6":
+            continue  # static IPv6: no router advertisements
         m = re.fullmatch(rf"    dns-nameservers ({VALUE}(?: {VALUE})*)", line)
         if m:
             out.dns += m.group(1).split(" ")
             continue
         raise Unexpected(f"stanza line {line!r}")
+    if mapping:
+        raise Unexpected(f"no mapping of {name} to hvguest-{name}")
     return out
 
 

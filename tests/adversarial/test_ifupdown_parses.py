@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from random_requests import random_request
 
-from hvguest.kvp.netrender import render_ifupdown
+from hvguest.kvp.netrender import IFUPDOWN_MAPPING_SCRIPT, render_ifupdown
 from hvguest.wire.ipconfig import IpConfig, LinkName, parse_ip_config
 
 # scripts/setup unpacks ifupdown under .cache rather than installing it on this machine.
@@ -24,14 +24,16 @@ pytestmark = pytest.mark.skipif(
     reason="needs ifupdown's ifquery (scripts/setup unpacks it under .cache)"
 )
 
+# The packaged mapping script, run by ifquery from the checkout.
+MAPPING = Path(__file__).resolve().parents[2] / "hooks" / "ifupdown-mapping"
+
 # Options ifupdown derives itself for the static methods; everything else must be ours.
-DERIVED = {"broadcast", "autoconf", "preferred-lifetime", "dad-attempts", "dad-interval",
-           "accept_ra"}
+DERIVED = {"broadcast", "autoconf", "preferred-lifetime", "dad-attempts", "dad-interval"}
 
 
 def ifquery(tmp_path, text: str, name: str) -> list[tuple[str, str]]:
     path = tmp_path / "interfaces"
-    path.write_text(text)
+    path.write_text(text.replace(IFUPDOWN_MAPPING_SCRIPT, str(MAPPING)))
     state = tmp_path / "state"
     state.mkdir(exist_ok=True)
     out = subprocess.run(
@@ -53,13 +55,15 @@ def intended(config: IpConfig) -> list[tuple[str, str]]:
     if config.dhcp:
         return dns
     out: list[tuple[str, str]] = []
-    for version in (4, 6):
+    for version in (6, 4):  # IPv6 stanzas first (hvguest.kvp.netrender says why)
         addresses = [a for a in config.addresses if a.version == version]
         gateways = [g for g in config.gateways if g.version == version]
         for i, a in enumerate(addresses):
             out.append(("address", a.ip.compressed))
             if i == 0 and gateways:
                 out.append(("gateway", gateways[0].compressed))
+            if version == 6:
+                out.append(("accept_ra", "0"))  # static IPv6: no router advertisements
             out += dns
             dns = []
             mask = str(a.netmask) if version == 4 else str(a.network.prefixlen)

@@ -49,7 +49,9 @@ def tool(roots, name: str, body: str) -> None:
 
 
 def configurator(roots, timeout=10.0):
-    paths = Paths(sys=str(roots / "sys"), os_etc=str(roots / "etc"))
+    # No /proc/1/comm under the roots: systemd does not run there, the tools are
+    # run directly (the machine's own PID 1 plays no part).
+    paths = Paths(sys=str(roots / "sys"), os_etc=str(roots / "etc"), proc=str(roots / "proc"))
     return NetConfigurator(paths, timeout=timeout)
 
 

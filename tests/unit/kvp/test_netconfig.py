@@ -49,7 +49,8 @@ def roots(tmp_path):
 
 
 def paths(roots):
-    return Paths(sys=str(roots / "sys"), os_etc=str(roots / "etc"))
+    # proc under the roots, not the machine's: whether systemd is PID 1 is the test's say
+    return Paths(sys=str(roots / "sys"), os_etc=str(roots / "etc"), proc=str(roots / "proc"))
 
 
 class Recorder:
@@ -130,23 +131,143 @@ def test_netplan_is_valid_yaml(roots):
     eth = doc["network"]["ethernets"]["eth0"]
     assert eth["addresses"] == ["192.0.2.20/24", "192.0.2.21/24", "2001:db8::20/64"]
     assert {"to": "default", "via": "192.0.2.1"} in eth["routes"]
-    assert runner.calls[0][0] == ("netplan", "apply")
+    # Neither renderer runs here: only netplan apply can bring the file up.
+    assert [c[0] for c in runner.calls] == [("netplan", "apply")]
     json.dumps(doc)
+
+
+@pytest.mark.parametrize(
+    ("running", "expected"),
+    [
+        (
+            "systemd/netif/state",
+            [
+                ("netplan", "generate"),
+                ("networkctl", "reload"),
+                ("networkctl", "reconfigure", "eth0"),
+            ],
+        ),
+        (
+            "NetworkManager/",
+            [
+                ("netplan", "generate"),
+                ("nmcli", "connection", "reload"),
+                ("nmcli", "connection", "up", "netplan-eth0"),
+            ],
+        ),
+    ],
+)
+def test_netplan_reloads_the_running_renderer_without_netplan_apply(roots, running, expected):
+    # netplan apply reloads all of systemd (seconds on a slow guest, and the kernel's
+    # window is 30 s): generate, then the renderer's own reload of this interface.
+    (roots / "etc" / "netplan").mkdir()
+    (roots / "etc" / "netplan" / "50-cloud-init.yaml").write_text("network: {}\n")
+    marker = roots / "run" / running
+    if running.endswith("/"):
+        marker.mkdir(parents=True)
+    else:
+        marker.parent.mkdir(parents=True)
+        marker.write_text("")
+    runner = Recorder()
+    out = NetConfigurator(paths(roots), runner=runner, which=which_all).apply(CONFIG)
+    assert out.status == HvStatus.HV_S_OK, out.detail
+    assert [c[0] for c in runner.calls] == expected
+
+
+class FileWatcher(Recorder):
+    """Records, with each command, whether hvguest's stanza file existed at that moment."""
+
+    def __init__(self, path, codes=None):
+        super().__init__(codes)
+        self.path = path
+        self.seen = []
+
+    def __call__(self, argv, timeout):
+        self.seen.append((" ".join(argv), self.path.exists()))
+        return super().__call__(argv, timeout)
+
+
+def test_ifupdown_takes_the_interface_down_before_the_file_changes(roots):
+    # ifdown deconfigures with the stanzas that brought the interface up: run after the
+    # file changed, it would use the new ones (and, on roll-back, find ours gone).
+    (roots / "etc" / "network").mkdir()
+    (roots / "etc" / "network" / "interfaces").write_text("iface eth0 inet dhcp\n")
+    ours = roots / "etc" / "network" / "interfaces.d" / "hvguest-eth0"
+    runner = FileWatcher(ours)
+    out = NetConfigurator(paths(roots), runner=runner, which=which_all).apply(CONFIG)
+    assert out.status == HvStatus.HV_S_OK, out.detail
+    assert runner.seen[:2] == [("ifdown --force eth0", False), ("ifup eth0", True)]
+    # The roll-back: down with the new stanzas still there, up once they are gone.
+    runner = FileWatcher(ours, {"ifup": 1})
+    ours.unlink()
+    out = NetConfigurator(paths(roots), runner=runner, which=which_all).apply(CONFIG)
+    assert out.status == HvStatus.HV_E_FAIL
+    assert runner.seen == [
+        ("ifdown --force eth0", False),
+        ("ifup eth0", True),
+        ("ifdown --force eth0", True),
+        ("ifup eth0", False),
+    ]
+    assert not ours.exists()
+
+
+def test_ifupdown_runs_as_transient_units_where_systemd_runs(roots):
+    # The DHCP client ifup starts must be neither kvpd's child nor inside its sandbox.
+    (roots / "proc" / "1").mkdir(parents=True)
+    (roots / "proc" / "1" / "comm").write_text("systemd\n")
+    (roots / "etc" / "network").mkdir()
+    (roots / "etc" / "network" / "interfaces").write_text("")
+    runner = Recorder()
+    out = NetConfigurator(
+        paths(roots), runner=runner, which=which_all, timeout=12, clock=lambda: 0.0
+    ).apply(CONFIG)
+    assert out.status == HvStatus.HV_S_OK, out.detail
+    argvs = [c[0] for c in runner.calls]
+    unit = ("systemd-run", "--quiet", "--pipe", "--wait", "--collect", "--service-type=simple",
+            "-p", "KillMode=process", "-p")  # fmt: skip
+    assert argvs[0][: len(unit)] == unit and argvs[0][-3:] == ("ifdown", "--force", "eth0")
+    assert argvs[1][: len(unit)] == unit and argvs[1][-2:] == ("ifup", "eth0")
+    # systemd stops each command at the end of its share, before kvpd stops waiting:
+    # 12 s (the clock stands still here) with two shares left and one in reserve: 4 s,
+    # then half of what is left: 6 s.
+    (down, down_limit), (up, up_limit) = runner.calls[:2]
+    assert down[len(unit)] == "RuntimeMaxSec=3" and down_limit == 4
+    assert up[len(unit)] == "RuntimeMaxSec=5" and up_limit == 6
+    # static IPv6: what router advertisements gave before goes; iproute2 runs directly,
+    # within a short fixed limit rather than a share
+    assert runner.calls[2:] == [
+        (("ip", "-6", "address", "flush", "dev", "eth0", "dynamic"), 3.0),
+        (("ip", "-6", "route", "flush", "dev", "eth0", "proto", "ra"), 3.0),
+    ]
+
+
+def test_ifupdown_keeps_router_advertisements_without_static_ipv6(roots):
+    (roots / "etc" / "network").mkdir()
+    (roots / "etc" / "network" / "interfaces").write_text("")
+    runner = Recorder()
+    v4_only = config(False, ("192.0.2.20/24",), ("192.0.2.1",))
+    NetConfigurator(paths(roots), runner=runner, which=which_all).apply(v4_only)
+    assert [" ".join(c[0]) for c in runner.calls] == ["ifdown --force eth0", "ifup eth0"]
 
 
 def test_ifupdown_stanza():
     text = render_ifupdown(CONFIG, ETH0, None)
     assert text.split("\n")[1:] == [
         "auto eth0",
-        "iface eth0 inet static",
-        "    address 192.0.2.20/24",
-        "    gateway 192.0.2.1",
-        "    dns-nameservers 192.0.2.53 2001:db8::53",
-        "iface eth0 inet static",  # one stanza per address: no shell "up" lines
-        "    address 192.0.2.21/24",
-        "iface eth0 inet6 static",
+        # the image's own "iface eth0" stanzas stay, unused while this file exists
+        "mapping eth0",
+        "    script /usr/lib/hvguest/ifupdown-mapping",
+        # IPv6 first: router advertisements off before anything sets the link up
+        "iface hvguest-eth0 inet6 static",
         "    address 2001:db8::20/64",
         "    gateway 2001:db8::1",
+        "    accept_ra 0",  # ifup leaves router advertisements on unless told
+        "    dns-nameservers 192.0.2.53 2001:db8::53",
+        "iface hvguest-eth0 inet static",
+        "    address 192.0.2.20/24",
+        "    gateway 192.0.2.1",
+        "iface hvguest-eth0 inet static",  # one stanza per address: no shell "up" lines
+        "    address 192.0.2.21/24",
         "",
     ]
 
