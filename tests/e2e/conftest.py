@@ -63,3 +63,16 @@ def scratch_root(rootfs: Path, tmp_path: Path) -> Iterator[Path]:
     e2elib.copy_tree(rootfs, root)
     yield root
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def hyperv_daemons_deb(e2e_dir: Path) -> Path:
+    """Debian's hyperv-daemons .deb, from the machine's apt sources."""
+    where = e2e_dir / "hyperv-daemons"
+    where.mkdir(exist_ok=True)
+    proc = e2elib.run(["apt-get", "download", "hyperv-daemons"], timeout=300, cwd=where,
+                      check=False)
+    found = sorted(where.glob("hyperv-daemons_*.deb"))
+    if not found:
+        pytest.skip(f"cannot download Debian's hyperv-daemons: {proc.stderr.strip()[-300:]}")
+    return found[-1]

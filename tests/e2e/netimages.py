@@ -2,8 +2,9 @@
 filesystem, one real network stack installed from Debian's packages and configured
 the way a real image is (DHCP on the NIC), and hvguest's .deb.
 
-Only two things in an image are the test's own: the scenario script run at boot
-(guest/net-scenario), and a wrapper in /usr/local/sbin (first in systemd's PATH)
+Only three things in an image are the test's own: the scenario script run at boot
+(guest/net-scenario), Debian's reference hv_kvp_daemon unpacked aside (the oracle for
+GET_IP_INFO's bytes), and a wrapper in /usr/local/sbin (first in systemd's PATH)
 around the stack's activating command, which runs the real command and then fails
 it whenever the configuration being applied holds ``REJECTED_ADDRESS``: the stack's
 refusal of a profile, made deterministic, with the refused settings really applied
@@ -36,7 +37,8 @@ PACKAGES = {
 ACTIVATE = {
     "networkd": ("networkctl", "reconfigure"),
     "networkmanager": ("nmcli", "connection up"),
-    "netplan": ("netplan", "apply"),
+    # hvguest runs "netplan generate", then networkd's own reload and reconfigure.
+    "netplan": ("networkctl", "reconfigure"),
     "ifupdown": ("ifup", ""),
 }
 CONFIG_DIRS = ("/etc/systemd/network /etc/NetworkManager/system-connections /etc/netplan"
@@ -132,7 +134,19 @@ exit $rc
 """
 
 
-def build_root(rootfs: Path, root: Path, stack: str, debs: list[Path]) -> None:
+def unpack_reference(root: Path, reference: Path) -> None:
+    """Debian's hyperv-daemons unpacked, not installed (hvguest replaces it): the
+    reference hv_kvp_daemon in /opt/reference, and its GET_IP_INFO scripts where it
+    runs them from (/usr/libexec/hypervkvpd, a path hvguest does not ship)."""
+    target = root / "opt/reference"
+    e2elib.run(["dpkg-deb", "-x", str(reference), str(target)], timeout=60)
+    scripts = root / "usr/libexec/hypervkvpd"
+    scripts.mkdir(parents=True, exist_ok=True)
+    for script in (target / "usr/libexec/hypervkvpd").iterdir():
+        shutil.copy2(script, scripts / script.name)
+
+
+def build_root(rootfs: Path, root: Path, stack: str, debs: list[Path], reference: Path) -> None:
     """A copy of the session's root filesystem made into ``stack``'s guest."""
     e2elib.copy_tree(rootfs, root)
     for deb in debs:
@@ -145,6 +159,7 @@ def build_root(rootfs: Path, root: Path, stack: str, debs: list[Path]) -> None:
                              + " && apt-get clean"], timeout=900)
     e2elib.nspawn_run(root, ["dpkg", "-i", *(f"/var/tmp/{d.name}" for d in debs)])
     configure_stack(root, stack)
+    unpack_reference(root, reference)
     # The guest is emulated (TCG), many times slower than hardware: NetworkManager's
     # activation of a static profile took more than the ~8.5 s share of the default
     # 20 s deadline. The kernel waits 30 s; take what the setting allows.

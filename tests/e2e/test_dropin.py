@@ -90,19 +90,6 @@ def test_old_unit_names_answer_rpm(scratch_root: Path, rpm: Path) -> None:
     assert_checks(e2elib.nspawn_boot(scratch_root), NSPAWN_CHECKS)
 
 
-@pytest.fixture(scope="session")
-def hyperv_daemons_deb(e2e_dir: Path) -> Path:
-    """Debian's hyperv-daemons .deb, from the machine's apt sources."""
-    where = e2e_dir / "hyperv-daemons"
-    where.mkdir(exist_ok=True)
-    proc = e2elib.run(["apt-get", "download", "hyperv-daemons"], timeout=300, cwd=where,
-                      check=False)
-    found = sorted(where.glob("hyperv-daemons_*.deb"))
-    if not found:
-        pytest.skip(f"cannot download Debian's hyperv-daemons: {proc.stderr.strip()[-300:]}")
-    return found[-1]
-
-
 def prepare_migration_root(root: Path, deb: Path, old: Path) -> None:
     for src, name in ((deb, "hvguest.deb"), (e2elib.sim_package(deb), "hvguest-sim.deb"),
                       (old, "hyperv-daemons.deb")):
