@@ -210,7 +210,9 @@ def plan_for(
         return Plan(path, text, 0o600, (("netplan", "apply"),), (("netplan", "apply"),))
     if stack == "ifupdown":
         path = os.path.join(etc, "network", "interfaces.d", f"hvguest-{name}")
-        down = ("ifdown", "--force", name.value)
+        # No --force: ifdown then takes down the logical interface its state records
+        # (hvguest-<if> or the image's own), with --force it would use <if>'s stanza.
+        down = ("ifdown", name.value)
         up = ("ifup", name.value)
         cmds = (up,)
         if any(a.version == 6 for a in config.addresses) and not config.dhcp:

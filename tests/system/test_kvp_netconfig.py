@@ -65,7 +65,7 @@ def test_ifupdown_applied(roots):
     out = configurator(roots).apply(CONFIG)
     assert out.status == HvStatus.HV_S_OK, out.detail
     assert "address 192.0.2.20/24" in stanza(roots).read_text()
-    assert (roots / "calls").read_text().splitlines() == ["ifdown --force eth0", "ifup eth0"]
+    assert (roots / "calls").read_text().splitlines() == ["ifdown eth0", "ifup eth0"]
 
 
 def test_failure_restores_and_reapplies_previous(roots):
@@ -78,7 +78,7 @@ def test_failure_restores_and_reapplies_previous(roots):
     assert stanza(roots).read_text() == "iface eth0 inet dhcp\n"
     calls = (roots / "calls").read_text().splitlines()
     # the change, then the restored file brought up again
-    assert calls == ["ifdown --force eth0", "ifup eth0"] * 2
+    assert calls == ["ifdown eth0", "ifup eth0"] * 2
 
 
 def test_hanging_tool_is_cut_off_inside_the_deadline(roots):

@@ -9,7 +9,7 @@ from ipaddress import ip_address, ip_interface
 import pytest
 
 from hvguest.command import CommandResult
-from hvguest.kvp.netconfig import NetConfigurator, detect_stack
+from hvguest.kvp.netconfig import NetConfigurator, detect_stack, plan_for
 from hvguest.kvp.netrender import render_ifupdown, render_networkd
 from hvguest.paths import Paths
 from hvguest.wire.ipconfig import IpConfig, LinkName, MacAddress
@@ -196,16 +196,16 @@ def test_ifupdown_takes_the_interface_down_before_the_file_changes(roots):
     runner = FileWatcher(ours)
     out = NetConfigurator(paths(roots), runner=runner, which=which_all).apply(CONFIG)
     assert out.status == HvStatus.HV_S_OK, out.detail
-    assert runner.seen[:2] == [("ifdown --force eth0", False), ("ifup eth0", True)]
+    assert runner.seen[:2] == [("ifdown eth0", False), ("ifup eth0", True)]
     # The roll-back: down with the new stanzas still there, up once they are gone.
     runner = FileWatcher(ours, {"ifup": 1})
     ours.unlink()
     out = NetConfigurator(paths(roots), runner=runner, which=which_all).apply(CONFIG)
     assert out.status == HvStatus.HV_E_FAIL
     assert runner.seen == [
-        ("ifdown --force eth0", False),
+        ("ifdown eth0", False),
         ("ifup eth0", True),
-        ("ifdown --force eth0", True),
+        ("ifdown eth0", True),
         ("ifup eth0", False),
     ]
     assert not ours.exists()
@@ -225,7 +225,7 @@ def test_ifupdown_runs_as_transient_units_where_systemd_runs(roots):
     argvs = [c[0] for c in runner.calls]
     unit = ("systemd-run", "--quiet", "--pipe", "--wait", "--collect", "--service-type=simple",
             "-p", "KillMode=process", "-p")  # fmt: skip
-    assert argvs[0][: len(unit)] == unit and argvs[0][-3:] == ("ifdown", "--force", "eth0")
+    assert argvs[0][: len(unit)] == unit and argvs[0][-2:] == ("ifdown", "eth0")
     assert argvs[1][: len(unit)] == unit and argvs[1][-2:] == ("ifup", "eth0")
     # systemd stops each command at the end of its share, before kvpd stops waiting:
     # 12 s (the clock stands still here) with two shares left and one in reserve: 4 s,
@@ -241,13 +241,21 @@ def test_ifupdown_runs_as_transient_units_where_systemd_runs(roots):
     ]
 
 
+def test_ifdown_follows_the_recorded_logical_interface():
+    # "ifdown --force eth0" deconfigures with eth0's own stanza (the image's DHCP one)
+    # whatever ifupdown recorded, leaving hvguest-eth0's addresses and resolver entries
+    # behind (seen on a real Debian 12 guest); plain ifdown follows its state.
+    plan = plan_for("ifupdown", Paths(os_etc="/nonexistent"), CONFIG, ETH0, None)
+    assert plan.release == (("ifdown", "eth0"),)
+
+
 def test_ifupdown_keeps_router_advertisements_without_static_ipv6(roots):
     (roots / "etc" / "network").mkdir()
     (roots / "etc" / "network" / "interfaces").write_text("")
     runner = Recorder()
     v4_only = config(False, ("192.0.2.20/24",), ("192.0.2.1",))
     NetConfigurator(paths(roots), runner=runner, which=which_all).apply(v4_only)
-    assert [" ".join(c[0]) for c in runner.calls] == ["ifdown --force eth0", "ifup eth0"]
+    assert [" ".join(c[0]) for c in runner.calls] == ["ifdown eth0", "ifup eth0"]
 
 
 def test_ifupdown_stanza():
