@@ -46,7 +46,7 @@ from dataclasses import KW_ONLY, dataclass
 from hvguest.command import Runner, run_command
 from hvguest.files import atomic_write
 from hvguest.kvp.ipinfo import run_root
-from hvguest.kvp.netrender import RENDERERS
+from hvguest.kvp.netrender import RENDERERS, render_ifupdown
 from hvguest.paths import Paths
 from hvguest.proc import systemd_running
 from hvguest.wire.ipconfig import IpConfig, LinkName, MacAddress, escaped
@@ -106,6 +106,18 @@ def detect_stack(paths: Paths, which: Callable[[str], str | None] = shutil.which
     if os.path.exists(os.path.join(etc, "network", "interfaces")) and which("ifup"):
         return "ifupdown"
     return None
+
+
+def ipv6_enabled(paths: Paths, name: LinkName) -> bool:
+    """IPv6 is on for the interface (its disable_ipv6 sysctl reads 0). Off, or absent
+    (ipv6.disable=1), an ``inet6`` stanza would fail ifup waiting for a link-local
+    address."""
+    path = os.path.join(paths.proc, "sys", "net", "ipv6", "conf", name.value, "disable_ipv6")
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read().strip() == "0"
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _listdir(path: str) -> list[str]:
@@ -178,7 +190,10 @@ def plan_for(
     commands through systemd-run (systemd is PID 1)."""
     if stack not in RENDERERS:
         raise ValueError(f"unknown network stack {stack!r}")
-    text = RENDERERS[stack](config, name, mac)
+    if stack == "ifupdown":
+        text = render_ifupdown(config, name, mac, ipv6_auto=ipv6_enabled(paths, name))
+    else:
+        text = RENDERERS[stack](config, name, mac)
     etc = paths.os_etc
     cmds: Argvs
     restore: Argvs

@@ -124,25 +124,37 @@ def ifupdown_logical(name: LinkName) -> str:
     return f"hvguest-{name}"
 
 
-def render_ifupdown(config: IpConfig, name: LinkName, mac: MacAddress | None) -> str:
+def render_ifupdown(
+    config: IpConfig, name: LinkName, mac: MacAddress | None, *, ipv6_auto: bool = False
+) -> str:
     """Stanzas for the logical interface ``hvguest-<if>`` and the mapping that makes
     ``ifup <if>`` (and ``ifup -a`` at boot) use them: the image's own ``iface <if>``
     stanzas stay untouched and unused while this file exists, and are used again once
-    it is gone."""
+    it is gone.
+
+    ``ipv6_auto`` (IPv6 is enabled on the interface): without static IPv6 addresses
+    from the host, an ``inet6 auto`` stanza keeps or brings back router advertisements
+    and SLAAC, as NetworkManager's ``ipv6.method=auto`` and networkd's defaults do (a
+    static push before turned them off)."""
     s = Split(config, name, mac)
     logical = ifupdown_logical(name)
     lines = [HEADER, f"auto {name}", f"mapping {name}", f"    script {IFUPDOWN_MAPPING_SCRIPT}"]
     # resolvconf's dns-nameservers option goes in the first stanza, whatever its method.
     dns = ["    dns-nameservers " + " ".join(s.dns)] if s.dns else []
+    static_v6 = bool(s.v6) and not config.dhcp
+    # IPv6 first: ifup handles the stanzas in file order, and the inet6 methods set
+    # accept_ra before they set the link up; once an inet stanza had set it up, the
+    # kernel's router solicitation would have been answered under the old setting.
+    if ipv6_auto and not static_v6:
+        lines.append(f"iface {logical} inet6 auto")
+        lines += dns
+        dns = []
     if config.dhcp:
         lines.append(f"iface {logical} inet dhcp")
         lines += dns
         return "\n".join(lines) + "\n"
     # One stanza per address (ifupdown brings up every stanza of the interface, and
     # takes each down again): no "up" command lines, which ifup would run in a shell.
-    # IPv6 first: ifup handles the stanzas in file order, and inet6 static turns router
-    # advertisements off before it sets the link up; after an inet stanza had set it up,
-    # the kernel would have taken a SLAAC address and an RA default route already.
     for family, addresses, gateways in (("inet6", s.v6, s.gw6), ("inet", s.v4, s.gw4)):
         for i, address in enumerate(addresses):
             lines += [f"iface {logical} {family} static", f"    address {address}"]

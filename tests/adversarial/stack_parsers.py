@@ -183,6 +183,9 @@ def read_ifupdown(text: str, name: str) -> Settings:
         if family is None and mapping and line == mapping[0]:
             mapping.pop(0)
             continue
+        if line == f"iface hvguest-{name} inet6 auto":
+            family = "inet6-auto"  # router advertisements and SLAAC: no options but DNS
+            continue
         m = re.fullmatch(rf"iface {n} (inet6?) (static|dhcp)", line)
         if m:
             family = m.group(1)
@@ -194,7 +197,7 @@ def read_ifupdown(text: str, name: str) -> Settings:
         if family is None:
             raise Unexpected(f"stanza line {line!r} outside an iface block")
         m = re.fullmatch(rf"    (address|gateway) ({VALUE})", line)
-        if m:
+        if m and family != "inet6-auto":
             (out.addresses if m.group(1) == "address" else out.gateways).append(m.group(2))
             continue
         if line == "    accept_ra 0" and family == "inet6":

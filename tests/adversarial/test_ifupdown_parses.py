@@ -28,7 +28,8 @@ pytestmark = pytest.mark.skipif(
 MAPPING = Path(__file__).resolve().parents[2] / "hooks" / "ifupdown-mapping"
 
 # Options ifupdown derives itself for the static methods; everything else must be ours.
-DERIVED = {"broadcast", "autoconf", "preferred-lifetime", "dad-attempts", "dad-interval"}
+DERIVED = {"broadcast", "autoconf", "preferred-lifetime", "dad-attempts", "dad-interval",
+           "request_prefix", "ll-attempts", "ll-interval"}
 
 
 def ifquery(tmp_path, text: str, name: str) -> list[tuple[str, str]]:
@@ -99,4 +100,23 @@ def test_ipv4_mask_forms_agree(tmp_path):
     )
     assert ifquery(tmp_path, render_ifupdown(config, LinkName("eth0"), None), "eth0") == [
         ("address", "192.0.2.20"), ("gateway", "192.0.2.1"), ("netmask", "255.255.254.0")
+    ]
+
+
+@pytest.mark.parametrize("dhcp", [True, False])
+def test_without_static_ipv6_an_inet6_auto_stanza_comes_first(tmp_path, dhcp):
+    # IPv6 enabled on the interface, no static IPv6 from the host: router
+    # advertisements back on (accept_ra 2 is ifupdown's inet6 auto default) before
+    # anything sets the link up, then the IPv4 stanza.
+    config = IpConfig(
+        "a3c5e2f0-1111-2222-3333-444455556666", dhcp,
+        () if dhcp else (ipaddress.IPv4Interface("192.0.2.20/24"),),
+        () if dhcp else (ipaddress.IPv4Address("192.0.2.1"),),
+        (ipaddress.IPv4Address("192.0.2.53"),),
+    )
+    text = render_ifupdown(config, LinkName("eth0"), None, ipv6_auto=True)
+    static = [] if dhcp else [("address", "192.0.2.20"), ("gateway", "192.0.2.1"),
+                              ("netmask", "255.255.255.0")]
+    assert ifquery(tmp_path, text, "eth0") == [
+        ("dns-nameservers", "192.0.2.53"), ("accept_ra", "2"), *static
     ]

@@ -258,6 +258,23 @@ def test_ifupdown_keeps_router_advertisements_without_static_ipv6(roots):
     assert [" ".join(c[0]) for c in runner.calls] == ["ifdown eth0", "ifup eth0"]
 
 
+def test_ifupdown_brings_router_advertisements_back_where_ipv6_is_on(roots):
+    # A static IPv6 push turned them off (accept_ra 0); going back to DHCP turns them
+    # on again, as NetworkManager and networkd do, where the interface has IPv6.
+    (roots / "etc" / "network").mkdir()
+    (roots / "etc" / "network" / "interfaces").write_text("")
+    ours = roots / "etc" / "network" / "interfaces.d" / "hvguest-eth0"
+    conf = roots / "proc" / "sys" / "net" / "ipv6" / "conf" / "eth0"
+    for disable_ipv6, stanza in (("1\n", False), ("0\n", True)):
+        conf.mkdir(parents=True, exist_ok=True)
+        (conf / "disable_ipv6").write_text(disable_ipv6)
+        NetConfigurator(paths(roots), runner=Recorder(), which=which_all).apply(config(True))
+        assert ("iface hvguest-eth0 inet6 auto" in ours.read_text()) is stanza
+    # and not beside static IPv6 addresses
+    NetConfigurator(paths(roots), runner=Recorder(), which=which_all).apply(CONFIG)
+    assert "inet6 auto" not in ours.read_text()
+
+
 def test_ifupdown_stanza():
     text = render_ifupdown(CONFIG, ETH0, None)
     assert text.split("\n")[1:] == [
