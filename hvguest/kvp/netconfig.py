@@ -88,20 +88,28 @@ def interface_mac(paths: Paths, name: str) -> MacAddress | None:
         return None
 
 
+def networkmanager_running(paths: Paths) -> bool:
+    return os.path.exists(os.path.join(run_root(paths), "NetworkManager"))
+
+
+def networkd_running(paths: Paths) -> bool:
+    # networkd running keeps its manager state in netif/state; the directories alone
+    # are made by systemd's tmpfiles at every boot, networkd enabled or not.
+    return os.path.exists(os.path.join(run_root(paths), "systemd", "netif", "state"))
+
+
 def detect_stack(paths: Paths, which: Callable[[str], str | None] = shutil.which) -> str | None:
     """The stack managing this guest's network: the first one found running/configured."""
-    run, etc = run_root(paths), paths.os_etc
+    etc = paths.os_etc
     if (
         os.path.isdir(os.path.join(etc, "netplan"))
         and any(n.endswith(".yaml") for n in _listdir(os.path.join(etc, "netplan")))
         and which("netplan")
     ):
         return "netplan"
-    if os.path.exists(os.path.join(run, "NetworkManager")) and which("nmcli"):
+    if networkmanager_running(paths) and which("nmcli"):
         return "networkmanager"
-    # networkd running keeps its manager state in netif/state; the directories alone
-    # are made by systemd's tmpfiles at every boot, networkd enabled or not.
-    if os.path.exists(os.path.join(run, "systemd", "netif", "state")) and which("networkctl"):
+    if networkd_running(paths) and which("networkctl"):
         return "networkd"
     if os.path.exists(os.path.join(etc, "network", "interfaces")) and which("ifup"):
         return "ifupdown"
@@ -177,6 +185,20 @@ def as_transient_unit(argv: Sequence[str], limit: float) -> tuple[str, ...]:
     )  # fmt: skip
 
 
+def _networkd_activation(name: LinkName) -> Argvs:
+    return (("networkctl", "reload"), ("networkctl", "reconfigure", name.value))
+
+
+def _nm_activation(name: LinkName, profile: str) -> tuple[Argvs, Argvs]:
+    """(apply, restore): the restore brings the device up with whatever profile is best
+    once ours may be gone again."""
+    reload = ("nmcli", "connection", "reload")
+    return (
+        (reload, ("nmcli", "connection", "up", profile)),
+        (reload, ("nmcli", "device", "connect", name.value)),
+    )
+
+
 def plan_for(
     stack: str,
     paths: Paths,
@@ -195,41 +217,34 @@ def plan_for(
     else:
         text = RENDERERS[stack](config, name, mac)
     etc = paths.os_etc
-    cmds: Argvs
-    restore: Argvs
     if stack == "networkmanager":
         path = os.path.join(
             etc, "NetworkManager", "system-connections", f"hvguest-{name}.nmconnection"
         )
-        cmds = (("nmcli", "connection", "reload"), ("nmcli", "connection", "up", f"hvguest-{name}"))
-        # our profile may be gone again: let NetworkManager pick the best one left
-        restore = (("nmcli", "connection", "reload"), ("nmcli", "device", "connect", name.value))
-        return Plan(path, text, 0o600, cmds, restore)
+        return Plan(path, text, 0o600, *_nm_activation(name, f"hvguest-{name}"))
     if stack == "networkd":
         path = os.path.join(etc, "systemd", "network", f"10-hvguest-{name}.network")
-        cmds = (("networkctl", "reload"), ("networkctl", "reconfigure", name.value))
-        return Plan(path, text, 0o644, cmds, cmds)
+        reload = _networkd_activation(name)
+        return Plan(path, text, 0o644, reload, reload)
     if stack == "netplan":
         path = os.path.join(etc, "netplan", f"90-hvguest-{name}.yaml")
-        generate = ("netplan", "generate")
-        run = run_root(paths)
-        if os.path.exists(os.path.join(run, "systemd", "netif", "state")):
-            cmds = (generate, ("networkctl", "reload"), ("networkctl", "reconfigure", name.value))
-            return Plan(path, text, 0o600, cmds, cmds)
-        if os.path.exists(os.path.join(run, "NetworkManager")):
+        if networkd_running(paths):
+            apply = restore = _networkd_activation(name)
+        elif networkmanager_running(paths):
             # netplan names the profile it renders for a device netplan-<id>.
-            reload = ("nmcli", "connection", "reload")
-            cmds = (generate, reload, ("nmcli", "connection", "up", f"netplan-{name}"))
-            restore = (generate, reload, ("nmcli", "device", "connect", name.value))
-            return Plan(path, text, 0o600, cmds, restore)
-        return Plan(path, text, 0o600, (("netplan", "apply"),), (("netplan", "apply"),))
+            apply, restore = _nm_activation(name, f"netplan-{name}")
+        else:
+            everything = (("netplan", "apply"),)
+            return Plan(path, text, 0o600, everything, everything)
+        generate = ("netplan", "generate")
+        return Plan(path, text, 0o600, (generate, *apply), (generate, *restore))
     if stack == "ifupdown":
         path = os.path.join(etc, "network", "interfaces.d", f"hvguest-{name}")
         # No --force: ifdown then takes down the logical interface its state records
         # (hvguest-<if> or the image's own), with --force it would use <if>'s stanza.
         down = ("ifdown", name.value)
         up = ("ifup", name.value)
-        cmds = (up,)
+        cmds: Argvs = (up,)
         if any(a.version == 6 for a in config.addresses) and not config.dhcp:
             # Static IPv6 means these addresses only: ifup's inet6 static turns router
             # advertisements off, but what they gave before (a SLAAC address, a
@@ -330,7 +345,8 @@ class NetConfigurator:
         get its share)."""
         for i, argv in enumerate(commands):
             remaining = deadline - self.clock()
-            if argv[0] in QUICK_TOOLS:
+            quick = argv[0] in QUICK_TOOLS
+            if quick:
                 limit = min(QUICK_LIMIT, remaining)
             else:
                 # Each of the stack's commands gets its share of what is left; when
@@ -339,7 +355,7 @@ class NetConfigurator:
             if limit <= 0.1:
                 return f"no time left for {' '.join(argv)}"
             run = argv
-            if plan.transient and argv[0] not in QUICK_TOOLS:
+            if plan.transient and not quick:
                 run = as_transient_unit(argv, limit - 0.5)
             result = self.runner(run, limit)
             if not result.ok:
