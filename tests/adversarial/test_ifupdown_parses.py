@@ -120,3 +120,19 @@ def test_without_static_ipv6_an_inet6_auto_stanza_comes_first(tmp_path, dhcp):
     assert ifquery(tmp_path, text, "eth0") == [
         ("dns-nameservers", "192.0.2.53"), ("accept_ra", "2"), *static
     ]
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "eth0;touch pwned", "eth0 x", "$(id)",
+                                  "a" * 16, "eth0\nhvguest-x", "eth/0"])
+def test_mapping_script_maps_no_name_outside_the_interface_name_rule(name):
+    # ifup runs it as root with the interface name; a name that could not be hvguest's
+    # (LinkName's rule) maps to nothing rather than to a crafted logical interface.
+    done = subprocess.run(["sh", str(MAPPING), name], capture_output=True, text=True,
+                          timeout=10, check=False)
+    assert (done.returncode, done.stdout) == (1, "")
+
+
+def test_mapping_script_maps_an_interface_to_its_logical_name():
+    done = subprocess.run(["sh", str(MAPPING), "eth0"], capture_output=True, text=True,
+                          timeout=10, check=True)
+    assert done.stdout == "hvguest-eth0\n"
