@@ -10,8 +10,11 @@ trip per request is gone, so the figures are the daemon's and the device path's.
 Daemons alternate run by run; medians are reported with the ratio hvguest/reference
 and each daemon's resident memory after the run. ``--baseline DIR`` adds
 hvguest-kvpd imported from another source tree (an older commit, e.g. from
-``git worktree add``) to the same alternating rounds. The null daemon registers and
-answers every request at once without any work: the ceiling of the harness itself.
+``git worktree add``) to the same alternating rounds; the table then also gives half
+of its CPU per request (the redesign's target) beside the floor. The null daemons
+register and answer every request at once without any work: "null" polls before each
+read as hvguest's event loop does, "null-read" blocks in read() alone as the C daemon
+does, the least any daemon can cost here (the floor).
 Needs root and /dev/fuse (and hyperv-daemons for --reference).
 Timing never fails anything; it is for reading.
 """
@@ -33,6 +36,8 @@ REFERENCE = ["/usr/sbin/hv_kvp_daemon", "-n"]
 MEASURES = ("SET", "GET", "ENUMERATE")
 TARGETS = {"SET": 5.0, "GET": 3.5, "ENUMERATE": 2.0}
 RSS_TARGET_MB = 18.0
+KVP_REGISTER = bytes([100]) + bytes(7431)
+KVP_SIZE = 7432
 
 
 def commands(workdir: str) -> dict[str, list[str]]:
@@ -42,7 +47,10 @@ def commands(workdir: str) -> dict[str, list[str]]:
     return {
         "hvguest": [sys.executable, "-m", "hvguest.daemons.kvpd", "--config", config],
         "reference": REFERENCE,
-        "null": null_chardev_command("/dev/vmbus/hv_kvp", bytes([100]) + bytes(7431), 7432),
+        "null": null_chardev_command("/dev/vmbus/hv_kvp", KVP_REGISTER, KVP_SIZE),
+        "null-read": null_chardev_command(
+            "/dev/vmbus/hv_kvp", KVP_REGISTER, KVP_SIZE, blocking=True
+        ),
     }
 
 
@@ -100,7 +108,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--records", type=int, default=1000, help="records enumerated (default 1000)"
     )
-    parser.add_argument("--no-null", action="store_true", help="skip the null daemon")
+    parser.add_argument("--no-null", action="store_true", help="skip the null daemons")
     parser.add_argument(
         "--baseline", metavar="DIR", help="also run hvguest-kvpd from the source tree DIR"
     )
@@ -120,7 +128,7 @@ def main(argv: list[str]) -> int:
     if args.baseline:
         names.append("baseline")
     if not args.no_null:
-        names.append("null")
+        names += ["null", "null-read"]
     results: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory(prefix="bench-kvp-") as tmp:
         cmds = commands(tmp)
@@ -161,6 +169,7 @@ def main(argv: list[str]) -> int:
             ours = median([r[m + " cpu"] for r in results["hvguest"]])
             row.append(f"{ref / ours:.1f}x less CPU" if ours > 0 else "-")
         rows.append(row)
+
     rss_row: list[object] = ["RSS MB"]
     for n in names:
         rss_row += [median([r["RSS"] for r in results[n]]), ""]
@@ -173,6 +182,14 @@ def main(argv: list[str]) -> int:
     if "reference" in names:
         headers.append("hvguest/reference")
     print(table(headers, rows))
+    if "baseline" in names:
+        print()
+        print("daemon CPU per request, us: target (half of baseline) / hvguest / floor (null-read)")
+        for m in MEASURES:
+            figures = {n: median([r[m + " cpu"] for r in results[n]]) for n in names}
+            floor = f"{figures['null-read']:.0f}" if "null-read" in figures else "-"
+            half, ours = figures["baseline"] / 2, figures["hvguest"]
+            print(f"  {m:9s} {half:5.0f} / {ours:5.0f} / {floor:>5s}")
     return 0
 
 
