@@ -9,6 +9,7 @@ import time
 
 from hvguest.errors import LocalUsageError
 from hvguest.pool.handle import PoolHandle
+from hvguest.pool.intent import IntentFile, cut_write, page_split
 from hvguest.pool.limits import (
     PATH_CHECK_PERIOD,
     RACY_NS,
@@ -39,7 +40,13 @@ class PoolFile(PoolHandle):
         self._index: dict[bytes, int] = {}
         self._items: list[tuple[str, str]] | None = None
         self._bad_logged: dict[bytes, float] = {}
+        self._intent = IntentFile(self.path, self.pool)
         self.reloads = 0
+
+    def close(self) -> None:
+        with self._mutex:
+            super().close()
+            self._intent.close()
 
     # -- cache ---------------------------------------------------------------
 
@@ -69,6 +76,9 @@ class PoolFile(PoolHandle):
         sig = signature(st)
         if sig == self._sig and self._trusted:
             return
+        if self._writable and self._undo_cut_write(fd, st):
+            st = os.fstat(fd)
+            sig = signature(st)
         records, rest = read_records(fd)
         count = len(records)
         if rest and self._writable:
@@ -85,6 +95,42 @@ class PoolFile(PoolHandle):
         self._sig = sig
         self._trusted = time.time_ns() - st.st_mtime_ns > RACY_NS
         self.reloads += 1
+
+    def _undo_cut_write(self, fd: int, st: os.stat_result) -> bool:
+        """Under the locks: put back the record a killed writer left half rewritten
+        (``hvguest.pool.intent``). True if the file was changed."""
+        intent = self._intent.load()
+        if intent is None:
+            return False
+        inode, offset, old, new = intent
+        if inode != st.st_ino or offset + POOL_RECORD_SIZE > st.st_size:
+            return False
+        slot = os.pread(fd, POOL_RECORD_SIZE, offset)
+        if not cut_write(slot, old, new):
+            return False
+        pwrite_all(fd, old, offset)
+        log.warning(
+            "%s: record %d was left half rewritten by a writer that was killed; restored",
+            self.path,
+            offset // POOL_RECORD_SIZE,
+            extra={"HVGUEST_POOL": self.pool},
+        )
+        return True
+
+    def _rewrite(self, fd: int, inode: int, offset: int, old: bytes | None, new: bytes) -> None:
+        """Write ``new`` over the record at ``offset`` (``old``: its bytes, if known),
+        saving the intent first when a kill could cut the write in two."""
+        if page_split(offset) is not None:
+            if old is None:
+                old = os.pread(fd, POOL_RECORD_SIZE, offset)
+            try:
+                self._intent.save(inode, offset, old, new)
+            except OSError as exc:
+                raise LocalUsageError(
+                    f"cannot save the intent of a KVP pool rewrite in {self._intent.path}:"
+                    f" {exc.strerror or exc}"
+                ) from exc
+        pwrite_all(fd, new, offset)
 
     def _set_records(self, records: list[tuple[bytes, bytes]]) -> None:
         self._records = records
@@ -228,7 +274,7 @@ class PoolFile(PoolHandle):
                 if i is not None:
                     if self._records[i] == record:
                         return
-                    pwrite_all(fd, data, i * POOL_RECORD_SIZE)
+                    self._rewrite(fd, st.st_ino, i * POOL_RECORD_SIZE, None, data)
                     self._records[i] = record
                 else:
                     if len(self._records) >= self.max_records:
@@ -251,18 +297,22 @@ class PoolFile(PoolHandle):
         raw_key = key.encode("utf-8", "surrogatepass")
         with self._mutex, self.locked() as fd:
             self._writable_fd(fd)
-            self._refresh(fd, os.fstat(fd))
+            st = os.fstat(fd)
+            self._refresh(fd, st)
             i = self._index.get(raw_key)
             if i is None:
                 return False
             count = len(self._records)
             # Move each later record up by one, in order, as raw bytes: other
-            # writers' records keep whatever they hold after their NULs.
+            # writers' records keep whatever they hold after their NULs. A kill
+            # midway leaves a record twice, never half of one.
+            previous = None
             for j in range(i + 1, count):
                 chunk = os.pread(fd, POOL_RECORD_SIZE, j * POOL_RECORD_SIZE)
                 if len(chunk) != POOL_RECORD_SIZE:
                     raise LocalUsageError(f"KVP pool file {self.path} shrank during a delete")
-                pwrite_all(fd, chunk, (j - 1) * POOL_RECORD_SIZE)
+                self._rewrite(fd, st.st_ino, (j - 1) * POOL_RECORD_SIZE, previous, chunk)
+                previous = chunk
             os.ftruncate(fd, (count - 1) * POOL_RECORD_SIZE)
             del self._records[i]
             self._set_records(self._records)
