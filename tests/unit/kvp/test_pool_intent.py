@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hvguest.errors import LocalUsageError
 from hvguest.paths import Paths
@@ -237,3 +239,16 @@ def test_a_link_planted_as_the_intent_file_is_never_followed(pool: Paths, tmp_pa
     finally:
         registry.close_all()
     assert target.read_bytes() == b"untouched"
+
+
+@given(st.binary(max_size=6000))
+def test_decode_intent_takes_any_bytes(data: bytes) -> None:
+    decoded = decode_intent(data)
+    assert decoded is None or (len(decoded[2]) == len(decoded[3]) == R)
+
+
+@given(st.binary(min_size=1, max_size=64), st.integers(0, R))
+def test_any_damaged_intent_is_refused(noise: bytes, at: int) -> None:
+    data = bytearray(encode_intent(7, R, record("k", "old"), record("k", "new")))
+    data[at : at + len(noise)] = bytes(b ^ 0xFF for b in noise)  # flip every bit there
+    assert decode_intent(bytes(data)) is None
