@@ -108,6 +108,7 @@ class PoolFile(PoolHandle):
         slot = os.pread(fd, POOL_RECORD_SIZE, offset)
         if not cut_write(slot, old, new):
             return False
+        # This rewrite crosses the same page boundary: cut there, it is still whole.
         pwrite_all(fd, old, offset)
         log.warning(
             "%s: record %d was left half rewritten by a writer that was killed; restored",

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import errno
 import os
+import stat
 import struct
 
 from hvguest.wire.pool import POOL_RECORD_SIZE
@@ -75,19 +77,33 @@ def cut_write(slot: bytes, old: bytes, new: bytes) -> bool:
 
 
 class IntentFile:
-    """The intent file of one pool, opened on first use (never following a link)."""
+    """The intent file of one pool, opened on first use: never through a link, and
+    only if it is a regular file of this user's alone (an unprivileged user must not
+    get root to write into, or replay from, a file they placed)."""
 
     def __init__(self, pool_path: str, pool: int) -> None:
         self.path = intent_path(pool_path, pool)
         self._fd: int | None = None
 
     def _open(self, create: bool) -> int | None:
+        """The descriptor (None: no intent file and ``create`` is off); OSError for a
+        file that is not this user's alone, which is neither written nor replayed."""
         if self._fd is None:
             flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
             try:
-                self._fd = os.open(self.path, flags, 0o600)
+                fd = os.open(self.path, flags, 0o600)
             except FileNotFoundError:
                 return None
+            st = os.fstat(fd)
+            if (
+                not stat.S_ISREG(st.st_mode)
+                or st.st_uid != os.geteuid()
+                or st.st_mode & 0o022
+                or st.st_nlink != 1
+            ):
+                os.close(fd)
+                raise OSError(errno.EPERM, "not a file of this user's alone")
+            self._fd = fd
         return self._fd
 
     def save(self, inode: int, offset: int, old: bytes, new: bytes) -> None:
@@ -104,9 +120,6 @@ class IntentFile:
             fd = self._open(create=False)
             if fd is None:
                 return None
-            st = os.fstat(fd)
-            if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-                return None  # not written by us: never replayed into a pool
             return decode_intent(os.pread(fd, _SIZE + 1, 0))
         except OSError:
             return None

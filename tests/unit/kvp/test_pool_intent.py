@@ -252,3 +252,33 @@ def test_any_damaged_intent_is_refused(noise: bytes, at: int) -> None:
     data = bytearray(encode_intent(7, R, record("k", "old"), record("k", "new")))
     data[at : at + len(noise)] = bytes(b ^ 0xFF for b in noise)  # flip every bit there
     assert decode_intent(bytes(data)) is None
+
+
+@pytest.mark.parametrize("planted", ["other owner", "hard link"])
+def test_an_intent_file_placed_by_someone_else_is_never_written(
+    pool: Paths, tmp_path: Path, planted: str
+) -> None:
+    ipath = intent_path(pool.pool_file(1), 1)
+    if planted == "other owner":
+        if os.geteuid() != 0:
+            pytest.skip("needs root to give the intent file to another owner")
+        with open(ipath, "wb") as f:
+            f.write(b"placed")
+        os.chown(ipath, 65534, 65534)
+        os.chmod(ipath, 0o600)
+        placed = ipath
+    else:
+        placed = str(tmp_path / "elsewhere")
+        with open(placed, "wb") as f:
+            f.write(b"placed")
+        os.link(placed, ipath)
+    registry = PoolRegistry()
+    try:
+        pf = registry.open(pool, 1)
+        with pytest.raises(LocalUsageError, match="intent"):
+            pf.set("b", "rewritten b")
+        assert pf.get("b") == "old value of b " + "b" * 1500
+    finally:
+        registry.close_all()
+    with open(placed, "rb") as f:
+        assert f.read() == b"placed"
