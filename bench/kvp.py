@@ -30,14 +30,13 @@ import time
 from typing import Any
 
 from bench.common import null_chardev_command
+from hvguest.wire.kvp import KVP_MSG_SIZE, KVP_REGISTER_MSG
 
 HVGUEST_CONFIG = "kvp:\n  publish_version: false\n"
 REFERENCE = ["/usr/sbin/hv_kvp_daemon", "-n"]
 MEASURES = ("SET", "GET", "ENUMERATE")
 TARGETS = {"SET": 5.0, "GET": 3.5, "ENUMERATE": 2.0}
 RSS_TARGET_MB = 18.0
-KVP_REGISTER = bytes([100]) + bytes(7431)
-KVP_SIZE = 7432
 
 
 def commands(workdir: str) -> dict[str, list[str]]:
@@ -47,9 +46,9 @@ def commands(workdir: str) -> dict[str, list[str]]:
     return {
         "hvguest": [sys.executable, "-m", "hvguest.daemons.kvpd", "--config", config],
         "reference": REFERENCE,
-        "null": null_chardev_command("/dev/vmbus/hv_kvp", KVP_REGISTER, KVP_SIZE),
+        "null": null_chardev_command("/dev/vmbus/hv_kvp", KVP_REGISTER_MSG, KVP_MSG_SIZE),
         "null-read": null_chardev_command(
-            "/dev/vmbus/hv_kvp", KVP_REGISTER, KVP_SIZE, blocking=True
+            "/dev/vmbus/hv_kvp", KVP_REGISTER_MSG, KVP_MSG_SIZE, blocking=True
         ),
     }
 
@@ -169,7 +168,6 @@ def main(argv: list[str]) -> int:
             ours = median([r[m + " cpu"] for r in results["hvguest"]])
             row.append(f"{ref / ours:.1f}x less CPU" if ours > 0 else "-")
         rows.append(row)
-
     rss_row: list[object] = ["RSS MB"]
     for n in names:
         rss_row += [median([r["RSS"] for r in results[n]]), ""]
